@@ -181,7 +181,7 @@ import re
 _TAIL_CHARS = 2000      # the fallback extractor looks only at the end of a response
 _MAX_EXPR_CHARS = 100   # longer "answers" are compared as strings, never evaluated
 _MAX_ANSWER_CHARS = 1000  # longer predictions are only compared verbatim (normalising is quadratic)
-_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_CHOICE_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 # "The answer is (B)", "Final answer: 42", "answer = 3/4". Bounded gaps only: linear time.
 _ANSWER_PHRASE = re.compile(r"answer\s{0,5}(?:is|:|=)\s{0,5}:?\s{0,5}([^\n]{0,60})", re.IGNORECASE)
@@ -509,7 +509,7 @@ def _choice_index(text, choices):
         return None
     letter = _leading_letter(text.strip())
     if letter:
-        idx = _LETTERS.find(letter.upper())
+        idx = _CHOICE_LETTERS.find(letter.upper())
         if 0 <= idx < len(choices):
             return idx
     norm = _normalize(text)
@@ -694,7 +694,7 @@ def split_inline_choices(text):
             break
         options.insert(0, (m.group(1), m.group(2).strip()))
         k -= 1
-    if len(options) < 2 or [letter for letter, _ in options] != list(_LETTERS[:len(options)]):
+    if len(options) < 2 or [letter for letter, _ in options] != list(_CHOICE_LETTERS[:len(options)]):
         return text, []
     head = lines[:k]
     if head and head[-1].strip().lower().rstrip(":") in ("choices", "options", "choice", "option"):
@@ -712,7 +712,7 @@ def format_question(example):
     choices = example.get("choices") or []
     if not choices:
         return question
-    return question + "\nChoices:\n" + "\n".join(f"{_LETTERS[i]}. {c}" for i, c in enumerate(choices))
+    return question + "\nChoices:\n" + "\n".join(f"{_CHOICE_LETTERS[i]}. {c}" for i, c in enumerate(choices))
 
 
 def _read_rows(path, split):
