@@ -1,0 +1,337 @@
+"""The attention probe: how strongly each generated token looks at the image.
+
+AT-RL (arXiv 2602.11455) scales the advantage of a response's tokens by their cross-modal connectivity:
+the attention a response token pays to the image tokens inside the LLM decoder. This file reads that
+attention *inside a forward that already happens* and turns it into two tensors per rollout:
+
+    patterns[b, t, v] = mean over selected layers l and heads h of  softmax_k(q_lh[i_t] . k_lh[k] * scale)[k = img_v]
+    rho[b, t]         = debiased attention mass on image keys (sink keys dropped, row renormalised)
+
+where i_t is the query row of response token t (position(t) - 1 for "predict", the row whose output predicts
+token t; position(t) for "self") and img_v the position of the v-th image token of rollout b.
+
+How: transformers 5.x routes every decoder attention through `AttentionInterface`. `probe(model)` registers
+`atrl_probe_<impl>` (impl = the model's own kernel: sdpa, eager or flash_attention_*), which calls that
+kernel unchanged and, on the selected decoder layers, recomputes only the armed rows from the post-RoPE q/k
+it is handed: fp32, `no_grad`, chunked over rows, grouped-query heads as (kv_heads, groups) so repeated keys
+are never materialised. Only (B, T, V) sums are kept, never a (B, H, S, S) map -- `output_attentions=True`
+would keep layers x heads x S^2 floats, tens of GiB at 7B.
+
+Where we depart from / guess at the paper (each is a knob):
+  1. Layers: the middle third of decoder depth by default (`layers=`); the paper does not say which.
+  2. Heads and layers are averaged uniformly.
+  3. Query alignment: `query="predict"` (row t-1) or `"self"` (row t); the paper does not say.
+  4. Sink debiasing (`debias_sinks`): drop the first non-pad key and image keys whose mean attention over the
+     response is > outlier_k x the median image key, then renormalise; the paper's rule is not public.
+
+Dimension letters: B rollouts, S full sequence (prompt + response), T response tokens, V image tokens,
+H query heads, Hkv key/value heads, G = H / Hkv query heads per key head, D head dim, c rows per chunk.
+
+Use inside training (one forward that happens anyway, e.g. the old-log-prob forward):
+
+    with probe(model) as p:                       # installs atrl_probe_sdpa on the decoder only
+        p.arm(query_positions(response_mask), input_ids == model.config.image_token_id)
+        logits = model(**batch).logits           # the probe rides along
+        raw = p.result()                          # patterns (B, T, V), sink (B, T), image_valid (B, V)
+    patterns, rho = debias_sinks(raw["patterns"], raw["sink"], raw["image_valid"])
+
+Run the tests: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_connectivity.py`;
+the cost: `python bench_probe.py` (tiny model on CPU; Qwen2.5-VL-3B shapes on GPU when one is present).
+"""
+
+import contextlib
+import sys
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+PREFIX = "atrl_probe_"  # our implementation name is PREFIX + the model's own, e.g. atrl_probe_sdpa
+_MASK_MIN = torch.finfo(torch.float32).min  # "minus infinity" that keeps fully-masked rows finite (no NaN)
+_ACTIVE = {}  # id(attention module) -> Probe, for the selected decoder layers of every installed probe
+
+
+# ----------------------------------------------------------------------------- positions
+
+
+def _left_align(mask):
+    """Positions of the True entries of each row of a (B, S) bool mask, left-aligned, -1 padded: (B, N)."""
+    B, S = mask.shape
+    index = torch.arange(S, device=mask.device).expand(B, S)  # (B, S)
+    # True entries sort first (their key is < S), each group keeps sequence order (keys are unique)
+    order = torch.where(mask, index, index + S).argsort(dim=1)  # (B, S)
+    counts = mask.sum(1, keepdim=True)  # (B, 1)
+    N = int(counts.max()) if B > 0 and S > 0 else 0
+    slots = torch.arange(N, device=mask.device).expand(B, N)  # (B, N)
+    return torch.where(slots < counts, order[:, :N], -1)  # (B, N)
+
+
+def default_layers(num_layers):
+    """Middle third of the decoder, at least one layer.
+
+    >>> list(default_layers(36)), list(default_layers(4))
+    ([12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23], [1, 2])
+    """
+    lo, hi = num_layers // 3, -(-2 * num_layers // 3)  # hi = ceil(2L/3)
+    return range(lo, max(hi, lo + 1))
+
+
+def query_positions(response_mask, query="predict"):
+    """Query row for every response token, response tokens left-aligned, -1 where none: (B, T).
+
+    "self" reads token t's own row; "predict" reads the row at position(t) - 1, whose output predicts t.
+
+    >>> m = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 1, 1]], dtype=torch.bool)
+    >>> query_positions(m, "self").tolist(), query_positions(m).tolist()
+    ([[2, 3, -1, -1], [1, 2, 3, 4]], [[1, 2, -1, -1], [0, 1, 2, 3]])
+    """
+    if query not in ("predict", "self"):
+        raise ValueError(f"query={query!r}: use 'predict' (row t-1 predicts token t) or 'self' (row t)")
+    positions = _left_align(response_mask.bool())  # (B, T)
+    if query == "predict":
+        # a response can never start at position 0 (a prompt precedes it); keep -1 as "none" anyway
+        positions = torch.where(positions > 0, positions - 1, -1)  # (B, T)
+    return positions
+
+
+# ----------------------------------------------------------------------------- the probe
+
+
+class Probe:
+    """Accumulates head/layer-mean attention rows of armed queries over image keys: (B, T, V) and sink (B, T).
+
+    `arm` before a forward, `result` after it. Each selected layer is captured at most once per `arm`, so a
+    gradient-checkpointing re-run of the layer (or a second forward on the same batch, e.g. the next PPO
+    epoch) costs nothing and changes nothing. Call `arm` again for every new batch / micro-batch.
+    """
+
+    def __init__(self, layers, chunk_elements=2**24):
+        self.layers = tuple(layers)  # decoder layer indices that are read
+        self.chunk_elements = chunk_elements  # fp32 score entries per chunk (2**24 = 64 MiB): bounds the peak
+        self.captures = 0  # layers captured since the last arm (tests and logs read it)
+        self._armed = False
+
+    def arm(self, query_pos, image_mask, attention_mask=None):
+        """query_pos (B, T) long, -1 = no row; image_mask (B, S) bool; attention_mask (B, S) optional.
+
+        attention_mask is only needed when the kernel gets no mask of its own (flash-attention 2 packs
+        without one); with sdpa/eager the probe reads the exact 4-D mask the kernel uses.
+        """
+        if query_pos.dim() != 2 or image_mask.dim() != 2 or query_pos.shape[0] != image_mask.shape[0]:
+            raise ValueError(f"arm expects query_pos (B, T) and image_mask (B, S); got "
+                             f"{tuple(query_pos.shape)} and {tuple(image_mask.shape)}")
+        self._query_pos = query_pos.long()  # (B, T)
+        image_pos = _left_align(image_mask.bool())  # (B, V)
+        self._image_index = image_pos.clamp(min=0)  # (B, V) gather index, padding points at key 0
+        self.image_valid = image_pos >= 0  # (B, V)
+        self._key_valid = None if attention_mask is None else attention_mask.bool()  # (B, S)
+        self._seq_len = image_mask.shape[1]
+        self._patterns = self._sink = None  # allocated on the device of the first captured layer
+        self._done = set()
+        self.captures = 0
+        self._armed = True
+
+    def disarm(self):
+        """Stop capturing (results stay readable)."""
+        self._armed = False
+
+    def result(self):
+        """dict(patterns (B, T, V) fp32, sink (B, T) fp32, image_valid (B, V) bool), means over captured layers."""
+        if self.captures == 0:
+            raise RuntimeError(f"the probe on layers {list(self.layers)} captured nothing: call arm(), then run the "
+                               "forward inside the `with probe(model)` block on exactly the armed (B, S) batch")
+        row_valid = (self._query_pos >= 0).to(self._sink.device)  # (B, T)
+        image_valid = self.image_valid.to(self._sink.device)  # (B, V)
+        patterns = self._patterns / self.captures * row_valid[:, :, None] * image_valid[:, None, :]  # (B, T, V)
+        sink = self._sink / self.captures * row_valid  # (B, T)
+        return dict(patterns=patterns, sink=sink, image_valid=image_valid)
+
+    def _row_bias(self, attention_mask, rows, K, H, Hkv, G):
+        """Additive fp32 mask for the armed rows, broadcastable to scores (B, Hkv, G, c, K)."""
+        B, c = rows.shape
+        if attention_mask is not None and attention_mask.dim() == 4:
+            # sdpa/eager: the exact mask the kernel uses, (B or 1, 1 or H, S, K); take our rows only
+            Bm, Hm = attention_mask.shape[:2]
+            mask = attention_mask[..., :K].expand(B, Hm, -1, K)  # (B, Hm, S, K), a view
+            picked = mask.gather(2, rows[:, None, :, None].expand(B, Hm, c, K))  # (B, Hm, c, K)
+            if picked.dtype == torch.bool:
+                bias = torch.zeros(picked.shape, device=rows.device).masked_fill_(~picked, _MASK_MIN)
+            else:  # eager's additive mask: 0 where visible, dtype-min where hidden
+                bias = picked.float().clamp(min=_MASK_MIN)
+            return bias.view(B, Hkv, G, c, K) if Hm == H else bias.view(B, 1, 1, c, K)
+        # sdpa's is_causal path (no padding, mask None) or flash-attention's 2-D padding mask:
+        # causal (key k visible from row i iff k <= i) and padding keys hidden
+        keys = torch.arange(K, device=rows.device)  # (K,)
+        visible = keys[None, None, :] <= rows[:, :, None]  # (B, c, K)
+        key_valid = attention_mask if attention_mask is not None else self._key_valid  # (B, K) or None
+        if key_valid is not None:
+            visible = visible & key_valid.to(rows.device).bool()[:, None, :K]
+        bias = torch.zeros(visible.shape, device=rows.device).masked_fill_(~visible, _MASK_MIN)
+        return bias.view(B, 1, 1, c, K)
+
+    def _capture(self, module, query, key, attention_mask, scaling):
+        """Recompute the armed rows of one decoder layer; query (B, H, S, D), key (B, Hkv, K, D) post-RoPE."""
+        B, H, S, D = query.shape
+        Hkv, K = key.shape[1], key.shape[2]
+        # prefill of the armed batch only: decode steps (S == 1), other batches and cached prefixes pass through
+        if (not self._armed or module.layer_idx in self._done or S <= 1 or K != S
+                or S != self._seq_len or B != self._query_pos.shape[0]):
+            return
+        self._done.add(module.layer_idx)  # NOTE: before any work, so a checkpoint re-run is skipped
+        self.captures += 1
+        device, G = query.device, H // Hkv
+        query_pos = self._query_pos.to(device)  # (B, T)
+        image_index = self._image_index.to(device)  # (B, V)
+        T, V = query_pos.shape[1], image_index.shape[1]
+        if self._patterns is None:
+            self._patterns = torch.zeros(B, T, V, device=device)  # (B, T, V) fp32 sums over layers
+            self._sink = torch.zeros(B, T, device=device)  # (B, T)
+        rows_all = query_pos.clamp(min=0)  # (B, T) rows with no query read position 0, zeroed in result()
+        scale = scaling if scaling is not None else D**-0.5
+        keys_t = key.detach().float().transpose(-1, -2)  # (B, Hkv, D, K) one fp32 copy of the keys per layer
+        chunk = max(1, self.chunk_elements // max(1, B * H * K))  # rows per chunk: bounds the (.., c, K) scores
+        # NOTE: autocast off, or a bf16 training step would silently run our "fp32" matmul in bf16
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            for t0 in range(0, T, chunk):
+                rows = rows_all[:, t0:t0 + chunk]  # (B, c)
+                c = rows.shape[1]
+                q = query.detach().gather(2, rows[:, None, :, None].expand(B, H, c, D)).float()  # (B, H, c, D)
+                # GQA: query head h uses key head h // G (transformers' repeat_kv order), so (Hkv, G) groups
+                # the query heads by their key head and one matmul per key head serves its G query heads
+                q = q.view(B, Hkv, G * c, D)  # (B, Hkv, G*c, D)
+                scores = torch.matmul(q, keys_t).mul_(scale).view(B, Hkv, G, c, K)  # (B, Hkv, G, c, K)
+                bias = self._row_bias(attention_mask, rows, K, H, Hkv, G)  # (B, 1|Hkv, 1|G, c, K)
+                probs = scores.add_(bias).softmax(dim=-1)  # (B, Hkv, G, c, K)
+                picked = probs.gather(-1, image_index[:, None, None, None, :].expand(B, Hkv, G, c, V))
+                self._patterns[:, t0:t0 + c] += picked.mean(dim=(1, 2))  # (B, c, V)
+                # sink = the first key a row may see: the first non-pad token of the rollout
+                first = (bias[:, 0, 0] == 0).to(torch.uint8).argmax(dim=-1)  # (B, c), first visible key
+                sink = probs.gather(-1, first[:, None, None, :, None].expand(B, Hkv, G, c, 1))
+                self._sink[:, t0:t0 + c] += sink.squeeze(-1).mean(dim=(1, 2))  # (B, c)
+
+
+def _attention_with_probe(implementation):
+    """The function registered as PREFIX + implementation: the model's own kernel, plus the probe's read."""
+
+    def attention(module, query, key, value, attention_mask, *args, **kwargs):
+        if implementation in ALL_ATTENTION_FUNCTIONS:
+            kernel = ALL_ATTENTION_FUNCTIONS[implementation]
+        else:  # "eager" lives in each model's own file, not in the global interface
+            kernel = sys.modules[type(module).__module__].eager_attention_forward
+        # the vision tower keeps its own implementation; unselected layers are not in _ACTIVE
+        probe_for_module = _ACTIVE.get(id(module))
+        if probe_for_module is not None:
+            probe_for_module._capture(module, query, key, attention_mask, kwargs.get("scaling"))
+        return kernel(module, query, key, value, attention_mask, *args, **kwargs)
+
+    return attention
+
+
+def _set_text_attention(model, text_config, implementation):
+    """Switch only the language model's attention (the vision tower keeps its own)."""
+    if text_config is model.config:
+        model.set_attn_implementation(implementation)
+        return
+    for name in model.config.sub_configs:
+        if getattr(model.config, name, None) is text_config:
+            model.set_attn_implementation({name: implementation})
+            return
+    raise ValueError(f"{type(model).__name__}: cannot find the sub-config holding the text model")
+
+
+@contextlib.contextmanager
+def probe(model, layers=None):
+    """Install the probe on `model`'s decoder layers `layers` (None = middle third); yields a `Probe`.
+
+    The model's attention implementation is restored on exit, also after an exception.
+    """
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    text_config = model.config.get_text_config()
+    num_layers = text_config.num_hidden_layers
+    layers = list(default_layers(num_layers)) if layers is None else sorted({int(i) for i in layers})
+    if not layers or not all(0 <= i < num_layers for i in layers):
+        raise ValueError(f"layers={layers}: pick decoder layers in [0, {num_layers}) or None for the middle third")
+    original = text_config._attn_implementation
+    if original is None or original.startswith(PREFIX):
+        raise RuntimeError(f"attention implementation is {original!r}: a probe is already installed on this model")
+    if original not in ALL_MASK_ATTENTION_FUNCTIONS:
+        raise ValueError(f"the probe wraps sdpa, eager or flash_attention_*; this model uses {original!r}")
+    # decoder self-attention modules: carry the text config and a layer index (the vision tower has neither)
+    modules = [m for m in model.modules() if getattr(m, "config", None) is text_config
+               and getattr(m, "layer_idx", None) in layers and getattr(m, "is_causal", False)]
+    if len(modules) != len(layers):
+        raise RuntimeError(f"found {len(modules)} decoder attention modules for layers {layers}; "
+                           f"{type(model).__name__} is not laid out like Qwen2.5-VL")
+    # registering the mask function too matters: masking_utils builds NO mask for names it does not know
+    name = PREFIX + original
+    AttentionInterface.register(name, _attention_with_probe(original))
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
+    result = Probe(layers)
+    _set_text_attention(model, text_config, name)
+    _ACTIVE.update({id(m): result for m in modules})
+    try:
+        yield result
+    finally:
+        for m in modules:
+            _ACTIVE.pop(id(m), None)
+        _set_text_attention(model, text_config, original)
+        result.disarm()
+
+
+# ----------------------------------------------------------------------------- sink debiasing
+
+
+def debias_sinks(patterns, sink, image_valid, outlier_k=5.0, enabled=True, row_mask=None):
+    """Drop attention sinks and renormalise: (patterns (B, T, V) rows summing to 1 over kept keys, rho (B, T)).
+
+    Sinks are the first non-pad key (`sink`, already outside `patterns`) and image keys whose mean attention
+    over the response's rows exceeds `outlier_k` x the median image key of that rollout (torch's median: the
+    lower middle value). Let a = the raw row, s = sink + mass on outlier keys:
+        rho[t]      = (sum of a over kept image keys) / (1 - s)      (attention mass on the image, sinks removed)
+        patterns[t] = a on kept image keys / their sum                (a distribution over the image)
+    `enabled=False` drops nothing (rho = raw image mass). Rows without a query (row_mask False; default: rows
+    with any attention) and rows with zero image mass come back as zeros.
+
+    >>> p = torch.tensor([[[0.10, 0.05, 0.05, 0.30], [0.02, 0.02, 0.06, 0.40]]])  # key 3: mean 0.35 > 5 x 0.055
+    >>> d, rho = debias_sinks(p, torch.tensor([[0.3, 0.2]]), torch.ones(1, 4, dtype=torch.bool))
+    >>> (100 * d).round().tolist(), (100 * rho).round().tolist()  # in percent
+    ([[[50.0, 25.0, 25.0, 0.0], [20.0, 20.0, 60.0, 0.0]]], [[50.0, 25.0]])
+    """
+    if row_mask is None:
+        row_mask = (sink > 0) | (patterns.sum(-1) > 0)  # (B, T)
+    row_mask = row_mask.bool()
+    keep = image_valid.bool()[:, None, :].expand_as(patterns)  # (B, T, V)
+    dropped = torch.zeros_like(sink)  # (B, T) mass removed from the row's denominator
+    if enabled:
+        rows = row_mask[..., None].to(patterns.dtype)  # (B, T, 1)
+        col_mean = (patterns * rows).sum(1) / rows.sum(1).clamp(min=1)  # (B, V) mean over the response's rows
+        median = col_mean.masked_fill(~image_valid.bool(), float("nan")).nanmedian(dim=1).values  # (B,)
+        outlier = image_valid.bool() & (col_mean > outlier_k * median[:, None])  # (B, V); NaN median: none
+        keep = keep & ~outlier[:, None, :]
+        dropped = sink + (patterns * outlier[:, None, :]).sum(-1)  # (B, T)
+    kept = patterns * keep  # (B, T, V)
+    mass = kept.sum(-1)  # (B, T)
+    rho = (mass / (1 - dropped).clamp(min=1e-6)).clamp(0, 1) * row_mask  # (B, T)
+    distribution = kept / mass.clamp(min=1e-30)[..., None] * row_mask[..., None]  # (B, T, V)
+    return distribution, rho
+
+
+# ----------------------------------------------------------------------------- one-call analysis
+
+
+def image_attention(model, inputs, response_mask, layers=None, query="predict", sink_debias=True, outlier_k=5.0):
+    """One no-grad forward with the probe: (patterns (B, T, V), density rho (B, T)) for analysis and tests.
+
+    inputs: the model's forward kwargs (input_ids (B, S), attention_mask, pixel_values, image_grid_thw,
+    mm_token_type_ids); response_mask (B, S) bool marks the response tokens.
+    """
+    query_pos = query_positions(response_mask, query)  # (B, T)
+    image_mask = inputs["input_ids"] == model.config.image_token_id  # (B, S)
+    with probe(model, layers) as p, torch.no_grad():
+        p.arm(query_pos, image_mask, inputs.get("attention_mask"))
+        model(**inputs, use_cache=False, logits_to_keep=1)  # logits of one position: skip the vocab projection
+        raw = p.result()
+    return debias_sinks(raw["patterns"], raw["sink"], raw["image_valid"], outlier_k=outlier_k,
+                        enabled=sink_debias, row_mask=query_pos.to(raw["sink"].device) >= 0)

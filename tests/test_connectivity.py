@@ -1,0 +1,267 @@
+"""The attention probe against its oracle: eager attention with output_attentions=True, on a tiny random
+Qwen2.5-VL (fp32, CPU) and a batch laid out like a training batch: [left pad | prompt with image | response | right pad].
+
+Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_connectivity.py
+"""
+
+import doctest
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import connectivity  # noqa: E402
+from connectivity import debias_sinks, image_attention, probe, query_positions  # noqa: E402
+
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
+
+# token ids inside the tiny vocab (64): vision specials at the top, text ids below
+VISION_START, VISION_END, IMAGE, VIDEO, PAD = 58, 59, 60, 61, 0
+MERGE = 2  # spatial_merge_size: image tokens = grid_t * grid_h * grid_w / MERGE**2
+PATCH_DIM = 3 * 2 * 4 * 4  # channels x temporal_patch x patch x patch
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2,  # GQA: 2 query heads per key head
+                         max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=PAD,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           patch_size=4, spatial_merge_size=MERGE, temporal_patch_size=2, window_size=16,
+                           fullatt_block_indexes=[1]),
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END, attn_implementation="sdpa")
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def make_batch(grids=((1, 4, 6), (1, 4, 4), (1, 6, 6)), response_lengths=(5, 3, 7), seed=1):
+    """Prompts LEFT-padded to one length, responses right-padded: the layout of an RL training batch."""
+    g = torch.Generator().manual_seed(seed)
+    grids = torch.tensor(grids)  # (N, 3)
+    n_image = (grids.prod(-1) // MERGE**2).tolist()
+    prompts = [[3, 4, VISION_START] + [IMAGE] * n + [VISION_END] + torch.randint(5, 50, (2 + i,), generator=g).tolist()
+               for i, n in enumerate(n_image)]
+    responses = [torch.randint(5, 50, (r,), generator=g).tolist() for r in response_lengths]
+    P, R = max(map(len, prompts)), max(response_lengths)
+    B, S = len(prompts), P + R
+    input_ids = torch.full((B, S), PAD)
+    attention_mask = torch.zeros(B, S, dtype=torch.long)
+    response_mask = torch.zeros(B, S, dtype=torch.bool)
+    for b, (p, r) in enumerate(zip(prompts, responses)):
+        input_ids[b, P - len(p):P] = torch.tensor(p)
+        input_ids[b, P:P + len(r)] = torch.tensor(r)
+        attention_mask[b, P - len(p):P + len(r)] = 1
+        response_mask[b, P:P + len(r)] = True
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask,
+                  pixel_values=torch.randn(int(grids.prod(-1).sum()), PATCH_DIM, generator=g),
+                  image_grid_thw=grids,
+                  mm_token_type_ids=(input_ids == IMAGE).int())  # 3-D mRoPE needs it in transformers 5.x
+    return inputs, response_mask
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_model()
+    inputs, response_mask = make_batch()
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        attentions = model(**inputs, output_attentions=True).attentions  # L x (B, H, S, S)
+    model.set_attn_implementation("sdpa")
+    return model, inputs, response_mask, attentions
+
+
+def oracle(attentions, inputs, query_pos, layers):
+    """Head- and layer-mean of eager attention rows at query_pos over image keys: (B, T, V), sink (B, T)."""
+    mean = torch.stack([attentions[i] for i in layers]).mean(dim=(0, 2))  # (B, S, S)
+    image_mask = inputs["input_ids"] == IMAGE
+    B, T = query_pos.shape
+    V = int(image_mask.sum(1).max())
+    patterns, sink = torch.zeros(B, T, V), torch.zeros(B, T)
+    for b in range(B):
+        first_key = int(inputs["attention_mask"][b].nonzero()[0])  # first non-pad token
+        image_keys = image_mask[b].nonzero().squeeze(1)
+        for t in range(T):
+            if query_pos[b, t] >= 0:
+                patterns[b, t, :len(image_keys)] = mean[b, query_pos[b, t], image_keys]
+                sink[b, t] = mean[b, query_pos[b, t], first_key]
+    return patterns, sink
+
+
+@pytest.mark.parametrize("layers", [None, [0, 1, 2, 3]])
+@pytest.mark.parametrize("query", ["predict", "self"])
+def test_probe_matches_eager_attention(setup, query, layers):
+    model, inputs, response_mask, attentions = setup
+    query_pos = query_positions(response_mask, query)  # (B, T)
+    with probe(model, layers) as p, torch.no_grad():
+        p.arm(query_pos, inputs["input_ids"] == IMAGE)
+        model(**inputs)
+        got = p.result()
+    assert p.layers == ((1, 2) if layers is None else (0, 1, 2, 3)) and p.captures == len(p.layers)
+    patterns, sink = oracle(attentions, inputs, query_pos, p.layers)
+    assert got["patterns"].shape == (3, 7, 9)  # B=3, longest response 7, largest image 9 tokens
+    assert (got["patterns"] - patterns).abs().max() <= 1e-5
+    assert (got["sink"] - sink).abs().max() <= 1e-5
+    assert got["image_valid"].sum(1).tolist() == [6, 4, 9]
+    assert got["patterns"].sum() > 0.1  # not vacuous: there is attention on the image
+
+
+def test_probe_without_kernel_mask_uses_causal_and_armed_padding(setup):
+    # a single unpadded sample makes sdpa take its is_causal path: the kernel receives attention_mask=None
+    model, inputs, response_mask, attentions = setup
+    b, keep = 2, inputs["attention_mask"][2].bool()
+    one = {k: v[b:b + 1][:, keep] for k, v in inputs.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    one.update(pixel_values=inputs["pixel_values"][-36:], image_grid_thw=inputs["image_grid_thw"][2:])
+    query_pos = query_positions(response_mask[b:b + 1][:, keep])
+    with probe(model, [0, 3]) as p, torch.no_grad():
+        p.arm(query_pos, one["input_ids"] == IMAGE)
+        model(**one)
+        got = p.result()
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        eager = model(**one, output_attentions=True).attentions
+    model.set_attn_implementation("sdpa")
+    patterns, sink = oracle(eager, one, query_pos, [0, 3])
+    assert (got["patterns"] - patterns).abs().max() <= 1e-5 and (got["sink"] - sink).abs().max() <= 1e-5
+
+
+def test_logits_identical_with_probe_installed(setup):
+    model, inputs, response_mask, _ = setup
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        with probe(model, [0, 1, 2, 3]) as p:
+            p.arm(query_positions(response_mask), inputs["input_ids"] == IMAGE)
+            probed = model(**inputs).logits
+    assert p.captures == 4 and torch.equal(plain, probed)
+
+
+def test_attention_implementation_restored_and_vision_untouched(setup):
+    model, inputs, response_mask, _ = setup
+    configs = (model.config, model.config.text_config, model.config.vision_config)
+    before = [c._attn_implementation for c in configs]
+    with probe(model):
+        inside = [c._attn_implementation for c in configs]
+    assert inside == ["sdpa", "atrl_probe_sdpa", "sdpa"]  # the vision tower keeps its kernel
+    assert [c._attn_implementation for c in configs] == before == ["sdpa"] * 3
+    with pytest.raises(KeyError), probe(model):
+        raise KeyError("a failing training step")
+    assert [c._attn_implementation for c in configs] == before
+    assert not connectivity._ACTIVE  # no module is left registered
+
+
+def test_gradient_checkpointing_captures_once(setup):
+    model, inputs, response_mask, _ = setup
+    query_pos, image_mask = query_positions(response_mask), inputs["input_ids"] == IMAGE
+    with probe(model, [1, 2]) as p, torch.no_grad():
+        p.arm(query_pos, image_mask)
+        model(**inputs)
+        reference = p.result()["patterns"]
+    model.activation_checkpointing_enable()
+    model.train()  # checkpointing only re-runs layers in training mode (dropout is 0 here)
+    try:
+        with probe(model, [1, 2]) as p:
+            calls = []
+            capture = p._capture
+            p._capture = lambda *a: (calls.append(a[0].layer_idx), capture(*a))
+            p.arm(query_pos, image_mask)
+            model(**inputs).logits.float().pow(2).mean().backward()  # backward re-runs every layer
+            got = p.result()["patterns"]
+    finally:
+        model.activation_checkpointing_disable()
+        model.eval()
+        model.zero_grad(set_to_none=True)
+    assert sorted(calls) == [1, 1, 2, 2]  # each selected layer ran twice ...
+    assert p.captures == 2  # ... and was read once
+    assert (got - reference).abs().max() <= 1e-6
+
+
+def test_probe_keeps_no_quadratic_tensor(setup):
+    model, inputs, response_mask, _ = setup
+    query_pos = query_positions(response_mask)
+    with probe(model, [0, 1, 2, 3]) as p, torch.no_grad():
+        p.arm(query_pos, inputs["input_ids"] == IMAGE)
+        model(**inputs)
+    B, S = inputs["input_ids"].shape
+    T, V = query_pos.shape[1], 9
+    stored = [v for v in vars(p).values() if isinstance(v, torch.Tensor)]
+    assert stored and all(v.numel() <= max(B * T * V, B * S) for v in stored)
+    assert not any(v.shape[-2:] == (S, S) for v in stored)
+
+
+def test_decode_steps_and_other_batches_are_not_captured(setup):
+    model, inputs, response_mask, _ = setup
+    with probe(model, [1]) as p, torch.no_grad():
+        out = model(**inputs, use_cache=True)  # unarmed prefill
+        p.arm(query_positions(response_mask), inputs["input_ids"] == IMAGE)
+        step = dict(input_ids=out.logits[:, -1:].argmax(-1), position_ids=torch.zeros(3, 3, 1, dtype=torch.long),
+                    attention_mask=torch.cat([inputs["attention_mask"], torch.ones(3, 1, dtype=torch.long)], 1))
+        model(**step, cache=out.cache, use_cache=True)  # one decode step: q_len == 1
+        assert p.captures == 0
+        model(**make_batch(response_lengths=(2, 2, 2))[0])  # another batch: its S is not the armed one
+        assert p.captures == 0
+        with pytest.raises(RuntimeError, match="captured nothing"):
+            p.result()
+
+
+def test_query_positions_predict_is_self_minus_one(setup):
+    _, _, response_mask, _ = setup
+    own, predict = query_positions(response_mask, "self"), query_positions(response_mask, "predict")
+    assert torch.equal(predict[own >= 0], own[own >= 0] - 1) and torch.equal(own < 0, predict < 0)
+    assert (own >= 0).sum(1).tolist() == [5, 3, 7]
+    with pytest.raises(ValueError, match="query="):
+        query_positions(response_mask, "next")
+
+
+def test_debias_drops_outlier_key_and_renormalises():
+    torch.manual_seed(0)
+    B, T, V = 2, 6, 10
+    raw = torch.rand(B, T, V + 2).softmax(-1) * 0.5  # (B, T, V + 2): sink, V image keys, one text key
+    raw[:, :, 3] += 0.3  # image key 2 is a sink-like outlier in every row
+    raw = raw / raw.sum(-1, keepdim=True)
+    sink, patterns = raw[..., 0], raw[..., 1:V + 1]
+    valid = torch.ones(B, V, dtype=torch.bool)
+    valid[1, 8:] = False  # the second rollout has 8 image tokens
+    patterns[1, :, 8:] = 0
+    row_mask = torch.ones(B, T, dtype=torch.bool)
+    row_mask[0, 4:] = False  # the first response has 4 tokens
+    patterns[0, 4:], sink[0, 4:] = 0, 0
+    dist, rho = debias_sinks(patterns, sink, valid, outlier_k=3.0, row_mask=row_mask)
+    assert (dist[..., 2] == 0).all()  # the outlier key is gone
+    assert torch.allclose(dist.sum(-1)[row_mask], torch.ones(int(row_mask.sum())))  # rows sum to 1
+    assert (dist[~row_mask] == 0).all() and (rho[~row_mask] == 0).all() and (dist[1, :, 8:] == 0).all()
+    assert ((rho >= 0) & (rho <= 1)).all()
+    kept = patterns.sum(-1) - patterns[..., 2]
+    assert torch.allclose(rho[row_mask], (kept / (1 - sink - patterns[..., 2]))[row_mask])
+    plain, mass = debias_sinks(patterns, sink, valid, enabled=False, row_mask=row_mask)
+    assert (plain[..., 2] > 0).all() or not row_mask.all()
+    assert torch.allclose(mass, patterns.sum(-1) * row_mask)  # disabled: rho = raw image mass
+    empty, zero = debias_sinks(torch.zeros(1, 2, 3), torch.zeros(1, 2), torch.zeros(1, 3, dtype=torch.bool))
+    assert not empty.isnan().any() and (zero == 0).all()  # no image tokens: zeros, never NaN
+
+
+def test_image_attention_end_to_end(setup):
+    model, inputs, response_mask, _ = setup
+    patterns, rho = image_attention(model, inputs, response_mask)
+    valid = query_positions(response_mask) >= 0
+    assert patterns.shape == (3, 7, 9) and rho.shape == (3, 7)
+    assert torch.allclose(patterns.sum(-1)[valid], torch.ones(int(valid.sum())), atol=1e-5)
+    assert ((rho > 0) & (rho <= 1))[valid].all() and (rho[~valid] == 0).all()
+    assert model.config.text_config._attn_implementation == "sdpa"
+
+
+def test_bad_layers_and_nested_probe_raise_clear_errors(setup):
+    model = setup[0]
+    with pytest.raises(ValueError, match="layers="):
+        with probe(model, [4]):
+            pass
+    with probe(model):
+        with pytest.raises(RuntimeError, match="already installed"):
+            with probe(model):
+                pass
+
+
+def test_docstring_examples():
+    assert doctest.testmod(connectivity, raise_on_error=False).failed == 0
