@@ -1,0 +1,442 @@
+"""Rollout for AT-RL: turn (image, question) prompts into model inputs, then sample G responses per prompt.
+
+This file has two sections. **Encoding** (below) builds exactly the tensors Qwen2.5-VL's forward and
+`generate` need; **Sampling** (added by train.py's owner) samples, rewards and pads responses.
+
+Encoding, for a batch of B prompts:
+
+    image  --prepare_image-->  RGB, H and W multiples of 28, min_pixels <= H*W <= max_pixels
+           --image processor-->  pixel_values (sum_b h_b*w_b, C*2*14*14), image_grid_thw (B, 3) = [1, h_b, w_b]
+    text   --chat template-->  "...<|vision_start|><|image_pad|><|vision_end|>question + format..."
+           --expand-->  one <|image_pad|> per merged patch: N_b = h_b * w_b / merge_size**2
+           --tokenize, LEFT-pad-->  input_ids (B, P), attention_mask (B, P), mm_token_type_ids (B, P)
+
+Where this departs from the stock `Qwen2_5_VLProcessor`:
+1. We use the image processor and the tokenizer directly (no `AutoProcessor`), so the same code serves a
+   hub checkpoint and our own tiny checkpoint (tiny.py), and no torchvision is needed: the image processor
+   is transformers' PIL backend (`Qwen2VLImageProcessorPil`).
+2. Images are resized by us (`prepare_image`), with explicit min/max pixel bounds, and odd inputs are made
+   valid first: grayscale/RGBA/palette -> RGB on white, tiny images upscaled to at least one 28x28 merged
+   patch, extreme aspect ratios padded to <= 200:1, huge images shrunk under max_pixels.
+3. Prompts are LEFT-padded: `generate` appends at the right, so every row's last prompt token must sit in
+   the last column.
+
+Traps this file guards against (tests/test_encoding.py checks each):
+- `mm_token_type_ids` (1 at image tokens, 0 elsewhere) must reach forward AND generate. Without it
+  transformers 5.x cannot build the 3-D mRoPE positions (temporal, height, width) of the image tokens and
+  silently falls back to 1-D positions -- a model trained with 3-D positions then emits garbage.
+- The number of <|image_pad|> tokens must equal image_grid_thw.prod() // merge_size**2 per image, or the
+  model's placeholder check fails.
+- Vision special tokens must be suppressed while sampling (`VISION_TOKEN_IDS`): a sampled <|image_pad|>
+  would be mistaken for an image slot when the response is re-encoded for the training forward.
+
+References: Qwen2.5-VL tech report (arXiv 2502.13923) §2.1 (dynamic resolution, MRoPE);
+transformers models/qwen2_5_vl/modeling_qwen2_5_vl.py `get_rope_index`, models/qwen2_vl/
+processing_qwen2_vl.py (the stock processor this replaces). Run the checks: `pytest tests/test_encoding.py`.
+"""
+
+import math
+
+import torch
+from PIL import Image
+
+# --------------------------------------------------------------------------------------------------
+# Encoding
+# --------------------------------------------------------------------------------------------------
+
+# The instruction appended to every question; the reward (data.compute_reward) grades this format.
+FORMAT_INSTRUCTION = (
+    "Think step by step inside <think></think>, then give the final answer inside <answer></answer>."
+)
+
+# Qwen2.5-VL's chat template reduced to what we use (text and images in user turns). Used only when a
+# tokenizer ships without a template; tiny.py saves this same template with its tokenizer.
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+IMAGE_TOKEN = "<|image_pad|>"
+# Every token that only makes sense inside a prompt's image/video slot.
+_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def load_processor(path):
+    """(tokenizer, image_processor) of a checkpoint dir or hub name; the image processor is the PIL one.
+
+    NOTE: tokenizers are left-padded here once and for all (generation appends on the right).
+    """
+    from transformers import AutoTokenizer
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:  # Qwen uses <|endoftext|> as pad
+        tokenizer.pad_token = "<|endoftext|>"
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
+    return tokenizer, image_processor
+
+
+def _target_size(height, width, factor, min_pixels, max_pixels):
+    """(H, W) multiples of `factor`, aspect ratio kept as far as possible, min_pixels <= H*W <= max_pixels.
+
+    Same rule as transformers' `smart_resize`, but never returns 0 (tiny inputs) and clamps to one factor.
+
+    >>> _target_size(28, 56, 28, 28 * 28, 28 * 28 * 64)   # already valid: unchanged
+    (28, 56)
+    >>> _target_size(1, 1, 28, 28 * 28, 28 * 28 * 64)     # 1x1 px -> one merged patch
+    (28, 28)
+    >>> _target_size(4000, 3000, 28, 28 * 28, 28 * 28 * 64)  # huge -> under max_pixels, same aspect
+    (252, 168)
+    """
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = max(factor, math.ceil(height * beta / factor) * factor)
+        w = max(factor, math.ceil(width * beta / factor) * factor)
+    return h, w
+
+
+def prepare_image(img, min_pixels=28 * 28, max_pixels=28 * 28 * 1280, factor=28):
+    """Any PIL image -> RGB whose sides are multiples of `factor` (patch 14 x merge 2) within the pixel bounds.
+
+    Modes: palette / grayscale / 16-bit / float / CMYK -> RGB; transparency is composited onto white (a
+    transparent PNG would otherwise turn black). Extreme aspect ratios (> 200:1, which Qwen's resize
+    rejects) are padded with white first. Already-valid images are returned unchanged (pixel-exact).
+
+    >>> prepare_image(Image.new("LA", (3, 700))).size    # tiny, 233:1 tall, grayscale+alpha
+    (28, 700)
+    """
+    if min_pixels < factor * factor or max_pixels < min_pixels:
+        raise ValueError(f"need {factor * factor} <= min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
+    if img.mode == "P":  # palette images may carry transparency in img.info
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        img = Image.new("RGB", rgba.size, (255, 255, 255))
+        img.paste(rgba, mask=rgba.getchannel("A"))
+    elif img.mode in ("I", "I;16", "F"):  # 16-bit / float grayscale: rescale to 0..255 before 8-bit
+        lo, hi = img.getextrema()
+        img = img.point(lambda v: (v - lo) * 255.0 / max(hi - lo, 1)).convert("L").convert("RGB")
+    elif img.mode != "RGB":
+        img = img.convert("RGB")
+    width, height = img.size
+    if max(width, height) > 199 * min(width, height):  # pad the short side to a 199:1 ratio
+        padded = Image.new("RGB", (max(width, math.ceil(height / 199)), max(height, math.ceil(width / 199))),
+                           (255, 255, 255))
+        padded.paste(img, (0, 0))
+        img, (width, height) = padded, padded.size
+    h, w = _target_size(height, width, factor, min_pixels, max_pixels)
+    if (h, w) != (height, width):
+        img = img.resize((w, h), Image.BICUBIC)
+    return img
+
+
+def build_messages(question):
+    """One user turn: the image, then the question and the answer-format instruction.
+
+    >>> build_messages("What is 1+1?")[0]["content"][1]["text"][:12]
+    'What is 1+1?'
+    """
+    return [{"role": "user", "content": [{"type": "image"},
+                                         {"type": "text", "text": f"{question}\n{FORMAT_INSTRUCTION}"}]}]
+
+
+def VISION_TOKEN_IDS(tokenizer):
+    """Ids of the vision special tokens this tokenizer knows (to suppress while sampling)."""
+    vocab = tokenizer.get_vocab()
+    return sorted(vocab[t] for t in _VISION_TOKENS if t in vocab)
+
+
+def encode_prompts(tokenizer, image_processor, images, questions, min_pixels=None, max_pixels=None):
+    """B (image, question) pairs -> the inputs of Qwen2.5-VL's forward/generate, prompts LEFT-padded.
+
+    min_pixels/max_pixels default to the image processor's own bounds (size.shortest_edge/longest_edge).
+    Returns a dict of tensors:
+        input_ids (B, P), attention_mask (B, P), mm_token_type_ids (B, P) (1 = image token),
+        pixel_values (sum_b h_b*w_b, C*T*p*p) float32, image_grid_thw (B, 3) long.
+    pixel_values rows of image b are rows [offset_b, offset_b + h_b*w_b) with offsets = cumsum of the
+    grid products, so per-sample slicing is by image_grid_thw.
+    """
+    if len(images) != len(questions):
+        raise ValueError(f"{len(images)} images but {len(questions)} questions: need one image per question")
+    size = image_processor.size
+    min_pixels = min_pixels or size["shortest_edge"]
+    max_pixels = max_pixels or size["longest_edge"]
+    merge = image_processor.merge_size
+    factor = image_processor.patch_size * merge
+    rgb = [prepare_image(im, min_pixels, max_pixels, factor) for im in images]
+    # do_resize=False: prepare_image already produced valid sizes, so the processor only normalises + patchifies.
+    vision = image_processor(images=rgb, do_resize=False, return_tensors="pt")
+    grid = vision["image_grid_thw"]  # (B, 3)
+
+    template = tokenizer.chat_template or QWEN_CHAT_TEMPLATE
+    texts = []
+    for question, thw in zip(questions, grid):
+        text = tokenizer.apply_chat_template(build_messages(question), chat_template=template,
+                                             tokenize=False, add_generation_prompt=True)
+        if text.count(IMAGE_TOKEN) != 1:
+            raise ValueError(f"chat template produced {text.count(IMAGE_TOKEN)} {IMAGE_TOKEN} tokens, expected 1")
+        n_image_tokens = int(thw.prod()) // merge**2  # one LLM token per merge x merge patch block
+        texts.append(text.replace(IMAGE_TOKEN, IMAGE_TOKEN * n_image_tokens))
+
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)  # (B, P)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, P)
+    for b, r in enumerate(rows):  # left padding: row b occupies the last len(r) columns
+        input_ids[b, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        attention_mask[b, width - len(r):] = 1
+    mm_token_type_ids = (input_ids == image_id).long() * attention_mask  # (B, P) 1 = image, 0 = text/pad
+    return dict(input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_token_type_ids,
+                pixel_values=vision["pixel_values"], image_grid_thw=grid)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling
+# --------------------------------------------------------------------------------------------------
+#
+# A rollout batch is a dict. For B = P_prompts * G rollouts, S = P + T (prompt columns + response columns):
+#   input_ids, attention_mask, mm_token_type_ids, full_response_mask   (B, S)  prompt LEFT-, response RIGHT-padded
+#   pixel_values (sum_b patches_b, D), image_grid_thw (B, 3)             one image per rollout
+#   response_mask (B, T) bool (tokens up to and including EOS), truncated (B,) bool (no EOS within budget)
+#   prompt_len P (int), texts / answers / choices (lists), and after `score`: rewards, accuracy, format (B,)
+# Rollout i belongs to group i // G: the G samples of one prompt are consecutive and never split.
+
+_TENSOR_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "full_response_mask", "response_mask",
+                "truncated", "image_grid_thw", "rewards", "accuracy", "format")
+_LIST_KEYS = ("texts", "answers", "choices")
+
+
+def _pixel_rows(batch, index):
+    """pixel_values rows of the samples in `index`. NOTE: rows are per image, not per sample: sample b owns
+    image_grid_thw[b].prod() consecutive rows, so a plain pixel_values[index] would mix up images."""
+    counts = batch["image_grid_thw"].prod(-1).tolist()
+    starts = [0]
+    for c in counts:
+        starts.append(starts[-1] + c)
+    return torch.cat([batch["pixel_values"][starts[b]:starts[b + 1]] for b in index])
+
+
+def select(batch, index):
+    """The sub-batch of rollouts `index` (a list of ints), pixel rows included."""
+    out = {k: batch[k][index] for k in _TENSOR_KEYS if k in batch}
+    out.update({k: [batch[k][b] for b in index] for k in _LIST_KEYS if k in batch})
+    out["pixel_values"] = _pixel_rows(batch, index)
+    out["prompt_len"] = batch["prompt_len"]
+    return out
+
+
+def slice_batch(batch, start, stop):
+    """Rollouts [start, stop): a micro-batch for one forward/backward."""
+    return select(batch, list(range(start, min(stop, len(batch["input_ids"])))))
+
+
+def to_device(batch, device):
+    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def _repad(batch, prompt_len, response_len, pad_id):
+    """Re-pad a batch to P' >= P prompt columns (on the left) and T' >= T response columns (on the right)."""
+    P, S = batch["prompt_len"], batch["input_ids"].shape[1]
+    left, right = prompt_len - P, response_len - (S - P)
+    out = dict(batch, prompt_len=prompt_len)
+    for k, fill in (("input_ids", pad_id), ("attention_mask", 0), ("mm_token_type_ids", 0), ("full_response_mask", 0)):
+        out[k] = torch.nn.functional.pad(batch[k], (left, right), value=fill)
+    out["response_mask"] = torch.nn.functional.pad(batch["response_mask"], (0, right), value=False)
+    return out
+
+
+def concat(a, b, pad_id=0):
+    """Two rollout batches -> one (re-padded to common prompt and response widths)."""
+    P = max(a["prompt_len"], b["prompt_len"])
+    T = max(a["input_ids"].shape[1] - a["prompt_len"], b["input_ids"].shape[1] - b["prompt_len"])
+    a, b = _repad(a, P, T, pad_id), _repad(b, P, T, pad_id)
+    out = {k: torch.cat([a[k], b[k]]) for k in _TENSOR_KEYS if k in a}
+    out.update({k: a[k] + b[k] for k in _LIST_KEYS})
+    out["pixel_values"] = torch.cat([a["pixel_values"], b["pixel_values"]])
+    out["prompt_len"] = P
+    return out
+
+
+def repeat_groups(enc, group_size):
+    """Each encoded prompt G times in a row (rollout i -> prompt i // G), pixel rows repeated per image."""
+    index = [b for b in range(len(enc["input_ids"])) for _ in range(group_size)]
+    out = {k: enc[k][index] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw")}
+    out["pixel_values"] = _pixel_rows(enc, index)
+    return out
+
+
+def _signed(c):
+    return c - (1 << 64) if c >= 1 << 63 else c  # a 64-bit odd constant as a torch int64
+
+
+_MIX = [_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)]
+
+
+def _hash_uniform(keys, position, vocab):
+    """Counter-based uniforms in [0, 1): u[b, v] = hash(keys[b], position, v). No RNG state at all, so a
+    rollout's sample depends only on its key -- not on batch size, padding, world size or call order.
+    Mixing is splitmix64's finalizer on int64 (torch wraps on overflow; >> is arithmetic, which still mixes
+    the low 53 bits we keep)."""
+    v = torch.arange(vocab, device=keys.device, dtype=torch.int64)
+    pos = torch.tensor(position, device=keys.device, dtype=torch.int64)
+    x = keys[:, None] * _MIX[0] + pos * _MIX[1] + v[None, :] * _MIX[2]                         # (B, vocab)
+    for mult in (_MIX[1], _MIX[2], _MIX[0]):
+        x = (x ^ (x >> 31)) * mult
+    x = x ^ (x >> 29)
+    return ((x & ((1 << 53) - 1)).double() / float(1 << 53)).clamp(1e-12, 1 - 1e-12)
+
+
+class GumbelSampler:
+    """A logits processor that turns greedy decoding into exact sampling (the Gumbel-max trick):
+    argmax(logits / temperature + g), g = -log(-log u), is a sample of softmax(logits / temperature).
+    With counter-based u (above) every rollout is reproducible from (seed, prompt, sample index) alone.
+    top_p < 1 first masks the tail outside the nucleus (Holtzman et al. 2020)."""
+
+    def __init__(self, keys, temperature=1.0, top_p=1.0):
+        self.keys, self.temperature, self.top_p = keys, temperature, top_p
+
+    def __call__(self, input_ids, scores):
+        scores = scores.float() / self.temperature                                     # (B, vocab)
+        if self.top_p < 1.0:
+            sorted_scores, order = scores.sort(-1, descending=True)
+            cum = sorted_scores.softmax(-1).cumsum(-1)
+            drop_sorted = cum - sorted_scores.softmax(-1) > self.top_p                 # keep the first over top_p
+            scores = scores.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+        u = _hash_uniform(self.keys.to(scores.device), input_ids.shape[1], scores.shape[-1])
+        return scores - torch.log(-torch.log(u)).float()
+
+
+@torch.no_grad()
+def generate(model, tokenizer, enc, max_new_tokens, temperature=1.0, top_p=1.0, keys=None):
+    """Sample (temperature > 0; one int64 key per row) or greedy-decode (temperature 0) left-padded prompts.
+
+    Returns (response_ids (B, T), response_mask (B, T) bool up to and incl. EOS, truncated (B,) bool).
+    NOTE: we pass a fresh GenerationConfig: a hub checkpoint's generation_config.json (Qwen2.5-VL-Instruct
+    ships top_k=1, top_p=0.001, repetition_penalty=1.05) would otherwise silently change the sampling
+    distribution, and PPO's ratio assumes samples come from pi itself.
+    """
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    eos = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                              pad_token_id=tokenizer.pad_token_id,
+                              suppress_tokens=VISION_TOKEN_IDS(tokenizer))  # trap: a sampled <|image_pad|>
+    processors = LogitsProcessorList()
+    if temperature > 0:
+        if keys is None or len(keys) != len(enc["input_ids"]):
+            raise ValueError("sampling needs one integer key per prompt row (got "
+                             f"{None if keys is None else len(keys)} for {len(enc['input_ids'])} rows)")
+        processors.append(GumbelSampler(torch.as_tensor(keys, dtype=torch.int64), temperature, top_p))
+    device = next(model.parameters()).device
+    out = model.generate(**{k: v.to(device) for k, v in enc.items()}, generation_config=config,
+                         logits_processor=processors)
+    response = out[:, enc["input_ids"].shape[1]:].cpu()                                       # (B, T)
+    is_eos = torch.isin(response, torch.tensor(eos))
+    T = response.shape[1]
+    first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full((len(response),), T))  # (B,)
+    response_mask = torch.arange(T)[None, :] <= first_eos[:, None]                             # (B, T)
+    response = response.masked_fill(~response_mask, tokenizer.pad_token_id)
+    leaked = torch.isin(response, torch.tensor(VISION_TOKEN_IDS(tokenizer))) & response_mask
+    if leaked.any():  # never let an image placeholder reach the training forward: it would shift image slots
+        b = int(leaked.any(1).nonzero()[0])
+        raise RuntimeError(f"rollout {b} generated a vision special token {response[b][leaked[b]].tolist()} "
+                           "despite suppression; check the tokenizer's special tokens")
+    return response, response_mask, ~is_eos.any(1)
+
+
+def sample_groups(model, tokenizer, image_processor, rows, group_size, prompt_keys, max_new_tokens=64,
+                  temperature=1.0, top_p=1.0, min_pixels=None, max_pixels=None):
+    """P dataset rows -> a rollout batch of P*G sampled responses (see the layout above).
+
+    prompt_keys: one int per row; sample j of prompt p draws its noise from key prompt_keys[p] * G + j, so
+    the same (seed, step, global prompt index) gives the same responses on 1 GPU or 8.
+    """
+    import data
+
+    enc = encode_prompts(tokenizer, image_processor, [r["image"] for r in rows],
+                         [data.format_question(r) for r in rows], min_pixels, max_pixels)
+    enc = repeat_groups(enc, group_size)
+    keys = [int(k) * group_size + j for k in prompt_keys for j in range(group_size)]
+    response, response_mask, truncated = generate(model, tokenizer, enc, max_new_tokens, temperature, top_p, keys)
+    B, P = enc["input_ids"].shape
+    return {
+        "input_ids": torch.cat([enc["input_ids"], response], 1),                                       # (B, S)
+        "attention_mask": torch.cat([enc["attention_mask"], response_mask.long()], 1),              # (B, S)
+        "mm_token_type_ids": torch.cat([enc["mm_token_type_ids"], torch.zeros_like(response)], 1),  # (B, S)
+        "full_response_mask": torch.cat([torch.zeros(B, P, dtype=torch.bool), response_mask], 1),   # (B, S)
+        "response_mask": response_mask, "truncated": truncated, "prompt_len": P,
+        "pixel_values": enc["pixel_values"], "image_grid_thw": enc["image_grid_thw"],
+        "texts": [tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(response, response_mask)],
+        "answers": [r["answer"] for r in rows for _ in range(group_size)],
+        "choices": [list(r.get("choices") or []) for r in rows for _ in range(group_size)],
+    }
+
+
+def score(batch):
+    """Add the verifiable reward and its parts (data.compute_reward) to a rollout batch."""
+    import data
+
+    parts = [data.compute_reward(t, a, c or None) for t, a, c in zip(batch["texts"], batch["answers"], batch["choices"])]
+    for key, name in (("rewards", "reward"), ("accuracy", "accuracy"), ("format", "format")):
+        batch[key] = torch.tensor([p[name] for p in parts], dtype=torch.float32)               # (B,)
+    return batch
+
+
+def count_flat_groups(rewards, group_size):
+    """Groups whose G rewards are all equal: their advantages are 0, they teach nothing (DAPO §3.2)."""
+    g = rewards.view(-1, group_size)
+    return int((g.max(1).values == g.min(1).values).sum())
+
+
+def drop_flat_groups(batch, group_size):
+    """(batch without all-equal groups, number of groups dropped)."""
+    g = batch["rewards"].view(-1, group_size)
+    keep = (g.max(1).values != g.min(1).values).nonzero().flatten().tolist()
+    n_flat = len(g) - len(keep)
+    return select(batch, [k * group_size + j for k in keep for j in range(group_size)]), n_flat
+
+
+@torch.no_grad()
+def greedy_accuracy(model, tokenizer, image_processor, rows, max_new_tokens=64, batch_size=16,
+                    min_pixels=None, max_pixels=None, show=0):
+    """Greedy decoding on `rows`; counts of correct and well-formatted answers (+ the first `show` examples)."""
+    import data
+
+    was_training = model.training
+    model.eval()
+    correct = formatted = 0
+    examples = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        enc = encode_prompts(tokenizer, image_processor, [r["image"] for r in chunk],
+                             [data.format_question(r) for r in chunk], min_pixels, max_pixels)
+        response, mask, _ = generate(model, tokenizer, enc, max_new_tokens, temperature=0)
+        for r, ids, m in zip(chunk, response, mask):
+            text = tokenizer.decode(ids[m], skip_special_tokens=True)
+            parts = data.compute_reward(text, r["answer"], list(r.get("choices") or []) or None)
+            correct += parts["accuracy"]
+            formatted += parts["format"]
+            if len(examples) < show:
+                examples.append({"question": data.format_question(r), "answer": r["answer"], "response": text,
+                                 "correct": bool(parts["accuracy"])})
+    model.train(was_training)
+    return {"correct": correct, "formatted": formatted, "n": len(rows), "examples": examples}

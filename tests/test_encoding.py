@@ -1,0 +1,144 @@
+"""Prompt/image encoding (rollout.py §Encoding) on a random tiny checkpoint: shapes, padding, odd images,
+and the oracle that matters most: log-probs recorded while sampling equal those of a training forward."""
+
+import doctest
+
+import pytest
+import torch
+from PIL import Image
+
+import data
+import rollout
+import tiny
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny.make_random_checkpoint(str(tmp_path_factory.mktemp("ckpt")), seed=0)
+
+
+@pytest.fixture(scope="module")
+def processor(checkpoint):
+    return rollout.load_processor(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+
+
+def test_docstring_examples():
+    assert doctest.testmod(rollout).failed == 0
+
+
+def test_image_pad_count_matches_grid_and_prompts_are_left_padded(processor):
+    tokenizer, image_processor = processor
+    images = [Image.new("RGB", (56, 28), "white"), Image.new("RGB", (112, 84), "white")]
+    enc = rollout.encode_prompts(tokenizer, image_processor, images, ["q one", "a longer question two"])
+    assert enc["image_grid_thw"].tolist() == [[1, 2, 4], [1, 6, 8]]  # 14-px patches
+    image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert (enc["input_ids"] == image_id).sum(1).tolist() == [2, 12]  # h*w / merge**2
+    assert torch.equal(enc["mm_token_type_ids"], (enc["input_ids"] == image_id).long())
+    assert enc["pixel_values"].shape[0] == 8 + 48  # rows of both images, concatenated
+    mask = enc["attention_mask"]
+    assert mask[:, -1].all() and mask[0, 0] == 0  # left padding: last column is real for every row
+    assert (mask.cummax(1).values == mask).all()  # once real, real until the end (no holes)
+    text = tokenizer.decode(enc["input_ids"][1][mask[1].bool()])
+    assert text.startswith("<|im_start|>system") and text.endswith("<|im_start|>assistant\n")
+    assert rollout.FORMAT_INSTRUCTION in text
+
+
+@pytest.mark.parametrize("image", [
+    Image.new("L", (40, 30), 128),                       # grayscale
+    Image.new("RGBA", (64, 64), (255, 0, 0, 0)),         # fully transparent -> white
+    Image.new("P", (30, 30)),                            # palette
+    Image.new("1", (50, 20)),                            # 1-bit
+    Image.new("I;16", (33, 33), 1000),                   # 16-bit grayscale
+    Image.new("RGB", (1, 1)),                            # tiny: below one patch
+    Image.new("RGB", (3000, 2000)),                      # huge: above max_pixels
+    Image.new("RGB", (1000, 3)),                         # 333:1, beyond smart_resize's 200:1 limit
+], ids=["gray", "rgba", "palette", "1bit", "i16", "tiny", "huge", "extreme-aspect"])
+def test_odd_images_encode(processor, image):
+    tokenizer, image_processor = processor
+    out = rollout.prepare_image(image, min_pixels=28 * 28, max_pixels=28 * 28 * 64)
+    assert out.mode == "RGB" and out.width % 28 == 0 and out.height % 28 == 0
+    assert 28 * 28 <= out.width * out.height <= 28 * 28 * 64
+    enc = rollout.encode_prompts(tokenizer, image_processor, [image], ["q"], max_pixels=28 * 28 * 64)
+    t, h, w = enc["image_grid_thw"][0].tolist()
+    assert enc["pixel_values"].shape == (t * h * w, 3 * 2 * 14 * 14)
+    assert enc["mm_token_type_ids"].sum() == h * w // 4
+
+
+def test_transparent_pixels_become_white():
+    out = rollout.prepare_image(Image.new("RGBA", (28, 28), (255, 0, 0, 0)))
+    assert out.getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_valid_image_is_kept_pixel_exact():
+    image = data.make_visualmath(1, seed=0)[0]["image"]
+    assert rollout.prepare_image(image).tobytes() == image.tobytes()
+
+
+def test_vision_token_ids_are_the_vision_specials(processor):
+    tokenizer, _ = processor
+    names = tokenizer.convert_ids_to_tokens(rollout.VISION_TOKEN_IDS(tokenizer))
+    assert set(names) == {"<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"}
+
+
+def _prompts(processor, sizes=((56, 28), (84, 56))):
+    tokenizer, image_processor = processor
+    ds = data.make_visualmath(len(sizes), seed=3)
+    images = [im.resize(size) for im, size in zip(ds["image"], sizes)]  # different sizes -> different pad
+    return rollout.encode_prompts(tokenizer, image_processor, images, ds["question"])
+
+
+def test_generate_logprobs_equal_training_forward(model, processor):
+    """Sample with KV cache (left-padded, 3-D mRoPE from mm_token_type_ids), then score the same tokens
+    in one forward over prompt+response, as the RL loss will: per-token log-probs must agree (fp32)."""
+    tokenizer, _ = processor
+    enc = _prompts(processor)
+    torch.manual_seed(0)
+    out = model.generate(**enc, do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=12,
+                         suppress_tokens=rollout.VISION_TOKEN_IDS(tokenizer), eos_token_id=None,
+                         return_dict_in_generate=True, output_logits=True)
+    P = enc["input_ids"].shape[1]
+    response = out.sequences[:, P:]  # (B, T)
+    # Generation-time log-probs of the sampled tokens (raw logits; no suppression inside: T=1, no top-k).
+    gen_logits = torch.stack(out.logits, 1)  # (B, T, vocab)
+    suppress = rollout.VISION_TOKEN_IDS(tokenizer)
+    gen_logits[..., suppress] = -float("inf")
+    gen_logp = gen_logits.log_softmax(-1).gather(-1, response[..., None])[..., 0]  # (B, T)
+
+    full = dict(enc)
+    full["input_ids"] = out.sequences  # (B, P + T)
+    full["attention_mask"] = torch.cat([enc["attention_mask"], torch.ones_like(response)], 1)
+    full["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(response)], 1)
+    with torch.no_grad():
+        logits = model(**full).logits[:, P - 1:-1]  # (B, T, vocab): position t predicts token t+1
+    logits[..., suppress] = -float("inf")
+    train_logp = logits.log_softmax(-1).gather(-1, response[..., None])[..., 0]  # (B, T)
+    assert response.shape[1] == 12
+    torch.testing.assert_close(train_logp, gen_logp, atol=1e-4, rtol=1e-4)
+
+
+def test_mm_token_type_ids_change_the_model_output(model, processor):
+    """The trap: without mm_token_type_ids transformers quietly uses 1-D positions for image tokens."""
+    enc = _prompts(processor)
+    with torch.no_grad():
+        with_ids = model(**enc).logits[:, -1]
+        without = model(**{k: v for k, v in enc.items() if k != "mm_token_type_ids"}).logits[:, -1]
+    assert not torch.allclose(with_ids, without, atol=1e-4)
+
+
+def test_generate_needs_mm_token_type_ids(model, processor):
+    """Greedy generate with and without mm_token_type_ids differ in the first-step logits."""
+    enc = _prompts(processor)
+    kw = dict(do_sample=False, max_new_tokens=1, return_dict_in_generate=True, output_logits=True)
+    with_ids = model.generate(**enc, **kw).logits[0]
+    without = model.generate(**{k: v for k, v in enc.items() if k != "mm_token_type_ids"}, **kw).logits[0]
+    with torch.no_grad():
+        forward = model(**enc).logits[:, -1]
+    torch.testing.assert_close(with_ids, forward, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(without, forward, atol=1e-4)
