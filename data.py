@@ -166,7 +166,7 @@ def locate_perception(text, perception):
 #   is_correct(pred, gold)   -> does it match the gold answer (numbers, LaTeX, choice letters)?
 #   compute_reward(...)      -> R = (1 - w) * accuracy + w * format,  w = format_weight = 0.1
 # NOTE: these run on raw model output inside the RL loop, so they must never raise and never hang:
-#   - no regex here has nested quantifiers (no catastrophic backtracking on adversarial text);
+#   - no regex here has ambiguous nested repeats or unbounded gaps (no catastrophic backtracking);
 #   - the fallback searches only the last _TAIL_CHARS characters of a response;
 #   - the tiny arithmetic evaluator only sees strings of at most _MAX_EXPR_CHARS characters;
 #   - the public functions catch anything unforeseen and grade it as "no answer" / "wrong".
@@ -183,8 +183,10 @@ _MAX_EXPR_CHARS = 100   # longer "answers" are compared as strings, never evalua
 _MAX_ANSWER_CHARS = 1000  # longer predictions are only compared verbatim (normalising is quadratic)
 _CHOICE_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
-# "The answer is (B)", "Final answer: 42", "answer = 3/4". Bounded gaps only: linear time.
-_ANSWER_PHRASE = re.compile(r"answer\s{0,5}(?:is|:|=)\s{0,5}:?\s{0,5}([^\n]{0,60})", re.IGNORECASE)
+# "The answer is (B)", "Final answer: 42", "answer = 3/4", "the correct option is C".
+# Bounded repeats only, so matching stays linear.
+_ANSWER_PHRASE = re.compile(r"(?:answer|option|choice)\**\s{0,5}(?:is|:|=)\s{0,5}:?\**\s{0,5}([^\n]{0,60})",
+                            re.IGNORECASE)
 # A choice letter at the start of a short answer: "B", "(B)", "B.", "B) 12", "B: larger", but not
 # the "I" of "I think" nor the "A" of "A cat".
 _LETTER_ANSWER = re.compile(r"\(([A-Za-z])\)|([A-Za-z])(?:$|[.:),])")
@@ -236,13 +238,34 @@ def _last_boxed(text):
             if j in closing and text[j + 1:closing[j]].strip():
                 return text[j + 1:closing[j]].strip()
         else:
-            return text[j:].split()[0]  # "\\boxed 5"
+            return text[j:].split()[0]  # "\boxed 5"
     return None
 
 
 def _leading_letter(s):
     m = _LETTER_ANSWER.match(s)
     return (m.group(1) or m.group(2)) if m else None
+
+
+def _said_answer(text):
+    """What follows the last "answer is" / "option:" phrase of text (letter, math token or number).
+
+    The first word after the phrase is kept whole when it looks like math ("3\\sqrt{3}",
+    "$\\frac{1}{2}$", "1,234"), so that "the answer is 3\\sqrt{3}" does not grade as "3".
+    """
+    phrases = list(_ANSWER_PHRASE.finditer(text[-_TAIL_CHARS:]))
+    if not phrases:
+        return None
+    said = phrases[-1].group(1).strip().strip("*").strip()  # "**Answer:** B" (markdown)
+    letter = _leading_letter(said)
+    if letter and letter.isupper():
+        return letter
+    words = said.split()
+    token = words[0].rstrip(".,;:") if words else ""
+    if any(ch.isdigit() for ch in token) or token.startswith(("\\", "$")):
+        return token
+    number = _NUMBER.search(said)  # "the answer is I think 12"
+    return number.group(0) if number else None
 
 
 def _extract(text):
@@ -254,25 +277,20 @@ def _extract(text):
         j = lower.find("</answer>", i)
         inner = text[i + 8:j if j >= 0 else len(text)].strip()
         boxed = _last_boxed(inner)  # "<answer>\boxed{5}</answer>" is common: unwrap it
-        inner = boxed if boxed is not None else inner
-        return inner if inner else None
+        if boxed is not None:
+            return boxed
+        # "<answer>The answer is 5.</answer>": a sentence inside the tag, read like free text.
+        return _said_answer(inner) or inner or None
     # 2) The last \boxed{...}.
     boxed = _last_boxed(text)
     if boxed:
         return boxed
-    # 3) Free text: the last "answer is ..." phrase (a choice letter or a number in it), else the
-    #    last number in the text. Only the tail is searched: the answer comes last.
-    tail = text[-_TAIL_CHARS:]
-    phrases = list(_ANSWER_PHRASE.finditer(tail))
-    if phrases:
-        said = phrases[-1].group(1).strip().rstrip(".").strip()
-        letter = _leading_letter(said)
-        if letter and letter.isupper():
-            return letter
-        number = _NUMBER.search(said)
-        if number:
-            return number.group(0)
-    numbers = list(_NUMBER.finditer(tail))
+    # 3) Free text: the last "answer is ..." phrase, else the last number. Only the tail is
+    #    searched: the answer comes last, and it bounds the work on megabyte responses.
+    said = _said_answer(text)
+    if said:
+        return said
+    numbers = list(_NUMBER.finditer(text[-_TAIL_CHARS:]))
     return numbers[-1].group(0) if numbers else None
 
 
@@ -313,6 +331,10 @@ def _replace_braced_command(s, name, fn):
             return "".join(out)
         out.append(s[k:i])
         j, args = i + len(name), []
+        if j < len(s) and s[j].isalpha():  # "\textbf" is not "\text" + "bf"
+            out.append(name)
+            k = j
+            continue
         for _ in range(nargs):
             while j < len(s) and s[j] == " ":
                 j += 1
@@ -322,7 +344,7 @@ def _replace_braced_command(s, name, fn):
                     break
                 args.append(s[j + 1:end - 1])
                 j = end
-            elif j < len(s) and (s[j].isalnum()):
+            elif j < len(s) and s[j].isdigit():
                 args.append(s[j])  # "\frac12" -> args "1", "2"; "\sqrt3" -> "3"
                 j += 1
             else:
@@ -347,7 +369,8 @@ def _normalize(s):
                  ("\\times", "*"), ("\\pi", "pi"), ("π", "pi"), ("√", "\\sqrt"), ("−", "-"),
                  ("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", ""), ("$", "")):
         s = s.replace(a, b)
-    for cmd in ("\\text", "\\mathrm", "\\textbf", "\\mathbf", "\\mbox", "\\operatorname"):
+    for cmd in ("\\text", "\\textbf", "\\textrm", "\\texttt", "\\mathrm", "\\mathbf", "\\mathit",
+                "\\boldsymbol", "\\mbox", "\\operatorname"):
         s = _replace_braced_command(s, cmd, lambda a: a)
     s = _replace_braced_command(s, "\\frac", lambda a, b: f"({a})/({b})")
     s = _replace_braced_command(s, "\\sqrt", lambda a: f"sqrt({a})")
@@ -503,11 +526,16 @@ def _numbers_match(a_text, b_text, precision):
     return False
 
 
+def _answer_letter(text):
+    """The choice letter a short answer starts with, as written or once LaTeX is stripped."""
+    return _leading_letter(text.strip()) or _leading_letter(_normalize(text))
+
+
 def _choice_index(text, choices):
     """Index of the option a short answer names: by letter ("B", "(b)", "B. 12") or by option text."""
     if not choices:
         return None
-    letter = _leading_letter(text.strip())
+    letter = _answer_letter(text)
     if letter:
         idx = _CHOICE_LETTERS.find(letter.upper())
         if 0 <= idx < len(choices):
@@ -538,7 +566,7 @@ def _is_correct(pred, gold, choices=None, precision=None):
             return gold_idx == pred_idx
     elif len(gold.strip("()")) == 1 and gold.strip("()").isalpha() and gold.strip("()").isupper():
         # A letter gold without the options: compare letters ("(B)", "b", "B." all mean B).
-        letter = _leading_letter(pred)
+        letter = _answer_letter(pred)
         return bool(letter) and letter.upper() == gold.strip("()")
     p, g = _normalize(pred), _normalize(gold)
     if p == g or p.replace(" ", "") == g.replace(" ", ""):

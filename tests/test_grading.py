@@ -39,6 +39,12 @@ EXTRACT_CASES = [
     ("answer is I think 12", "12"),                 # "I" here is not a choice letter
     ("There are 3 red and 5 blue balls, so 8 in total", "8"),
     ("about 45% of the area", "45%"),
+    ("The answer is $\\frac{1}{2}$.", "$\\frac{1}{2}$"),    # the math token, not its first digit
+    ("so the answer is 3\\sqrt{3}.", "3\\sqrt{3}"),
+    ("**Answer:** B", "B"),                         # markdown
+    ("Thus the correct option is D.", "D"),
+    ("<answer>The answer is 5.</answer>", "5"),    # a sentence inside the tag
+    ("answer is 42 because 3 > 2", "42"),
     ("no number here", None),
     ("", None),
     (None, None),
@@ -89,6 +95,8 @@ MATCH_CASES = [
     ("x = 5", "5", None, None, True),
     ("$\\$5$", "5", None, None, True),
     ("\\text{Yes}", "yes", None, None, True),
+    ("\\textbf{12}", "12", None, None, True),       # \textbf is not \text + "bf"
+    ("\\mathrm{B}", "B", None, None, True),
     ("Yes.", "yes", None, None, True),
     ("no", "yes", None, None, False),
     # multiple choice, letter <-> option text both ways
