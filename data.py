@@ -669,7 +669,7 @@ UNIFIED_FEATURES = datasets.Features({
     "choices": datasets.List(datasets.Value("string")),  # [] for free-form questions
     "perception": datasets.List(datasets.Value("string")),  # [] for benchmarks (synthetic only)
     "response": datasets.Value("string"),   # reference response, "" when none
-    "precision": datasets.Value("int64"),   # decimals to round to (MathVista floats) or None
+    "precision": datasets.Value("int32"),   # decimals to round to (MathVista floats) or None
     "unit": datasets.Value("string"),
     "source": datasets.Value("string"),
 })

@@ -235,3 +235,13 @@ def test_data_module_binds_each_top_level_name_once():
         elif isinstance(node, ast.Assign):
             bound.update(t.id for t in node.targets if isinstance(t, ast.Name))
     assert [name for name, count in bound.items() if count > 1] == []
+
+
+def test_benchmarks_and_synthetic_data_share_one_schema(tmp_path):
+    # Same features => datasets.concatenate_datasets can mix benchmark and synthetic rows.
+    import datasets
+    rows = [{"images": [{"bytes": png_bytes("RGB"), "path": None}], "problem": "p", "answer": "1"}]
+    bench = data.load_benchmark(str(write_parquet(tmp_path / "g.parquet", rows)))
+    synthetic = data.make_visualmath(2, seed=0)
+    assert bench.features == synthetic.features == data.UNIFIED_FEATURES
+    assert len(datasets.concatenate_datasets([bench, synthetic])) == 3
