@@ -772,10 +772,10 @@ def _read_rows(path, split):
             return rows, base
     if path.endswith(".json"):
         with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-        if isinstance(data, dict):  # MathVista's testmini.json: {pid: row}; or {"data": [rows]}
-            data = data["data"] if isinstance(data.get("data"), list) else list(data.values())
-        return data, base
+            content = json.load(fh)
+        if isinstance(content, dict):  # MathVista's testmini.json: {pid: row}; or {"data": [rows]}
+            content = content["data"] if isinstance(content.get("data"), list) else list(content.values())
+        return content, base
     raise ValueError(f"{path}: unsupported file type; use .parquet, .json or .jsonl (or a hub name)")
 
 
@@ -808,6 +808,11 @@ def _image_value(value, index, field, base_dir):
         return {"bytes": bytes(value), "path": None}
     if isinstance(value, str) and value:
         path = value if os.path.isabs(value) else os.path.join(base_dir or "", value)
+        if not os.path.isfile(path) and base_dir is None:
+            # e.g. TIGER-Lab/ViRL39K: the parquet lists paths into a separate images.zip
+            raise ValueError(f"row {index}: field {field!r} is a relative image path {value!r} but the "
+                             f"rows came from the hub; download the dataset, unpack its images next to "
+                             f"the data file and pass the local file path instead")
         if not os.path.isfile(path):
             raise ValueError(f"row {index}: image file {value!r} (field {field!r}) not found at {path}; "
                              f"relative paths are read from the data file's folder {base_dir}")
@@ -906,6 +911,9 @@ def load_benchmark(name_or_path, split=None, schema=None, limit=None):
     if not all(isinstance(r, dict) for r in rows):
         raise ValueError(f"{name_or_path}: expected one JSON object (dict) per row")
     schema = schema or detect_schema(rows[0].keys())
-    examples = [_normalize_row(row, i, schema, base_dir) for i, row in enumerate(rows)]
+    try:
+        examples = [_normalize_row(row, i, schema, base_dir) for i, row in enumerate(rows)]
+    except ValueError as err:  # say which data (and schema) the row index refers to
+        raise ValueError(f"{name_or_path} (schema {schema}): {err}") from None
     columns = {key: [ex[key] for ex in examples] for key in UNIFIED_FEATURES}
     return datasets.Dataset.from_dict(columns, features=UNIFIED_FEATURES)
