@@ -195,13 +195,15 @@ _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?%?|[-+]
 _THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _PLAIN_DECIMAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
 _LEADING_VARIABLE = re.compile(r"^[a-z]\w{0,10}\s{0,3}=\s{0,3}")   # "x = 5" -> "5"
-_TRAILING_WORDS = re.compile(r"\s{0,3}([a-z][a-z./^ 23]{0,40})$")  # "5 cm^2" -> unit "cm^2"
+# "5 cm^2" -> unit "cm^2". Digits only after "^": "5 or 3" must not normalise to "5".
+_TRAILING_WORDS = re.compile(r"\s{0,3}([a-z][a-z./ ]{0,40}(?:\^\{?[23]\}?)?)$")
 _NOT_UNITS = {"pi", "sqrt", "e", "i"}                               # letters that carry value
 # Units that may follow a number without a space ("5cm"); "4x" keeps its x (an algebra answer).
 _KNOWN_UNITS = {"mm", "cm", "m", "km", "in", "ft", "yd", "mi", "mg", "g", "kg", "lb", "lbs", "s",
                 "sec", "min", "h", "hr", "ml", "l", "units", "unit", "deg", "px", "mph", "kmh"}
 _BOXED = re.compile(r"\\(?:boxed|fbox)(?: {0,3}\{| {1,3}[^\s{])")   # "\boxed{" or "\boxed 5"
 _BRACE = re.compile(r"[{}]")
+_TIGHT_PUNCT = re.compile(r"\s*([^\w\s])\s*")
 
 
 def _find_braced(text, open_at):
@@ -405,13 +407,15 @@ def _tokenize(s):
             tokens.append("sqrt")
             i += 4
         elif s.startswith("pi", i):
-            tokens.append(math.pi)
+            tokens.append("pi")
             i += 2
         elif ch in "+-*/^()":
             tokens.append(ch)
             i += 1
         elif ch in "{}":
             tokens.append("(" if ch == "{" else ")")  # "2^{10}" groups like parentheses
+            i += 1
+        elif ch == " ":
             i += 1
         else:
             raise ValueError(f"not arithmetic: {ch!r}")
@@ -427,7 +431,7 @@ def _evaluate(s):
     """
     if len(s) > _MAX_EXPR_CHARS:
         return None
-    s = s.replace(" ", "")
+    s = s.strip()
     if _THOUSANDS.fullmatch(s.rstrip("%")):
         s = s.replace(",", "")
     percent = s.endswith("%")
@@ -452,7 +456,13 @@ def _evaluate(s):
         def term():  # term := unary (('*'|'/'|implicit) unary)*   "2sqrt(3)" is 2*sqrt(3)
             value = unary()
             while peek() is not None and peek() not in ("+", "-", ")"):
-                op = take() if peek() in ("*", "/") else "*"
+                if peek() in ("*", "/"):
+                    op = take()
+                elif isinstance(peek(), float):
+                    # NOTE: "2 3" is not 6 (nor 23): a policy must not match golds by listing numbers
+                    raise ValueError("two numbers in a row")
+                else:
+                    op = "*"
                 rhs = unary()
                 value = value * rhs if op == "*" else value / rhs
             return value
@@ -473,6 +483,8 @@ def _evaluate(s):
             tok = take()
             if isinstance(tok, float):
                 return tok
+            if tok == "pi":
+                return math.pi
             if tok == "sqrt":
                 return math.sqrt(atom())
             if tok == "(":
@@ -569,7 +581,8 @@ def _is_correct(pred, gold, choices=None, precision=None):
         letter = _answer_letter(pred)
         return bool(letter) and letter.upper() == gold.strip("()")
     p, g = _normalize(pred), _normalize(gold)
-    if p == g or p.replace(" ", "") == g.replace(" ", ""):
+    # Spaces next to punctuation don't matter ("[1, 2]" == "[1,2]"); between words/digits they do.
+    if p == g or _TIGHT_PUNCT.sub(r"\1", p) == _TIGHT_PUNCT.sub(r"\1", g):
         return True
     return _numbers_match(p, g, precision)
 

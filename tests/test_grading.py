@@ -111,6 +111,12 @@ MATCH_CASES = [
     ("E", "A", ["1", "2"], None, False),            # out-of-range letter names no option
     ("(C)", "C", None, None, True),                 # letter gold without the options
     ("I think C", "C", None, None, False),
+    # a policy must not match a gold by listing or hedging numbers
+    ("2 3", "6", None, None, False),
+    ("1 2 3", "123", None, None, False),
+    ("5 or 3", "3", None, None, False),
+    ("5 or 3", "5", None, None, False),
+    ("[1, 2]", "[1,2]", None, None, True),
     # garbage in, False out
     (None, "1", None, None, False),
     ("", "1", None, None, False),
