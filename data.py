@@ -361,8 +361,10 @@ def _replace_braced_command(s, name, fn):
 def _normalize(s):
     """Canonical lower-case text of an answer: LaTeX wrappers, units, degrees and spaces removed.
 
-    >>> _normalize("$\\\\text{B}$"), _normalize("\\\\dfrac{3}{4}"), _normalize("45^{\\\\circ}"), _normalize("x = 5 cm")
-    ('b', '(3)/(4)', '45', '5')
+    >>> _normalize("$\\\\text{B}$"), _normalize("\\\\dfrac{3}{4}"), _normalize("45^{\\\\circ}")
+    ('b', '(3)/(4)', '45')
+    >>> _normalize("x = 5 cm"), _normalize("5 or 3")
+    ('5', '5 or 3')
     """
     s = str(s).strip()
     for a, b in (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\left", ""), ("\\right", ""),

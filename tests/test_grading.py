@@ -189,6 +189,7 @@ ADVERSARIAL = [
     "<answer>" + "(" * 5_000 + "1" + ")" * 5_000 + "</answer>",
     "<answer>" + "9" * 5_000 + "</answer>",
     "数学 答案是 (B) ✓ \u200b\x00 \ud800".encode("utf-8", "surrogatepass").decode("utf-8", "replace"),
+    "\ud800<answer>1\udfff</answer>",                     # lone surrogates (invalid UTF-16)
     "\\boxed{\\text{\\frac{\\sqrt{}}}}",
     "$$$$\\(\\)\\[\\]^\\circ°%%%",
 ]

@@ -63,7 +63,8 @@ def test_geometry3k_parquet_with_image_bytes(tmp_path):
     assert isinstance(ex["image"], PIL.Image.Image) and ex["image"].mode == "L"
     assert ds[1]["image"].mode == "RGBA"
     # the gold is option text; a letter answer from the model grades through the choices
-    assert data.compute_reward("<think>.</think><answer>B</answer>", ex["answer"], ex["choices"])["accuracy"] == 1.0
+    reward = data.compute_reward("<think>.</think><answer>B</answer>", ex["answer"], ex["choices"])
+    assert reward["accuracy"] == 1.0
 
 
 def test_mathvista_json_dict_with_relative_image_paths(tmp_path):
@@ -87,7 +88,8 @@ def test_mathvista_json_dict_with_relative_image_paths(tmp_path):
     assert b["answer"] == "equal to" and b["choices"][1] == "equal to"
     assert data.format_question(b).endswith("\nChoices:\nA. larger than\nB. equal to\nC. smaller than")
     # precision flows into the reward: 1.24 rounds to the gold 1.2
-    assert data.compute_reward("<answer>1.24</answer>", a["answer"], precision=a["precision"])["accuracy"] == 1.0
+    reward = data.compute_reward("<answer>1.24</answer>", a["answer"], precision=a["precision"])
+    assert reward["accuracy"] == 1.0
     assert data.compute_reward("<answer>B</answer>", b["answer"], b["choices"])["accuracy"] == 1.0
 
 
@@ -123,7 +125,8 @@ def test_virl39k_unwraps_boxed_answers_and_takes_first_image(tmp_path):
     write_png(tmp_path / "images" / "q2.png", "RGB")
     rows = [
         {"qid": "q1", "question": "<image>Which shape is largest?\nA. circle\nB. square\nC. triangle",
-         "answer": "\\boxed{B}", "image": ["images/q1.png", "images/q1b.png"], "category": "(GradeSchool) Geometric",
+         "answer": "\\boxed{B}", "image": ["images/q1.png", "images/q1b.png"],
+         "category": "(GradeSchool) Geometric",
          "source": "MMK12", "PassRate_32BTrained": 0.5, "PassRate_7BUntrained": None},
         {"qid": "q2", "question": "<image>Compute the sum.", "answer": "\\boxed{17^\\circ}",
          "image": ["images/q2.png"], "category": "Tables", "source": "x",
