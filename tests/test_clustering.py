@@ -274,7 +274,11 @@ def test_bad_csr_input_raises_a_clear_error():
     indptr, indices, weights = dense_to_csr(two_triangles())
     with pytest.raises(ValueError, match="non-negative"):
         louvain_batch([(indptr, indices, -weights)])
-    with pytest.raises(ValueError, match="outside its own graph"):
+    with pytest.raises(ValueError, match="leaves its own graph"):
         louvain_packed(indptr, indices, weights, [0, 3, 6])  # the 2-3 edge crosses the two blocks
+    with pytest.raises(ValueError, match="not symmetric"):  # a kNN graph with edges kept one way only
+        louvain_batch([(np.array([0, 1, 2, 2]), np.array([1, 2]), np.array([1.0, 1.0]))])
+    with pytest.raises(ValueError, match="graph 1: need indptr"):
+        louvain_batch([(indptr, indices, weights), (indptr[1:], indices, weights)])
     with pytest.raises(ValueError, match="labels has 2 entries"):
         modularity(two_triangles(), [0, 1])
