@@ -1,0 +1,530 @@
+"""train.py -- GRPO/DAPO with Anchor-Token credit assignment (AT-RL) for Qwen2.5-VL, in one flat loop.
+
+What one step does, for P prompts and G sampled responses each (B = P*G rollouts, T response tokens):
+
+    R[i]        = reward of rollout i                           (data.compute_reward: 0.9*acc + 0.1*format)
+    A[i]        = (R[i] - mean_G R) / (std_G R + eps)           (atrl.group_advantages; GRPO, Shao et al. 2024)
+    W[i, t]     = W(C_k(t))                                     (atrl.token_weights; AT-RL Eq. for A_AT)
+    A_AT[i, t]  = W[i, t] * A[i]                                (the paper's per-token advantage)
+    r[i, t]     = pi(y_t | ...) / pi_old(y_t | ...)
+    L           = agg_t max(-A_AT r, -A_AT clip(r, 1-eps_low, 1+eps_high))   (PPO-clip, DAPO clip-higher)
+                  + beta * KL(pi || pi_ref)                      (optional, k1/k2/k3 estimators)
+
+W comes from the text->image attention of the *training forward itself* (connectivity.probe): no extra
+forward, no output_attentions. With `--weighting uniform` W = 1 and this is plain GRPO/DAPO.
+
+Where we depart from / guess beyond the paper (each one is a flag; README "where we depart"):
+  1. Anchors, graph, Louvain and W(.) follow our reading in DESIGN.md §2 (the paper does not publish them).
+  2. Loss aggregation defaults to DAPO's token_mean; GRPO's seq_mean_token_mean and Dr.GRPO's
+     seq_mean_token_sum_norm are one flag away. All three are exact under gradient accumulation and DDP
+     because denominators are global counts, all-reduced before the backward.
+  3. No reference model by default (kl_coef = 0, as DAPO/Dr.GRPO); it is loaded only when kl_coef > 0.
+  4. Dynamic sampling tops a short batch up with zero-advantage groups after `max_refills` so every rank
+     runs the same number of micro-batches (DDP would hang otherwise).
+
+References: DAPO (Yu et al. 2025, Eq. 8-10: clip-higher, token-level loss, dynamic sampling);
+Dr.GRPO (Liu et al. 2025); PPO dual-clip (Ye et al. 2020); KL estimators k1/k2/k3 (Schulman 2020 blog);
+loop shape after nanochat scripts/chat_rl.py and CleanRL ppo.py.
+
+Run it:
+    python train.py                                     # embedded tiny model + VisualMath, CPU, minutes
+    python train.py --model Qwen/Qwen2.5-VL-3B-Instruct --dataset hiyouga/geometry3k --bf16 1
+    torchrun --nproc_per_node 8 train.py --model Qwen/Qwen2.5-VL-3B-Instruct ...
+    python train.py --resume 1                          # continue exactly where out_dir's checkpoint stopped
+"""
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import atrl
+import connectivity
+import data
+import rollout
+
+# --------------------------------------------------------------------------------------------------
+# Config: one flat dataclass; every field becomes a --flag of the same name.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    # Model and data
+    model: str = ""                 # HF id or local checkpoint dir; "" = embedded tiny Qwen2.5-VL (tiny.py)
+    dataset: str = "visualmath"     # "visualmath" (synthetic) or a hub name / local parquet/json(l) file
+    eval_dataset: str = ""          # "" = a held-out VisualMath split (or `dataset`'s own split if not synthetic)
+    train_size: int = 4096          # VisualMath examples generated for training (ignored for real data)
+    eval_size: int = 128            # held-out examples scored at every eval (greedy)
+    min_pixels: int = 28 * 28       # image processor lower bound (pixels); tiny images are upscaled to it
+    max_pixels: int = 512 * 28 * 28  # upper bound; caps image tokens at max_pixels / 28^2 (here 512)
+    # Rollout
+    prompts_per_step: int = 16      # P prompts per step over all ranks; must divide by the world size
+    group_size: int = 8             # G responses per prompt (>= 2: the advantage is relative to the group)
+    max_new_tokens: int = 32        # response budget in tokens; responses without EOS are "truncated"
+    temperature: float = 1.0        # sampling temperature (1.0 = the policy itself, needed for on-policy r)
+    top_p: float = 1.0              # nucleus sampling; < 1 makes samples slightly off-policy
+    mask_truncated: int = 1         # 1 = truncated responses get no loss (DAPO overlong filtering)
+    dynamic_sampling: int = 0       # 1 = replace all-equal-reward groups by fresh prompts (DAPO)
+    max_refills: int = 2            # bound on dynamic-sampling refill rounds per step
+    # AT-RL
+    weighting: str = "atrl"         # uniform (=GRPO/DAPO) | atrl | tokens | anchor_only | low_only | random
+    anchor_frac: float = 0.15       # fraction of each response's tokens called anchors (paper: ~15%)
+    gain: float = 2.0               # W of an all-anchor cluster relative to an anchor-free one, before normalising
+    knn: int = 10                   # k of the symmetric kNN token graph
+    resolution: float = 1.0         # Louvain modularity resolution (>1: more, smaller clusters)
+    anchor_query: str = "predict"   # attention row of token t: "predict" (query t-1) or "self" (query t)
+    probe_layers: str = ""          # "" = middle third of decoder layers; "all"; or "4,5,6"
+    sink_debias: int = 1            # 1 = drop the first-token sink and outlier image keys, renormalise
+    sink_outlier_k: float = 5.0     # an image key is a sink if its mean attention > k x the median key's
+    # Optimization
+    steps: int = 30                 # RL steps (one rollout batch each)
+    lr: float = 2e-4                # AdamW peak learning rate (tiny model; ~1e-6 for 3B)
+    warmup_steps: int = 3           # linear warm-up steps, then constant
+    weight_decay: float = 0.0       # AdamW weight decay
+    grad_clip: float = 1.0          # max global grad norm (0 = off)
+    clip_low: float = 0.2           # PPO ratio clip below 1 (eps_low)
+    clip_high: float = 0.28         # PPO ratio clip above 1 (DAPO clip-higher eps_high)
+    dual_clip: float = 0.0          # dual-clip constant c > 1 for negative advantages (0 = off; 3.0 typical)
+    loss_agg: str = "token_mean"    # token_mean (DAPO) | seq_mean_token_mean (GRPO) | seq_mean_token_sum_norm (Dr.GRPO)
+    scale_rewards: str = "group"    # group (GRPO) | batch | none (Dr.GRPO)
+    kl_coef: float = 0.0            # beta; > 0 loads a frozen reference model
+    kl_estimator: str = "k3"        # k1 | k2 | k3
+    ppo_epochs: int = 1             # passes over each rollout batch
+    mini_batches: int = 1           # optimizer steps per pass (>1 => an extra no-grad pass for pi_old)
+    micro_batch_size: int = 32      # rollouts per forward/backward (gradient accumulation below that)
+    grad_checkpointing: int = 0     # 1 = recompute activations in backward (memory for time)
+    freeze_vision: int = 1          # 1 = the vision tower is not trained (common for RLVR on VLMs)
+    bf16: int = 0                   # 1 = bf16 autocast (GPU); log-probs are always computed in fp32
+    fsdp: int = 0                   # 1 = FSDP2 fully_shard instead of DDP (large models, torchrun)
+    seed: int = 0                   # seeds data order, sampling, Louvain and init of everything we control
+    # Logging
+    out_dir: str = "runs/default"   # JSONL log, eval results and checkpoints go here
+    eval_every: int = 10            # steps between held-out evaluations (0 = only at start and end)
+    save_every: int = 10            # steps between checkpoints (0 = only at the end)
+    resume: int = 0                 # 1 = continue from out_dir/checkpoint exactly where it stopped
+    debug_nan_step: int = -1        # test hook: poison the loss at this step to exercise the skip path
+
+
+def parse_config() -> Config:
+    """argparse built from the dataclass: `--field value` for every field, typed by its default."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for f in dataclasses.fields(Config):
+        parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+    return Config(**vars(parser.parse_args()))
+
+
+cfg = parse_config()
+# Derived values are checked once, with messages that say what to change.
+choices = {"weighting": ("uniform", "atrl", "tokens", "anchor_only", "low_only", "random"),
+           "loss_agg": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
+           "scale_rewards": ("group", "batch", "none"), "kl_estimator": ("k1", "k2", "k3"),
+           "anchor_query": ("predict", "self")}
+for name, allowed in choices.items():
+    if getattr(cfg, name) not in allowed:
+        raise SystemExit(f"--{name} {getattr(cfg, name)!r} is not one of {allowed}")
+if cfg.group_size < 2:
+    raise SystemExit(f"--group_size {cfg.group_size}: group-relative advantages need at least 2 responses per prompt")
+for name in ("prompts_per_step", "max_new_tokens", "micro_batch_size", "steps", "ppo_epochs", "mini_batches"):
+    if getattr(cfg, name) < 1:
+        raise SystemExit(f"--{name} {getattr(cfg, name)} must be >= 1")
+if not 0 < cfg.anchor_frac <= 1:
+    raise SystemExit(f"--anchor_frac {cfg.anchor_frac} must be in (0, 1]")
+if cfg.clip_low <= 0 or cfg.clip_high <= 0 or (cfg.dual_clip and cfg.dual_clip <= 1):
+    raise SystemExit(f"clip_low/clip_high must be > 0 and dual_clip 0 or > 1 (got {cfg.clip_low}, {cfg.clip_high}, {cfg.dual_clip})")
+
+# --------------------------------------------------------------------------------------------------
+# Setup: torchrun/DDP from environment variables, devices, seeds, output directory.
+# --------------------------------------------------------------------------------------------------
+
+distributed = "RANK" in os.environ  # set by torchrun
+if distributed:
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+else:
+    rank, world, local_rank = 0, 1, 0
+device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+if device.type == "cuda":
+    torch.cuda.set_device(device)
+master = rank == 0
+
+
+def print0(*args):
+    if master:
+        print(*args, flush=True)
+
+
+def all_reduce(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (in place); a no-op on one process."""
+    if distributed:
+        dist.all_reduce(t)
+    return t
+
+
+if cfg.prompts_per_step % world:
+    raise SystemExit(f"--prompts_per_step {cfg.prompts_per_step} does not divide by the world size {world}: "
+                     f"use a multiple of {world} so every rank gets whole groups")
+prompts_per_rank = cfg.prompts_per_step // world
+rollouts_per_rank = prompts_per_rank * cfg.group_size                  # B on this rank
+mini_batch = rollouts_per_rank // cfg.mini_batches
+if rollouts_per_rank % cfg.mini_batches or mini_batch % min(cfg.micro_batch_size, mini_batch):
+    raise SystemExit(f"{rollouts_per_rank} rollouts per rank must split into --mini_batches {cfg.mini_batches} "
+                     f"of whole --micro_batch_size {cfg.micro_batch_size} chunks")
+micro = min(cfg.micro_batch_size, mini_batch)
+random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
+os.makedirs(cfg.out_dir, exist_ok=True)
+ckpt_dir = os.path.join(cfg.out_dir, "checkpoint")
+autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16))
+
+# --------------------------------------------------------------------------------------------------
+# Model, processor, data
+# --------------------------------------------------------------------------------------------------
+
+from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: E402  (after torchrun setup)
+
+if cfg.model:
+    model_path = cfg.model
+else:
+    import tiny  # the embedded default: builds (once) and caches a warm-started tiny Qwen2.5-VL
+    model_path = tiny.ensure_tiny_model() if master else tiny.DEFAULT_DIR
+    if distributed:
+        dist.barrier()  # other ranks wait for rank 0 to build the cache
+resumed = cfg.resume and os.path.exists(os.path.join(ckpt_dir, "state.pt"))
+load_path = ckpt_dir if resumed else model_path
+model = Qwen2_5_VLForConditionalGeneration.from_pretrained(load_path, dtype=torch.float32, attn_implementation="sdpa")
+model.to(device)
+tokenizer, image_processor = rollout.load_processor(load_path)
+if cfg.freeze_vision:
+    model.model.visual.requires_grad_(False)
+if cfg.grad_checkpointing:
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+ref_model = None
+if cfg.kl_coef > 0:  # frozen copy of the starting policy (DAPO/Dr.GRPO drop it; GRPO keeps it)
+    ref_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=torch.float32,
+                                                                    attn_implementation="sdpa").to(device).eval()
+    ref_model.requires_grad_(False)
+policy = model  # the bare module: generate, the probe and save_pretrained use it; `train_model` is wrapped
+if distributed and cfg.fsdp:
+    from torch.distributed.fsdp import fully_shard
+    for layer in model.model.language_model.layers:
+        fully_shard(layer)
+    train_model = fully_shard(model)
+elif distributed:
+    train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+else:
+    train_model = model
+
+params = [p for p in model.parameters() if p.requires_grad]
+optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+
+if cfg.dataset == "visualmath":
+    train_data = data.make_visualmath(cfg.train_size, seed=cfg.seed)
+else:
+    train_data = data.load_benchmark(cfg.dataset)
+if cfg.eval_dataset:
+    eval_data = data.load_benchmark(cfg.eval_dataset, limit=cfg.eval_size)
+else:  # VisualMath from a disjoint seed is held out; a real dataset without --eval_dataset gets no eval
+    eval_data = data.make_visualmath(cfg.eval_size, seed=cfg.seed + 10_000) if cfg.dataset == "visualmath" else None
+image_token_id = model.config.image_token_id
+probe_layers = None if cfg.probe_layers == "" else (
+    list(range(model.config.text_config.num_hidden_layers)) if cfg.probe_layers == "all"
+    else [int(x) for x in cfg.probe_layers.split(",")])
+use_probe = cfg.weighting != "uniform"  # GRPO/DAPO needs no attention at all
+probe_context = connectivity.probe(policy, layers=probe_layers) if use_probe else contextlib.nullcontext()
+probe = probe_context.__enter__()  # installed for the whole run; idle (pure delegation) unless armed
+print0(f"model {model_path} | {sum(p.numel() for p in params) / 1e6:.2f}M trainable | world {world} | "
+       f"B/rank {rollouts_per_rank} = {prompts_per_rank} prompts x G {cfg.group_size} | micro {micro} | device {device}")
+
+# --------------------------------------------------------------------------------------------------
+# Helpers: pure loss math, the prompt stream, evaluation, checkpoints.
+# --------------------------------------------------------------------------------------------------
+
+
+def ppo_clip_loss(logp, old_logp, adv, clip_low, clip_high, dual_clip=0.0):
+    """Per-token PPO-clip loss (B, T) and a clipped-token mask. adv is per token (A_AT).
+
+    Example: logp = old_logp (r = 1) gives loss -adv exactly and no clipping.
+    """
+    ratio = torch.exp(logp - old_logp)                                               # (B, T)
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1 - clip_low, 1 + clip_high)                        # DAPO: eps_high > eps_low
+    loss = torch.maximum(unclipped, clipped)                                         # pessimistic bound
+    if dual_clip > 1:  # Ye et al. 2020: cap the loss of negative-advantage tokens whose ratio exploded
+        loss = torch.where(adv < 0, torch.minimum(loss, -adv * dual_clip), loss)
+    return loss, (clipped > unclipped).float()
+
+
+def kl_penalty(logp, ref_logp, estimator):
+    """Per-token KL(pi || pi_ref) estimate from samples of pi (Schulman 2020): k1 unbiased, k3 unbiased + >= 0."""
+    log_ratio = ref_logp - logp                                                      # log pi_ref/pi, (B, T)
+    if estimator == "k1":
+        return -log_ratio
+    elif estimator == "k2":
+        return 0.5 * log_ratio ** 2
+    else:  # k3
+        return torch.exp(log_ratio) - 1 - log_ratio
+
+
+def aggregate(loss_tok, mask, mode, n_tokens, n_seqs, max_len):
+    """Sum this micro-batch's share of the global loss. n_tokens / n_seqs are GLOBAL counts (all micro-batches,
+    all ranks), so summing micro-batch results (and DDP's mean over ranks, undone by * world) gives exactly
+    the loss of the whole batch. NOTE: a per-micro-batch mean here would silently re-weight tokens."""
+    if mode == "token_mean":                      # DAPO: every token of the batch weighs the same
+        return (loss_tok * mask).sum() / n_tokens
+    elif mode == "seq_mean_token_mean":           # GRPO: mean per response, then mean over responses
+        return ((loss_tok * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / n_seqs
+    else:                                         # Dr.GRPO: token sums over a constant (budget) length
+        return (loss_tok * mask).sum() / (n_seqs * max_len)
+
+
+def token_logprobs(net, batch, prompt_len):
+    """Log pi(y_t) in fp32 for every response token: logits at position P+t-1 predict token P+t."""
+    T = batch["input_ids"].shape[1] - prompt_len
+    with autocast:
+        out = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                  mm_token_type_ids=batch["mm_token_type_ids"], use_cache=False, logits_to_keep=T + 1)
+    logits = out.logits[:, :-1].float()                                              # (B, T, vocab)
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, batch["input_ids"][:, prompt_len:, None]).squeeze(-1)  # (B, T)
+    entropy = -(logp_all.exp() * logp_all).sum(-1).detach()                          # (B, T)
+    return logp, entropy
+
+
+def prompts_for_step(step, n):
+    """This rank's dataset rows for `step`: an endless stream of seeded epoch permutations cut into steps of
+    prompts_per_step, strided over ranks. The position is a pure function of the step, so resuming needs no
+    saved iterator state."""
+    rows, keys = [], []
+    for j in range(step * cfg.prompts_per_step + rank, (step + 1) * cfg.prompts_per_step, world)[:n]:
+        epoch, pos = divmod(j, len(train_data))
+        perm = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+        rows.append(train_data[int(perm[pos])])
+        keys.append((cfg.seed + 1) * 1_000_000_007 + j)  # sampling noise key: depends on the stream slot only
+    return rows, keys
+
+
+def sample(rows, keys):
+    return rollout.sample_groups(policy, tokenizer, image_processor, rows, cfg.group_size, keys,
+                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                 min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+
+
+def arm_probe(mb):
+    """Tell the probe which attention rows to keep in the next forward: one per response token."""
+    if use_probe:
+        probe.arm(connectivity.query_positions(mb["full_response_mask"], cfg.anchor_query),
+                  mb["input_ids"] == image_token_id)
+
+
+def weights_from_probe(mask, step, stats):
+    """W (b, T) from what the probe captured in the forward that just ran (uniform: W = the mask)."""
+    if not use_probe:
+        return mask.clone(), 0.0
+    t = time.perf_counter()
+    captured = probe.result()
+    pad = mask.shape[1] - captured["patterns"].shape[1]  # the probe's T is the longest response in this micro-batch
+    captured["patterns"] = torch.nn.functional.pad(captured["patterns"], (0, 0, 0, pad))  # (b, T, V)
+    captured["sink"] = torch.nn.functional.pad(captured["sink"], (0, pad))                # (b, T)
+    patterns, rho = connectivity.debias_sinks(captured["patterns"], captured["sink"], captured["image_valid"],
+                                              outlier_k=cfg.sink_outlier_k, enabled=bool(cfg.sink_debias))
+    W, st = atrl.token_weights_with_stats(patterns.cpu(), rho.cpu(), mask.bool().cpu(), mode=cfg.weighting,
+                                          anchor_frac=cfg.anchor_frac, gain=cfg.gain, k=cfg.knn,
+                                          resolution=cfg.resolution, seed=cfg.seed + step)
+    stats.append(st)
+    return W.to(mask.device), time.perf_counter() - t
+
+
+def log_record(step, batch, stats, sums, grad_norm, skipped, n_updates, timing):
+    """One JSONL record: batch means over all ranks (sums all-reduced, then divided by global counts)."""
+    n_stats = max(len(stats), 1)
+    local = torch.tensor([batch["rewards"].sum(), batch["accuracy"].sum(), batch["format"].sum(), len(batch["rewards"]),
+                          batch["response_mask"].float().sum(), batch["truncated"].float().sum(),
+                          rollout.count_flat_groups(batch["rewards"].cpu(), cfg.group_size),
+                          sum(s["anchor_frac"] for s in stats) / n_stats, sum(s["clusters"] for s in stats) / n_stats,
+                          sum(s["W_max"] for s in stats) / n_stats, sum(s["W_anchor_mean"] for s in stats) / n_stats,
+                          1.0], dtype=torch.float64)
+    g = all_reduce(local).tolist()
+    n, ranks = g[3], g[11]
+    rec = {"step": step, "reward": g[0] / n, "accuracy": g[1] / n, "format": g[2] / n, "response_len": g[4] / n,
+           "truncated": g[5] / n, "zero_std_groups": g[6] * cfg.group_size / n,
+           "anchor_frac": g[7] / ranks, "clusters": g[8] / ranks, "w_max": g[9] / ranks,
+           "w_anchor_mean": g[10] / ranks}
+    # loss parts: each rank summed its micro-batches over global denominators; the rank sum is the batch value
+    parts = all_reduce(torch.tensor([sums[k] for k in sorted(sums)], dtype=torch.float64)).tolist()
+    rec.update({k: v / n_updates for k, v in zip(sorted(sums), parts)})
+    rec.update({"grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0], "skipped": skipped})
+    rec.update({f"time_{k}": v for k, v in timing.items()})
+    return rec
+
+
+def evaluate():
+    """Greedy held-out accuracy, rank-strided, counts all-reduced."""
+    if eval_data is None:
+        return {}
+    rows = [eval_data[i] for i in range(rank, len(eval_data), world)]
+    res = rollout.greedy_accuracy(policy, tokenizer, image_processor, rows, max_new_tokens=cfg.max_new_tokens,
+                                  min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    counts = all_reduce(torch.tensor([res["correct"], res["formatted"], res["n"]], dtype=torch.float64))
+    return {"eval_accuracy": (counts[0] / counts[2]).item(), "eval_format": (counts[1] / counts[2]).item()}
+
+
+def save_checkpoint(step):
+    """Model + processor (a normal from_pretrained dir) + optimizer/scheduler/RNG state. Written to a temp dir
+    and renamed, so an interrupted save never leaves a half checkpoint behind."""
+    state_dicts = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    if not master:
+        return
+    tmp = ckpt_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    image_processor.save_pretrained(tmp)
+    torch.save({"step": step, **state_dicts, "config": dataclasses.asdict(cfg),
+                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}},
+               os.path.join(tmp, "state.pt"))
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    os.replace(tmp, ckpt_dir)
+
+
+start_step = 0
+log_path = os.path.join(cfg.out_dir, "log.jsonl")
+if resumed:
+    state = torch.load(os.path.join(ckpt_dir, "state.pt"), weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"]); random.setstate(state["rng"]["python"]); np.random.set_state(state["rng"]["numpy"])
+    start_step = state["step"]
+    print0(f"resumed from {ckpt_dir} at step {start_step}")
+if master:  # keep the log consistent with the checkpoint: drop records of steps that will be redone
+    old = [json.loads(line) for line in open(log_path)] if resumed and os.path.exists(log_path) else []
+    with open(log_path, "w") as f:
+        f.write(json.dumps({"config": dataclasses.asdict(cfg), "world": world}) + "\n")
+        for rec in old[1:]:
+            if rec.get("step", math.inf) < start_step:
+                f.write(json.dumps(rec) + "\n")
+
+# --------------------------------------------------------------------------------------------------
+# The RL loop
+# --------------------------------------------------------------------------------------------------
+
+if start_step == 0:
+    metrics0 = evaluate()
+    print0(f"held-out before RL: {metrics0}")
+    if master and metrics0:
+        with open(log_path, "a") as f:
+            f.write(json.dumps({"step": -1, **metrics0}) + "\n")
+bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, disable=not master, desc="RL")
+for step in bar:
+    t0 = time.perf_counter()
+    # 1) rollout: G samples per prompt, all on this rank (a group must never be split across ranks)
+    policy.eval()
+    batch = rollout.score(sample(*prompts_for_step(step, prompts_per_rank)))  # same samples on any world size
+    # 2) rewards are in `batch`; dynamic sampling swaps all-equal groups for fresh prompts (bounded)
+    for refill in range(cfg.max_refills if cfg.dynamic_sampling else 0):
+        batch, n_flat = rollout.drop_flat_groups(batch, cfg.group_size)
+        if n_flat == 0:
+            break
+        extra = prompts_for_step(cfg.steps + step * cfg.max_refills + refill, n_flat)  # slots no step uses
+        batch = rollout.concat(batch, rollout.score(sample(*extra)), tokenizer.pad_token_id)
+    batch = rollout.to_device(batch, device)
+    t_rollout = time.perf_counter() - t0
+    # 3) group advantages A[i] (zero for all-equal groups: they carry no signal)
+    adv = atrl.group_advantages(batch["rewards"], cfg.group_size, scale=cfg.scale_rewards)     # (B,)
+    loss_mask = batch["response_mask"].float()                                                  # (B, T)
+    if cfg.mask_truncated:  # DAPO overlong filtering: a cut-off answer is not evidence of a wrong one
+        loss_mask = loss_mask * (~batch["truncated"]).float()[:, None]
+    P = batch["prompt_len"]
+    # 4) connectivity -> anchors -> clusters -> W, read inside the first forward over each micro-batch:
+    #    a no-grad pi_old pass when there are several updates per batch, else the training forward itself
+    W, old_logp = torch.zeros_like(loss_mask), torch.zeros_like(loss_mask)                   # (B, T)
+    have_weights, stats, t_weights = [False] * len(adv), [], 0.0
+    policy.train()
+    if cfg.ppo_epochs > 1 or cfg.mini_batches > 1:
+        with torch.no_grad():
+            for i in range(0, len(adv), micro):
+                mb = rollout.slice_batch(batch, i, i + micro)
+                arm_probe(mb)
+                old_logp[i:i + micro] = token_logprobs(policy, mb, P)[0]
+                W[i:i + micro], dt = weights_from_probe(loss_mask[i:i + micro], step, stats)
+                have_weights[i:i + micro], t_weights = [True] * micro, t_weights + dt
+    # 5) loss + backward over micro-batches, with global (all-rank, all-micro-batch) denominators
+    t1 = time.perf_counter()
+    sums, skipped, grad_norm = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0}, 0, 0.0
+    for epoch in range(cfg.ppo_epochs):
+        for m0 in range(0, len(adv), mini_batch):
+            m_mask = loss_mask[m0:m0 + mini_batch]
+            counts = all_reduce(torch.stack([m_mask.sum(), (m_mask.sum(-1) > 0).float().sum()]).double())
+            n_tokens, n_seqs = max(counts[0].item(), 1.0), max(counts[1].item(), 1.0)
+            for i in range(m0, m0 + mini_batch, micro):
+                mb, mask = rollout.slice_batch(batch, i, i + micro), loss_mask[i:i + micro]
+                first = not have_weights[i]
+                if first:
+                    arm_probe(mb)
+                logp, entropy = token_logprobs(train_model, mb, P)
+                if first:  # on-policy single pass: pi_old = pi (ratio 1) and W from this very forward
+                    old_logp[i:i + micro] = logp.detach()
+                    W[i:i + micro], dt = weights_from_probe(mask, step, stats)
+                    have_weights[i:i + micro], t_weights = [True] * micro, t_weights + dt
+                adv_tok = atrl.token_advantages(adv[i:i + micro], W[i:i + micro])          # (b, T) = W * A
+                pg_tok, clipped = ppo_clip_loss(logp, old_logp[i:i + micro], adv_tok, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
+                kl_tok = torch.zeros_like(pg_tok)
+                if ref_model is not None:
+                    with torch.no_grad():
+                        ref_logp = token_logprobs(ref_model, mb, P)[0]
+                    kl_tok = kl_penalty(logp, ref_logp, cfg.kl_estimator)
+                pg_loss = aggregate(pg_tok, mask, cfg.loss_agg, n_tokens, n_seqs, cfg.max_new_tokens)
+                loss = pg_loss + cfg.kl_coef * aggregate(kl_tok, mask, cfg.loss_agg, n_tokens, n_seqs, cfg.max_new_tokens)
+                if step == cfg.debug_nan_step:
+                    loss = loss * float("nan")
+                (loss * world).backward()  # DDP averages gradients over ranks; "* world" turns that into a sum
+                for k, v in (("loss", loss), ("pg_loss", pg_loss), ("kl", (kl_tok * mask).sum() / n_tokens),
+                             ("clip_frac", (clipped * mask).sum() / n_tokens), ("entropy", (entropy * mask).sum() / n_tokens)):
+                    sums[k] += v.item()
+            # 6) optimizer step; a non-finite loss or gradient on any rank skips it on every rank
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            if all_reduce(torch.tensor([float(not torch.isfinite(grad_norm))])).item() > 0:
+                skipped += 1
+                print0(f"step {step}: non-finite loss or gradient (grad norm {grad_norm}) -- update skipped")
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    # 7) log: rank-local sums all-reduced into batch means (README: "Logged keys")
+    rec = log_record(step, batch, stats, sums, grad_norm, skipped, cfg.ppo_epochs * cfg.mini_batches,
+                     {"rollout": t_rollout, "weights": t_weights, "train": time.perf_counter() - t1 - t_weights,
+                      "step": time.perf_counter() - t0})
+    # 8) eval / checkpoint
+    if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
+        rec.update(evaluate())
+    if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
+        save_checkpoint(step + 1)
+    if master:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        bar.set_postfix(reward=f"{rec['reward']:.3f}", acc=f"{rec['accuracy']:.3f}")
+        tqdm.write(f"step {step:4d} | reward {rec['reward']:.3f} acc {rec['accuracy']:.3f} fmt {rec['format']:.2f} | "
+                   f"loss {rec['loss']:+.4f} clip {rec['clip_frac']:.3f} ent {rec['entropy']:.2f} | anchors "
+                   f"{rec['anchor_frac']:.2f} clusters {rec['clusters']:.1f} | {rec['time_step']:.1f}s"
+                   + (f" | held-out acc {rec['eval_accuracy']:.3f}" if "eval_accuracy" in rec else ""))
+
+# --------------------------------------------------------------------------------------------------
+# Cleanup
+# --------------------------------------------------------------------------------------------------
+
+probe_context.__exit__(None, None, None)  # restore the model's own attention implementation
+print0(f"done: {cfg.steps} steps, log in {log_path}, checkpoint in {ckpt_dir}")
+if distributed:
+    dist.destroy_process_group()
