@@ -1,0 +1,277 @@
+"""Behaviour checks and oracles for atrl.py: advantages, anchors, token graph, weights of every arm.
+
+Run: python -m pytest -q tests/test_atrl.py
+"""
+
+import doctest
+
+import pytest
+import torch
+
+import atrl
+
+
+def planted(B=3, T=60, V=24, groups=3, per_group=3, seed=0):
+    """Responses where `groups` x `per_group` anchor tokens each look sharply at their group's own patches
+    (rho ~ 0.6) and every other token spreads a little attention over all patches (rho ~ 0.1).
+    Returns patterns (B, T, V), rho (B, T), mask (B, T), planted anchor mask (B, T), group id (B, T) (-1 = none).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    patterns = torch.rand(B, T, V, generator=gen) * 0.1 / V * 2    # (B, T, V) diffuse, mean 0.1 total
+    group = torch.full((B, T), -1)
+    patch = V // groups
+    for b in range(B):
+        pos = torch.randperm(T, generator=gen)[:groups * per_group]  # anchors anywhere in the response
+        for g in range(groups):
+            for t in pos[g * per_group:(g + 1) * per_group]:
+                row = torch.zeros(V)
+                row[g * patch:(g + 1) * patch] = torch.rand(patch, generator=gen) + 0.5
+                patterns[b, t] = 0.6 * row / row.sum()
+                group[b, t] = g
+    rho = patterns.sum(-1)                                           # (B, T)
+    mask = torch.ones(B, T, dtype=torch.bool)
+    return patterns, rho, mask, group >= 0, group
+
+
+def dense(csr, n):
+    """CSR triple -> dense (n, n) float64 tensor (test helper)."""
+    indptr, indices, weights = (torch.as_tensor(a) for a in csr)
+    adj = torch.zeros(n, n, dtype=torch.float64)
+    rows = torch.repeat_interleave(torch.arange(n), indptr[1:] - indptr[:-1])
+    adj[rows, indices] = weights.double()
+    return adj
+
+
+# --------------------------------------------------------------------------------------------------
+# docstring examples
+# --------------------------------------------------------------------------------------------------
+
+def test_docstring_examples():
+    result = doctest.testmod(atrl, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 8 and result.failed == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# group advantages
+# --------------------------------------------------------------------------------------------------
+
+def test_group_advantages_paper_example():
+    adv = atrl.group_advantages(torch.tensor([1., 0., 0., 1.]), 4)
+    assert torch.allclose(adv, torch.tensor([1., -1., -1., 1.]), atol=1e-5)
+
+
+def test_all_equal_group_gives_exact_zero_not_nan():
+    rewards = torch.tensor([0.3, 0.3, 0.3, 1.0, 0.0, 0.5])          # first group constant
+    for scale in ("group", "batch", "none"):
+        adv = atrl.group_advantages(rewards, 3, scale=scale)
+        assert torch.isfinite(adv).all()
+        assert (adv[:3] == 0).all()
+    assert (atrl.group_advantages(torch.zeros(8), 4) == 0).all()   # the whole batch constant
+
+
+def test_group_advantages_scales_against_hand_computation():
+    r = torch.tensor([1., 0., 0., 0., 1., 1.])                      # groups of 3: means 1/3 and 2/3
+    centred = torch.tensor([2 / 3, -1 / 3, -1 / 3, -2 / 3, 1 / 3, 1 / 3])
+    assert torch.allclose(atrl.group_advantages(r, 3, scale="none"), centred)
+    batch_std = r.std(correction=0)                                  # population std of all six = 0.5
+    assert torch.allclose(atrl.group_advantages(r, 3, scale="batch"), centred / (batch_std + 1e-6))
+    group_std = (2 ** 0.5) / 3                                       # population std of (1, 0, 0)
+    assert torch.allclose(atrl.group_advantages(r, 3, scale="group"), centred / (group_std + 1e-6))
+
+
+def test_group_advantages_refuses_bad_shapes():
+    with pytest.raises(ValueError, match="group_size=1"):
+        atrl.group_advantages(torch.tensor([1., 0.]), 1)
+    with pytest.raises(ValueError, match="5 rewards.*group_size=2"):
+        atrl.group_advantages(torch.ones(5), 2)
+    with pytest.raises(ValueError, match="scale"):
+        atrl.group_advantages(torch.ones(4), 2, scale="std")
+
+
+# --------------------------------------------------------------------------------------------------
+# anchors
+# --------------------------------------------------------------------------------------------------
+
+def test_select_anchors_matches_sorted_oracle():
+    gen = torch.Generator().manual_seed(1)
+    rho = torch.randint(0, 5, (20, 30), generator=gen).float()       # many ties on purpose
+    mask = torch.rand(20, 30, generator=gen) > 0.3
+    anchors = atrl.select_anchors(rho, mask, frac=0.2)
+    for b in range(20):
+        valid = [t for t in range(30) if mask[b, t]]
+        count = min(len(valid), max(1, int(0.2 * len(valid) + 0.5)))
+        # Python's sort is stable: equal rho keep position order, as promised.
+        expected = sorted(sorted(valid, key=lambda t: -rho[b, t].item())[:count])
+        assert anchors[b].nonzero().flatten().tolist() == expected
+
+
+def test_select_anchors_edge_cases():
+    mask = torch.tensor([[True, True, True, False], [False] * 4, [True, False, False, False]])
+    rho = torch.tensor([[.2, .2, .2, 9.], [1., 2., 3., 4.], [0., 5., 5., 5.]])
+    anchors = atrl.select_anchors(rho, mask, frac=0.15)
+    # constant rho -> the first token; all-masked -> none; padding never chosen even with large rho
+    assert anchors.tolist() == [[True, False, False, False], [False] * 4, [True, False, False, False]]
+
+
+# --------------------------------------------------------------------------------------------------
+# token graph
+# --------------------------------------------------------------------------------------------------
+
+def graph_oracle(patterns, mask, k):
+    """Brute force, one response at a time in float64: centred L2-normalised rows, cosine, kNN, union."""
+    out = []
+    for b in range(patterns.shape[0]):
+        x = patterns[b][mask[b]].double()                           # (n, V)
+        n = x.shape[0]
+        x = x - x.mean(0)
+        x = x / x.norm(dim=1, keepdim=True)
+        sim = x @ x.T
+        adj = torch.zeros(n, n, dtype=torch.float64)
+        for i in range(n):
+            others = sorted((j for j in range(n) if j != i), key=lambda j: -sim[i, j].item())
+            for j in others[:min(k, n - 1)]:
+                w = max(sim[i, j].item(), 0.0)
+                adj[i, j] = adj[j, i] = w                             # union: either side's list adds the edge
+        out.append(adj)
+    return out
+
+
+def test_token_graph_matches_brute_force_oracle():
+    gen = torch.Generator().manual_seed(2)
+    patterns = torch.rand(4, 25, 8, generator=gen) ** 3              # skewed rows, like attention
+    mask = torch.rand(4, 25, generator=gen) > 0.2                    # padding anywhere, not only at the end
+    mask[3, 5:] = False
+    # one chunk / one response per chunk; k = 30 > T - 1 checks the cap at n - 1 (every positive pair)
+    for chunk_entries, k in ((1 << 24, 4), (25 * 25, 4), (1 << 24, 30)):
+        graphs = atrl.token_graph(patterns, mask, k=k, chunk_entries=chunk_entries)
+        for b, (csr, want) in enumerate(zip(graphs, graph_oracle(patterns, mask, k))):
+            got = dense(csr, want.shape[0])
+            assert torch.allclose(got, want, atol=1e-5), b
+            assert (got == got.T).all() and (got >= 0).all() and (got.diagonal() == 0).all()
+            assert (torch.as_tensor(csr[2]) > 0).all()                # only real edges are stored
+
+
+def test_token_graph_tiny_and_empty_responses():
+    patterns = torch.rand(3, 1, 5)
+    mask = torch.tensor([[True], [False], [True]])
+    for indptr, indices, weights in atrl.token_graph(patterns, mask):
+        assert len(indices) == len(weights) == 0
+    assert [len(g[0]) for g in atrl.token_graph(patterns, mask)] == [2, 1, 2]
+
+
+# --------------------------------------------------------------------------------------------------
+# weights: every arm
+# --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def batch():
+    """A planted batch with padding: response 1 is 40 tokens, response 2 is empty."""
+    patterns, rho, mask, planted_anchors, group = planted(B=4, T=60)
+    mask[1, 40:] = False
+    mask[2] = False
+    return patterns, rho, mask
+
+
+def test_uniform_is_exactly_one_on_valid_tokens(batch):
+    patterns, rho, mask = batch
+    W = atrl.token_weights(patterns, rho, mask, mode="uniform")
+    assert (W[mask] == 1).all() and (W[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("mode", atrl.MODES)
+def test_every_arm_has_mean_one_zero_padding_and_no_nan(batch, mode):
+    patterns, rho, mask = batch
+    W = atrl.token_weights(patterns, rho, mask, mode=mode)
+    assert torch.isfinite(W).all() and (W >= 0).all()
+    assert (W[~mask] == 0).all()
+    nonempty = mask.any(1)
+    means = W.sum(1)[nonempty] / mask.sum(1)[nonempty]
+    assert torch.allclose(means, torch.ones_like(means), atol=1e-5)
+
+
+def test_atrl_weights_positive_and_keep_sign_of_advantage(batch):
+    patterns, rho, mask = batch
+    W = atrl.token_weights(patterns, rho, mask, mode="atrl")
+    assert (W[mask] > 0).all()
+    adv = torch.tensor([1.5, -0.5, 2.0, -1.0])
+    A = atrl.token_advantages(adv, W)
+    assert (torch.sign(A[mask]) == torch.sign(adv[:, None].expand_as(A)[mask])).all()
+    assert (A[~mask] == 0).all()
+
+
+def test_low_only_zeroes_anchor_clusters_and_anchor_only_the_rest(batch):
+    patterns, rho, mask = batch
+    anchors = atrl.select_anchors(rho, mask)
+    cluster = atrl.cluster_tokens(patterns, mask)
+    in_anchor_cluster = torch.zeros_like(mask)
+    for b in range(mask.shape[0]):
+        for c in cluster[b][anchors[b]].unique():
+            in_anchor_cluster[b] |= cluster[b] == c
+    low = atrl.token_weights(patterns, rho, mask, mode="low_only")
+    high = atrl.token_weights(patterns, rho, mask, mode="anchor_only")
+    assert (low[in_anchor_cluster] == 0).all() and (low[mask & ~in_anchor_cluster] > 0).all()
+    assert (high[mask & ~in_anchor_cluster] == 0).all() and (high[in_anchor_cluster] > 0).all()
+
+
+def test_random_keeps_the_multiset_of_atrl_weights(batch):
+    patterns, rho, mask = batch
+    W = atrl.token_weights(patterns, rho, mask, mode="atrl")
+    shuffled = atrl.token_weights(patterns, rho, mask, mode="random", seed=0)
+    for b in range(mask.shape[0]):
+        assert torch.equal(W[b][mask[b]].sort().values, shuffled[b][mask[b]].sort().values)
+    assert (shuffled[~mask] == 0).all()
+    assert not torch.equal(W, shuffled)                              # it did move weights around
+    assert torch.equal(shuffled, atrl.token_weights(patterns, rho, mask, mode="random", seed=0))
+
+
+def test_tokens_arm_lifts_exactly_the_anchors(batch):
+    patterns, rho, mask = batch
+    anchors = atrl.select_anchors(rho, mask)
+    W = atrl.token_weights(patterns, rho, mask, mode="tokens", gain=3.0)
+    b = 0
+    assert torch.allclose(W[b][anchors[b]], 3 * W[b][mask[b] & ~anchors[b]][0].expand(anchors[b].sum()))
+
+
+def test_planted_anchors_get_their_own_clusters_and_the_largest_weights():
+    patterns, rho, mask, planted_anchors, group = planted(B=3, T=60, groups=3, per_group=3)
+    anchors = atrl.select_anchors(rho, mask, frac=0.15)              # 0.15 * 60 = 9 = 3 groups x 3
+    assert torch.equal(anchors, planted_anchors)
+    cluster = atrl.cluster_tokens(patterns, mask)
+    for b in range(3):
+        for g in range(3):
+            members = cluster[b][group[b] == g].unique()
+            assert len(members) == 1                                 # the group is one cluster ...
+            assert torch.equal(group[b][cluster[b] == members[0]], torch.full((3,), g))  # ... and nothing else
+    W, stats = atrl.token_weights_with_stats(patterns, rho, mask, mode="atrl")
+    for b in range(3):
+        assert W[b][anchors[b]].min() > W[b][~anchors[b]].max()
+    assert abs(stats["W_mean"] - 1) < 1e-5 and stats["W_anchor_mean"] > 1.5
+    assert stats["clusters"] >= 4                                    # 3 anchor groups + the diffuse rest
+
+
+def test_one_token_all_masked_and_constant_rho_responses():
+    # T = 1: the single token is its response's anchor and its own cluster.
+    one = torch.rand(2, 1, 6)
+    for mode in atrl.MODES:
+        W = atrl.token_weights(one, one.sum(-1), torch.ones(2, 1, dtype=torch.bool), mode=mode)
+        assert W.tolist() == ([[0.], [0.]] if mode == "low_only" else [[1.], [1.]])
+    # all-masked batch: zeros, no NaN
+    patterns = torch.rand(2, 5, 4)
+    for mode in atrl.MODES:
+        W, stats = atrl.token_weights_with_stats(patterns, patterns.sum(-1), torch.zeros(2, 5, dtype=torch.bool),
+                                                 mode=mode)
+        assert (W == 0).all() and all(v == v for v in stats.values())
+    # constant rho and identical rows: no edges -> singletons -> atrl equals tokens
+    same = torch.full((1, 8, 4), 0.1)
+    mask = torch.ones(1, 8, dtype=torch.bool)
+    W = atrl.token_weights(same, same.sum(-1), mask, mode="atrl", anchor_frac=0.25)
+    assert torch.allclose(W, atrl.token_weights(same, same.sum(-1), mask, mode="tokens", anchor_frac=0.25))
+    assert torch.allclose(W[0, :2], torch.full((2,), 2 / 1.25))     # first two tokens are the anchors
+
+
+def test_bad_mode_and_gain_are_refused():
+    patterns = torch.rand(1, 4, 3)
+    with pytest.raises(ValueError, match="mode='grpo'"):
+        atrl.token_weights(patterns, patterns.sum(-1), torch.ones(1, 4, dtype=torch.bool), mode="grpo")
+    with pytest.raises(ValueError, match="gain=0"):
+        atrl.token_weights(patterns, patterns.sum(-1), torch.ones(1, 4, dtype=torch.bool), gain=0)
