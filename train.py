@@ -92,6 +92,7 @@ class Config:
     lr: float = 2e-4                # AdamW peak learning rate (tiny model; ~1e-6 for 3B)
     warmup_steps: int = 3           # linear warm-up steps, then constant
     weight_decay: float = 0.0       # AdamW weight decay
+    adam_eps: float = 1e-8          # AdamW epsilon; larger values make the update proportional to small gradients
     grad_clip: float = 1.0          # max global grad norm (0 = off)
     clip_low: float = 0.2           # PPO ratio clip below 1 (eps_low)
     clip_high: float = 0.28         # PPO ratio clip above 1 (DAPO clip-higher eps_high)
@@ -226,7 +227,7 @@ else:
     train_model = model
 
 params = [p for p in model.parameters() if p.requires_grad]
-optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
 
 if cfg.dataset == "visualmath":

@@ -3,8 +3,10 @@
 What is checked: every --weighting arm runs; micro-batching (gradient accumulation) leaves the gradient
 unchanged for every loss aggregation; 2 gloo processes under torchrun equal 1 process; 4 steps equal
 2 steps + --resume + 2 steps; bad config stops with a message naming the value; a non-finite loss skips
-the update and is logged. Gradients are compared through the logged global grad norm (AdamW's first step
-is nearly scale-free, so parameters alone could hide a wrong loss scale) and through the saved weights.
+the update and is logged. Gradients are compared through the logged global grad norm and through the saved
+weights. NOTE: AdamW's first step is ~lr * sign(g), which is blind to the gradient's scale and amplifies
+summation-order noise in near-zero gradients; comparisons therefore use a large --adam_eps, which makes the
+update ~ lr * g / eps for small g (scale-sensitive and smooth).
 """
 import json
 import os
@@ -18,6 +20,7 @@ from safetensors.torch import load_file
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--prompts_per_step", "2", "--group_size", "4", "--max_new_tokens", "12", "--eval_size", "4",
          "--eval_every", "0", "--mask_truncated", "0", "--lr", "1e-3", "--warmup_steps", "1"]
+EXACT = ["--adam_eps", "1e-2"]  # see the module docstring
 
 
 def run_train(ckpt, out_dir, *args, torchrun=0, check=True):
@@ -45,7 +48,7 @@ def weights(out_dir):
     return load_file(os.path.join(out_dir, "checkpoint", "model.safetensors"))
 
 
-def assert_same_weights(a, b, atol=1e-6):
+def assert_same_weights(a, b, atol=1e-7):
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
     worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
@@ -68,25 +71,25 @@ def test_two_step_smoke_run_of_each_weighting_arm(warm_checkpoint, tmp_path, arm
 
 @pytest.mark.parametrize("agg", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
 def test_micro_batches_give_the_gradient_of_the_whole_batch(warm_checkpoint, tmp_path, agg):
-    common = ["--steps", "1", "--loss_agg", agg, "--weighting", "atrl"]
+    common = ["--steps", "1", "--loss_agg", agg, "--weighting", "atrl", *EXACT]
     run_train(warm_checkpoint, tmp_path / "whole", *common, "--micro_batch_size", "8")
     run_train(warm_checkpoint, tmp_path / "micro", *common, "--micro_batch_size", "2")
     whole, micro = records(tmp_path / "whole")[0], records(tmp_path / "micro")[0]
     assert whole["grad_norm"] > 0, "no gradient: the test would prove nothing"
     assert micro["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-5)
-    assert micro["loss"] == pytest.approx(whole["loss"], rel=1e-5, abs=1e-8)
+    assert micro["loss"] == pytest.approx(whole["loss"], rel=1e-5, abs=1e-6)  # the PPO loss at r = 1 is ~0
     assert_same_weights(tmp_path / "whole", tmp_path / "micro")
 
 
 def test_two_gloo_processes_match_one_process(warm_checkpoint, tmp_path):
-    common = ["--steps", "1", "--weighting", "atrl", "--micro_batch_size", "2"]
+    common = ["--steps", "1", "--weighting", "atrl", "--micro_batch_size", "2", *EXACT]
     run_train(warm_checkpoint, tmp_path / "one", *common)
     run_train(warm_checkpoint, tmp_path / "two", *common, torchrun=2)
     one, two = records(tmp_path / "one")[0], records(tmp_path / "two")[0]
     assert one["grad_norm"] > 0
     for key in ("reward", "accuracy", "grad_norm", "loss", "anchor_frac"):
         assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-7), key
-    assert_same_weights(tmp_path / "one", tmp_path / "two", atol=1e-5)
+    assert_same_weights(tmp_path / "one", tmp_path / "two", atol=1e-7)
 
 
 def test_resume_continues_exactly(warm_checkpoint, tmp_path):
