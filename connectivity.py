@@ -49,6 +49,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 PREFIX = "atrl_probe_"  # our implementation name is PREFIX + the model's own, e.g. atrl_probe_sdpa
 _MASK_MIN = torch.finfo(torch.float32).min  # "minus infinity" that keeps fully-masked rows finite (no NaN)
+_UNSET = object()  # "no mask seen yet" (None is a valid mask: sdpa's is_causal path)
 _ACTIVE = {}  # id(attention module) -> Probe, for the selected decoder layers of every installed probe
 
 
@@ -58,13 +59,12 @@ _ACTIVE = {}  # id(attention module) -> Probe, for the selected decoder layers o
 def _left_align(mask):
     """Positions of the True entries of each row of a (B, S) bool mask, left-aligned, -1 padded: (B, N)."""
     B, S = mask.shape
-    index = torch.arange(S, device=mask.device).expand(B, S)  # (B, S)
-    # True entries sort first (their key is < S), each group keeps sequence order (keys are unique)
-    order = torch.where(mask, index, index + S).argsort(dim=1)  # (B, S)
-    counts = mask.sum(1, keepdim=True)  # (B, 1)
-    N = int(counts.max()) if B > 0 and S > 0 else 0
-    slots = torch.arange(N, device=mask.device).expand(B, N)  # (B, N)
-    return torch.where(slots < counts, order[:, :N], -1)  # (B, N)
+    N = int(mask.sum(1).max()) if B > 0 and S > 0 else 0
+    slot = mask.long().cumsum(dim=1) - 1  # (B, S) where each True entry goes in its row
+    rows, positions = mask.nonzero(as_tuple=True)  # (n,), (n,) in row-major order
+    aligned = torch.full((B, N), -1, dtype=torch.long, device=mask.device)  # (B, N)
+    aligned[rows, slot[rows, positions]] = positions  # cheaper than argsort (~0.6 ms on CPU for (8, 78))
+    return aligned
 
 
 def default_layers(num_layers):
@@ -106,9 +106,9 @@ class Probe:
     epoch) costs nothing and changes nothing. Call `arm` again for every new batch / micro-batch.
     """
 
-    def __init__(self, layers, chunk_elements=2**24):
+    def __init__(self, layers, chunk_elements=2**23):
         self.layers = tuple(layers)  # decoder layer indices that are read
-        self.chunk_elements = chunk_elements  # fp32 score entries per chunk (2**24 = 64 MiB): bounds the peak
+        self.chunk_elements = chunk_elements  # fp32 scores per chunk: 2**23 = 32 MiB, x2 with probabilities
         self.captures = 0  # layers captured since the last arm (tests and logs read it)
         self._armed = False
 
@@ -129,6 +129,7 @@ class Probe:
         self._seq_len = image_mask.shape[1]
         self._patterns = self._sink = None  # allocated on the device of the first captured layer
         self._done = set()
+        self._mask_source, self._mask_rows = _UNSET, {}  # per-arm cache of the mask rows, see _capture
         self.captures = 0
         self._armed = True
 
@@ -147,28 +148,36 @@ class Probe:
         sink = self._sink / self.captures * row_valid  # (B, T)
         return dict(patterns=patterns, sink=sink, image_valid=image_valid)
 
-    def _row_bias(self, attention_mask, rows, K, H, Hkv, G):
-        """Additive fp32 mask for the armed rows, broadcastable to scores (B, Hkv, G, c, K)."""
+    def _row_mask(self, attention_mask, rows, K, H, Hkv, G):
+        """The kernel's mask for the armed rows -> (hidden, first).
+
+        hidden broadcasts to scores (B, Hkv, G, c, K): bool "hidden" for sdpa/flash masks, or eager's additive
+        float mask (0 visible, dtype-min hidden); first (B, c) is each row's first visible key.
+        """
         B, c = rows.shape
         if attention_mask is not None and attention_mask.dim() == 4:
             # sdpa/eager: the exact mask the kernel uses, (B or 1, 1 or H, S, K); take our rows only
-            Bm, Hm = attention_mask.shape[:2]
+            Hm = attention_mask.shape[1]
             mask = attention_mask[..., :K].expand(B, Hm, -1, K)  # (B, Hm, S, K), a view
-            picked = mask.gather(2, rows[:, None, :, None].expand(B, Hm, c, K))  # (B, Hm, c, K)
+            batch = torch.arange(B, device=rows.device)[:, None]  # (B, 1)
+            # advanced indexing, not gather: ~25x faster on CPU for this shape
+            picked = mask.transpose(1, 2)[batch, rows].transpose(1, 2)  # (B, Hm, c, K)
+            picked = picked.reshape(B, Hkv, G, c, K) if Hm == H else picked.reshape(B, 1, 1, c, K)
             if picked.dtype == torch.bool:
-                bias = torch.zeros(picked.shape, device=rows.device).masked_fill_(~picked, _MASK_MIN)
-            else:  # eager's additive mask: 0 where visible, dtype-min where hidden
-                bias = picked.float().clamp(min=_MASK_MIN)
-            return bias.view(B, Hkv, G, c, K) if Hm == H else bias.view(B, 1, 1, c, K)
-        # sdpa's is_causal path (no padding, mask None) or flash-attention's 2-D padding mask:
-        # causal (key k visible from row i iff k <= i) and padding keys hidden
-        keys = torch.arange(K, device=rows.device)  # (K,)
-        visible = keys[None, None, :] <= rows[:, :, None]  # (B, c, K)
-        key_valid = attention_mask if attention_mask is not None else self._key_valid  # (B, K) or None
-        if key_valid is not None:
-            visible = visible & key_valid.to(rows.device).bool()[:, None, :K]
-        bias = torch.zeros(visible.shape, device=rows.device).masked_fill_(~visible, _MASK_MIN)
-        return bias.view(B, 1, 1, c, K)
+                visible, hidden = picked[:, 0, 0], ~picked  # (B, c, K), (B, 1|Hkv, 1|G, c, K)
+            else:
+                visible, hidden = picked[:, 0, 0] == 0, picked.float().clamp(min=_MASK_MIN)
+        else:
+            # sdpa's is_causal path (no padding, mask None) or flash-attention's 2-D padding mask:
+            # causal (key k visible from row i iff k <= i) and padding keys hidden
+            keys = torch.arange(K, device=rows.device)  # (K,)
+            visible = keys[None, None, :] <= rows[:, :, None]  # (B, c, K)
+            key_valid = attention_mask if attention_mask is not None else self._key_valid  # (B, K) or None
+            if key_valid is not None:
+                visible = visible & key_valid.to(rows.device).bool()[:, None, :K]
+            hidden = ~visible.view(B, 1, 1, c, K)
+        first = visible.to(torch.uint8).argmax(dim=-1)  # (B, c) first visible key = first non-pad token
+        return hidden, first
 
     def _capture(self, module, query, key, attention_mask, scaling):
         """Recompute the armed rows of one decoder layer; query (B, H, S, D), key (B, Hkv, K, D) post-RoPE."""
@@ -181,34 +190,44 @@ class Probe:
         self._done.add(module.layer_idx)  # NOTE: before any work, so a checkpoint re-run is skipped
         self.captures += 1
         device, G = query.device, H // Hkv
-        query_pos = self._query_pos.to(device)  # (B, T)
-        image_index = self._image_index.to(device)  # (B, V)
-        T, V = query_pos.shape[1], image_index.shape[1]
-        if self._patterns is None:
-            self._patterns = torch.zeros(B, T, V, device=device)  # (B, T, V) fp32 sums over layers
-            self._sink = torch.zeros(B, T, device=device)  # (B, T)
-        rows_all = query_pos.clamp(min=0)  # (B, T) rows with no query read position 0, zeroed in result()
+        if self._patterns is None:  # first captured layer of this arm: move the armed indices once
+            self._query_pos = self._query_pos.to(device)  # (B, T)
+            self._image_index = self._image_index.to(device)  # (B, V)
+            self._patterns = torch.zeros(self._query_pos.shape + self._image_index.shape[1:], device=device)
+            self._sink = torch.zeros(self._query_pos.shape, device=device)  # (B, T) fp32 sums over layers
+        T, V = self._query_pos.shape[1], self._image_index.shape[1]
+        rows_all = self._query_pos.clamp(min=0)  # (B, T) rows with no query read position 0, zeroed in result()
         scale = scaling if scaling is not None else D**-0.5
         keys_t = key.detach().float().transpose(-1, -2)  # (B, Hkv, D, K) one fp32 copy of the keys per layer
         chunk = max(1, self.chunk_elements // max(1, B * H * K))  # rows per chunk: bounds the (.., c, K) scores
+        # all full-attention layers share one mask object: slice its rows once per arm, not once per layer
+        if self._mask_source is not attention_mask:
+            self._mask_source, self._mask_rows = attention_mask, {}
         # NOTE: autocast off, or a bf16 training step would silently run our "fp32" matmul in bf16
         with torch.no_grad(), torch.autocast(device.type, enabled=False):
             for t0 in range(0, T, chunk):
                 rows = rows_all[:, t0:t0 + chunk]  # (B, c)
                 c = rows.shape[1]
+                if t0 not in self._mask_rows:
+                    self._mask_rows[t0] = self._row_mask(attention_mask, rows, K, H, Hkv, G)
+                hidden, first = self._mask_rows[t0]  # (B, 1|Hkv, 1|G, c, K), (B, c)
                 q = query.detach().gather(2, rows[:, None, :, None].expand(B, H, c, D)).float()  # (B, H, c, D)
                 # GQA: query head h uses key head h // G (transformers' repeat_kv order), so (Hkv, G) groups
                 # the query heads by their key head and one matmul per key head serves its G query heads
-                q = q.view(B, Hkv, G * c, D)  # (B, Hkv, G*c, D)
-                scores = torch.matmul(q, keys_t).mul_(scale).view(B, Hkv, G, c, K)  # (B, Hkv, G, c, K)
-                bias = self._row_bias(attention_mask, rows, K, H, Hkv, G)  # (B, 1|Hkv, 1|G, c, K)
-                probs = scores.add_(bias).softmax(dim=-1)  # (B, Hkv, G, c, K)
-                picked = probs.gather(-1, image_index[:, None, None, None, :].expand(B, Hkv, G, c, V))
-                self._patterns[:, t0:t0 + c] += picked.mean(dim=(1, 2))  # (B, c, V)
-                # sink = the first key a row may see: the first non-pad token of the rollout
-                first = (bias[:, 0, 0] == 0).to(torch.uint8).argmax(dim=-1)  # (B, c), first visible key
-                sink = probs.gather(-1, first[:, None, None, :, None].expand(B, Hkv, G, c, 1))
-                self._sink[:, t0:t0 + c] += sink.squeeze(-1).mean(dim=(1, 2))  # (B, c)
+                q = q.mul_(scale).view(B, Hkv, G * c, D)  # (B, Hkv, G*c, D), scaled here: c*D < c*K numbers
+                scores = torch.matmul(q, keys_t).view(B, Hkv, G, c, K)  # (B, Hkv, G, c, K)
+                if hidden.dtype == torch.bool:
+                    scores.masked_fill_(hidden, _MASK_MIN)
+                else:
+                    scores.add_(hidden)
+                # NOTE: softmax, not exp(s - logsumexp): one fused pass (logsumexp is ~7x slower on CPU).
+                # Head mean first (one reduction), then pick V + 1 columns of (B, c, K): half the time of
+                # picking them from every head.
+                probs = scores.softmax(dim=-1).view(B, H, c, K).mean(dim=1)  # (B, c, K)
+                self._patterns[:, t0:t0 + c] += probs.gather(-1, self._image_index[:, None, :].expand(B, c, V))
+                self._sink[:, t0:t0 + c] += probs.gather(-1, first[:, :, None]).squeeze(-1)  # (B, c)
+        if self.captures == len(self.layers):  # forward done: let the mask and its row slices go
+            self._mask_source, self._mask_rows = _UNSET, {}
 
 
 def _attention_with_probe(implementation):
@@ -241,8 +260,10 @@ def _set_text_attention(model, text_config, implementation):
 
 
 @contextlib.contextmanager
-def probe(model, layers=None):
+def probe(model, layers=None, chunk_elements=2**23):
     """Install the probe on `model`'s decoder layers `layers` (None = middle third); yields a `Probe`.
+
+    chunk_elements bounds the probe's extra memory: ~2 x 4 bytes x chunk_elements (fp32 scores + probabilities).
 
     The model's attention implementation is restored on exit, also after an exception.
     """
@@ -268,7 +289,7 @@ def probe(model, layers=None):
     name = PREFIX + original
     AttentionInterface.register(name, _attention_with_probe(original))
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
-    result = Probe(layers)
+    result = Probe(layers, chunk_elements)
     _set_text_attention(model, text_config, name)
     _ACTIVE.update({id(m): result for m in modules})
     try:

@@ -189,6 +189,7 @@ def test_probe_keeps_no_quadratic_tensor(setup):
     stored = [v for v in vars(p).values() if isinstance(v, torch.Tensor)]
     assert stored and all(v.numel() <= max(B * T * V, B * S) for v in stored)
     assert not any(v.shape[-2:] == (S, S) for v in stored)
+    assert p._mask_rows == {} and p._mask_source is connectivity._UNSET  # the kernel's mask is let go
 
 
 def test_decode_steps_and_other_batches_are_not_captured(setup):

@@ -1,0 +1,252 @@
+"""Benchmark: what the attention probe (connectivity.py) adds to a forward, in time and peak memory.
+
+For each model and batch shape we time one forward (no_grad, full logits, as the old-log-prob forward of an
+RL step) in three settings, interleaved round by round so that machine noise hits all of them alike:
+    sdpa          the model as loaded
+    probe mid     probe on the middle third of decoder layers (the default), armed on every response token
+    probe all     probe on every decoder layer
+overhead = median over rounds of (time with probe / time without, same round) - 1.
+Peak memory is measured once per setting: torch.cuda.max_memory_allocated on GPU; on CPU the high-water
+mark of torch's own allocations during the forward, replayed from the profiler's memory events.
+
+Models: the tiny Qwen2.5-VL of tiny.py (random weights, fp32, CPU) and, when CUDA is present, the
+Qwen2.5-VL-3B-Instruct config with random weights in bf16 (~1k image tokens, ~1k response tokens).
+Without a GPU the 3B case prints an analytic FLOP estimate (probe vs forward) instead.
+
+Run:  OMP_NUM_THREADS=1 python bench_probe.py                 # tiny on CPU (+ 3B on GPU if present)
+      python bench_probe.py --suite 3b --shrink                # smoke-test the 3B code path on CPU
+"""
+
+import argparse
+import statistics
+import time
+import warnings
+
+import torch
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+import connectivity
+from connectivity import default_layers, probe, query_positions
+from tiny import TEXT, VISION, VOCAB_SIZE
+
+# ----------------------------------------------------------------------------- config
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+parser.add_argument("--suite", default="all", choices=["tiny", "3b", "all"], help="which models to run")
+parser.add_argument("--repeats", type=int, default=9, help="timed rounds per shape (median reported)")
+parser.add_argument("--shrink", action="store_true", help="3B config with 2 layers and small inputs (smoke test)")
+args = parser.parse_args()
+
+# Qwen2.5-VL-3B-Instruct's published config.json (text + vision), weights random
+QWEN3B_TEXT = dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                   num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000, rms_norm_eps=1e-6,
+                   tie_word_embeddings=True,
+                   rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})
+QWEN3B_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, in_channels=3, patch_size=14,
+                     spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                     fullatt_block_indexes=[7, 15, 23, 31], out_hidden_size=2048)
+IMAGE, V_START, V_END = 60, 58, 59  # token ids: any distinct ids below every vocab size used here
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def build(text, vision, dtype, device):
+    config = Qwen2_5_VLConfig(text_config=dict(text), vision_config=dict(vision), image_token_id=IMAGE,
+                              vision_start_token_id=V_START, vision_end_token_id=V_END,
+                              tie_word_embeddings=text.get("tie_word_embeddings", False), attn_implementation="sdpa")
+    torch.manual_seed(0)
+    return Qwen2_5_VLForConditionalGeneration(config).to(device=device, dtype=dtype).eval()
+
+
+def make_batch(config, B, grid_side, prompt_len, response_len, device, dtype):
+    """[left pad | text, image, text | response | right pad]; rollout b is 8*b tokens shorter (padding both sides)."""
+    merge, patch = config.vision_config.spatial_merge_size, config.vision_config.patch_size
+    n_image = grid_side * grid_side // merge**2
+    S = prompt_len + n_image + 2 + response_len
+    g = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(100, 400, (B, S), generator=g)  # (B, S) text ids
+    attention_mask = torch.ones(B, S, dtype=torch.long)
+    response_mask = torch.zeros(B, S, dtype=torch.bool)
+    P = S - response_len
+    for b in range(B):
+        pad = 4 * b  # each side
+        input_ids[b, pad + 4] = V_START
+        input_ids[b, pad + 5:pad + 5 + n_image] = IMAGE
+        input_ids[b, pad + 5 + n_image] = V_END
+        attention_mask[b, :pad] = 0
+        attention_mask[b, S - pad:] = 0
+        response_mask[b, P:S - pad] = True
+    grids = torch.tensor([[1, grid_side, grid_side]] * B)
+    patch_dim = 3 * config.vision_config.temporal_patch_size * patch * patch
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, image_grid_thw=grids,
+                  mm_token_type_ids=(input_ids == IMAGE).int(),
+                  pixel_values=torch.randn(B * grid_side * grid_side, patch_dim, generator=g).to(dtype))
+    return {k: v.to(device) for k, v in inputs.items()}, response_mask.to(device)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run(model, inputs, response_mask, layers, chunk_elements=2**23):
+    """One forward; with layers, the probe is installed, armed on every response token and read out."""
+    with torch.no_grad():
+        if layers is None:
+            return model(**inputs).logits
+        with probe(model, layers, chunk_elements) as p:
+            p.arm(query_positions(response_mask), inputs["input_ids"] == IMAGE)
+            logits = model(**inputs).logits
+            p.result()
+        return logits
+
+
+def peak_bytes(fn, device):
+    """Bytes allocated by torch during fn() above what was allocated before it."""
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        sync(device)
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+    with warnings.catch_warnings(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # replay allocations (+) and frees (-) in time order; the running sum's maximum is the peak
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    running = peak = 0
+    for e in events:
+        running += e.nbytes()
+        peak = max(peak, running)
+    return peak
+
+
+def flops(text, vision, B, S, T, n_patches, probe_layers):
+    """Analytic matmul FLOPs of one forward and of the probe (2 per multiply-add)."""
+    d, I, L, H, Hkv = (text[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                         "num_attention_heads", "num_key_value_heads"))
+    Dh = d // H
+    per_token = 2 * (d * H * Dh + 2 * d * Hkv * Dh + H * Dh * d + 3 * d * I)  # q, k, v, o, gated MLP
+    attention = 2 * H * Dh * S * S  # QK^T and PV, causal half: 2 * 2 * H * Dh * S^2 / 2
+    decoder = B * (L * (S * per_token + attention) + 2 * S * d * text["vocab_size"])
+    dv, Iv, depth = vision["hidden_size"], vision["intermediate_size"], vision["depth"]
+    window = (vision["window_size"] // vision["patch_size"]) ** 2  # patches per attention window
+    per_patch = 2 * (4 * dv * dv + 3 * dv * Iv)
+    n_full = len(vision["fullatt_block_indexes"])
+    vit = depth * n_patches * per_patch + 4 * dv * n_patches * (n_full * n_patches // B + (depth - n_full) * window)
+    vit += 2 * (n_patches // 4) * (16 * dv * dv + 4 * dv * vision["out_hidden_size"])  # patch merger MLP
+    probe_cost = probe_layers * B * T * H * S * (2 * Dh + 4)  # QK^T rows + mask, exp, sum (elementwise)
+    return decoder + vit, probe_cost
+
+
+class CaptureTimer:
+    """Wall time spent inside Probe._capture (CPU only: there it is synchronous, so this is the probe's own cost)."""
+
+    def __init__(self):
+        self.seconds, self._inner = 0.0, connectivity.Probe._capture
+
+    def __enter__(self):
+        def timed_capture(probe_self, *a):
+            t0 = time.perf_counter()
+            self._inner(probe_self, *a)
+            self.seconds += time.perf_counter() - t0
+        connectivity.Probe._capture = timed_capture
+        return self
+
+    def __exit__(self, *exc):
+        connectivity.Probe._capture = self._inner
+
+
+def bench(name, text, vision, dtype, device, shapes):
+    model = build(text, vision, dtype, device)
+    L = text["num_hidden_layers"]
+    mid = list(default_layers(L))
+    # (name, layers, chunk_elements): the small-chunk row shows the memory/time trade-off of the chunk size
+    settings = [("sdpa", None, 0), ("probe mid", mid, 2**23), ("probe all", list(range(L)), 2**23),
+                ("probe mid, chunk 2^16", mid, 2**16)]
+    for B, side, prompt_len, response_len in shapes:
+        inputs, response_mask = make_batch(model.config, B, side, prompt_len, response_len, device, dtype)
+        S, T = inputs["input_ids"].shape[1], int(response_mask.sum(1).max())
+        n_image = side * side // 4
+        for _, layers, chunk in settings:  # warm-up (allocator, kernels, lazy init)
+            run(model, inputs, response_mask, layers, chunk)
+        times = {s[0]: [] for s in settings}
+        inside = {s[0]: [] for s in settings}  # seconds inside the probe per forward (CPU)
+        for r in range(args.repeats):
+            for s, layers, chunk in settings[r % len(settings):] + settings[:r % len(settings)]:  # rotate order
+                sync(device)
+                with CaptureTimer() as timer:
+                    t0 = time.perf_counter()
+                    run(model, inputs, response_mask, layers, chunk)
+                    sync(device)
+                    times[s].append(time.perf_counter() - t0)
+                inside[s].append(timer.seconds)
+        peaks = {s: peak_bytes(lambda: run(model, inputs, response_mask, layers, chunk), device)
+                 for s, layers, chunk in settings}
+        print(f"\n{name} on {device.type} ({dtype}), B={B} S={S} image tokens={n_image} response tokens<={T}, "
+              f"{args.repeats} rounds")
+        print("| setting | layers | median ms | overhead (paired median) [min, max] | time inside probe "
+              "/ sdpa forward | peak MiB | peak vs sdpa |")
+        print("|---|---|---|---|---|---|---|")
+        for s, layers, _ in settings:
+            ratios = [t / base for t, base in zip(times[s], times["sdpa"])]
+            own = [t / base for t, base in zip(inside[s], times["sdpa"])]
+            n = "-" if layers is None else len(layers)
+            print(f"| {s} | {n} | {1e3 * statistics.median(times[s]):.1f} | "
+                  f"{100 * (statistics.median(ratios) - 1):+.2f}% [{100 * (min(ratios) - 1):+.1f}, "
+                  f"{100 * (max(ratios) - 1):+.1f}] | "
+                  f"{'n/a (async)' if device.type == 'cuda' else f'{100 * statistics.median(own):.2f}%'} | "
+                  f"{peaks[s] / 2**20:.1f} | {100 * (peaks[s] / peaks['sdpa'] - 1):+.2f}% |")
+        fixed = []  # install + arm + restore without a forward: the probe's per-step fixed cost
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            with probe(model, mid) as p:
+                p.arm(query_positions(response_mask), inputs["input_ids"] == IMAGE)
+            fixed.append(time.perf_counter() - t0)
+        print(f"install + arm + restore (no forward): {1e3 * statistics.median(fixed):.2f} ms "
+              f"= {100 * statistics.median(fixed) / statistics.median(times['sdpa']):.2f}% of the sdpa forward")
+        forward, cost = flops(text, vision, B, S, T, B * side * side, len(settings[1][1]))
+        print(f"FLOPs: forward {forward / 1e9:.2f} G, probe mid {cost / 1e9:.3f} G "
+              f"({100 * cost / forward:.2f}% of the forward)")
+    del model
+
+
+# ----------------------------------------------------------------------------- run
+
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}")
+
+if args.suite in ("tiny", "all"):
+    tiny_text = dict(TEXT, vocab_size=VOCAB_SIZE)
+    # (B, image grid side in patches, prompt text tokens, response tokens):
+    # the default task (2x1 slots ~ a few image tokens, short answers) and a long case at tiny.py's max_pixels
+    bench("tiny Qwen2.5-VL (tiny.py sizes)", tiny_text, VISION, torch.float32, torch.device("cpu"),
+          [(8, 4, 40, 32), (4, 32, 40, 256)])
+
+if args.suite in ("3b", "all"):
+    text, vision = dict(QWEN3B_TEXT), dict(QWEN3B_VISION)
+    # ~1k image tokens (64x64 patches = 896x896 px) and ~1k response tokens
+    B, side, prompt_len, response_len = 4, 64, 64, 1024
+    if device.type == "cuda" or args.shrink:
+        if args.shrink:  # exercise the code path only: 3 layers, small inputs
+            text.update(num_hidden_layers=3)
+            vision.update(depth=2, fullatt_block_indexes=[1])
+            B, side, response_len = 2, 16, 64
+        bench("Qwen2.5-VL-3B config (random weights)", text, vision,
+              torch.bfloat16, device, [(B, side, prompt_len, response_len)])
+    # analytic estimate at the full 3B config and shapes (printed with or without a GPU)
+    side, T, L = 64, 1024, QWEN3B_TEXT["num_hidden_layers"]
+    S, mid = 64 + side * side // 4 + 2 + T, len(default_layers(L))
+    for B_est in (1, 4):
+        forward, cost = flops(QWEN3B_TEXT, QWEN3B_VISION, B_est, S, T, B_est * side * side, mid)
+        _, cost_all = flops(QWEN3B_TEXT, QWEN3B_VISION, B_est, S, T, B_est * side * side, L)
+        # the probe's fp32 (c, K) score blocks: written by the matmul, read+written by the mask add, read by
+        # logsumexp -> ~4 passes of 4 bytes over B*H*T*S entries per layer; this memory traffic, not the
+        # FLOPs, bounds its GPU time
+        traffic = 4 * 4 * B_est * QWEN3B_TEXT["num_attention_heads"] * T * S * mid
+        print(f"\nQwen2.5-VL-3B estimate, B={B_est} S={S} T={T}: forward {forward / 1e12:.2f} TFLOP; "
+              f"probe mid third ({mid} layers) {cost / 1e9:.0f} GFLOP = {100 * cost / forward:.2f}%, "
+              f"all layers {cost_all / 1e9:.0f} GFLOP = {100 * cost_all / forward:.2f}%; "
+              f"probe fp32 score traffic ~{traffic / 2**30:.1f} GiB (mid third)")
