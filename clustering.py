@@ -265,7 +265,48 @@ def _find_packed_error(indptr, indices, weights, node_offsets):
     return 0, 0
 
 
+@njit(cache=True)
+def _weight_back(neighbors, weights, b, j, t):
+    """Weight of node j's own choice of t in graph b, or -1.0 if j did not choose t."""
+    for s in range(neighbors.shape[2]):
+        if neighbors[b, j, s] == t and weights[b, j, s] > 0:
+            return weights[b, j, s]
+    return -1.0
+
+
+@njit(parallel=True, cache=True)
+def _knn_edges(neighbors, weights, valid, indptr, indices, edge_w, write):
+    """Walk every kept kNN choice t -> j of every graph, counting (write=False: row lengths into indptr[1:])
+    or placing (write=True) its CSR entries. Row t gets (j, w), w the larger weight if j also chose t; row j
+    gets (t, w) only if j did not choose t, since otherwise j's own choice fills it: no duplicates."""
+    n_graphs, n_nodes, k = neighbors.shape
+    for b in prange(n_graphs):
+        base = b * n_nodes  # global number of the graph's node 0
+        fill = indptr[base:base + n_nodes].copy()  # (T,) next free slot of each row (write mode)
+        for t in range(n_nodes):
+            for s in range(k):
+                j, w = neighbors[b, t, s], weights[b, t, s]
+                if j < 0 or j >= n_nodes or j == t or not (valid[b, t] and valid[b, j] and w > 0):
+                    continue
+                w_back = _weight_back(neighbors, weights, b, j, t)
+                if not write:
+                    indptr[base + t + 1] += 1
+                    if w_back < 0:
+                        indptr[base + j + 1] += 1
+                    continue
+                indices[fill[t]], edge_w[fill[t]] = base + j, max(w, w_back)
+                fill[t] += 1
+                if w_back < 0:
+                    indices[fill[j]], edge_w[fill[j]] = base + t, w
+                    fill[j] += 1
+
+
 # --------------------------------------------------------------------------------------- public API
+
+
+def _as_numpy(x, dtype):
+    """A tensor, array or list as a C-contiguous numpy array of dtype (no copy when it already is one)."""
+    return np.ascontiguousarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=dtype)
 
 
 def _dense_checked(adj):
@@ -336,9 +377,8 @@ def louvain_packed(indptr, indices, weights, node_offsets, resolution=1.0, seed=
     arange(B+1)*T; padded tokens are simply isolated nodes. Returns (N,) int64 numpy labels, numbered from 0
     within each graph. Graph g uses seed + g. Symmetry is checked through row sums = column sums only.
     """
-    as_np = lambda x, dt: np.ascontiguousarray(x.cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=dt)
-    indptr, indices = as_np(indptr, np.int64), as_np(indices, np.int64)
-    weights, node_offsets = as_np(weights, np.float64), as_np(node_offsets, np.int64)
+    indptr, indices = _as_numpy(indptr, np.int64), _as_numpy(indices, np.int64)
+    weights, node_offsets = _as_numpy(weights, np.float64), _as_numpy(node_offsets, np.int64)
     n = indptr.shape[0] - 1
     if n < 0 or indptr[0] != 0 or indptr[-1] != indices.shape[0] or weights.shape != indices.shape:
         raise ValueError(f"need indptr[0] = 0 and indptr[-1] = len(indices) = len(weights), got indptr[0]="
@@ -364,8 +404,7 @@ def louvain_batch(graphs, resolution=1.0, seed=0):
     """
     if len(graphs) == 0:
         return []
-    as_np = lambda x, dt: np.asarray(x.cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=dt)
-    graphs = [(as_np(p, np.int64), as_np(i, np.int64), as_np(w, np.float64)) for p, i, w in graphs]
+    graphs = [(_as_numpy(p, np.int64), _as_numpy(i, np.int64), _as_numpy(w, np.float64)) for p, i, w in graphs]
     for b, (p, i, w) in enumerate(graphs):
         if len(p) == 0 or p[0] != 0 or p[-1] != len(i) or len(w) != len(i):
             raise ValueError(f"graph {b}: need indptr[0] = 0 and indptr[-1] = len(indices) = len(weights)")
@@ -378,6 +417,32 @@ def louvain_batch(graphs, resolution=1.0, seed=0):
     weights = np.concatenate([w for _, _, w in graphs])
     labels = torch.from_numpy(louvain_packed(indptr, indices, weights, node_offsets, resolution, seed))
     return list(labels.split(sizes.tolist()))
+
+
+def knn_packed(neighbors, weights, valid=None):
+    """kNN lists of B graphs of T nodes -> the symmetric packed CSR that louvain_packed takes (compiled).
+
+    neighbors (B, T, k) int: node t's nearest nodes in its own graph (-1 = none); weights (B, T, k): their
+    similarities; valid (B, T) bool (None = all): padding nodes get no edges. Edge t-j exists if t chose j or j
+    chose t (symmetric kNN, DESIGN §2.4) with the larger weight; self-edges and weights <= 0 are dropped.
+    Returns (indptr (B*T+1,), indices, weights, node_offsets (B+1,)), node b*T + t. Example: T = 3, node 0
+    chose 1 (0.5) and node 2 chose 1 (0.25) -> rows 0: [1], 1: [0, 2], 2: [1]; louvain_packed(*knn_packed(...)).
+    """
+    neighbors, weights = _as_numpy(neighbors, np.int64), _as_numpy(weights, np.float64)
+    if neighbors.ndim != 3 or weights.shape != neighbors.shape:
+        raise ValueError(f"neighbors and weights must share one (B, T, k) shape, got {neighbors.shape}"
+                         f" and {weights.shape}")
+    valid = np.ones(neighbors.shape[:2], np.bool_) if valid is None else _as_numpy(valid, np.bool_)
+    if valid.shape != neighbors.shape[:2]:
+        raise ValueError(f"valid must be (B, T) = {neighbors.shape[:2]}, got {valid.shape}")
+    if np.isnan(weights).any() or np.isinf(weights).any():
+        raise ValueError("kNN weights contain NaN/inf; clean the similarities first")
+    indptr = np.zeros(neighbors.shape[0] * neighbors.shape[1] + 1, np.int64)  # (B*T+1,)
+    _knn_edges(neighbors, weights, valid, indptr, np.empty(0, np.int64), np.empty(0), False)  # row lengths
+    np.cumsum(indptr, out=indptr)
+    indices, edge_w = np.empty(indptr[-1], np.int64), np.empty(indptr[-1])
+    _knn_edges(neighbors, weights, valid, indptr, indices, edge_w, True)
+    return indptr, indices, edge_w, np.arange(neighbors.shape[0] + 1, dtype=np.int64) * neighbors.shape[1]
 
 
 def _seed64(seed):

@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import clustering  # noqa: E402
-from clustering import dense_to_csr, louvain, louvain_batch, louvain_packed, modularity  # noqa: E402
+from clustering import dense_to_csr, knn_packed, louvain, louvain_batch, louvain_packed, modularity  # noqa: E402
 
 ORACLE_SECONDS = 30  # networkx's Louvain has looped forever on float ties before; never let it hang CI
 
@@ -201,6 +201,41 @@ def test_packed_layout_matches_batch_and_accepts_torch_csr():
                             np.concatenate([graphs[0][2], graphs[1][2]]), [0, 6, 8], seed=3)
     assert packed.tolist() == torch.cat(labels).tolist() == [0, 0, 0, 1, 1, 1, 0, 0]
     assert louvain_batch([]) == []
+
+
+def test_knn_packed_docstring_example():
+    # T = 3: node 0 chose 1 (0.5), node 2 chose 1 (0.25), node 1 chose nothing (-1)
+    indptr, indices, weights, offsets = knn_packed([[[1], [-1], [1]]], [[[0.5], [0.0], [0.25]]])
+    assert indptr.tolist() == [0, 1, 3, 4] and offsets.tolist() == [0, 3]
+    assert indices.tolist() == [1, 0, 2, 1] and weights.tolist() == [0.5, 0.5, 0.25, 0.25]
+
+
+def test_knn_packed_equals_the_dense_symmetric_knn_graph_and_its_clustering():
+    # B padded responses of T tokens: symmetric kNN by hand (edge if either end chose it, larger weight)
+    torch.manual_seed(0)
+    B, T, k = 4, 40, 5
+    x = torch.nn.functional.normalize(torch.randn(B, T, 8) + 2 * torch.randn(B, 1, 8).repeat(1, T, 1)
+                                      * (torch.arange(T) % 3 == 0)[None, :, None], dim=-1)
+    valid = torch.arange(T)[None, :] < torch.tensor([40, 33, 25, 1])[:, None]  # (B, T) padding at the end
+    sim = (x @ x.transpose(1, 2)).masked_fill(~(valid[:, :, None] & valid[:, None, :]), -2.0)
+    sim.diagonal(dim1=1, dim2=2).fill_(-2.0)
+    weights, neighbors = sim.topk(k, dim=-1)  # (B, T, k)
+    packed = knn_packed(neighbors, weights, valid)
+    labels = louvain_packed(*packed, seed=11)
+    indptr, indices, w, offsets = packed
+    for b in range(B):
+        dense = torch.zeros(T, T, dtype=torch.float64)
+        for t in range(T):
+            for j, wt in zip(neighbors[b, t].tolist(), weights[b, t].tolist()):
+                if valid[b, t] and valid[b, j] and j != t and wt > 0:
+                    dense[t, j] = dense[j, t] = max(float(dense[t, j]), wt)
+        rows = slice(offsets[b], offsets[b + 1])
+        ours = torch.zeros(T, T, dtype=torch.float64)
+        for t in range(T):
+            e = slice(indptr[offsets[b] + t], indptr[offsets[b] + t + 1])
+            ours[t, torch.from_numpy(indices[e] - offsets[b])] = torch.from_numpy(w[e])
+        assert torch.allclose(ours, dense.to(ours.dtype), atol=1e-6)
+        assert labels[rows].tolist() == louvain(dense, seed=11 + b).tolist()
 
 
 def test_dense_to_csr_round_trip():
