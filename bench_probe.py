@@ -242,11 +242,17 @@ if args.suite in ("3b", "all"):
     for B_est in (1, 4):
         forward, cost = flops(QWEN3B_TEXT, QWEN3B_VISION, B_est, S, T, B_est * side * side, mid)
         _, cost_all = flops(QWEN3B_TEXT, QWEN3B_VISION, B_est, S, T, B_est * side * side, L)
-        # the probe's fp32 (c, K) score blocks: written by the matmul, read+written by the mask add, read by
-        # logsumexp -> ~4 passes of 4 bytes over B*H*T*S entries per layer; this memory traffic, not the
-        # FLOPs, bounds its GPU time
-        traffic = 4 * 4 * B_est * QWEN3B_TEXT["num_attention_heads"] * T * S * mid
+        # the probe's fp32 (c, K) score blocks: written by the matmul, read+written by the mask fill and by
+        # the softmax, read by the head mean -> ~6 passes of 4 bytes over B*H*T*S entries per layer; this
+        # memory traffic, more than the FLOPs, bounds its GPU time
+        traffic = 6 * 4 * B_est * QWEN3B_TEXT["num_attention_heads"] * T * S * mid
         print(f"\nQwen2.5-VL-3B estimate, B={B_est} S={S} T={T}: forward {forward / 1e12:.2f} TFLOP; "
               f"probe mid third ({mid} layers) {cost / 1e9:.0f} GFLOP = {100 * cost / forward:.2f}%, "
               f"all layers {cost_all / 1e9:.0f} GFLOP = {100 * cost_all / forward:.2f}%; "
               f"probe fp32 score traffic ~{traffic / 2**30:.1f} GiB (mid third)")
+        # roofline guess for an H100 SXM (assumptions, not a measurement): HBM 3.35 TB/s, fp32 FMA 67 TFLOP/s,
+        # the bf16 forward at 40% of 989 TFLOP/s; the probe pays its traffic and its fp32 FLOPs back to back
+        probe_s, forward_s = traffic / 3.35e12 + cost / 67e12, forward / (0.4 * 989e12)
+        print(f"  H100 roofline guess: forward {1e3 * forward_s:.0f} ms, probe {1e3 * probe_s:.1f} ms "
+              f"= {100 * probe_s / forward_s:.1f}% of a no-grad forward, ~{100 * probe_s / (3 * forward_s):.1f}% of "
+              f"forward + backward")

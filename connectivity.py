@@ -195,8 +195,9 @@ class Probe:
             self._image_index = self._image_index.to(device)  # (B, V)
             self._patterns = torch.zeros(self._query_pos.shape + self._image_index.shape[1:], device=device)
             self._sink = torch.zeros(self._query_pos.shape, device=device)  # (B, T) fp32 sums over layers
+            self._rows = self._query_pos.clamp(min=0)  # (B, T) rows without a query read row 0, zeroed in result()
         T, V = self._query_pos.shape[1], self._image_index.shape[1]
-        rows_all = self._query_pos.clamp(min=0)  # (B, T) rows with no query read position 0, zeroed in result()
+        rows_all = self._rows  # (B, T)
         scale = scaling if scaling is not None else D**-0.5
         keys_t = key.detach().float().transpose(-1, -2)  # (B, Hkv, D, K) one fp32 copy of the keys per layer
         chunk = max(1, self.chunk_elements // max(1, B * H * K))  # rows per chunk: bounds the (.., c, K) scores
@@ -242,7 +243,17 @@ def _attention_with_probe(implementation):
         probe_for_module = _ACTIVE.get(id(module))
         if probe_for_module is not None:
             probe_for_module._capture(module, query, key, attention_mask, kwargs.get("scaling"))
-        return kernel(module, query, key, value, attention_mask, *args, **kwargs)
+        if "flash" not in implementation:
+            return kernel(module, query, key, value, attention_mask, *args, **kwargs)
+        # NOTE: transformers' flash path picks its kernel package from module.config._attn_implementation,
+        # which reads our name here: show it the original name for the duration of the call.
+        # (Untested: no flash-attn on our CPU machines.)
+        config = module.config
+        ours, config._attn_implementation_internal = config._attn_implementation_internal, implementation
+        try:
+            return kernel(module, query, key, value, attention_mask, *args, **kwargs)
+        finally:
+            config._attn_implementation_internal = ours
 
     return attention
 

@@ -128,6 +128,39 @@ def test_probe_without_kernel_mask_uses_causal_and_armed_padding(setup):
     assert (got["patterns"] - patterns).abs().max() <= 1e-5 and (got["sink"] - sink).abs().max() <= 1e-5
 
 
+def test_probe_wraps_eager_with_its_additive_mask(setup):
+    # eager hands the kernel a float mask (0 / dtype-min) and lives in the model file, not the global interface
+    model, inputs, response_mask, attentions = setup
+    query_pos = query_positions(response_mask)
+    model.set_attn_implementation("eager")
+    try:
+        with probe(model, [2]) as p, torch.no_grad():
+            assert model.config.text_config._attn_implementation == "atrl_probe_eager"
+            p.arm(query_pos, inputs["input_ids"] == IMAGE)
+            model(**inputs)
+            got = p.result()
+    finally:
+        model.set_attn_implementation("sdpa")
+    patterns, sink = oracle(attentions, inputs, query_pos, [2])
+    assert (got["patterns"] - patterns).abs().max() <= 1e-5 and (got["sink"] - sink).abs().max() <= 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_probe_on_cuda_matches_eager(setup):
+    model, inputs, response_mask, attentions = setup
+    model.cuda()
+    try:
+        query_pos = query_positions(response_mask)
+        with probe(model, [1, 2]) as p, torch.no_grad():
+            p.arm(query_pos.cuda(), inputs["input_ids"].cuda() == IMAGE)
+            model(**{k: v.cuda() for k, v in inputs.items()})
+            got = p.result()
+    finally:
+        model.cpu()
+    patterns, sink = oracle(attentions, inputs, query_pos, [1, 2])
+    assert (got["patterns"].cpu() - patterns).abs().max() <= 1e-4 and (got["sink"].cpu() - sink).abs().max() <= 1e-4
+
+
 def test_logits_identical_with_probe_installed(setup):
     model, inputs, response_mask, _ = setup
     with torch.no_grad():
