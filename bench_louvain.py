@@ -32,30 +32,39 @@ import clustering
 # ------------------------------------------------------------------------------------------ graphs
 
 
-def knn_graph(n, k=10, groups=16, dim=32, noise=1.2, seed=0):
-    """Symmetric kNN cosine graph of n noisy points around `groups` random centres -> CSR triple.
-
-    Edge i-j if j is among i's k most cosine-similar points or i among j's; weight = max(cos, 0).
-    """
+def knn_lists(n, k=10, groups=16, dim=32, noise=1.2, seed=0):
+    """k nearest neighbours (n, k) and their cosine similarities (n, k) of n noisy points around `groups`
+    random centres: the (T, k) lists atrl.token_graph makes for one response."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((groups, dim))  # (groups, dim)
     x = centres[rng.integers(0, groups, n)] + noise * rng.standard_normal((n, dim))  # (n, dim)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    nbr = np.empty((n, k), np.int64)  # (n, k) k nearest neighbours, found 1024 rows at a time to bound memory
-    xt = torch.from_numpy(x)
-    for r in range(0, n, 1024):
-        sim = xt[r:r + 1024] @ xt.T  # (rows, n) cosine similarity
+    x = torch.nn.functional.normalize(torch.from_numpy(x), dim=1)
+    nbr, sims = [], []
+    for r in range(0, n, 1024):  # 1024 rows at a time bounds memory at n = 16k
+        sim = x[r:r + 1024] @ x.T  # (rows, n) cosine similarity
         sim[torch.arange(sim.shape[0]), torch.arange(r, r + sim.shape[0])] = -float("inf")  # no self-loops
-        nbr[r:r + 1024] = sim.topk(k, dim=1).indices.numpy()
-    rows, cols = np.repeat(np.arange(n), k), nbr.ravel()
-    w = np.maximum(np.einsum("ed,ed->e", x[rows], x[cols]), 0.0)  # (n*k,)
-    # symmetric kNN: take both directions, keep one copy of edges chosen by both ends (same cosine)
+        top = sim.topk(k, dim=1)
+        nbr.append(top.indices.numpy())
+        sims.append(top.values.numpy())
+    return np.concatenate(nbr), np.concatenate(sims)
+
+
+def csr_of_lists(nbr, sim):
+    """Symmetric kNN graph of (n, k) lists -> CSR triple: edge i-j if either chose the other, weight max(cos, 0)."""
+    n, k = nbr.shape
+    rows, cols, w = np.repeat(np.arange(n), k), nbr.ravel(), np.maximum(sim.ravel(), 0.0)
+    # take both directions, keep one copy of edges chosen by both ends (the cosine is the same)
     key, first = np.unique(np.concatenate([rows * n + cols, cols * n + rows]), return_index=True)
     w = np.concatenate([w, w])[first]
     key, w = key[w > 0], w[w > 0]
     indptr = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(key // n, minlength=n), out=indptr[1:])
     return indptr, key % n, w
+
+
+def knn_graph(n, k=10, seed=0, **kwargs):
+    """The symmetric kNN cosine graph of knn_lists(n, k, seed) as a CSR triple."""
+    return csr_of_lists(*knn_lists(n, k, seed=seed, **kwargs))
 
 
 def dense_graph(n, seed=0):
@@ -210,7 +219,11 @@ def main():
 
     # --- one AT-RL step: many graphs at once
     print(f"\nbatch of {batch} kNN-10 graphs, n=1024 (total seconds; networkx extrapolated from 16 graphs)")
-    graphs = [knn_graph(1024, seed=10_000 + b) for b in range(batch)]
+    lists = [knn_lists(1024, seed=10_000 + b) for b in range(batch)]
+    graphs = [csr_of_lists(nb, sm) for nb, sm in lists]
+    neighbors, sims = np.stack([nb for nb, _ in lists]), np.stack([sm for _, sm in lists])  # (B, T, k) each
+    t_knn, packed_knn = timed(lambda nb, s: clustering.knn_packed(nb, sims), neighbors, [0, 1, 2])
+    t_knn_louvain, _ = timed(lambda p, s: clustering.louvain_packed(*p, seed=s), packed_knn[-1], seeds[:3])
     t_batch, labels = timed(lambda gs, s: clustering.louvain_batch(gs, seed=s), graphs, seeds[:3])
     node_offsets = np.cumsum([0] + [len(g[0]) - 1 for g in graphs])  # the block-diagonal layout atrl can build
     edge_offsets = np.cumsum([0] + [len(g[1]) for g in graphs])
@@ -231,6 +244,8 @@ def main():
     show = lambda label, secs, extra="": print(f"  {label:<44} {secs:7.3f} s  {extra}")
     show(f"ours louvain_batch (list of CSR, {numba.get_num_threads()} threads)", t_batch)
     show("ours louvain_packed (pre-packed CSR)", t_packed)
+    show("ours knn_packed: (B, T, k) lists -> packed CSR", t_knn, f"+ louvain_packed {t_knn_louvain:.3f} s"
+         f" = {t_knn + t_knn_louvain:.3f} s: the atrl path")
     show("ours one graph at a time, 1 thread", t_serial, f"({t_serial / t_batch:.1f}x batch)")
     show("igraph loop", t_ig, f"({t_ig / t_batch:.1f}x ours)  Q ours {q_ours:.4f} igraph {q_ig:.4f}"
          f" (dQ {q_ours - q_ig:+.4f})")
