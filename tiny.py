@@ -6,9 +6,10 @@ and the same save/load path as the real `Qwen/Qwen2.5-VL-3B-Instruct`:
 
     tokenizer   byte-level BPE trained here on the task's text, plus Qwen's special tokens
                 (<|im_start|>, <|im_end|>, <|vision_start|>, <|image_pad|>, ...) and a Qwen chat template
-    model       Qwen2_5_VLForConditionalGeneration, random init, ~1M parameters:
+    model       Qwen2_5_VLForConditionalGeneration, random init, 0.96M parameters:
                   vision: patch 14, merge 2 (one LLM token per 28x28 px), depth 2, width 64
-                  text:   4 layers x 128, 4 heads, mRoPE sections [4, 6, 6] over head_dim 32
+                  text:   4 layers x 128 (MLP 256), 4 heads / 2 kv heads, mRoPE sections [4, 6, 6]
+                          over head_dim 32, embeddings tied to the LM head
     SFT         next-token cross-entropy on the reference responses only (prompt tokens masked):
                   loss = - sum_{t in response} log p(y_t | image, prompt, y_<t) / #response tokens
 
@@ -19,7 +20,8 @@ digit at random positions stay at chance for minutes). SFT stops early once held
 reaches `target_acc`, so the model is left with partial skill and RL has room to improve it.
 
 Where this departs from a real Qwen2.5-VL:
-1. Sizes are tiny and the tokenizer is ours (vocab ~500), so nothing but the task's text encodes compactly.
+1. Sizes are tiny and the tokenizer is ours (vocab 512). Its pre-tokenizer splits digits only, not words,
+   so recurring phrases become single tokens: a default prompt is 29 tokens, a response 12.
 2. Only full attention in the vision tower (our images fit in one 112-px window anyway).
 3. Word embeddings are tied to the LM head (as in Qwen2.5-VL-3B) to save parameters.
 
@@ -30,9 +32,9 @@ Tests: pytest tests/test_tiny.py (uses make_random_checkpoint only: no SFT in te
 
 import argparse
 import json
-import math
 import os
 import random
+import re
 import shutil
 import time
 
@@ -57,7 +59,7 @@ SPECIAL_TOKENS = [  # Qwen2.5-VL's special tokens, same strings (ids differ: our
 VOCAB_SIZE = 512  # BPE target size; 256 byte symbols + specials + merges of frequent task words
 MIN_PIXELS, MAX_PIXELS = 28 * 28, 28 * 28 * 256  # image processor bounds saved with the checkpoint
 
-TEXT = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=2048, rms_norm_eps=1e-6,
             # mRoPE: head_dim 32 -> 16 rotary frequencies, split over (temporal, height, width)
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]})
@@ -85,16 +87,16 @@ def _tokenizer_corpus(n=400, seed=0):
 
 
 def make_tokenizer(vocab_size=VOCAB_SIZE):
-    """Byte-level BPE (Qwen's pre-tokenizer split: digits are single tokens) wrapped as a HF fast tokenizer."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Byte-level BPE trained on the task's text, Qwen's special tokens, wrapped as a HF fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    # Qwen2's split regex: numbers one digit at a time, so arithmetic works digit by digit.
-    split = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-             r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+    # Unlike Qwen's pre-tokenizer we split only digits (one token per digit, as in Qwen, so arithmetic is
+    # digit by digit), not words: BPE then merges whole recurring phrases ("</think><answer>", the format
+    # instruction) into single tokens, which makes prompts ~3x shorter and CPU training ~3x cheaper.
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(split), behavior="isolated"),
+        pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
@@ -173,34 +175,148 @@ def sft_batch(tokenizer, image_processor, examples):
     return enc
 
 
-def _grade(text, answer):
-    """(correct, well_formatted) for one response; uses data's grader when present, else a strict regex."""
-    import re
+def _grade(text, answer, perception):
+    """(correct, well_formatted, read) for one response.
 
+    correct: data's grader (extract_answer + is_correct); well_formatted: exactly
+    <think>...</think><answer>...</answer>; read: the numbers before the last '=' inside <think> are exactly
+    the perception values (the model read the image right, whatever its arithmetic).
+
+    >>> _grade("<think>3+4=7</think><answer>7</answer>", "7", ["3", "4"])
+    (True, True, True)
+    >>> _grade("<think>3+5=8</think><answer>8</answer>", "7", ["3", "4"])
+    (False, True, False)
+    """
     well_formatted = re.fullmatch(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", text, re.S) is not None
-    if hasattr(data, "extract_answer") and hasattr(data, "is_correct"):
-        pred = data.extract_answer(text)
-        return pred is not None and data.is_correct(pred, answer), well_formatted
-    found = re.findall(r"<answer>\s*(-?\d+)\s*</answer>", text)
-    return bool(found) and found[-1] == str(answer), well_formatted
+    pred = data.extract_answer(text)
+    correct = pred is not None and data.is_correct(pred, answer)
+    think = re.search(r"<think>(.*?)</think>", text, re.S)
+    read = think is not None and re.findall(r"\d+", think.group(1).rpartition("=")[0]) == list(perception)
+    return correct, well_formatted, read
 
 
 @torch.no_grad()
 def evaluate(model, tokenizer, image_processor, dataset, batch_size=128, max_new_tokens=24):
-    """Greedy held-out accuracy and well-formatted fraction: dict(accuracy, format, samples)."""
+    """Greedy decoding on `dataset`: dict(accuracy, format, read, samples) -- fractions of examples."""
     model.eval()
-    suppress = rollout.VISION_TOKEN_IDS(tokenizer)
-    correct = formatted = 0
+    suppress = rollout.VISION_TOKEN_IDS(tokenizer)  # a sampled <|image_pad|> would break re-encoding
+    totals = [0, 0, 0]  # correct, well formatted, read right
     samples = []
     for start in range(0, len(dataset), batch_size):
         rows = dataset[start:start + batch_size]
         enc = rollout.encode_prompts(tokenizer, image_processor, rows["image"], rows["question"])
         out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, suppress_tokens=suppress)
         texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        for text, answer in zip(texts, rows["answer"]):
-            ok, fmt = _grade(text, answer)
-            correct, formatted = correct + ok, formatted + fmt
+        for text, answer, perception in zip(texts, rows["answer"], rows["perception"]):
+            totals = [t + g for t, g in zip(totals, _grade(text, answer, perception))]
             if len(samples) < 4:
                 samples.append((text, answer))
     model.train()
-    return dict(accuracy=correct / len(dataset), format=formatted / len(dataset), samples=samples)
+    n = len(dataset)
+    return dict(accuracy=totals[0] / n, format=totals[1] / n, read=totals[2] / n, samples=samples)
+
+
+def build_tiny(out_dir=DEFAULT_DIR, sft_steps=2000, seed=0, lr=1e-3, batch_size=32, target_acc=0.4,
+               eval_every=25, time_budget_s=480, n_eval=500, task=None, log=print):
+    """Random checkpoint + SFT warm start on VisualMath reference responses, saved to `out_dir`.
+
+    Every step draws `batch_size` fresh examples (seeded rng; `task` = make_visualmath knobs). Every
+    `eval_every` steps a 128-example held-out probe is decoded greedily; SFT stops at the first check with
+    probe accuracy >= target_acc and >= 95% well-formatted answers (partial skill on purpose: RL needs room
+    to improve), or after `sft_steps` steps / `time_budget_s` seconds. On the default task reading is
+    learned abruptly (probe accuracy ~0.1 -> ~0.8 within ~100 steps, around step 250), hence the frequent
+    checks. The final figures (n_eval examples, another seed) are printed and saved in sft_report.json.
+    """
+    from tqdm import tqdm
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    task = dict(task or {})
+    # NOTE: one thread on purpose. On a shared 2-core box, 2 OpenMP threads collapse when a neighbour
+    # takes a core (we measured 0.23 s/step with 1 thread vs 2.5 s/step with 2 under load).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tmp_dir = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    make_random_checkpoint(tmp_dir, seed=seed)
+    tokenizer, image_processor = rollout.load_processor(tmp_dir)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_dir, dtype=torch.float32)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+    rng = random.Random(seed)
+    probe = data.make_visualmath(128, seed=seed + 10_000, **task)  # early-stopping probe
+    held_out = data.make_visualmath(n_eval, seed=seed + 20_000, **task)  # the reported figures
+
+    start, loss_ema, probe_result = time.time(), None, {}
+    bar = tqdm(range(sft_steps), desc="SFT", dynamic_ncols=True)
+    for step in bar:
+        examples = [data.visualmath_example(rng, **task) for _ in range(batch_size)]
+        batch = sft_batch(tokenizer, image_processor, examples)
+        warmup = min(1.0, (step + 1) / 50)  # short linear warm-up: Adam's first updates are noisy
+        for group in optimizer.param_groups:
+            group["lr"] = lr * warmup
+        loss = model(**batch).loss  # mean cross-entropy over response tokens (labels -100 elsewhere)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
+        out_of_time = time.time() - start > time_budget_s
+        if (step + 1) % eval_every == 0 or out_of_time:
+            probe_result = evaluate(model, tokenizer, image_processor, probe)
+            bar.set_postfix(loss=f"{loss_ema:.3f}", probe_acc=f"{probe_result['accuracy']:.2f}")
+            if probe_result["accuracy"] >= target_acc and probe_result["format"] >= 0.95:
+                break
+        if out_of_time:
+            log(f"SFT stopped by the time budget ({time_budget_s}s) before reaching target_acc={target_acc}")
+            break
+    bar.close()
+    sft_seconds = time.time() - start
+    result = evaluate(model, tokenizer, image_processor, held_out)
+    report = dict(steps=step + 1, sft_seconds=round(sft_seconds, 1), final_loss=round(loss_ema, 4), lr=lr,
+                  batch_size=batch_size, target_acc=target_acc, probe_accuracy=probe_result.get("accuracy"),
+                  held_out_accuracy=result["accuracy"], held_out_format=result["format"],
+                  held_out_read=result["read"], n_eval=n_eval, task=task, seed=seed,
+                  params=sum(p.numel() for p in model.parameters()), samples=result["samples"])
+    model.save_pretrained(tmp_dir)
+    with open(os.path.join(tmp_dir, "sft_report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp_dir, out_dir)  # a finished build appears at out_dir in one step; never a half one
+    torch.set_num_threads(threads)
+    return out_dir
+
+
+def ensure_tiny_model(path=None):
+    """The default checkpoint dir, built (a few minutes on CPU) if it is missing; `path` overrides it."""
+    path = path or DEFAULT_DIR
+    if not os.path.exists(os.path.join(path, "sft_report.json")):
+        print(f"building the tiny default model into {path} (once; a few minutes on CPU)")
+        build_tiny(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Build the tiny Qwen2.5-VL default model (cached).")
+    parser.add_argument("--out", default=DEFAULT_DIR, help="checkpoint dir (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the checkpoint exists")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target_acc", type=float, default=0.4, help="stop SFT at this probe accuracy")
+    args = parser.parse_args()
+    began = time.time()
+    if args.force or not os.path.exists(os.path.join(args.out, "sft_report.json")):
+        build_tiny(args.out, seed=args.seed, target_acc=args.target_acc)
+    else:
+        print(f"{args.out} exists (use --force to rebuild); its build report:")
+    with open(os.path.join(args.out, "sft_report.json")) as f:
+        report = json.load(f)
+    print(f"tiny Qwen2.5-VL: {report['params'] / 1e6:.2f}M params, SFT {report['steps']} steps in "
+          f"{report['sft_seconds']:.0f}s (lr {report['lr']}, batch {report['batch_size']})")
+    print(f"held-out greedy accuracy {report['held_out_accuracy']:.1%}, well-formatted "
+          f"{report['held_out_format']:.1%}, both numbers read right {report['held_out_read']:.1%} "
+          f"(n={report['n_eval']})")
+    print(f"e.g. {report['samples'][0][0]!r} (gold {report['samples'][0][1]})")
+    print(f"total wall time {time.time() - began:.0f}s -> {args.out}")

@@ -1,0 +1,131 @@
+"""tiny.py: the random tiny checkpoint (tokenizer, image processor, model) survives save/from_pretrained,
+its tokenizer is sane, and the SFT batch masks the prompt. The SFT build itself is never run here."""
+
+import doctest
+import json
+import os
+import time
+
+import pytest
+import torch
+
+import data
+import rollout
+import tiny
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    began = time.time()
+    path = tiny.make_random_checkpoint(str(tmp_path_factory.mktemp("tiny")), seed=0)
+    assert time.time() - began < 30, "make_random_checkpoint must stay fast: the tests depend on it"
+    return path
+
+
+def test_docstring_examples():
+    assert doctest.testmod(tiny).failed == 0
+
+
+def test_checkpoint_has_the_files_from_pretrained_needs(checkpoint):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "preprocessor_config.json", "generation_config.json"):
+        assert os.path.exists(os.path.join(checkpoint, name)), name
+
+
+def test_model_round_trip_is_exact(checkpoint):
+    """from_pretrained gives back the very weights make_model built (same seed => same init)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    tokenizer, image_processor = rollout.load_processor(checkpoint)
+    loaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    fresh = tiny.make_model(tokenizer, seed=0).eval()
+    assert type(loaded).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    fresh_state = fresh.state_dict()
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, fresh_state[name]), name
+    ex = data.make_visualmath(1, seed=0)[0]
+    enc = rollout.encode_prompts(tokenizer, image_processor, [ex["image"]], [ex["question"]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**enc).logits, fresh(**enc).logits, rtol=0, atol=0)
+    assert not torch.equal(tiny.make_model(tokenizer, seed=1).lm_head.weight, fresh.lm_head.weight)
+
+
+def test_config_ids_match_the_tokenizer(checkpoint):
+    from transformers import AutoConfig
+
+    tokenizer, _ = rollout.load_processor(checkpoint)
+    config = AutoConfig.from_pretrained(checkpoint)
+    ids = tokenizer.convert_tokens_to_ids
+    assert config.image_token_id == ids("<|image_pad|>") and config.video_token_id == ids("<|video_pad|>")
+    assert config.vision_start_token_id == ids("<|vision_start|>")
+    assert config.text_config.vocab_size == len(tokenizer)
+    assert config.vision_config.out_hidden_size == config.text_config.hidden_size
+    assert sum(config.text_config.rope_parameters["mrope_section"]) * 2 == \
+        config.text_config.hidden_size // config.text_config.num_attention_heads  # covers head_dim
+
+
+def test_tokenizer_round_trips_text_and_keeps_specials_whole(checkpoint):
+    tokenizer, _ = rollout.load_processor(checkpoint)
+    for text in ["<think>3+4=7</think><answer>7</answer>", "Ünïcödé ✓ 日本語 \t\n  spaces", "", "1234567890"]:
+        assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+    assert tokenizer.tokenize("12+305") == ["1", "2", "+", "3", "0", "5"]  # one token per digit
+    for special in tiny.SPECIAL_TOKENS:
+        assert len(tokenizer(special, add_special_tokens=False)["input_ids"]) == 1, special
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+    assert tokenizer.padding_side == "left"
+    prompt = tokenizer.apply_chat_template(rollout.build_messages("q"), tokenize=False, add_generation_prompt=True)
+    assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
+    assert "<|vision_start|><|image_pad|><|vision_end|>q\n" in prompt
+
+
+def test_image_processor_round_trip(checkpoint):
+    _, image_processor = rollout.load_processor(checkpoint)
+    assert type(image_processor).__name__ == "Qwen2VLImageProcessorPil"  # PIL backend: no torchvision
+    assert image_processor.size["shortest_edge"] == tiny.MIN_PIXELS
+    assert image_processor.size["longest_edge"] == tiny.MAX_PIXELS
+    assert image_processor.patch_size == 14 and image_processor.merge_size == 2
+
+
+def test_default_image_is_two_merged_tokens(checkpoint):
+    """The learnability design: one 28x28 slot per number = one LLM image token."""
+    tokenizer, image_processor = rollout.load_processor(checkpoint)
+    ex = data.make_visualmath(1, seed=0)[0]
+    enc = rollout.encode_prompts(tokenizer, image_processor, [ex["image"]], [ex["question"]])
+    assert enc["mm_token_type_ids"].sum().item() == len(ex["perception"]) == 2
+
+
+def test_sft_batch_supervises_exactly_the_response(checkpoint):
+    tokenizer, image_processor = rollout.load_processor(checkpoint)
+    examples = list(data.make_visualmath(3, seed=4, n_numbers=3, digits=2))  # different response lengths
+    batch = tiny.sft_batch(tokenizer, image_processor, examples)
+    B, S = batch["input_ids"].shape
+    assert batch["labels"].shape == batch["attention_mask"].shape == batch["mm_token_type_ids"].shape == (B, S)
+    for b, ex in enumerate(examples):
+        supervised = batch["labels"][b][batch["labels"][b] != -100]
+        assert tokenizer.decode(supervised) == ex["response"] + "<|im_end|>"
+    # labelled positions are real tokens, and no image token is ever a target
+    assert (batch["attention_mask"][batch["labels"] != -100] == 1).all()
+    assert (batch["mm_token_type_ids"][batch["labels"] != -100] == 0).all()
+
+
+def test_a_few_sft_steps_fit_a_batch(checkpoint):
+    """Smoke: the SFT loss goes down on one repeated batch (gradients flow through the masked loss)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    tokenizer, image_processor = rollout.load_processor(checkpoint)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).train()
+    batch = tiny.sft_batch(tokenizer, image_processor, list(data.make_visualmath(8, seed=5)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_ensure_tiny_model_uses_an_existing_build(tmp_path):
+    (tmp_path / "sft_report.json").write_text(json.dumps({"steps": 1}))
+    assert tiny.ensure_tiny_model(str(tmp_path)) == str(tmp_path)  # no rebuild: returns at once
