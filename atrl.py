@@ -329,3 +329,71 @@ def token_advantages(adv, W):
             [-4.0000, -0.0000]])
     """
     return adv[:, None] * W                                          # (B, T)
+
+
+# --------------------------------------------------------------------------------------------------
+# Policy loss: what the per-token advantages feed (train.py calls these once per micro-batch)
+
+
+def ppo_clip_loss(logp, old_logp, adv, clip_low=0.2, clip_high=0.28, dual_clip=0.0):
+    """Per-token PPO-clip loss and a clipped-token indicator, both (B, T). adv is per token (A_AT).
+
+        r = exp(logp - old_logp);  loss = max(-adv * r, -adv * clip(r, 1 - clip_low, 1 + clip_high))
+
+    clip_high > clip_low is DAPO's clip-higher (Yu et al. 2025, Eq. 10): low-probability tokens with A > 0
+    may grow further before the gradient stops. dual_clip = c > 1 caps the loss of A < 0 tokens at -c * A
+    (Ye et al. 2020), so a token whose ratio exploded cannot dominate the batch.
+
+    >>> loss, clipped = ppo_clip_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([[1.0, -1.0]]))
+    >>> loss, clipped                                  # r = 1: loss = -A, nothing clipped
+    (tensor([[-1.,  1.]]), tensor([[0., 0.]]))
+    """
+    ratio = torch.exp(logp - old_logp)                                         # (B, T)
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1 - clip_low, 1 + clip_high)
+    loss = torch.maximum(unclipped, clipped)                                   # the pessimistic bound
+    if dual_clip > 1:
+        loss = torch.where(adv < 0, torch.minimum(loss, -adv * dual_clip), loss)
+    return loss, (clipped > unclipped).float()
+
+
+def kl_penalty(logp, ref_logp, estimator="k3"):
+    """Per-token estimate of KL(pi || pi_ref) from tokens sampled from pi (Schulman 2020, "Approximating KL"):
+    k1 = -log q/p (unbiased, can be < 0), k2 = (log q/p)^2 / 2 (low variance, biased), k3 = q/p - 1 - log q/p
+    (unbiased and >= 0; GRPO's choice), with q = pi_ref, p = pi.
+
+    >>> kl_penalty(torch.tensor([0.0]), torch.tensor([0.0]))   # identical policies
+    tensor([0.])
+    """
+    log_ratio = ref_logp - logp                                                # log q/p, (B, T)
+    if estimator == "k1":
+        return -log_ratio
+    elif estimator == "k2":
+        return 0.5 * log_ratio ** 2
+    elif estimator == "k3":
+        return torch.exp(log_ratio) - 1 - log_ratio
+    raise ValueError(f"estimator={estimator!r}: use k1, k2 or k3")
+
+
+def aggregate_loss(loss_tok, mask, mode, n_tokens, n_seqs, max_len):
+    """This micro-batch's share of the batch loss; summing the shares of all micro-batches (and ranks) gives
+    exactly the loss of the whole batch, because the denominators are GLOBAL counts: n_tokens valid tokens
+    and n_seqs non-empty responses over every micro-batch and rank, max_len the generation budget.
+
+      token_mean               sum_{i,t} l / n_tokens                     (DAPO: every token weighs the same)
+      seq_mean_token_mean      sum_i (sum_t l_it / n_i) / n_seqs          (GRPO: every response weighs the same)
+      seq_mean_token_sum_norm  sum_{i,t} l / (n_seqs * max_len)           (Dr.GRPO: no length normalisation)
+
+    NOTE: a per-micro-batch mean here (the common bug) silently re-weights tokens by micro-batch size.
+
+    >>> l, m = torch.tensor([[1., 3.], [2., 0.]]), torch.tensor([[1., 1.], [1., 0.]])
+    >>> aggregate_loss(l, m, "token_mean", 3, 2, 2), aggregate_loss(l, m, "seq_mean_token_mean", 3, 2, 2)
+    (tensor(2.), tensor(2.))
+    """
+    if mode == "token_mean":
+        return (loss_tok * mask).sum() / n_tokens
+    elif mode == "seq_mean_token_mean":
+        return ((loss_tok * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / n_seqs
+    elif mode == "seq_mean_token_sum_norm":
+        return (loss_tok * mask).sum() / (n_seqs * max_len)
+    raise ValueError(f"mode={mode!r}: use token_mean, seq_mean_token_mean or seq_mean_token_sum_norm")

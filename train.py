@@ -249,45 +249,8 @@ print0(f"model {model_path} | {sum(p.numel() for p in params) / 1e6:.2f}M traina
        f"B/rank {rollouts_per_rank} = {prompts_per_rank} prompts x G {cfg.group_size} | micro {micro} | device {device}")
 
 # --------------------------------------------------------------------------------------------------
-# Helpers: pure loss math, the prompt stream, evaluation, checkpoints.
+# Helpers: log-probs, the prompt stream, probe read-out, logging, evaluation, checkpoints.
 # --------------------------------------------------------------------------------------------------
-
-
-def ppo_clip_loss(logp, old_logp, adv, clip_low, clip_high, dual_clip=0.0):
-    """Per-token PPO-clip loss (B, T) and a clipped-token mask. adv is per token (A_AT).
-
-    Example: logp = old_logp (r = 1) gives loss -adv exactly and no clipping.
-    """
-    ratio = torch.exp(logp - old_logp)                                               # (B, T)
-    unclipped = -adv * ratio
-    clipped = -adv * ratio.clamp(1 - clip_low, 1 + clip_high)                        # DAPO: eps_high > eps_low
-    loss = torch.maximum(unclipped, clipped)                                         # pessimistic bound
-    if dual_clip > 1:  # Ye et al. 2020: cap the loss of negative-advantage tokens whose ratio exploded
-        loss = torch.where(adv < 0, torch.minimum(loss, -adv * dual_clip), loss)
-    return loss, (clipped > unclipped).float()
-
-
-def kl_penalty(logp, ref_logp, estimator):
-    """Per-token KL(pi || pi_ref) estimate from samples of pi (Schulman 2020): k1 unbiased, k3 unbiased + >= 0."""
-    log_ratio = ref_logp - logp                                                      # log pi_ref/pi, (B, T)
-    if estimator == "k1":
-        return -log_ratio
-    elif estimator == "k2":
-        return 0.5 * log_ratio ** 2
-    else:  # k3
-        return torch.exp(log_ratio) - 1 - log_ratio
-
-
-def aggregate(loss_tok, mask, mode, n_tokens, n_seqs, max_len):
-    """Sum this micro-batch's share of the global loss. n_tokens / n_seqs are GLOBAL counts (all micro-batches,
-    all ranks), so summing micro-batch results (and DDP's mean over ranks, undone by * world) gives exactly
-    the loss of the whole batch. NOTE: a per-micro-batch mean here would silently re-weight tokens."""
-    if mode == "token_mean":                      # DAPO: every token of the batch weighs the same
-        return (loss_tok * mask).sum() / n_tokens
-    elif mode == "seq_mean_token_mean":           # GRPO: mean per response, then mean over responses
-        return ((loss_tok * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / n_seqs
-    else:                                         # Dr.GRPO: token sums over a constant (budget) length
-        return (loss_tok * mask).sum() / (n_seqs * max_len)
 
 
 def token_logprobs(net, batch, prompt_len):
@@ -480,14 +443,14 @@ for step in bar:
                     W[i:i + micro], dt = weights_from_probe(mask, step, stats)
                     have_weights[i:i + micro], t_weights = [True] * micro, t_weights + dt
                 adv_tok = atrl.token_advantages(adv[i:i + micro], W[i:i + micro])          # (b, T) = W * A
-                pg_tok, clipped = ppo_clip_loss(logp, old_logp[i:i + micro], adv_tok, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
+                pg_tok, clipped = atrl.ppo_clip_loss(logp, old_logp[i:i + micro], adv_tok, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
                 kl_tok = torch.zeros_like(pg_tok)
                 if ref_model is not None:
                     with torch.no_grad():
                         ref_logp = token_logprobs(ref_model, mb, P)[0]
-                    kl_tok = kl_penalty(logp, ref_logp, cfg.kl_estimator)
-                pg_loss = aggregate(pg_tok, mask, cfg.loss_agg, n_tokens, n_seqs, cfg.max_new_tokens)
-                loss = pg_loss + cfg.kl_coef * aggregate(kl_tok, mask, cfg.loss_agg, n_tokens, n_seqs, cfg.max_new_tokens)
+                    kl_tok = atrl.kl_penalty(logp, ref_logp, cfg.kl_estimator)
+                pg_loss = atrl.aggregate_loss(pg_tok, mask, cfg.loss_agg, n_tokens, n_seqs, cfg.max_new_tokens)
+                loss = pg_loss + cfg.kl_coef * atrl.aggregate_loss(kl_tok, mask, cfg.loss_agg, n_tokens, n_seqs, cfg.max_new_tokens)
                 if step == cfg.debug_nan_step:
                     loss = loss * float("nan")
                 (loss * world).backward()  # DDP averages gradients over ranks; "* world" turns that into a sum
