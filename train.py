@@ -290,7 +290,7 @@ def arm_probe(mb):
     """Tell the probe which attention rows to keep in the next forward: one per response token."""
     if use_probe:
         probe.arm(connectivity.query_positions(mb["full_response_mask"], cfg.anchor_query),
-                  mb["input_ids"] == image_token_id)
+                  mb["input_ids"] == image_token_id, mb["attention_mask"])  # the mask matters for FA2 only
 
 
 def weights_from_probe(mask, step, stats):
