@@ -190,7 +190,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="small smoke run: fewer graphs and repeats")
     parser.add_argument("--batch", type=int, default=512, help="graphs in the batch test")
     args = parser.parse_args()
-    seeds = range(2 if args.quick else 5)  # runs per graph (each library uses the seed its own way)
+    seeds = range(2 if args.quick else 10)  # runs per graph (each library uses the seed its own way)
     batch = 16 if args.quick else args.batch
     import igraph
     import networkx
@@ -222,15 +222,15 @@ def main():
     lists = [knn_lists(1024, seed=10_000 + b) for b in range(batch)]
     graphs = [csr_of_lists(nb, sm) for nb, sm in lists]
     neighbors, sims = np.stack([nb for nb, _ in lists]), np.stack([sm for _, sm in lists])  # (B, T, k) each
-    t_knn, packed_knn = timed(lambda nb, s: clustering.knn_packed(nb, sims), neighbors, [0, 1, 2])
-    t_knn_louvain, _ = timed(lambda p, s: clustering.louvain_packed(*p, seed=s), packed_knn[-1], seeds[:3])
-    t_batch, labels = timed(lambda gs, s: clustering.louvain_batch(gs, seed=s), graphs, seeds[:3])
+    t_knn, packed_knn = timed(lambda nb, s: clustering.knn_packed(nb, sims), neighbors, range(5))
+    t_knn_louvain, _ = timed(lambda p, s: clustering.louvain_packed(*p, seed=s), packed_knn[-1], seeds[:5])
+    t_batch, labels = timed(lambda gs, s: clustering.louvain_batch(gs, seed=s), graphs, seeds[:5])
     node_offsets = np.cumsum([0] + [len(g[0]) - 1 for g in graphs])  # the block-diagonal layout atrl can build
     edge_offsets = np.cumsum([0] + [len(g[1]) for g in graphs])
     packed = (np.concatenate([[0]] + [g[0][1:] + e for g, e in zip(graphs, edge_offsets)]),
               np.concatenate([g[1] + v for g, v in zip(graphs, node_offsets)]),
               np.concatenate([g[2] for g in graphs]), node_offsets)
-    t_packed, _ = timed(lambda p, s: clustering.louvain_packed(*p, seed=s), packed, seeds[:3])
+    t_packed, _ = timed(lambda p, s: clustering.louvain_packed(*p, seed=s), packed, seeds[:5])
     t_serial, _ = timed(lambda gs, s: [run_ours(g, s + b) for b, g in enumerate(gs)], graphs, seeds[:1])
     ig_graphs = [to_igraph(g) for g in graphs]
     t_ig, ig_labels = timed(lambda gs, s: [run_igraph(g, s) for g in gs], ig_graphs, seeds[:1])

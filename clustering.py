@@ -422,8 +422,8 @@ def louvain_batch(graphs, resolution=1.0, seed=0):
 def knn_packed(neighbors, weights, valid=None):
     """kNN lists of B graphs of T nodes -> the symmetric packed CSR that louvain_packed takes (compiled).
 
-    neighbors (B, T, k) int: node t's nearest nodes in its own graph (-1 = none); weights (B, T, k): their
-    similarities; valid (B, T) bool (None = all): padding nodes get no edges. Edge t-j exists if t chose j or j
+    neighbors (B, T, k) int: node t's nearest nodes in its own graph, distinct as topk gives them (-1 = none);
+    weights (B, T, k): their similarities; valid (B, T) bool (None = all): padding nodes get no edges. Edge t-j exists if t chose j or j
     chose t (symmetric kNN, DESIGN §2.4) with the larger weight; self-edges and weights <= 0 are dropped.
     Returns (indptr (B*T+1,), indices, weights, node_offsets (B+1,)), node b*T + t. Example: T = 3, node 0
     chose 1 (0.5) and node 2 chose 1 (0.25) -> rows 0: [1], 1: [0, 2], 2: [1]; louvain_packed(*knn_packed(...)).
