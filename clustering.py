@@ -282,7 +282,8 @@ def _knn_edges(neighbors, weights, valid, indptr, indices, edge_w, write):
     n_graphs, n_nodes, k = neighbors.shape
     for b in prange(n_graphs):
         base = b * n_nodes  # global number of the graph's node 0
-        fill = indptr[base:base + n_nodes].copy()  # (T,) next free slot of each row (write mode)
+        # (T,) next free slot of each row; counting must not read indptr (other threads are writing it)
+        fill = indptr[base:base + n_nodes].copy() if write else np.empty(0, np.int64)
         for t in range(n_nodes):
             for s in range(k):
                 j, w = neighbors[b, t, s], weights[b, t, s]

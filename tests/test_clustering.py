@@ -252,6 +252,8 @@ def test_empty_and_single_node_graphs():
     assert louvain(torch.zeros(0, 0)).shape == (0,) and louvain(torch.zeros(0, 0)).dtype == torch.long
     assert louvain(torch.zeros(1, 1)).tolist() == [0]
     assert louvain(torch.ones(1, 1)).tolist() == [0]  # a lone self-loop
+    empty, single = louvain_batch([dense_to_csr(torch.zeros(0, 0)), dense_to_csr(torch.ones(1, 1))])
+    assert empty.tolist() == [] and single.tolist() == [0]
 
 
 def test_all_zero_graph_puts_every_node_alone_with_q_zero():
