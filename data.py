@@ -42,15 +42,36 @@ def _render_number(text, fg, scale):
     return tile
 
 
-def _render_image(values, digits, cell, layout, noise, rng):
-    """Place each value in its slot; returns (PIL RGB image). Slot i spans x in [i*w, (i+1)*w), w = cell*digits."""
+def _draw_shapes(img, x0, cell, n_shapes, rng):
+    """n_shapes filled circles/squares/triangles in distinct cells of a 4x2 grid (cell/2 px each) at x0."""
+    g = cell // 2  # with cell=28: one grid cell = one 14-px vision patch
+    draw = _ImageDraw.Draw(img)
+    for spot in rng.sample(range(8), n_shapes):
+        left, top = x0 + (spot % 4) * g + 2, (spot // 4) * g + 2
+        box = (left, top, left + g - 5, top + g - 5)
+        colour = rng.choice([(220, 30, 30), (30, 150, 40), (30, 60, 220), (230, 150, 0), (150, 40, 180)])
+        kind = rng.choice(["circle", "square", "triangle"])
+        if kind == "circle":
+            draw.ellipse(box, fill=colour)
+        elif kind == "square":
+            draw.rectangle(box, fill=colour)
+        else:
+            draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=colour)
+
+
+def _render_image(values, digits, cell, layout, noise, rng, n_shapes=0):
+    """Place each value in its slot; returns (PIL RGB image). Slot i spans x in [i*w, (i+1)*w), w = cell*digits.
+
+    With n_shapes > 0 a 2*cell x cell panel of shapes to count is appended on the right.
+    """
     slot_w = cell * digits
+    panel_w = 2 * cell if n_shapes else 0
     if layout == "fixed":
-        width, height = slot_w * len(values), cell
+        width, height = slot_w * len(values) + panel_w, cell
         origins = [(i * slot_w, 0) for i in range(len(values))]
     elif layout == "jitter":
         # A 2-row canvas; numbers keep their left-to-right order but move within a wider region.
-        width, height = slot_w * len(values) + cell, 2 * cell
+        width, height = slot_w * len(values) + cell + panel_w, 2 * cell
         origins = [(i * slot_w + rng.randrange(cell + 1), rng.randrange(cell + 1)) for i in range(len(values))]
     else:
         raise ValueError(f"layout={layout!r}: use 'fixed' or 'jitter'")
@@ -64,6 +85,8 @@ def _render_image(values, digits, cell, layout, noise, rng):
         x = x0 + (slot_w - tile.width) // 2
         y = y0 + (cell - tile.height) // 2
         img.paste(tile, (x, y), tile)
+    if n_shapes:
+        _draw_shapes(img, width - panel_w, cell, n_shapes, rng)
     if noise > 0:
         # Random-colour pixels drawn from the same seeded rng (one seed source => determinism).
         px = img.load()
@@ -73,7 +96,7 @@ def _render_image(values, digits, cell, layout, noise, rng):
     return img
 
 
-def visualmath_example(rng, n_numbers=2, digits=1, ops=("+",), cell=28, layout="fixed", noise=0.02):
+def visualmath_example(rng, n_numbers=2, digits=1, ops=("+",), cell=28, layout="fixed", noise=0.02, shapes=0):
     """One example as a plain dict (no Dataset): the generator used by make_visualmath.
 
     >>> ex = visualmath_example(_random.Random(0))
@@ -86,29 +109,38 @@ def visualmath_example(rng, n_numbers=2, digits=1, ops=("+",), cell=28, layout="
     values = [rng.randint(lo, hi) for _ in range(n_numbers)]
     chosen = [rng.choice(list(ops)) for _ in range(n_numbers - 1)]
     names = _LETTERS[:n_numbers]
+    n_shapes = 0
+    if shapes:  # the shape count n joins the expression as one more operand (drawn only if asked:
+        # the default task's random stream, hence its datasets, do not depend on this knob's existence)
+        n_shapes = rng.randint(1, shapes)
+        values, chosen, names = values + [n_shapes], chosen + [rng.choice(list(ops))], names + "n"
     # Expression over names (for the question) and over values (for the reference reasoning).
     expr_names = names[0] + "".join(f" {op} {nm}" for op, nm in zip(chosen, names[1:]))
     expr_values = str(values[0]) + "".join(f"{op}{v}" for op, v in zip(chosen, values[1:]))
     answer = eval(expr_values)  # NOTE: only digits and + - * from our own generator reach eval
+    numbers = names[:n_numbers]
     if n_numbers == 1:
-        question = "The image shows a number a. What is a?"
+        question = "The image shows a number a."
     else:
-        names_list = ", ".join(names[:-1]) + " and " + names[-1]
-        question = f"The image shows {n_numbers} numbers; call them {names_list} from left to right. What is {expr_names}?"
-    image = _render_image(values, digits, cell, layout, noise, rng)
+        question = f"The image shows {n_numbers} numbers; call them {', '.join(numbers[:-1])} and {numbers[-1]} from left to right."
+    if n_shapes:
+        question += " Let n be the number of shapes on the right."
+    question += f" What is {expr_names}?"
+    image = _render_image(values[:n_numbers], digits, cell, layout, noise, rng, n_shapes)
     response = f"<think>{expr_values}={answer}</think><answer>{answer}</answer>"
     return dict(image=image, question=question, answer=str(answer), choices=[],
                 perception=[str(v) for v in values], response=response,
                 precision=None, unit="", source="visualmath")
 
 
-def make_visualmath(n, seed=0, n_numbers=2, digits=1, ops=("+",), cell=28, layout="fixed", noise=0.02):
+def make_visualmath(n, seed=0, n_numbers=2, digits=1, ops=("+",), cell=28, layout="fixed", noise=0.02, shapes=0):
     """`n` synthetic VisualMath examples in the unified schema, deterministic for a given seed.
 
     Knobs: n_numbers (how many numbers to read), digits (per number), ops (drawn per gap from this set:
     '+', '-', '*'; usual precedence), cell (slot size in px; 28 = one merged Qwen2.5-VL token),
     layout ('fixed' slots side by side, or 'jitter': numbers move within a larger 2-row canvas),
-    noise (fraction of pixels replaced by random colours).
+    noise (fraction of pixels replaced by random colours), shapes (if > 0: a panel on the right holds
+    1..shapes coloured shapes, at most 8, and their count n is one more operand and perception value).
 
     >>> ds = make_visualmath(3, seed=1)
     >>> len(ds), ds[0]["source"], ds[0]["image"].size
@@ -116,11 +148,11 @@ def make_visualmath(n, seed=0, n_numbers=2, digits=1, ops=("+",), cell=28, layou
     >>> make_visualmath(3, seed=1)["response"] == ds["response"]
     True
     """
-    if n_numbers < 1 or digits < 1 or not ops or not set(ops) <= set(_OPS):
-        raise ValueError(f"bad knobs n_numbers={n_numbers} digits={digits} ops={ops!r}: need >=1, >=1, "
-                         f"a non-empty subset of {list(_OPS)}")
+    if n_numbers < 1 or digits < 1 or not ops or not set(ops) <= set(_OPS) or not 0 <= shapes <= 8:
+        raise ValueError(f"bad knobs n_numbers={n_numbers} digits={digits} ops={ops!r} shapes={shapes}: need "
+                         f">=1, >=1, a non-empty subset of {list(_OPS)}, 0..8")
     rng = _random.Random(seed)
-    rows = [visualmath_example(rng, n_numbers, digits, ops, cell, layout, noise) for _ in range(n)]
+    rows = [visualmath_example(rng, n_numbers, digits, ops, cell, layout, noise, shapes) for _ in range(n)]
     columns = {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
     columns = {"id": [f"visualmath-{seed}-{i}" for i in range(n)], **columns}
     features = _datasets.Features({

@@ -111,6 +111,8 @@ def test_bad_knobs_raise_clear_errors():
         data.make_visualmath(1, ops=("/",))
     with pytest.raises(ValueError, match="layout"):
         data.make_visualmath(1, layout="spiral")
+    with pytest.raises(ValueError, match="shapes"):
+        data.make_visualmath(1, shapes=9)  # the panel has 8 places
 
 
 def test_empty_dataset():
@@ -121,3 +123,21 @@ def test_example_generator_is_pure_in_its_rng():
     a = data.visualmath_example(random.Random(3))
     b = data.visualmath_example(random.Random(3))
     assert a["response"] == b["response"] and a["image"].tobytes() == b["image"].tobytes()
+
+
+def test_shapes_knob_adds_a_countable_operand():
+    """Oracle: count the 14-px grid cells of the right panel that hold ink; it must equal n."""
+    for ex in data.make_visualmath(20, seed=6, shapes=8, ops=("+", "*"), noise=0.0):
+        img = ex["image"]
+        assert img.size == (56 + 56, 28) and len(ex["perception"]) == 3
+        assert "number of shapes" in ex["question"] and ex["question"].endswith("n?")
+        bg = img.getpixel((0, 0))
+        filled = sum(
+            sum(img.getpixel((56 + gx * 14 + x, gy * 14 + y)) != bg for x in range(14) for y in range(14)) > 20
+            for gx in range(4) for gy in range(2))
+        assert filled == int(ex["perception"][-1]) >= 1
+
+
+def test_default_task_does_not_depend_on_the_shapes_knob():
+    a, b = data.make_visualmath(5, seed=9), data.make_visualmath(5, seed=9, shapes=0)
+    assert a["response"] == b["response"] and all(x.tobytes() == y.tobytes() for x, y in zip(a["image"], b["image"]))

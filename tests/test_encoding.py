@@ -120,7 +120,7 @@ def test_generate_logprobs_equal_training_forward(model, processor):
     logits[..., suppress] = -float("inf")
     train_logp = logits.log_softmax(-1).gather(-1, response[..., None])[..., 0]  # (B, T)
     assert response.shape[1] == 12
-    torch.testing.assert_close(train_logp, gen_logp, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(train_logp, gen_logp, atol=2e-5, rtol=0)  # a 1-D-position bug gives ~3e-3
 
 
 def test_mm_token_type_ids_change_the_model_output(model, processor):
