@@ -27,13 +27,23 @@ Where we depart from / guess at the paper (each is a knob):
 Dimension letters: B rollouts, S full sequence (prompt + response), T response tokens, V image tokens,
 H query heads, Hkv key/value heads, G = H / Hkv query heads per key head, D head dim, c rows per chunk.
 
-Use inside training (one forward that happens anyway, e.g. the old-log-prob forward):
+Use inside training (one forward that happens anyway, e.g. the old-log-prob forward of an RL step):
 
-    with probe(model) as p:                       # installs atrl_probe_sdpa on the decoder only
-        p.arm(query_positions(response_mask), input_ids == model.config.image_token_id)
-        logits = model(**batch).logits           # the probe rides along
-        raw = p.result()                          # patterns (B, T, V), sink (B, T), image_valid (B, V)
-    patterns, rho = debias_sinks(raw["patterns"], raw["sink"], raw["image_valid"])
+    query_pos = query_positions(response_mask, "predict")   # (B, T) rows to read, -1 = none
+    with probe(model) as p:                                 # atrl_probe_sdpa on the decoder only
+        p.arm(query_pos, input_ids == model.config.image_token_id)
+        logits = model(**batch).logits                      # unchanged; the probe rides along
+    raw = p.result()                                        # patterns (B, T, V), sink (B, T), image_valid (B, V)
+    patterns, rho = debias_sinks(raw["patterns"], raw["sink"], raw["image_valid"], row_mask=query_pos >= 0)
+
+Cost: the probe redoes, for T of the S rows and in fp32, the QK^T and softmax of each selected layer, so it costs
+about (selected layers / L) x (T / S) x (the attention share of the forward); see bench_probe.py for measurements.
+
+Limits (not handled, by design or for lack of a way to test here):
+  - one rollout per batch row (no packed / varlen sequences); prefill without a KV cache only;
+  - the flash-attention path is written but untested (no GPU with flash-attn on our machines);
+  - a sliding-window layer reached through sdpa's is_causal path would be read as full causal
+    (Qwen2.5-VL has no sliding-window layers); torch.compile'd models are untested.
 
 Run the tests: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_connectivity.py`;
 the cost: `python bench_probe.py` (tiny model on CPU; Qwen2.5-VL-3B shapes on GPU when one is present).
@@ -106,9 +116,11 @@ class Probe:
     epoch) costs nothing and changes nothing. Call `arm` again for every new batch / micro-batch.
     """
 
-    def __init__(self, layers, chunk_elements=2**23):
+    def __init__(self, layers, chunk_elements=None):
         self.layers = tuple(layers)  # decoder layer indices that are read
-        self.chunk_elements = chunk_elements  # fp32 scores per chunk: 2**23 = 32 MiB, x2 with probabilities
+        # fp32 scores per chunk (x2 with the probabilities). None: 2**18 (1 MiB, cache-sized: fastest in
+        # bench_probe.py on CPU) on CPU, 2**23 (32 MiB, fewer kernel launches; a guess, untested) on GPU
+        self.chunk_elements = chunk_elements
         self.captures = 0  # layers captured since the last arm (tests and logs read it)
         self._armed = False
 
@@ -200,7 +212,8 @@ class Probe:
         rows_all = self._rows  # (B, T)
         scale = scaling if scaling is not None else D**-0.5
         keys_t = key.detach().float().transpose(-1, -2)  # (B, Hkv, D, K) one fp32 copy of the keys per layer
-        chunk = max(1, self.chunk_elements // max(1, B * H * K))  # rows per chunk: bounds the (.., c, K) scores
+        budget = self.chunk_elements or (2**23 if device.type == "cuda" else 2**18)
+        chunk = max(1, budget // max(1, B * H * K))  # rows per chunk: bounds the (.., c, K) scores
         # all full-attention layers share one mask object: slice its rows once per arm, not once per layer
         if self._mask_source is not attention_mask:
             self._mask_source, self._mask_rows = attention_mask, {}
@@ -271,10 +284,11 @@ def _set_text_attention(model, text_config, implementation):
 
 
 @contextlib.contextmanager
-def probe(model, layers=None, chunk_elements=2**23):
+def probe(model, layers=None, chunk_elements=None):
     """Install the probe on `model`'s decoder layers `layers` (None = middle third); yields a `Probe`.
 
-    chunk_elements bounds the probe's extra memory: ~2 x 4 bytes x chunk_elements (fp32 scores + probabilities).
+    chunk_elements bounds the probe's extra memory: ~2 x 4 bytes x chunk_elements (fp32 scores + probabilities);
+    None picks a per-device default (see Probe).
 
     The model's attention implementation is restored on exit, also after an exception.
     """

@@ -91,12 +91,12 @@ def oracle(attentions, inputs, query_pos, layers):
     return patterns, sink
 
 
-@pytest.mark.parametrize("layers", [None, [0, 1, 2, 3]])
+@pytest.mark.parametrize("layers, chunk_elements", [(None, None), ([0, 1, 2, 3], 600)])  # 600: 2 rows a chunk
 @pytest.mark.parametrize("query", ["predict", "self"])
-def test_probe_matches_eager_attention(setup, query, layers):
+def test_probe_matches_eager_attention(setup, query, layers, chunk_elements):
     model, inputs, response_mask, attentions = setup
     query_pos = query_positions(response_mask, query)  # (B, T)
-    with probe(model, layers) as p, torch.no_grad():
+    with probe(model, layers, chunk_elements) as p, torch.no_grad():
         p.arm(query_pos, inputs["input_ids"] == IMAGE)
         model(**inputs)
         got = p.result()
