@@ -35,6 +35,7 @@ Run it:
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -267,6 +268,11 @@ def token_logprobs(net, batch, prompt_len):
     return logp, entropy
 
 
+@functools.lru_cache(maxsize=2)
+def epoch_order(epoch):
+    return torch.randperm(len(train_data), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+
+
 def prompts_for_step(step, n):
     """This rank's dataset rows for `step`: an endless stream of seeded epoch permutations cut into steps of
     prompts_per_step, strided over ranks. The position is a pure function of the step, so resuming needs no
@@ -274,8 +280,7 @@ def prompts_for_step(step, n):
     rows, keys = [], []
     for j in range(step * cfg.prompts_per_step + rank, (step + 1) * cfg.prompts_per_step, world)[:n]:
         epoch, pos = divmod(j, len(train_data))
-        perm = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
-        rows.append(train_data[int(perm[pos])])
+        rows.append(train_data[int(epoch_order(epoch)[pos])])
         keys.append((cfg.seed + 1) * 1_000_000_007 + j)  # sampling noise key: depends on the stream slot only
     return rows, keys
 
