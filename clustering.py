@@ -388,7 +388,8 @@ def louvain_packed(indptr, indices, weights, node_offsets, resolution=1.0, seed=
         raise ValueError(f"need indptr[0] = 0 and indptr[-1] = len(indices) = len(weights), got indptr[0]="
                          f"{indptr[:1]}, indptr[-1]={indptr[-1:]}, {len(indices)} indices, {len(weights)} weights")
     if node_offsets.shape[0] < 1 or node_offsets[0] != 0 or node_offsets[-1] != n:
-        raise ValueError(f"node_offsets must run from 0 to the node count {n}, got {node_offsets[[0, -1]]}")
+        raise ValueError(f"node_offsets must run from 0 to the node count {n}, got {node_offsets[:1]}"
+                         f" ... {node_offsets[-1:]}")
     code, where = _find_packed_error(indptr, indices, weights, node_offsets)  # one compiled O(nnz) pass
     if code:
         problem = {1: "row %d: indptr decreases or passes len(indices)", 4: "graph %d: node_offsets decreases",
