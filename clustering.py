@@ -20,14 +20,16 @@ Phase 1 (local moves): visit the nodes in a seeded random order; take each node 
 it in the neighbouring community with the largest dQ (staying wins ties); repeat until no node moves. We keep
 the nodes to visit in a queue: a node that moves re-queues its neighbours outside its new community, the only
 nodes whose gains it changed by more than a tot_c shift (Ozaki et al. 2016; Leiden's fast local move); this
-skips re-checking settled regions and is 1.5-3x faster than full sweeps at the same Q.
+skips re-checking settled regions: 1.1x (n = 256) to 2.8x (n = 4096) faster than full sweeps on our kNN
+benchmark graphs, at the same Q.
 Phase 2 (aggregation): each community becomes one node; the coarse edge C-D weighs sum_{i in C, j in D} A_ij
 and the weight inside C becomes a self-loop, so Q of the coarse graph equals Q of the partition. Repeat both
 phases on the coarse graph until phase 1 moves nothing; the labels are the composition of all levels.
 
 Worked example (also a test): two triangles {0,1,2} and {3,4,5} joined by the edge 2-3, so m = 7.
 Splitting them gives in_c = 6, tot_c = 7 for each, Q = 2 * (6/14 - (7/14)^2) = 5/14 = 0.3571.
-Node 3 joining the first triangle would gain dQ = (1 - 7*3/14)/7 = -1/14 < 0, so it stays.
+Node 3 (k = 3) weighing its options: back into {4,5} (k_3,c = 2, tot_c = 4) gains (2 - 4*3/14)/7 = +0.163,
+into {0,1,2} (k_3,c = 1, tot_c = 7) gains (1 - 7*3/14)/7 = -0.071, so it stays with 4 and 5.
 
     >>> A = torch.zeros(6, 6)
     >>> for i, j in [(0, 1), (0, 2), (1, 2), (3, 4), (3, 5), (4, 5), (2, 3)]: A[i, j] = A[j, i] = 1.0
