@@ -130,17 +130,21 @@ def run_igraph(g, seed):
     return np.array(g.community_multilevel(weights="weight").membership)
 
 
-def timed(fn, graph, seeds):
+def timed(fn, graph, seeds, cpu=False):
     """Best (minimum) wall time of fn(graph, seed) over seeds, and the labels of every run.
 
     The minimum, not the mean: on a machine shared with other jobs, slow runs measure the neighbours.
+    With cpu=True also the process CPU seconds (all threads) of the best run: under contention wall time
+    grows with the neighbours' load, CPU time stays the work done.
     """
-    times, outs = [], []
+    times, cpus, outs = [], [], []
     for seed in seeds:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         outs.append(fn(graph, seed))
         times.append(time.perf_counter() - t0)
-    return float(np.min(times)), outs
+        cpus.append(time.process_time() - c0)
+    best = int(np.argmin(times))
+    return (times[best], cpus[best], outs) if cpu else (times[best], outs)
 
 
 def compare(graph, seeds, libs=("ours", "igraph", "networkx"), nx_runs=2):
@@ -196,7 +200,8 @@ def main():
     import networkx
     import numba
     print(f"numba {numba.__version__} ({numba.get_num_threads()} threads), igraph {igraph.__version__}, "
-          f"networkx {networkx.__version__}, torch {torch.__version__}")
+          f"networkx {networkx.__version__}, torch {torch.__version__}; {os.cpu_count()} cores, load average "
+          f"{os.getloadavg()[0]:.1f} (other jobs slow every column alike; compare ratios)")
 
     # --- compile time (excluded from everything below)
     cold = compile_seconds()
@@ -222,35 +227,39 @@ def main():
     lists = [knn_lists(1024, seed=10_000 + b) for b in range(batch)]
     graphs = [csr_of_lists(nb, sm) for nb, sm in lists]
     neighbors, sims = np.stack([nb for nb, _ in lists]), np.stack([sm for _, sm in lists])  # (B, T, k) each
-    t_knn, packed_knn = timed(lambda nb, s: clustering.knn_packed(nb, sims), neighbors, range(5))
-    t_knn_louvain, _ = timed(lambda p, s: clustering.louvain_packed(*p, seed=s), packed_knn[-1], seeds[:5])
-    t_batch, labels = timed(lambda gs, s: clustering.louvain_batch(gs, seed=s), graphs, seeds[:5])
+    t_knn, c_knn, packed_knn = timed(lambda nb, s: clustering.knn_packed(nb, sims), neighbors, range(5), True)
+    t_knn_louvain, c_knn_louvain, _ = timed(lambda p, s: clustering.louvain_packed(*p, seed=s), packed_knn[-1],
+                                            seeds[:5], True)
+    t_batch, c_batch, labels = timed(lambda gs, s: clustering.louvain_batch(gs, seed=s), graphs, seeds[:5], True)
     node_offsets = np.cumsum([0] + [len(g[0]) - 1 for g in graphs])  # the block-diagonal layout atrl can build
     edge_offsets = np.cumsum([0] + [len(g[1]) for g in graphs])
     packed = (np.concatenate([[0]] + [g[0][1:] + e for g, e in zip(graphs, edge_offsets)]),
               np.concatenate([g[1] + v for g, v in zip(graphs, node_offsets)]),
               np.concatenate([g[2] for g in graphs]), node_offsets)
-    t_packed, _ = timed(lambda p, s: clustering.louvain_packed(*p, seed=s), packed, seeds[:5])
-    t_serial, _ = timed(lambda gs, s: [run_ours(g, s + b) for b, g in enumerate(gs)], graphs, seeds[:1])
+    t_packed, c_packed, _ = timed(lambda p, s: clustering.louvain_packed(*p, seed=s), packed, seeds[:5], True)
+    t_serial, c_serial, _ = timed(lambda gs, s: [run_ours(g, s + b) for b, g in enumerate(gs)], graphs,
+                                  seeds[:1], True)
     ig_graphs = [to_igraph(g) for g in graphs]
-    t_ig, ig_labels = timed(lambda gs, s: [run_igraph(g, s) for g in gs], ig_graphs, seeds[:1])
+    t_ig, c_ig, ig_labels = timed(lambda gs, s: [run_igraph(g, s) for g in gs], ig_graphs, seeds[:1], True)
     nx_graphs = [to_nx(g) for g in graphs[:16]]
-    t_nx, nx_labels = timed(lambda gs, s: [run_nx(g, s) for g in gs], nx_graphs, seeds[:1])
+    t_nx, c_nx, nx_labels = timed(lambda gs, s: [run_nx(g, s) for g in gs], nx_graphs, seeds[:1], True)
+    c_nx *= batch / len(nx_graphs)
     t_nx *= batch / len(nx_graphs)
     q_ours = np.mean([q_csr(g, lab.numpy()) for g, lab in zip(graphs, labels[-1])])
     q_ig = np.mean([q_csr(g, lab) for g, lab in zip(graphs, ig_labels[-1])])
     q_nx = np.mean([q_csr(g, lab) for g, lab in zip(graphs, nx_labels[-1])])
     q_ours16 = np.mean([q_csr(g, lab.numpy()) for g, lab in zip(graphs[:16], labels[-1][:16])])
-    show = lambda label, secs, extra="": print(f"  {label:<44} {secs:7.3f} s  {extra}")
-    show(f"ours louvain_batch (list of CSR, {numba.get_num_threads()} threads)", t_batch)
-    show("ours louvain_packed (pre-packed CSR)", t_packed)
-    show("ours knn_packed: (B, T, k) lists -> packed CSR", t_knn, f"+ louvain_packed {t_knn_louvain:.3f} s"
-         f" = {t_knn + t_knn_louvain:.3f} s: the atrl path")
-    show("ours one graph at a time, 1 thread", t_serial, f"({t_serial / t_batch:.1f}x batch)")
-    show("igraph loop", t_ig, f"({t_ig / t_batch:.1f}x ours)  Q ours {q_ours:.4f} igraph {q_ig:.4f}"
+    show = lambda label, secs, cpu, extra="": print(f"  {label:<46} {secs:7.3f} s {cpu:7.3f} s  {extra}")
+    print(f"  {'':<46} {'wall':>9} {'cpu':>9}")
+    show(f"ours louvain_batch (list of CSR, {numba.get_num_threads()} threads)", t_batch, c_batch)
+    show("ours louvain_packed (pre-packed CSR)", t_packed, c_packed)
+    show("ours knn_packed: (B, T, k) lists -> packed CSR", t_knn, c_knn)
+    show("  atrl path: knn_packed + louvain_packed", t_knn + t_knn_louvain, c_knn + c_knn_louvain)
+    show("ours one graph at a time, 1 thread", t_serial, c_serial, f"({t_serial / t_batch:.1f}x batch)")
+    show("igraph loop", t_ig, c_ig, f"({t_ig / t_batch:.1f}x ours)  Q ours {q_ours:.4f} igraph {q_ig:.4f}"
          f" (dQ {q_ours - q_ig:+.4f})")
-    show("networkx loop (16 graphs, extrapolated)", t_nx, f"({t_nx / t_batch:.1f}x ours)  Q ours {q_ours16:.4f}"
-         f" networkx {q_nx:.4f} (dQ {q_ours16 - q_nx:+.4f})")
+    show("networkx loop (16 graphs, extrapolated)", t_nx, c_nx, f"({t_nx / t_batch:.1f}x ours)  Q ours"
+         f" {q_ours16:.4f} networkx {q_nx:.4f} (dQ {q_ours16 - q_nx:+.4f})")
 
     # --- growth with n
     print("\ntime growth with n (kNN-10), best ms per graph")
@@ -271,7 +280,8 @@ def main():
     print(f"  n=1024 kNN-10 time ratio ours/igraph = {t['ours'] / t['igraph']:.2f} (<= 1.0), "
           f"|Q_ours - Q_igraph| = {abs(q['ours'] - q['igraph']):.4f} (<= 0.005 or ours higher)")
     print(f"  n=1024 kNN-10 networkx/ours = {t['networkx'] / t['ours']:.0f}x (>= 30x)")
-    print(f"  batch of {batch}: {t_batch:.3f} s (<= 1 s), compile excluded ({cold:.1f} s cold)")
+    print(f"  batch of {batch}: {t_batch:.3f} s wall, {c_batch:.3f} s cpu (<= 1 s), compile excluded"
+          f" ({cold:.1f} s cold); load average now {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
