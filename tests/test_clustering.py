@@ -147,6 +147,12 @@ def test_higher_resolution_gives_more_clusters():
     assert counts[0] < counts[1] < counts[2], counts
 
 
+def test_ari_helper_on_hand_computed_values():
+    # [[2, 1, 0], [0, 1, 2]] contingency: index 2, rows 6, cols 3, 15 pairs -> (2 - 1.2) / (4.5 - 1.2) = 8/33
+    assert ari([0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2]) == pytest.approx(8 / 33)
+    assert ari([0, 0, 1, 1], [5, 5, 2, 2]) == pytest.approx(1.0)  # same split, other names
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_recovers_clear_planted_partitions(weighted):
     for s in range(3):
