@@ -17,6 +17,23 @@ Without a GPU the 3B case prints an analytic FLOP estimate (probe vs forward) in
 
 Run:  OMP_NUM_THREADS=1 python bench_probe.py                 # tiny on CPU (+ 3B on GPU if present)
       python bench_probe.py --suite 3b --shrink                # smoke-test the 3B code path on CPU
+
+Measured 2026-11-25, `nice -n 10 OMP_NUM_THREADS=1 python bench_probe.py --repeats 31`, 1 thread on a 2-core VM
+shared with ~6 busy sessions (load 5-6): rounds vary by +-20-40%, so the end-to-end columns cannot resolve a
+few percent; the time inside the probe is the reliable figure. No GPU was available: the 3B rows are estimates.
+
+| shape (probe on the middle third = 2 of 4 layers) | inside probe / forward | end-to-end, paired median | peak |
+|---|---|---|---|
+| tiny, task-like: B=8, S=78, 4 image, 32 response tokens | 2.0%, 2.2% (2 runs) | +12%, +11% (rounds +-30%) | +0.2% |
+| tiny, long: B=4, S=554, 256 image, 256 response tokens | 10.0%, 8.5% | +13%, +11% | +5% (2^23 chunks: +60%) |
+| 3B estimate: B=4, S=2114, 1024 image, 1024 response | FLOPs 0.42% (all layers 1.27%) | H100 roofline guess ~7% of a no-grad forward, ~2.4% of fwd+bwd | 2 x 32 MiB blocks |
+
+Why: the probe redoes QK^T + softmax for T of S rows of each selected layer in fp32, i.e. about
+(selected/L) x (T/S) x (the attention share of the forward). The tiny model at S=554 spends ~40% of a layer in
+attention, so the long case cannot reach 3% this way; on the 3B model the FLOPs are small but the fp32 score
+blocks' memory traffic is not. Levers not taken (no GPU to test): TF32 for the probe's matmul (exact when q/k
+are bf16), and reading the kernel's own logsumexp (flash/efficient attention return it) so that only the V image
+columns need scoring.
 """
 
 import argparse
@@ -139,7 +156,8 @@ def flops(text, vision, B, S, T, n_patches, probe_layers):
     n_full = len(vision["fullatt_block_indexes"])
     vit = depth * n_patches * per_patch + 4 * dv * n_patches * (n_full * n_patches // B + (depth - n_full) * window)
     vit += 2 * (n_patches // 4) * (16 * dv * dv + 4 * dv * vision["out_hidden_size"])  # patch merger MLP
-    probe_cost = probe_layers * B * T * H * S * (2 * Dh + 4)  # QK^T rows + mask, exp, sum (elementwise)
+    # QK^T rows + mask, exp, sum (elementwise); a response row sees ~S - T/2 keys on average (causal chunks)
+    probe_cost = probe_layers * B * T * H * (S - T // 2) * (2 * Dh + 4)
     return decoder + vit, probe_cost
 
 
@@ -247,7 +265,7 @@ if args.suite in ("3b", "all"):
         # the probe's fp32 (c, K) score blocks: written by the matmul, read+written by the mask fill and by
         # the softmax, read by the head mean -> ~6 passes of 4 bytes over B*H*T*S entries per layer; this
         # memory traffic, more than the FLOPs, bounds its GPU time
-        traffic = 6 * 4 * B_est * QWEN3B_TEXT["num_attention_heads"] * T * S * mid
+        traffic = 6 * 4 * B_est * QWEN3B_TEXT["num_attention_heads"] * T * (S - T // 2) * mid
         print(f"\nQwen2.5-VL-3B estimate, B={B_est} S={S} T={T}: forward {forward / 1e12:.2f} TFLOP; "
               f"probe mid third ({mid} layers) {cost / 1e9:.0f} GFLOP = {100 * cost / forward:.2f}%, "
               f"all layers {cost_all / 1e9:.0f} GFLOP = {100 * cost_all / forward:.2f}%; "
