@@ -127,8 +127,9 @@ class Probe:
     def arm(self, query_pos, image_mask, attention_mask=None):
         """query_pos (B, T) long, -1 = no row; image_mask (B, S) bool; attention_mask (B, S) optional.
 
-        attention_mask is only needed when the kernel gets no mask of its own (flash-attention 2 packs
-        without one); with sdpa/eager the probe reads the exact 4-D mask the kernel uses.
+        The probe reads the mask the kernel itself is handed (sdpa/eager: 4-D; flash: 2-D). attention_mask is a
+        safety net, used only for the padding of layers whose kernel is handed no mask at all (transformers
+        does that only when there is no padding).
         """
         if query_pos.dim() != 2 or image_mask.dim() != 2 or query_pos.shape[0] != image_mask.shape[0]:
             raise ValueError(f"arm expects query_pos (B, T) and image_mask (B, S); got "
