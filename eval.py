@@ -17,8 +17,9 @@ Three modes, one script:
    anchor's attention over its merged patches; the histogram of rho with its two modes split; and anchor
    precision / recall against the tokens that write the ground-truth perception values:
 
-       precision = |anchors & perception tokens| / |anchors|      recall = |anchors & perception tokens| / |perception tokens|
-       chance    = |perception tokens| / |tokens|                 (the precision of random anchors)
+       precision = |anchors & perception tokens| / |anchors|
+       recall    = |anchors & perception tokens| / |perception tokens|
+       chance    = |perception tokens| / |tokens|                    (the precision of random anchors)
 
    written as one offline page, report.html, with PNGs next to it.
 3. **Training curves** (`--curves runs/X/log.jsonl[,runs/Y/log.jsonl]`): reward, accuracy, held-out accuracy
@@ -204,7 +205,9 @@ def tally(rows, greedy_texts=None, sampled_texts=None):
     """Counts (COUNT_KEYS) for rows and their responses: one greedy text per row, and/or k sampled texts.
 
     >>> rows = [{"answer": "7", "choices": []}, {"answer": "big", "choices": ["small", "big"]}]
-    >>> c = tally(rows, ["<answer>7</answer>", "<answer>A</answer>"], [["7", "8"], ["<answer>B</answer>", "<answer>big</answer>"]])
+    >>> greedy = ["<answer>7</answer>", "<answer>A</answer>"]                   # right, wrong
+    >>> sampled = [["7", "8"], ["<answer>B</answer>", "<answer>big</answer>"]]  # 1/2 right, 2/2 right
+    >>> c = tally(rows, greedy, sampled)
     >>> c["n"], c["n_choice"], c["greedy"], c["greedy_choice"], c["sampled"], c["sampled_pass"]
     (2.0, 1.0, 1.0, 0.0, 1.5, 2.0)
     """
@@ -231,8 +234,9 @@ def tally(rows, greedy_texts=None, sampled_texts=None):
 def summarize(counts, greedy=True, k=0):
     """Metrics of one benchmark from its (all-reduced) counts; k = 0 means no sampled metrics.
 
-    >>> summarize({"n": 4, "n_choice": 1, "greedy": 3, "greedy_format": 4, "greedy_choice": 1}, k=0)
-    {'n': 4, 'n_multi_choice': 1, 'n_free_form': 3, 'accuracy': 0.75, 'format': 1.0, 'accuracy_multi_choice': 1.0, 'accuracy_free_form': 0.6666666666666666}
+    >>> m = summarize({"n": 4, "n_choice": 1, "greedy": 3, "greedy_format": 4, "greedy_choice": 1}, k=0)
+    >>> m["n_free_form"], m["accuracy"], m["accuracy_multi_choice"], round(m["accuracy_free_form"], 4)
+    (3, 0.75, 1.0, 0.6667)
     """
     n, n_choice = counts["n"], counts["n_choice"]
     n_free = n - n_choice
@@ -294,7 +298,7 @@ def format_table(results, k=0):
     header = ["benchmark", "n", "greedy", "multi-choice", "free-form", "format"] + columns[5:]
     lines = [f"{header[0]:<32}" + "".join(f"{h:>13}" for h in header[1:])]
     for name, res in results.items():
-        cells = [f"{res[c]:.4f}" if isinstance(res.get(c), float) else str(res.get(c, "-") if res.get(c) is not None else "-")
+        cells = ["-" if res.get(c) is None else f"{res[c]:.4f}" if isinstance(res[c], float) else str(res[c])
                  for c in columns]
         lines.append(f"{name[-32:]:<32}" + "".join(f"{c:>13}" for c in cells))
     return "\n".join(lines)
@@ -429,8 +433,8 @@ def analyse(model, tokenizer, image_processor, rows, cfg, query):
         list(range(model.config.text_config.num_hidden_layers)) if cfg.probe_layers == "all"
         else [int(x) for x in cfg.probe_layers.split(",")])
     out = []
-    for start in tqdm(range(0, len(rows), 16), desc=f"probe ({query})"):
-        chunk = rows[start:start + 16]
+    for start in tqdm(range(0, len(rows), cfg.batch_size), desc=f"probe ({query})"):
+        chunk = rows[start:start + cfg.batch_size]
         inputs, full_mask, resp_mask, P = report_batch(model, tokenizer, image_processor, chunk, cfg.responses,
                                                        cfg.max_new_tokens)
         inputs = {k: v.to(device) for k, v in inputs.items()}
@@ -453,6 +457,21 @@ def analyse(model, tokenizer, image_processor, rows, cfg, query):
                             truth=torch.tensor(truth, dtype=torch.bool), grid=(h // merge, w // merge),
                             patterns=patterns[b, :n, :(h // merge) * (w // merge)]))
     return out
+
+
+def connectivity_summary(items):
+    """The report's numbers for one anchor query, from analyse()'s per-response items."""
+    scored = [it for it in items if it["truth"].any()]  # responses that wrote at least one perception value
+    none = [torch.zeros(0, dtype=torch.bool)]
+    anchors = torch.cat([it["anchors"] for it in scored] or none)  # (sum of T,) over scored responses
+    truth = torch.cat([it["truth"] for it in scored] or none)
+    rho = torch.cat([it["rho"] for it in items])
+    threshold, upper = otsu_split(rho)
+    return dict(responses=len(items), tokens=len(rho), responses_scored=len(scored),
+                **anchor_precision_recall(anchors, truth), chance=float(truth.float().mean()) if len(truth) else None,
+                otsu_threshold=threshold, upper_mode_fraction=upper, bimodality_coefficient=bimodality_coefficient(rho),
+                anchor_fraction=sum(int(it["anchors"].sum()) for it in items) / max(1, len(rho)),
+                clusters_per_response=sum(int(it["clusters"].max()) + 1 for it in items) / max(1, len(items)))
 
 
 def plot_histogram(items, path, title):
@@ -519,56 +538,6 @@ def tokens_html(item, rho_max):
     return "".join(cells)
 
 
-def run_report(cfg):
-    """The connectivity report: report.html + PNGs + report.json in cfg.out_dir. Returns the summary dict."""
-    import matplotlib
-    matplotlib.use("Agg")  # files only, no display
-
-    _, _, device = setup_distributed()
-    model, tokenizer, image_processor = load_model(cfg.model, device, cfg.dtype)
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    dataset = data.make_visualmath(max(cfg.n_stats, cfg.n_show), seed=cfg.visualmath_seed)
-    rows = [dataset[i] for i in range(len(dataset))]
-    factor = image_processor.patch_size * image_processor.merge_size
-    size = image_processor.size
-    summary, sections = {}, []
-    for query in cfg.anchor_query.split(","):
-        items = analyse(model, tokenizer, image_processor, rows, cfg, query)
-        scored = [it for it in items if it["truth"].any()]  # responses that wrote a perception value
-        pr = anchor_precision_recall(torch.cat([it["anchors"] for it in scored]) if scored else torch.zeros(0, dtype=torch.bool),
-                                     torch.cat([it["truth"] for it in scored]) if scored else torch.zeros(0, dtype=torch.bool))
-        rho_all = torch.cat([it["rho"] for it in items])
-        threshold, upper = otsu_split(rho_all)
-        n_tokens_scored = sum(len(it["truth"]) for it in scored)
-        summary[query] = dict(responses=len(items), tokens=len(rho_all), responses_scored=len(scored), **pr,
-                              chance=(sum(int(it["truth"].sum()) for it in scored) / n_tokens_scored) if scored else None,
-                              otsu_threshold=threshold, upper_mode_fraction=upper,
-                              bimodality_coefficient=bimodality_coefficient(rho_all),
-                              anchor_fraction=float(sum(int(it["anchors"].sum()) for it in items) / max(1, len(rho_all))),
-                              clusters_per_response=sum(int(it["clusters"].max()) + 1 for it in items) / max(1, len(items)))
-        plot_histogram(items, os.path.join(cfg.out_dir, f"hist_{query}.png"),
-                       f"density of {len(rho_all)} response tokens, anchor_query={query}")
-        rho_max = float(max(it["rho"].max() for it in items[:cfg.n_show]))
-        blocks = []
-        for i, it in enumerate(items[:cfg.n_show]):
-            image = rollout.prepare_image(it["row"]["image"], size["shortest_edge"], size["longest_edge"], factor)
-            t = int(it["rho"].argmax())  # the strongest anchor
-            png = f"overlay_{query}_{i}.png"
-            plot_overlay(image, it["patterns"][t], it["grid"], os.path.join(cfg.out_dir, png),
-                         f"attention of token {it['tokens'][t]!r} (t={t}, rho={float(it['rho'][t]):.3f})")
-            blocks.append(f'<div class="resp"><p class="q">{html.escape(it["row"]["question"])} &mdash; gold '
-                          f'{html.escape(it["row"]["answer"])}, perception {html.escape(", ".join(it["row"]["perception"]))}'
-                          f'</p><p class="toks">{tokens_html(it, rho_max)}</p><img src="{png}" alt="{png}"></div>')
-        sections.append(f'<h2>anchor_query = {query}</h2><img src="hist_{query}.png" alt="hist_{query}.png">'
-                        + "".join(blocks))
-    write_page(cfg, summary, sections)
-    with open(os.path.join(cfg.out_dir, "report.json"), "w") as f:
-        json.dump({"config": dataclasses.asdict(cfg), "summary": summary}, f, indent=1)
-    print(json.dumps(summary, indent=1))
-    print(f"wrote {os.path.join(cfg.out_dir, 'report.html')}")
-    return summary
-
-
 def write_page(cfg, summary, sections):
     """report.html: the summary table, a legend, then one section per anchor query (PNGs by relative path)."""
     def cell(v):
@@ -586,7 +555,7 @@ img{{max-width:100%}}</style></head><body>
 <p>model <code>{html.escape(cfg.model or "tiny (default)")}</code>; {cfg.responses} responses to VisualMath (seed
 {cfg.visualmath_seed}); probe layers {cfg.probe_layers or "middle third"}; sink debiasing {bool(cfg.sink_debias)};
 anchors = top {cfg.anchor_frac:.0%} of each response's tokens by rho.</p>
-<table><tr><th>query</th>{"".join(f"<th>{k}</th>" for k in keys)}</tr>{rows}</table>
+<table><tr><th>query</th>{"".join(f"<th>{k.replace('_', ' ')}</th>" for k in keys)}</tr>{rows}</table>
 <p>Precision/recall: anchors vs the tokens that write the values shown in the image (only responses that wrote at
 least one; chance = precision of random anchors). Upper mode: tokens above Otsu's split of rho; a bimodality
 coefficient above 5/9 hints at two modes.</p>
@@ -599,6 +568,47 @@ the response's highest-rho token over the merged image patches.</p>
 </body></html>"""
     with open(os.path.join(cfg.out_dir, "report.html"), "w", encoding="utf-8") as f:
         f.write(page)
+
+def run_report(cfg):
+    """The connectivity report: report.html + PNGs + report.json in cfg.out_dir. Returns the summary dict."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+
+    _, _, device = setup_distributed()
+    model, tokenizer, image_processor = load_model(cfg.model, device, cfg.dtype)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    dataset = data.make_visualmath(max(cfg.n_stats, cfg.n_show), seed=cfg.visualmath_seed)
+    rows = [dataset[i] for i in range(len(dataset))]
+    factor = image_processor.patch_size * image_processor.merge_size
+    size = image_processor.size
+    summary, sections = {}, []
+    for query in cfg.anchor_query.split(","):
+        items = analyse(model, tokenizer, image_processor, rows, cfg, query)
+        summary[query] = connectivity_summary(items)
+        plot_histogram(items, os.path.join(cfg.out_dir, f"hist_{query}.png"),
+                       f"density of {summary[query]['tokens']} response tokens, anchor_query={query}")
+        rho_max = float(max(it["rho"].max() for it in items[:cfg.n_show]))
+        blocks = []
+        for i, it in enumerate(items[:cfg.n_show]):
+            image = rollout.prepare_image(it["row"]["image"], size["shortest_edge"], size["longest_edge"], factor)
+            t = int(it["rho"].argmax())  # the strongest anchor
+            png = f"overlay_{query}_{i}.png"
+            plot_overlay(image, it["patterns"][t], it["grid"], os.path.join(cfg.out_dir, png),
+                         f"attention of token {it['tokens'][t]!r} (t={t}, rho={float(it['rho'][t]):.3f})")
+            verdict = "correct" if grade(it["row"], it["text"])[0] else "wrong"
+            blocks.append(f'<div class="resp"><p class="q">{html.escape(it["row"]["question"])} &mdash; gold '
+                          f'{html.escape(it["row"]["answer"])}, values in the image '
+                          f'{html.escape(", ".join(it["row"]["perception"]))}; this response is {verdict}</p>'
+                          f'<p class="toks">{tokens_html(it, rho_max)}</p><img src="{png}" alt="{png}"></div>')
+        sections.append(f'<h2>anchor_query = {query}</h2><img src="hist_{query}.png" alt="hist_{query}.png">'
+                        + "".join(blocks))
+    write_page(cfg, summary, sections)
+    with open(os.path.join(cfg.out_dir, "report.json"), "w") as f:
+        json.dump({"config": dataclasses.asdict(cfg), "summary": summary}, f, indent=1)
+    print(json.dumps(summary, indent=1))
+    print(f"wrote {os.path.join(cfg.out_dir, 'report.html')}")
+    return summary
+
 
 # --------------------------------------------------------------------------------------------------
 # Training curves from train.py's log.jsonl (first line {"config": ...}, then one record per step).
