@@ -87,6 +87,31 @@ def default_layers(num_layers):
     return range(lo, max(hi, lo + 1))
 
 
+def layer_band(name, num_layers):
+    """Decoder layers by name: "early" / "middle" / "late" third, "all", or a comma list such as "4,5,6".
+
+    The thirds split at floor(L/3) and ceil(2L/3), each at least one layer.
+    >>> [list(layer_band(b, 4)) for b in ("early", "middle", "late", "all", "0,3")]
+    [[0], [1, 2], [3], [0, 1, 2, 3], [0, 3]]
+    """
+    lo, hi = num_layers // 3, -(-2 * num_layers // 3)
+    if name == "early":
+        return range(0, max(lo, 1))
+    elif name == "middle":
+        return default_layers(num_layers)
+    elif name == "late":
+        return range(min(hi, num_layers - 1), num_layers)
+    elif name == "all":
+        return range(num_layers)
+    try:
+        layers = sorted({int(x) for x in name.split(",")})
+    except ValueError:
+        raise ValueError(f"layer band {name!r}: use early, middle, late, all or a comma list like 4,5,6") from None
+    if not layers or layers[0] < 0 or layers[-1] >= num_layers:
+        raise ValueError(f"layer band {name!r}: layers must lie in [0, {num_layers})")
+    return layers
+
+
 def query_positions(response_mask, query="predict"):
     """Query row for every response token, response tokens left-aligned, -1 where none: (B, T).
 

@@ -85,7 +85,7 @@ class Config:
     knn: int = 10                   # k of the symmetric kNN token graph
     resolution: float = 1.0         # Louvain modularity resolution (>1: more, smaller clusters)
     anchor_query: str = "predict"   # attention row of token t: "predict" (query t-1) or "self" (query t)
-    probe_layers: str = ""          # "" = middle third of decoder layers; "all"; or "4,5,6"
+    probe_layers: str = "late"      # decoder layers read: early|middle|late third, all, or "4,5,6" (late: results/)
     sink_debias: int = 1            # 1 = drop the first-token sink and outlier image keys, renormalise
     sink_outlier_k: float = 5.0     # an image key is a sink if its mean attention > k x the median key's
     # Optimization
@@ -210,7 +210,7 @@ tokenizer, image_processor = rollout.load_processor(load_path)
 if cfg.freeze_vision:
     model.model.visual.requires_grad_(False)
 if cfg.grad_checkpointing:
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 ref_model = None
 if cfg.kl_coef > 0:  # frozen copy of the starting policy (DAPO/Dr.GRPO drop it; GRPO keeps it)
     ref_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=torch.float32,
@@ -240,9 +240,10 @@ if cfg.eval_dataset:
 else:  # VisualMath from a disjoint seed is held out; a real dataset without --eval_dataset gets no eval
     eval_data = data.make_visualmath(cfg.eval_size, seed=cfg.seed + 10_000) if cfg.dataset == "visualmath" else None
 image_token_id = model.config.image_token_id
-probe_layers = None if cfg.probe_layers == "" else (
-    list(range(model.config.text_config.num_hidden_layers)) if cfg.probe_layers == "all"
-    else [int(x) for x in cfg.probe_layers.split(",")])
+try:
+    probe_layers = list(connectivity.layer_band(cfg.probe_layers, model.config.text_config.num_hidden_layers))
+except ValueError as err:
+    raise SystemExit(f"--probe_layers: {err}")
 use_probe = cfg.weighting != "uniform"  # GRPO/DAPO needs no attention at all
 probe_context = connectivity.probe(policy, layers=probe_layers) if use_probe else contextlib.nullcontext()
 probe = probe_context.__enter__()  # installed for the whole run; idle (pure delegation) unless armed
