@@ -32,7 +32,9 @@ Where we depart from the benchmarks' official protocols, or guess (each is visib
   2. The prompt is our think/answer format instruction (rollout.build_messages), not MathVista's `query`
      with its hints: the policy is evaluated in the format it was trained in.
   3. Sample j of question i draws its noise from key (seed * 1_000_003 + i) * k + j (rollout's counter-based
-     Gumbel sampler), so avg@k is the same on 1 GPU or 8 and for any --batch_size.
+     Gumbel sampler), so a question's samples do not depend on which rank or batch slot it lands in.
+     NOTE: the sampler also mixes the padded prompt width into the noise, so with prompts of different lengths
+     (real benchmarks) samples still move with --batch_size / world size; VisualMath prompts share one length.
   4. Bimodality of rho is judged by Otsu's split (the cut that maximises the between-mode variance) and the
      population bimodality coefficient (skew^2 + 1) / kurtosis (1 for two spikes, 5/9 for a uniform, 1/3 for
      a Gaussian; > 5/9 hints at two modes). Neither is from the paper, which only reports "bimodal".
@@ -261,7 +263,8 @@ def evaluate_rows(dataset, index, respond, greedy=True, k=0, temperature=0.0, ba
     """Counts and graded examples for dataset[i], i in `index` (this rank's share), in batches.
 
     respond(rows, keys, k, temperature) -> k texts per row (model_responder, or canned texts in tests).
-    Keys depend on the global question index only, so results do not depend on rank or batch size.
+    Keys depend on the global question index only, never on the rank or the position in a batch.
+    The first `show` rows come back graded (response, extracted answer, verdict) for inspection.
     """
     counts, examples = dict.fromkeys(COUNT_KEYS, 0.0), []
     for start in tqdm(range(0, len(index), batch_size), desc=desc, disable=not progress):
@@ -272,14 +275,16 @@ def evaluate_rows(dataset, index, respond, greedy=True, k=0, temperature=0.0, ba
         sampled_texts = respond(rows, keys, k, temperature) if k else None
         for key, value in tally(rows, greedy_texts, sampled_texts).items():
             counts[key] += value
+        def graded(row, text):
+            correct, formatted, extracted = grade(row, text)
+            return {"correct": correct, "format": formatted, "extracted": extracted, "response": text}
         for r, row in enumerate(rows[:max(0, show - len(examples))]):
             ex = {"id": row["id"], "question": data.format_question(row), "answer": row["answer"],
                   "precision": row.get("precision"), "unit": row.get("unit")}
-            for name, texts in (("greedy", greedy_texts and greedy_texts[r:r + 1]),
-                                ("samples", sampled_texts and sampled_texts[r])):
-                if texts:
-                    graded = [dict(zip(("correct", "format", "extracted"), grade(row, t)), response=t) for t in texts]
-                    ex[name] = graded[0] if name == "greedy" else graded
+            if greedy_texts is not None:
+                ex["greedy"] = graded(row, greedy_texts[r])
+            if sampled_texts is not None:
+                ex["samples"] = [graded(row, t) for t in sampled_texts[r]]
             examples.append(ex)
     return counts, examples
 
@@ -305,17 +310,19 @@ def format_table(results, k=0):
 
 
 def run_accuracy(cfg):
+    """The accuracy table: every benchmark in --benchmark, this rank's share of it, counts summed over ranks."""
     rank, world, device = setup_distributed()
     model, tokenizer, image_processor = load_model(cfg.model, device, cfg.dtype)
     respond = model_responder(model, tokenizer, image_processor, cfg.max_new_tokens, cfg.top_p,
                               cfg.min_pixels, cfg.max_pixels)
-    k = cfg.k if cfg.temperature > 0 else 0
+    k = cfg.k if cfg.temperature > 0 else 0  # 0 = no sampled metrics (greedy only)
     results = {}
     for name in [b for b in cfg.benchmark.split(",") if b]:
         dataset = load_rows(name, cfg)
         index = list(range(rank, len(dataset), world))  # rank-strided; keys follow the global index
         counts, examples = evaluate_rows(dataset, index, respond, bool(cfg.greedy), k, cfg.temperature,
                                          cfg.batch_size, cfg.seed, cfg.show, desc=name[-30:], progress=rank == 0)
+        # NOTE: sums, not per-rank means: ranks hold different numbers of questions when world does not divide N
         summed = all_reduce(torch.tensor([counts[c] for c in COUNT_KEYS], dtype=torch.float64, device=device))
         results[name] = {**summarize(dict(zip(COUNT_KEYS, summed.tolist())), bool(cfg.greedy), k),
                          "examples": examples}
@@ -358,8 +365,7 @@ def overlapping_tokens(token_spans, char_spans):
 def anchor_precision_recall(anchors, truth):
     """Micro-averaged precision/recall of anchor tokens against ground-truth tokens; both bool (B, T).
 
-    chance = the fraction of ground-truth tokens among all valid tokens (the precision of random anchors);
-    pass only valid tokens as True (padding False in both).
+    Pass only valid tokens as True (padding False in both); None where there is nothing to divide by.
     >>> a = torch.tensor([[1, 1, 0, 0], [0, 1, 0, 0]]).bool()
     >>> t = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0]]).bool()
     >>> anchor_precision_recall(a, t)
@@ -426,36 +432,42 @@ def report_batch(model, tokenizer, image_processor, rows, responses, max_new_tok
     return {k: batch[k] for k in keys}, batch["full_response_mask"], batch["response_mask"], batch["prompt_len"]
 
 
-def analyse(model, tokenizer, image_processor, rows, cfg, query):
-    """Everything the report draws, for one anchor query: per response its tokens, rho, anchors, clusters."""
+def analyse(model, tokenizer, image_processor, rows, cfg, queries):
+    """Everything the report draws: {query: one dict per response (tokens, rho, anchors, clusters, truth, ...)}.
+
+    Responses are built once per chunk; the probe then runs one forward per anchor query over the same tensors.
+    """
     device = next(model.parameters()).device
     layers = None if cfg.probe_layers == "" else (
         list(range(model.config.text_config.num_hidden_layers)) if cfg.probe_layers == "all"
         else [int(x) for x in cfg.probe_layers.split(",")])
-    out = []
-    for start in tqdm(range(0, len(rows), cfg.batch_size), desc=f"probe ({query})"):
+    merge = image_processor.merge_size
+    out = {query: [] for query in queries}
+    for start in tqdm(range(0, len(rows), cfg.batch_size), desc="probe"):
         chunk = rows[start:start + cfg.batch_size]
         inputs, full_mask, resp_mask, P = report_batch(model, tokenizer, image_processor, chunk, cfg.responses,
                                                        cfg.max_new_tokens)
         inputs = {k: v.to(device) for k, v in inputs.items()}
-        patterns, rho = connectivity.image_attention(model, inputs, full_mask.to(device), layers, query,
-                                                     bool(cfg.sink_debias), cfg.sink_outlier_k)  # (B, T, V), (B, T)
-        patterns, rho = patterns.float().cpu(), rho.float().cpu()
-        mask = resp_mask[:, :rho.shape[1]].bool()  # (B, T) left-aligned = column P + t
-        anchors = atrl.select_anchors(rho, mask, cfg.anchor_frac)  # (B, T)
-        clusters = atrl.cluster_tokens(patterns, mask, k=cfg.knn, resolution=cfg.resolution, seed=cfg.seed)
-        merge = image_processor.merge_size
+        responses = []  # what does not depend on the query: tokens, text, ground truth, image grid
         for b, row in enumerate(chunk):
             ids = inputs["input_ids"][b, P:][resp_mask[b].to(device)].tolist()
             text = tokenizer.decode(ids, skip_special_tokens=True)
-            spans = token_char_spans(tokenizer, ids)
-            truth = overlapping_tokens(spans, data.locate_perception(text, row["perception"]))
+            spans = data.locate_perception(text, row["perception"])  # characters that write an image value
+            truth = overlapping_tokens(token_char_spans(tokenizer, ids), spans)
             _, h, w = inputs["image_grid_thw"][b].tolist()
-            n = len(ids)
-            out.append(dict(row=row, text=text, tokens=[tokenizer.decode([i]) for i in ids],
-                            rho=rho[b, :n], anchors=anchors[b, :n], clusters=clusters[b, :n],
-                            truth=torch.tensor(truth, dtype=torch.bool), grid=(h // merge, w // merge),
-                            patterns=patterns[b, :n, :(h // merge) * (w // merge)]))
+            responses.append(dict(row=row, text=text, tokens=[tokenizer.decode([i]) for i in ids],
+                                  truth=torch.tensor(truth, dtype=torch.bool), grid=(h // merge, w // merge)))
+        for query in queries:
+            patterns, rho = connectivity.image_attention(model, inputs, full_mask.to(device), layers, query,
+                                                         bool(cfg.sink_debias), cfg.sink_outlier_k)
+            patterns, rho = patterns.float().cpu(), rho.float().cpu()  # (B, T, V), (B, T)
+            mask = resp_mask[:, :rho.shape[1]].bool()  # (B, T); response token t is column P + t
+            anchors = atrl.select_anchors(rho, mask, cfg.anchor_frac)  # (B, T)
+            clusters = atrl.cluster_tokens(patterns, mask, k=cfg.knn, resolution=cfg.resolution, seed=cfg.seed)
+            for b, response in enumerate(responses):
+                n, (gh, gw) = len(response["tokens"]), response["grid"]
+                out[query].append(dict(response, rho=rho[b, :n], anchors=anchors[b, :n], clusters=clusters[b, :n],
+                                       patterns=patterns[b, :n, :gh * gw]))  # image b's own V = gh * gw keys
     return out
 
 
@@ -581,9 +593,11 @@ def run_report(cfg):
     rows = [dataset[i] for i in range(len(dataset))]
     factor = image_processor.patch_size * image_processor.merge_size
     size = image_processor.size
+    queries = cfg.anchor_query.split(",")
+    analysed = analyse(model, tokenizer, image_processor, rows, cfg, queries)
     summary, sections = {}, []
-    for query in cfg.anchor_query.split(","):
-        items = analyse(model, tokenizer, image_processor, rows, cfg, query)
+    for query in queries:
+        items = analysed[query]
         summary[query] = connectivity_summary(items)
         plot_histogram(items, os.path.join(cfg.out_dir, f"hist_{query}.png"),
                        f"density of {summary[query]['tokens']} response tokens, anchor_query={query}")
