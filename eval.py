@@ -651,9 +651,13 @@ def plot_curves(paths, out_path):
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
     for path in paths:
         config, records = read_log(path)
-        label = f"{config.get('weighting', '?')} ({os.path.basename(os.path.dirname(os.path.abspath(path)))})"
+        run, arm = os.path.basename(os.path.dirname(os.path.abspath(path))), config.get("weighting", "?")
+        label = arm if run == arm else f"{arm} ({run})"
         for ax, (key, title) in zip(axes.flat, CURVE_PANELS):
-            points = [(r["step"] + 1, r[key]) for r in records if r.get(key) is not None]  # step -1 = before RL
+            # x = updates the measured policy had seen: step s rolls out with the policy after s updates, while
+            # its eval_accuracy is measured after step s's update (and step -1 holds the eval before RL)
+            shift = 1 if key == "eval_accuracy" else 0
+            points = [(r["step"] + shift, r[key]) for r in records if r.get(key) is not None]
             if points:
                 ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, ms=3, label=label)
             ax.set(title=title, xlabel="optimizer steps done")
