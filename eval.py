@@ -48,8 +48,10 @@ coefficient. Dimension letters: B responses, T response tokens, V image tokens (
 Run it:
     python eval.py --model runs/default/checkpoint --benchmark visualmath --limit 500
     python eval.py --model runs/default/checkpoint --benchmark visualmath --k 8 --temperature 1.0
-    python eval.py --model Qwen/Qwen2.5-VL-3B-Instruct --benchmark AI4Math/MathVista --split testmini
-    torchrun --nproc_per_node 8 eval.py --model DIR --benchmark /data/mathvista/testmini.json,/data/geo3k/test.parquet
+    # MathVista testmini (1000 questions; hub download, bf16 on GPU; Qwen's usual 1280-token image cap):
+    torchrun --nproc_per_node 8 eval.py --model runs/default/checkpoint --benchmark AI4Math/MathVista \
+        --split testmini --max_new_tokens 2048 --max_pixels 1003520 --out runs/default/mathvista_testmini.json
+    python eval.py --model Qwen/Qwen2.5-VL-3B-Instruct --benchmark /data/MathVista/testmini.json,/data/g3k/test.parquet
     python eval.py --report --model runs/default/checkpoint --out_dir runs/default/report
     python eval.py --curves runs/atrl/log.jsonl,runs/uniform/log.jsonl --out_dir runs/compare
 Tests: OMP_NUM_THREADS=1 python -m pytest -q tests/test_eval.py
