@@ -56,8 +56,9 @@ Where we guess, because the paper is silent (the defaults are ours; most are arg
      (s_k = 0); both are 0/1 masks rescaled to token-mean 1 like atrl (a response with no low-connectivity
      cluster gets W = 0 under low_only). random = the atrl weights shuffled over the response's tokens.
   7. Group size 1 is refused (its advantage is always 0); an all-equal group gets exactly 0.
-  8. Seeds: graph b is clustered with seed + b, and `random` shuffles with `seed`; a training loop should
-     pass a step-dependent seed so the random arm does not repeat one permutation pattern.
+  8. Seeds: graph b is clustered with seed + b, and `random` shuffles with `seed`; or, given one seed per
+     response, each response uses its own (train.py passes each rollout's sampling key, so W does not depend
+     on the micro-batch size or the number of ranks).
 
 References: AT-RL, arXiv 2602.11455 (A_AT = W(C_k) A); GRPO, Shao et al. 2024 (DeepSeekMath, outcome supervision);
 Dr.GRPO, Liu et al. 2025 (scale="none"); Louvain, Blondel et al. 2008 (clustering.py).
@@ -219,7 +220,10 @@ def cluster_tokens(patterns, mask, k=10, resolution=1.0, seed=0):
     """Louvain cluster of every valid token, -1 on padding. (B, T, V), (B, T) -> long (B, T).
 
     Graph b is clustered with seed `seed + b` by clustering.louvain_batch (all graphs in one call, in
-    parallel over cores). A graph without edges (n <= 2, or rows equal to the mean) leaves every token alone.
+    parallel over cores), or with seed[b] when `seed` is a (B,) sequence: per-rollout seeds make a response's
+    clusters independent of its slot in the batch (train.py passes one per rollout, so micro-batching and
+    the number of ranks do not change W). A graph without edges (n <= 2, or rows equal to the mean) leaves
+    every token alone.
     """
     mask = mask.bool()
     graphs = token_graph(patterns, mask, k=k)
@@ -255,8 +259,11 @@ def _cluster_share(cluster, anchors, mask):
 def _shuffle_within(W, mask, seed):
     """Permute each row's values over its valid positions (seeded, CPU generator); padding stays 0."""
     B, T = W.shape
-    gen = torch.Generator().manual_seed(seed)
-    keys = torch.rand(B, T, generator=gen).to(W.device)             # (B, T)
+    if isinstance(seed, int):
+        keys = torch.rand(B, T, generator=torch.Generator().manual_seed(seed))            # (B, T)
+    else:  # one seed per row: the permutation of a response does not depend on its batch slot
+        keys = torch.stack([torch.rand(T, generator=torch.Generator().manual_seed(int(s))) for s in seed])
+    keys = keys.to(W.device)
     # Valid positions first, in order (targets) / in random order (sources); padding last in both.
     targets = torch.sort((~mask).float(), dim=1, stable=True).indices  # (B, T)
     sources = torch.sort(torch.where(mask, keys, 2.0), dim=1).indices  # (B, T)

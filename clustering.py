@@ -231,15 +231,14 @@ def _louvain_csr(indptr, indices, weights, gamma, seed):
 
 
 @njit(parallel=True, cache=True)
-def _louvain_packed(indptr, indices, weights, node_offsets, gamma, seed):
+def _louvain_packed(indptr, indices, weights, node_offsets, gamma, seeds):
     """Louvain on each diagonal block of a block-diagonal CSR, in parallel over blocks (graphs)."""
     labels = np.empty(indptr.shape[0] - 1, np.int64)
     for g in prange(node_offsets.shape[0] - 1):
         a, b = node_offsets[g], node_offsets[g + 1]
         e0, e1 = indptr[a], indptr[b]
-        # shift to the block's own 0-based node and edge numbering; graph g always draws from seed + g
-        labels[a:b] = _louvain_csr(indptr[a:b + 1] - e0, indices[e0:e1] - a, weights[e0:e1], gamma,
-                                     seed + np.uint64(g))
+        # shift to the block's own 0-based node and edge numbering; graph g always draws from seeds[g]
+        labels[a:b] = _louvain_csr(indptr[a:b + 1] - e0, indices[e0:e1] - a, weights[e0:e1], gamma, seeds[g])
     return labels
 
 
@@ -381,7 +380,9 @@ def louvain_packed(indptr, indices, weights, node_offsets, resolution=1.0, seed=
     and its rows hold only column indices inside that range (global numbering). indptr (N+1,), indices (nnz,),
     weights (nnz,) as in dense_to_csr. E.g. B responses padded to T tokens: node b*T + t, node_offsets =
     arange(B+1)*T; padded tokens are simply isolated nodes. Returns (N,) int64 numpy labels, numbered from 0
-    within each graph. Graph g uses seed + g. Symmetry is checked through row sums = column sums only.
+    within each graph. Graph g uses seed + g, or seed[g] when `seed` is a sequence of per-graph seeds (give
+    each graph an identity-based seed and its labels no longer depend on its slot in the batch).
+    Symmetry is checked through row sums = column sums only.
     """
     indptr, indices = _as_numpy(indptr, np.int64), _as_numpy(indices, np.int64)
     weights, node_offsets = _as_numpy(weights, np.float64), _as_numpy(node_offsets, np.int64)
@@ -400,13 +401,14 @@ def louvain_packed(indptr, indices, weights, node_offsets, resolution=1.0, seed=
                    5: "node %d: row and column sums differ, the graph is not symmetric (keep edge i-j in rows i"
                       " and j with one weight; symmetric kNN: i chose j or j chose i)"}[code]
         raise ValueError(problem % where)
-    return _louvain_packed(indptr, indices, weights, node_offsets, float(resolution), _seed64(seed))
+    return _louvain_packed(indptr, indices, weights, node_offsets, float(resolution),
+                           _graph_seeds(seed, node_offsets.shape[0] - 1))
 
 
 def louvain_batch(graphs, resolution=1.0, seed=0):
     """Louvain on a list of CSR triples (indptr, indices, weights) in parallel -> list of LongTensor labels.
 
-    Graph b uses seed + b, so the labels do not depend on the thread count. Packs the graphs into one
+    Graph b uses seed + b (or seed[b] for a sequence), so the labels do not depend on the thread count. Packs the graphs into one
     block-diagonal CSR and calls louvain_packed (build that layout yourself to skip the packing).
     """
     if len(graphs) == 0:
@@ -455,3 +457,13 @@ def knn_packed(neighbors, weights, valid=None):
 def _seed64(seed):
     """Any Python int -> the uint64 the compiled LCG starts from."""
     return np.uint64(int(seed) % 2**64)
+
+
+def _graph_seeds(seed, n_graphs):
+    """(G,) uint64 seeds: seed + g for an int, else the given per-graph seeds (one per graph)."""
+    if np.ndim(seed) == 0:
+        return np.array([_seed64(int(seed) + g) for g in range(n_graphs)], dtype=np.uint64)
+    seeds = [int(s) for s in (seed.tolist() if hasattr(seed, "tolist") else seed)]
+    if len(seeds) != n_graphs:
+        raise ValueError(f"{len(seeds)} seeds for {n_graphs} graphs: give one seed per graph or a single int")
+    return np.array([_seed64(s) for s in seeds], dtype=np.uint64)

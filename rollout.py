@@ -217,11 +217,12 @@ def encode_prompts(tokenizer, image_processor, images, questions, min_pixels=Non
 #   input_ids, attention_mask, mm_token_type_ids, full_response_mask   (B, S)  prompt LEFT-, response RIGHT-padded
 #   pixel_values (sum_b patches_b, D), image_grid_thw (B, 3)             one image per rollout
 #   response_mask (B, T) bool (tokens up to and including EOS), truncated (B,) bool (no EOS within budget)
+#   keys (B,) int64: each rollout's sampling key -- its identity, reused to seed its clustering
 #   prompt_len P (int), texts / answers / choices (lists), and after `score`: rewards, accuracy, format (B,)
 # Rollout i belongs to group i // G: the G samples of one prompt are consecutive and never split.
 
 _TENSOR_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "full_response_mask", "response_mask",
-                "truncated", "image_grid_thw", "rewards", "accuracy", "format")
+                "truncated", "image_grid_thw", "keys", "rewards", "accuracy", "format")
 _LIST_KEYS = ("texts", "answers", "choices")
 
 
@@ -383,7 +384,7 @@ def sample_groups(model, tokenizer, image_processor, rows, group_size, prompt_ke
         "attention_mask": torch.cat([enc["attention_mask"], response_mask.long()], 1),              # (B, S)
         "mm_token_type_ids": torch.cat([enc["mm_token_type_ids"], torch.zeros_like(response)], 1),  # (B, S)
         "full_response_mask": torch.cat([torch.zeros(B, P, dtype=torch.bool), response_mask], 1),   # (B, S)
-        "response_mask": response_mask, "truncated": truncated, "prompt_len": P,
+        "response_mask": response_mask, "truncated": truncated, "prompt_len": P, "keys": torch.tensor(keys),
         "pixel_values": enc["pixel_values"], "image_grid_thw": enc["image_grid_thw"],
         "texts": [tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(response, response_mask)],
         "answers": [r["answer"] for r in rows for _ in range(group_size)],

@@ -299,7 +299,7 @@ def arm_probe(mb):
                   mb["input_ids"] == image_token_id, mb["attention_mask"])  # the mask matters for FA2 only
 
 
-def weights_from_probe(mask, step, stats):
+def weights_from_probe(mask, keys, stats):
     """W (b, T) from what the probe captured in the forward that just ran (uniform: W = the mask)."""
     if not use_probe:
         return mask.clone(), 0.0
@@ -312,7 +312,7 @@ def weights_from_probe(mask, step, stats):
                                               outlier_k=cfg.sink_outlier_k, enabled=bool(cfg.sink_debias))
     W, st = atrl.token_weights_with_stats(patterns.cpu(), rho.cpu(), mask.bool().cpu(), mode=cfg.weighting,
                                           anchor_frac=cfg.anchor_frac, gain=cfg.gain, k=cfg.knn,
-                                          resolution=cfg.resolution, seed=cfg.seed + step)
+                                          resolution=cfg.resolution, seed=keys.tolist())  # per-rollout seeds
     stats.append(st)
     return W.to(mask.device), time.perf_counter() - t
 
@@ -428,7 +428,7 @@ for step in bar:
                 mb = rollout.slice_batch(batch, i, i + micro)
                 arm_probe(mb)
                 old_logp[i:i + micro] = token_logprobs(policy, mb, P)[0]
-                W[i:i + micro], dt = weights_from_probe(loss_mask[i:i + micro], step, stats)
+                W[i:i + micro], dt = weights_from_probe(loss_mask[i:i + micro], mb["keys"], stats)
                 have_weights[i:i + micro], t_weights = [True] * micro, t_weights + dt
     # 5) loss + backward over micro-batches, with global (all-rank, all-micro-batch) denominators
     t1 = time.perf_counter()
@@ -446,7 +446,7 @@ for step in bar:
                 logp, entropy = token_logprobs(train_model, mb, P)
                 if first:  # on-policy single pass: pi_old = pi (ratio 1) and W from this very forward
                     old_logp[i:i + micro] = logp.detach()
-                    W[i:i + micro], dt = weights_from_probe(mask, step, stats)
+                    W[i:i + micro], dt = weights_from_probe(mask, mb["keys"], stats)
                     have_weights[i:i + micro], t_weights = [True] * micro, t_weights + dt
                 adv_tok = atrl.token_advantages(adv[i:i + micro], W[i:i + micro])          # (b, T) = W * A
                 pg_tok, clipped = atrl.ppo_clip_loss(logp, old_logp[i:i + micro], adv_tok, cfg.clip_low, cfg.clip_high, cfg.dual_clip)

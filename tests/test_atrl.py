@@ -275,3 +275,16 @@ def test_bad_mode_and_gain_are_refused():
         atrl.token_weights(patterns, patterns.sum(-1), torch.ones(1, 4, dtype=torch.bool), mode="grpo")
     with pytest.raises(ValueError, match="gain=0"):
         atrl.token_weights(patterns, patterns.sum(-1), torch.ones(1, 4, dtype=torch.bool), gain=0)
+
+
+def test_per_response_seeds_make_weights_independent_of_the_batch_slot():
+    g = torch.Generator().manual_seed(3)
+    patterns = torch.rand(4, 12, 6, generator=g)
+    rho, mask = patterns.sum(-1), torch.ones(4, 12, dtype=torch.bool)
+    seeds = [11, 22, 33, 44]
+    for mode in ("atrl", "random"):
+        whole = atrl.token_weights(patterns, rho, mask, mode=mode, k=3, seed=seeds)
+        flipped = atrl.token_weights(patterns.flip(0), rho.flip(0), mask, mode=mode, k=3, seed=seeds[::-1])
+        assert torch.equal(whole, flipped.flip(0)), mode
+        one = atrl.token_weights(patterns[2:3], rho[2:3], mask[2:3], mode=mode, k=3, seed=[33])
+        assert torch.equal(whole[2:3], one), mode

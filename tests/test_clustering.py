@@ -197,6 +197,17 @@ def test_batch_matches_single_graph_calls_whatever_the_thread_count():
         numba.set_num_threads(before)
 
 
+def test_per_graph_seeds_make_labels_independent_of_the_batch_slot():
+    adjs = [adj_of(nx.gnp_random_graph(60, 0.08, seed=s)) for s in range(4)]
+    seeds = [101, 7, 55, 3]
+    forward = louvain_batch([dense_to_csr(a) for a in adjs], seed=seeds)
+    backward = louvain_batch([dense_to_csr(a) for a in adjs[::-1]], seed=seeds[::-1])
+    assert all(torch.equal(x, y) for x, y in zip(forward, backward[::-1]))
+    assert all(torch.equal(x, louvain(a, seed=s)) for x, a, s in zip(forward, adjs, seeds))
+    with pytest.raises(ValueError, match="3 seeds for 4 graphs"):
+        louvain_batch([dense_to_csr(a) for a in adjs], seed=seeds[:3])
+
+
 def test_packed_layout_matches_batch_and_accepts_torch_csr():
     # two graphs packed block-diagonally: 3 + 2 nodes, padded-token style isolated node included
     graphs = [dense_to_csr(two_triangles()), dense_to_csr(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))]
