@@ -167,27 +167,34 @@ def make_visualmath(n, seed=0, n_numbers=2, digits=1, ops=("+",), cell=28, layou
 
 
 def locate_perception(text, perception):
-    """Character spans (start, end) of the perception values in `text`, matched in order, whole numbers only.
+    """Character spans (start, end) of the perception values in `text`, whole numbers only, one per value.
 
-    Each value is searched after the previous match (so repeated values get distinct spans); a value that
-    does not occur is left out, so the result may be shorter than `perception`.
+    Each value takes the first occurrence after the previous value's match; if there is none, the first
+    unused occurrence anywhere (a model may write "4+3" for perception ["3", "4"]). A value that does not
+    occur is left out, so the result may be shorter than `perception`; spans follow perception's order.
 
     >>> locate_perception("<think>3+4=7</think><answer>7</answer>", ["3", "4"])
     [(7, 8), (9, 10)]
     >>> locate_perception("<think>3+3=6</think>", ["3", "3"])
     [(7, 8), (9, 10)]
+    >>> locate_perception("<think>4+3=7</think>", ["3", "4"])   # other order
+    [(9, 10), (7, 8)]
     >>> locate_perception("12+2=14", ["2", "12"])   # '2' inside '12' is not a match
-    [(3, 4)]
+    [(3, 4), (0, 2)]
     """
-    spans, cursor = [], 0
+    spans, used, cursor = [], set(), 0
     for value in perception:
-        pattern = r"(?<![0-9.])" + _re.escape(str(value)) + r"(?![0-9])"
-        match = _re.compile(pattern).search(text, cursor)
-        if match is None:
+        pattern = _re.compile(r"(?<![0-9.])" + _re.escape(str(value)) + r"(?![0-9])")
+        matches = [m.span() for m in pattern.finditer(text) if m.span() not in used]
+        after = [span for span in matches if span[0] >= cursor]
+        span = after[0] if after else (matches[0] if matches else None)
+        if span is None:
             continue
-        spans.append(match.span())
-        cursor = match.end()
+        spans.append(span)
+        used.add(span)
+        cursor = span[1]
     return spans
+
 
 # --------------------------------------------------------------------------------------------------
 # Grading and rewards
