@@ -223,7 +223,7 @@ def encode_prompts(tokenizer, image_processor, images, questions, min_pixels=Non
 
 _TENSOR_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "full_response_mask", "response_mask",
                 "truncated", "image_grid_thw", "keys", "rewards", "accuracy", "format")
-_LIST_KEYS = ("texts", "answers", "choices")
+_LIST_KEYS = ("texts", "answers", "choices", "precisions")
 
 
 def _pixel_rows(batch, index):
@@ -312,8 +312,8 @@ class GumbelSampler:
     With counter-based u (above) every rollout is reproducible from (seed, prompt, sample index) alone.
     top_p < 1 first masks the tail outside the nucleus (Holtzman et al. 2020)."""
 
-    def __init__(self, keys, temperature=1.0, top_p=1.0):
-        self.keys, self.temperature, self.top_p = keys, temperature, top_p
+    def __init__(self, keys, prompt_width, temperature=1.0, top_p=1.0):
+        self.keys, self.prompt_width, self.temperature, self.top_p = keys, prompt_width, temperature, top_p
 
     def __call__(self, input_ids, scores):
         scores = scores.float() / self.temperature                                     # (B, vocab)
@@ -322,7 +322,9 @@ class GumbelSampler:
             cum = sorted_scores.softmax(-1).cumsum(-1)
             drop_sorted = cum - sorted_scores.softmax(-1) > self.top_p                 # keep the first over top_p
             scores = scores.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-        u = _hash_uniform(self.keys.to(scores.device), input_ids.shape[1], scores.shape[-1])
+        # NOTE: the counter is the response position, not input_ids.shape[1]: that includes the left padding,
+        # which depends on the other prompts of the batch
+        u = _hash_uniform(self.keys.to(scores.device), input_ids.shape[1] - self.prompt_width, scores.shape[-1])
         return scores - torch.log(-torch.log(u)).float()
 
 
@@ -346,7 +348,8 @@ def generate(model, tokenizer, enc, max_new_tokens, temperature=1.0, top_p=1.0, 
         if keys is None or len(keys) != len(enc["input_ids"]):
             raise ValueError("sampling needs one integer key per prompt row (got "
                              f"{None if keys is None else len(keys)} for {len(enc['input_ids'])} rows)")
-        processors.append(GumbelSampler(torch.as_tensor(keys, dtype=torch.int64), temperature, top_p))
+        processors.append(GumbelSampler(torch.as_tensor(keys, dtype=torch.int64), enc["input_ids"].shape[1],
+                                        temperature, top_p))
     device = next(model.parameters()).device
     out = model.generate(**{k: v.to(device) for k, v in enc.items()}, generation_config=config,
                          logits_processor=processors)
@@ -389,6 +392,7 @@ def sample_groups(model, tokenizer, image_processor, rows, group_size, prompt_ke
         "texts": [tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(response, response_mask)],
         "answers": [r["answer"] for r in rows for _ in range(group_size)],
         "choices": [list(r.get("choices") or []) for r in rows for _ in range(group_size)],
+        "precisions": [r.get("precision") for r in rows for _ in range(group_size)],
     }
 
 
@@ -396,7 +400,8 @@ def score(batch):
     """Add the verifiable reward and its parts (data.compute_reward) to a rollout batch."""
     import data
 
-    parts = [data.compute_reward(t, a, c or None) for t, a, c in zip(batch["texts"], batch["answers"], batch["choices"])]
+    parts = [data.compute_reward(t, a, c or None, precision=p)
+             for t, a, c, p in zip(batch["texts"], batch["answers"], batch["choices"], batch["precisions"])]
     for key, name in (("rewards", "reward"), ("accuracy", "accuracy"), ("format", "format")):
         batch[key] = torch.tensor([p[name] for p in parts], dtype=torch.float32)               # (B,)
     return batch
@@ -433,7 +438,8 @@ def greedy_accuracy(model, tokenizer, image_processor, rows, max_new_tokens=64, 
         response, mask, _ = generate(model, tokenizer, enc, max_new_tokens, temperature=0)
         for r, ids, m in zip(chunk, response, mask):
             text = tokenizer.decode(ids[m], skip_special_tokens=True)
-            parts = data.compute_reward(text, r["answer"], list(r.get("choices") or []) or None)
+            parts = data.compute_reward(text, r["answer"], list(r.get("choices") or []) or None,
+                                        precision=r.get("precision"))
             correct += parts["accuracy"]
             formatted += parts["format"]
             if len(examples) < show:

@@ -203,9 +203,6 @@ def test_real_generation_in_process_equals_torchrun_with_two_ranks(warm_checkpoi
     assert got[bench_files["mathvista"]]["accuracy"] == results[bench_files["mathvista"]]["accuracy"]
 
 
-@pytest.mark.xfail(reason="rollout.GumbelSampler keys its noise on input_ids.shape[1], which includes the left "
-                          "padding, so a prompt's samples depend on the prompt lengths of its batch-mates",
-                   strict=False)
 def test_samples_do_not_depend_on_the_padding_of_other_prompts(warm_checkpoint):
     model, tokenizer, image_processor = ev.load_model(warm_checkpoint, torch.device("cpu"))
     respond = ev.model_responder(model, tokenizer, image_processor, max_new_tokens=8)
