@@ -364,7 +364,7 @@ def probe(model, layers=None, chunk_elements=None):
 # ----------------------------------------------------------------------------- sink debiasing
 
 
-def debias_sinks(patterns, sink, image_valid, outlier_k=5.0, enabled=True, row_mask=None):
+def debias_sinks(patterns, sink, image_valid, outlier_k=5.0, enabled=True, row_mask=None, min_keys=8):
     """Drop attention sinks and renormalise: (patterns (B, T, V) rows summing to 1 over kept keys, rho (B, T)).
 
     Sinks are the first non-pad key (`sink`, already outside `patterns`) and image keys whose mean attention
@@ -372,11 +372,12 @@ def debias_sinks(patterns, sink, image_valid, outlier_k=5.0, enabled=True, row_m
     lower middle value). Let a = the raw row, s = sink + mass on outlier keys:
         rho[t]      = (sum of a over kept image keys) / (1 - s)      (attention mass on the image, sinks removed)
         patterns[t] = a on kept image keys / their sum                (a distribution over the image)
-    `enabled=False` drops nothing (rho = raw image mass). Rows without a query (row_mask False; default: rows
-    with any attention) and rows with zero image mass come back as zeros.
+    Images of fewer than `min_keys` tokens are not screened for outlier keys (too few keys to call one an
+    outlier). `enabled=False` drops nothing (rho = raw image mass). Rows without a query (row_mask False;
+    default: rows with any attention) and rows with zero image mass come back as zeros.
 
     >>> p = torch.tensor([[[0.10, 0.05, 0.05, 0.30], [0.02, 0.02, 0.06, 0.40]]])  # key 3: mean 0.35 > 5 x 0.055
-    >>> d, rho = debias_sinks(p, torch.tensor([[0.3, 0.2]]), torch.ones(1, 4, dtype=torch.bool))
+    >>> d, rho = debias_sinks(p, torch.tensor([[0.3, 0.2]]), torch.ones(1, 4, dtype=torch.bool), min_keys=4)
     >>> (100 * d).round().tolist(), (100 * rho).round().tolist()  # in percent
     ([[[50.0, 25.0, 25.0, 0.0], [20.0, 20.0, 60.0, 0.0]]], [[50.0, 25.0]])
     """
@@ -390,6 +391,9 @@ def debias_sinks(patterns, sink, image_valid, outlier_k=5.0, enabled=True, row_m
         col_mean = (patterns * rows).sum(1) / rows.sum(1).clamp(min=1)  # (B, V) mean over the response's rows
         median = col_mean.masked_fill(~image_valid.bool(), float("nan")).nanmedian(dim=1).values  # (B,)
         outlier = image_valid.bool() & (col_mean > outlier_k * median[:, None])  # (B, V); NaN median: none
+        # NOTE: with a handful of image keys "outlier" is meaningless (with 2 keys, one legitimately read
+        # digit slot would be called a sink), so only images of >= min_keys tokens are screened
+        outlier &= (image_valid.sum(1) >= min_keys)[:, None]
         keep = keep & ~outlier[:, None, :]
         dropped = sink + (patterns * outlier[:, None, :]).sum(-1)  # (B, T)
     kept = patterns * keep  # (B, T, V)

@@ -299,3 +299,13 @@ def test_bad_layers_and_nested_probe_raise_clear_errors(setup):
 
 def test_docstring_examples():
     assert doctest.testmod(connectivity, raise_on_error=False).failed == 0
+
+
+def test_small_images_are_not_screened_for_outlier_keys():
+    """With 2 image keys (VisualMath's default), the slot a token reads is not a 'sink'."""
+    patterns = torch.tensor([[[0.60, 0.02], [0.50, 0.01]]])  # key 0 is 30x key 1: an outlier by the ratio rule
+    sink, valid = torch.tensor([[0.2, 0.3]]), torch.ones(1, 2, dtype=torch.bool)
+    dist, rho = debias_sinks(patterns, sink, valid)
+    assert dist[0, :, 0].min() > 0.9 and rho.min() > 0.5  # key 0 kept
+    dist4, _ = debias_sinks(patterns, sink, valid, min_keys=2)
+    assert (dist4[0, :, 0] == 0).all()  # the same data screened: key 0 would be dropped
