@@ -108,7 +108,7 @@ class EvalConfig:
     n_stats: int = 64               # responses behind the histogram and precision/recall
     anchor_query: str = "predict,self"  # attention row(s) of token t: predict (query t-1), self (query t)
     anchor_frac: float = 0.15       # anchors = top fraction of each response's tokens by rho (train.py's default)
-    probe_layers: str = ""          # "" = middle third of decoder layers; "all"; or "4,5,6"
+    probe_layers: str = "late"      # early|middle|late third, all, or "4,5,6" (as train.py)
     sink_debias: int = 1            # 1 = drop the first-token sink and outlier image keys, renormalise
     sink_outlier_k: float = 5.0     # an image key is a sink if its mean attention > k x the median key's
     knn: int = 10                   # k of the kNN token graph that is clustered
@@ -440,9 +440,7 @@ def analyse(model, tokenizer, image_processor, rows, cfg, queries):
     Responses are built once per chunk; the probe then runs one forward per anchor query over the same tensors.
     """
     device = next(model.parameters()).device
-    layers = None if cfg.probe_layers == "" else (
-        list(range(model.config.text_config.num_hidden_layers)) if cfg.probe_layers == "all"
-        else [int(x) for x in cfg.probe_layers.split(",")])
+    layers = list(connectivity.layer_band(cfg.probe_layers, model.config.text_config.num_hidden_layers))
     merge = image_processor.merge_size
     out = {query: [] for query in queries}
     for start in tqdm(range(0, len(rows), cfg.batch_size), desc="probe"):
@@ -567,7 +565,7 @@ font-family:monospace;font-size:15px}} .resp{{border-top:1px solid #ddd;margin-t
 img{{max-width:100%}}</style></head><body>
 <h1>AT-RL connectivity report</h1>
 <p>model <code>{html.escape(cfg.model or "tiny (default)")}</code>; {cfg.responses} responses to VisualMath (seed
-{cfg.visualmath_seed}); probe layers {cfg.probe_layers or "middle third"}; sink debiasing {bool(cfg.sink_debias)};
+{cfg.visualmath_seed}); probe layers {cfg.probe_layers}; sink debiasing {bool(cfg.sink_debias)};
 anchors = top {cfg.anchor_frac:.0%} of each response's tokens by rho.</p>
 <table><tr><th>query</th>{"".join(f"<th>{k.replace('_', ' ')}</th>" for k in keys)}</tr>{rows}</table>
 <p>Precision/recall: anchors vs the tokens that write the values shown in the image (only responses that wrote at

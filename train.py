@@ -72,7 +72,7 @@ class Config:
     # Rollout
     prompts_per_step: int = 16      # P prompts per step over all ranks; must divide by the world size
     group_size: int = 8             # G responses per prompt (>= 2: the advantage is relative to the group)
-    max_new_tokens: int = 32        # response budget in tokens; responses without EOS are "truncated"
+    max_new_tokens: int = 24        # response budget in tokens; responses without EOS are "truncated"
     temperature: float = 1.0        # sampling temperature (1.0 = the policy itself, needed for on-policy r)
     top_p: float = 1.0              # nucleus sampling; < 1 makes samples slightly off-policy
     mask_truncated: int = 1         # 1 = truncated responses get no loss (DAPO overlong filtering)
@@ -89,7 +89,7 @@ class Config:
     sink_debias: int = 1            # 1 = drop the first-token sink and outlier image keys, renormalise
     sink_outlier_k: float = 5.0     # an image key is a sink if its mean attention > k x the median key's
     # Optimization
-    steps: int = 30                 # RL steps (one rollout batch each)
+    steps: int = 20                 # RL steps (one rollout batch each)
     lr: float = 2e-4                # AdamW peak learning rate (tiny model; ~1e-6 for 3B)
     warmup_steps: int = 3           # linear warm-up steps, then constant
     weight_decay: float = 0.0       # AdamW weight decay
@@ -104,7 +104,7 @@ class Config:
     kl_estimator: str = "k3"        # k1 | k2 | k3
     ppo_epochs: int = 1             # passes over each rollout batch
     mini_batches: int = 1           # optimizer steps per pass (>1 => an extra no-grad pass for pi_old)
-    micro_batch_size: int = 32      # rollouts per forward/backward (gradient accumulation below that)
+    micro_batch_size: int = 64      # rollouts per forward/backward (gradient accumulation below that)
     grad_checkpointing: int = 0     # 1 = recompute activations in backward (memory for time)
     freeze_vision: int = 1          # 1 = the vision tower is not trained (common for RLVR on VLMs)
     bf16: int = 0                   # 1 = bf16 autocast (GPU); log-probs are always computed in fp32
