@@ -19,6 +19,10 @@ merged vision token, which is what makes reading learnable in minutes on a CPU (
 digit at random positions stay at chance for minutes). SFT stops early once held-out greedy accuracy
 reaches `target_acc`, so the model is left with partial skill and RL has room to improve it.
 
+Measured (2-core CPU shared with other jobs, load 3-6): `python tiny.py` takes 70 s wall (270 SFT steps)
+and prints held-out greedy accuracy 39.2%, 100% well-formatted, all numbers read right 40.6% (n=500).
+Seeds 1, 2, 3 give 54.8%, 46.6%, 52.6% (360-480 steps); the build is deterministic for a seed.
+
 Where this departs from a real Qwen2.5-VL:
 1. Sizes are tiny and the tokenizer is ours (vocab 512). Its pre-tokenizer splits digits only, not words,
    so recurring phrases become single tokens: a default prompt is 29 tokens, a response 12.
@@ -179,19 +183,22 @@ def _grade(text, answer, perception):
     """(correct, well_formatted, read) for one response.
 
     correct: data's grader (extract_answer + is_correct); well_formatted: exactly
-    <think>...</think><answer>...</answer>; read: the numbers before the last '=' inside <think> are exactly
-    the perception values (the model read the image right, whatever its arithmetic).
+    <think>...</think><answer>...</answer>; read: the numbers before the last '=' inside <think> are the
+    perception values, in any order (the model read the image right, whatever its arithmetic).
 
     >>> _grade("<think>3+4=7</think><answer>7</answer>", "7", ["3", "4"])
     (True, True, True)
     >>> _grade("<think>3+5=8</think><answer>8</answer>", "7", ["3", "4"])
     (False, True, False)
+    >>> _grade("<think>4+3=7</think><answer>7", "7", ["3", "4"])   # unclosed tag: badly formatted
+    (True, False, True)
     """
     well_formatted = re.fullmatch(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", text, re.S) is not None
     pred = data.extract_answer(text)
     correct = pred is not None and data.is_correct(pred, answer)
     think = re.search(r"<think>(.*?)</think>", text, re.S)
-    read = think is not None and re.findall(r"\d+", think.group(1).rpartition("=")[0]) == list(perception)
+    # sorted: for a + b, writing "4+3" for perception [3, 4] is a right reading (order is not asked)
+    read = think is not None and sorted(re.findall(r"\d+", think.group(1).rpartition("=")[0])) == sorted(perception)
     return correct, well_formatted, read
 
 
@@ -217,15 +224,15 @@ def evaluate(model, tokenizer, image_processor, dataset, batch_size=128, max_new
 
 
 def build_tiny(out_dir=DEFAULT_DIR, sft_steps=2000, seed=0, lr=1e-3, batch_size=32, target_acc=0.4,
-               eval_every=25, time_budget_s=480, n_eval=500, task=None, log=print):
+               eval_every=15, time_budget_s=480, n_eval=500, task=None, log=print):
     """Random checkpoint + SFT warm start on VisualMath reference responses, saved to `out_dir`.
 
     Every step draws `batch_size` fresh examples (seeded rng; `task` = make_visualmath knobs). Every
     `eval_every` steps a 128-example held-out probe is decoded greedily; SFT stops at the first check with
     probe accuracy >= target_acc and >= 95% well-formatted answers (partial skill on purpose: RL needs room
     to improve), or after `sft_steps` steps / `time_budget_s` seconds. On the default task reading is
-    learned abruptly (probe accuracy ~0.1 -> ~0.8 within ~100 steps, around step 250), hence the frequent
-    checks. The final figures (n_eval examples, another seed) are printed and saved in sft_report.json.
+    learned abruptly (held-out accuracy ~0.1 -> ~0.8 within ~50-100 steps, after 250-450 steps depending
+    on the seed; seed 0 went from 39% at step 270 to 52% at step 275), hence the frequent checks. The final figures (n_eval examples, another seed) are printed and saved in sft_report.json.
     """
     from tqdm import tqdm
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -316,7 +323,7 @@ if __name__ == "__main__":
     print(f"tiny Qwen2.5-VL: {report['params'] / 1e6:.2f}M params, SFT {report['steps']} steps in "
           f"{report['sft_seconds']:.0f}s (lr {report['lr']}, batch {report['batch_size']})")
     print(f"held-out greedy accuracy {report['held_out_accuracy']:.1%}, well-formatted "
-          f"{report['held_out_format']:.1%}, both numbers read right {report['held_out_read']:.1%} "
+          f"{report['held_out_format']:.1%}, all numbers read right {report['held_out_read']:.1%} "
           f"(n={report['n_eval']})")
     print(f"e.g. {report['samples'][0][0]!r} (gold {report['samples'][0][1]})")
     print(f"total wall time {time.time() - began:.0f}s -> {args.out}")
