@@ -1,0 +1,654 @@
+"""Benchmark: what AT-RL adds to a GRPO step, measured side by side on the same rollouts, in one run.
+
+One RL update (train.py phases 4-6, single on-policy pass: ppo_epochs = mini_batches = 1) over B rollouts in
+micro-batches, run in several arms on the SAME rollout batch, seed and weights:
+
+    uniform   GRPO/DAPO: forward -> PPO-clip loss with W = 1 -> backward, then clip + AdamW step
+    atrl      the same, plus what train.py adds for AT-RL: the probe installed and armed in the forward,
+              then connectivity.debias_sinks -> atrl.token_weights_with_stats (token_graph + Louvain + W)
+    variants  proposed fixes, each one visible branch in `weights_from_probe` below:
+              "serial Louvain" (numba on 1 thread), "packed graph" (kNN -> CSR by clustering.knn_packed
+              straight into louvain_packed), on GPU "graph on device" (token_graph where the forward ran)
+
+    ratio     = median over rounds of  t(arm) / t(uniform)  in the same round (paired: noise hits both)
+    extra     = t(atrl) - t(uniform), broken down into: probe (forward with - without), install/arm,
+                debias, graph, Louvain, weights (anchors, shares, W, stats), rest
+
+Rounds are interleaved (the arm order rotates every round) and medians are reported, because the machine
+this runs on is shared and noisy. The optimizer runs at lr = 0: AdamW does all its arithmetic, but the
+weights never change, so every round sees the same attention, the same graphs and the same Louvain work.
+
+Sections (--sections):
+  step     the tiny RL step on rollouts sampled from the tiny model train.py uses (tiny.DEFAULT_DIR if built,
+           else a random checkpoint) at train.py's defaults: 16 prompts x G 8 = 128 rollouts, micro-batches of
+           32, 32 new tokens, probe on the late third. The loss mask keeps truncated responses (train.py masks
+           them out; a random model truncates most, which would leave AT-RL nothing to do). The probe is
+           installed per step here (train.py: once per run), so its ~1 ms install + restore counts against
+           AT-RL. With --config 3b: 8 synthetic rollouts at Qwen2.5-VL-3B shapes (1024 image tokens,
+           responses of 512..1024 tokens), micro-batches of 2.
+  memory   peak memory of one step per arm. CPU: a fresh subprocess per arm; the process's peak resident
+           memory (VmHWM) and torch's own allocation peak during a steady step (profiler memory events);
+           GPU: torch.cuda.max_memory_allocated per step.
+  scaling  synthetic single micro-batches on a random model: probe + graph + Louvain + weights against the
+           forward + backward, as the response grows (128 -> 4096 tokens) and as the image grows (64 -> 4096
+           image tokens). The tiny model's vision tower runs windowed attention only here (as 28 of the 32
+           blocks of the real one do), so a 4096-token image stays affordable on a CPU.
+
+Where this departs from train.py: the step's loss/log-prob code is re-stated here (train.py is a script and
+cannot be imported); the 3B model is built directly in bf16 (train.py: fp32 weights + bf16 autocast), so
+AdamW's state is bf16 too; `--config 3b` uses synthetic rollouts (no tokenizer needed).
+
+Trap (NOTE below, at "run"): numba's first parallel call (clustering.louvain_packed) starts an OpenMP thread
+team and thereby raises torch's intra-op threads from OMP_NUM_THREADS to numba's count; the bench pins torch
+back. Compare numba's threading layers by running twice, e.g. NUMBA_THREADING_LAYER=workqueue.
+
+Run (CPU, tiny: 1.5 minutes on a quiet 2-core machine, ~4 on a busy one):
+    OMP_NUM_THREADS=1 nice -n 10 python bench_step.py
+    python bench_step.py --sections step --repeats 5          # one section, fewer rounds
+    python bench_step.py --device cuda --config 3b            # GPU: Qwen2.5-VL-3B config, random bf16 weights
+    python bench_step.py --config 3b --shrink                 # smoke-test the 3B code path on CPU (minutes)
+"""
+
+import argparse
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numba
+import numpy as np
+import torch
+
+import atrl
+import clustering
+import connectivity
+import rollout
+
+# ------------------------------------------------------------------------------------------- config
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+parser.add_argument("--config", default="tiny", choices=["tiny", "3b"], help="model sizes")
+parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+parser.add_argument("--sections", default="step,memory,scaling", help="comma list of step, memory, scaling")
+parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds of the step section (median)")
+parser.add_argument("--scaling_repeats", type=int, default=3, help="interleaved rounds per scaling point")
+parser.add_argument("--model", default="", help="tiny checkpoint dir; '' = tiny.DEFAULT_DIR if built, "
+                                                "else a random checkpoint (tiny.make_random_checkpoint)")
+parser.add_argument("--prompts", type=int, default=16, help="prompts per step (train.py --prompts_per_step)")
+parser.add_argument("--group_size", type=int, default=8, help="G responses per prompt")
+parser.add_argument("--micro", type=int, default=32, help="rollouts per forward/backward")
+parser.add_argument("--max_new_tokens", type=int, default=32, help="response budget of the sampled rollouts")
+parser.add_argument("--probe_layers", default="late", help="train.py's --probe_layers (early|middle|late|all|4,5,6)")
+parser.add_argument("--grad_checkpointing", type=int, default=-1, help="-1: on for 3b, off for tiny")
+parser.add_argument("--shrink", action="store_true", help="3b: 2 layers and small inputs (a CPU smoke test)")
+parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--memory_child", default="", help=argparse.SUPPRESS)  # internal: arm name
+parser.add_argument("--state", default="", help=argparse.SUPPRESS)  # internal: saved model dir + rollouts
+args = parser.parse_args()
+
+device = torch.device(args.device)
+cuda = device.type == "cuda"
+if cuda and not torch.cuda.is_available():
+    print("bench_step: --device cuda but CUDA is not available here -- skipped (nothing measured)")
+    sys.exit(0)
+if args.config == "3b" and not cuda and not args.shrink:
+    print("bench_step: --config 3b needs --device cuda (a 3B step on a CPU takes hours) -- skipped; "
+          "use --shrink to smoke-test the code path on CPU")
+    sys.exit(0)
+grad_ckpt = (args.config == "3b") if args.grad_checkpointing < 0 else bool(args.grad_checkpointing)
+dtype = torch.bfloat16 if args.config == "3b" and cuda else torch.float32
+K_NN, ANCHOR_FRAC, GAIN = 10, 0.15, 2.0  # train.py defaults (--knn, --anchor_frac, --gain)
+TORCH_THREADS, NUMBA_THREADS = torch.get_num_threads(), numba.get_num_threads()
+
+# Qwen2.5-VL-3B-Instruct's published sizes (config.json), weights random
+QWEN3B_TEXT = dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                   num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000, rms_norm_eps=1e-6,
+                   rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]})
+QWEN3B_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, in_channels=3, patch_size=14,
+                     spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                     fullatt_block_indexes=[7, 15, 23, 31], out_hidden_size=2048)
+IMAGE, V_START, V_END = 60, 58, 59  # token ids of synthetic batches: distinct, below every vocab used here
+
+# ------------------------------------------------------------------------------------------- timing
+
+
+def sync():
+    if cuda:
+        torch.cuda.synchronize()
+
+
+class Stages:
+    """Wall seconds per named stage of one step, summed over micro-batches. On GPU every stage boundary
+    synchronises (in every arm alike), so a stage's time is its own and not its neighbour's queue."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name):
+        sync()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            sync()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+STAGES = Stages()  # the step being timed; the hooks below write into it
+
+
+def _timed(name, fn):
+    def wrapper(*a, **kw):
+        with STAGES(name):
+            return fn(*a, **kw)
+    return wrapper
+
+
+# The two halves of atrl.cluster_tokens, timed where atrl looks them up (module attributes).
+atrl.token_graph = _timed("graph", atrl.token_graph)
+clustering.louvain_batch = _timed("louvain", clustering.louvain_batch)
+if not cuda:  # the probe's own work inside the forward (on GPU it is queued, not run, so time the forward)
+    connectivity.Probe._capture = _timed("probe capture", connectivity.Probe._capture)
+
+# ------------------------------------------------------------------------------------------- models
+
+
+def build_model(text, vision, dtype):
+    """A random Qwen2.5-VL from sizes (synthetic batches use the IMAGE/V_START/V_END ids above)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    config = Qwen2_5_VLConfig(text_config=dict(text), vision_config=dict(vision), image_token_id=IMAGE,
+                              vision_start_token_id=V_START, vision_end_token_id=V_END, tie_word_embeddings=True,
+                              attn_implementation="sdpa")
+    torch.manual_seed(args.seed)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in place on the device and in dtype: no 15 GB fp32 copy on the host
+    try:
+        with torch.device(device):
+            return Qwen2_5_VLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(default)
+
+
+def model_sizes():
+    """(text, vision) sizes of the synthetic-batch model: tiny.py's or Qwen2.5-VL-3B's (--shrink: 2 layers)."""
+    if args.config == "tiny":
+        import tiny
+        # windowed vision attention only: full attention over a 16k-patch image would dominate everything
+        return dict(tiny.TEXT, vocab_size=tiny.VOCAB_SIZE), dict(tiny.VISION, fullatt_block_indexes=[])
+    text, vision = dict(QWEN3B_TEXT), dict(QWEN3B_VISION)
+    if args.shrink:
+        text.update(num_hidden_layers=2)
+        vision.update(depth=1, fullatt_block_indexes=[0])
+    return text, vision
+
+
+def prepare_for_training(model):
+    """As train.py: train mode, vision tower frozen, optional gradient checkpointing; AdamW at lr 0."""
+    model.train()
+    model.model.visual.requires_grad_(False)
+    if grad_ckpt:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    params = [p for p in model.parameters() if p.requires_grad]
+    return params, torch.optim.AdamW(params, lr=0.0)
+
+
+def synthetic_batch(model, B, n_image, T, prompt_text=24, vary=False, seed=0):
+    """B rollouts in rollout.py's layout: [text, <vision_start>, n_image x <image_pad>, <vision_end>, text |
+    response (T tokens, right-padded)], one prompt length for all. vary=True draws response lengths in
+    [T/2, T] (else all T: the worst case)."""
+    side = int(round(n_image ** 0.5))
+    assert side * side == n_image, f"n_image={n_image} must be a square (the image grid is side x side tokens)"
+    vc = model.config.vision_config
+    g = torch.Generator().manual_seed(seed)
+    P = prompt_text + n_image + 2
+    input_ids = torch.randint(100, 400, (B, P + T), generator=g)                   # (B, S) text ids
+    input_ids[:, 4] = V_START
+    input_ids[:, 5:5 + n_image] = IMAGE
+    input_ids[:, 5 + n_image] = V_END
+    lengths = torch.randint(T // 2, T + 1, (B,), generator=g) if vary else torch.full((B,), T)
+    response_mask = torch.arange(T)[None, :] < lengths[:, None]                   # (B, T)
+    attention_mask = torch.cat([torch.ones(B, P, dtype=torch.long), response_mask.long()], 1)  # (B, S)
+    grid = torch.tensor([[1, side * vc.spatial_merge_size, side * vc.spatial_merge_size]] * B)  # (B, 3) patches
+    patch_dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
+    return {"input_ids": input_ids.masked_fill(attention_mask == 0, 0), "attention_mask": attention_mask,
+            "mm_token_type_ids": (input_ids == IMAGE).int(),  # 3-D mRoPE positions need it (transformers 5.x)
+            "full_response_mask": torch.cat([torch.zeros(B, P, dtype=torch.bool), response_mask], 1),
+            "response_mask": response_mask, "prompt_len": P, "image_grid_thw": grid,
+            "pixel_values": torch.randn(int(grid.prod(-1).sum()), patch_dim, generator=g).to(dtype),
+            "rewards": torch.randint(0, 2, (B,), generator=g).float()}
+
+
+def sampled_rollouts(model_dir):
+    """(model, batch): the tiny checkpoint and one rollout batch sampled from it, scored (train.py phase 1-2)."""
+    import data
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32,
+                                                               attn_implementation="sdpa").to(device)
+    tokenizer, image_processor = rollout.load_processor(model_dir)
+    rows = data.make_visualmath(args.prompts, seed=args.seed)
+    rows = [rows[i] for i in range(args.prompts)]
+    keys = [(args.seed + 1) * 1_000_000_007 + j for j in range(args.prompts)]  # as train.py's prompt keys
+    model.eval()
+    t0 = time.perf_counter()
+    batch = rollout.score(rollout.sample_groups(model, tokenizer, image_processor, rows, args.group_size, keys,
+                                                max_new_tokens=args.max_new_tokens, min_pixels=28 * 28,
+                                                max_pixels=512 * 28 * 28))
+    batch["rollout_seconds"] = time.perf_counter() - t0
+    return model, batch
+
+
+# ------------------------------------------------------------------------------------------- the step
+
+
+def token_logprobs(model, mb, P):
+    """train.py's token_logprobs: log pi(y_t) in fp32 and the entropy, logits of the response rows only."""
+    T = mb["input_ids"].shape[1] - P
+    out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], pixel_values=mb["pixel_values"],
+                image_grid_thw=mb["image_grid_thw"], mm_token_type_ids=mb["mm_token_type_ids"], use_cache=False,
+                logits_to_keep=T + 1)
+    logp_all = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)                  # (b, T, vocab)
+    logp = logp_all.gather(-1, mb["input_ids"][:, P:, None]).squeeze(-1)            # (b, T)
+    entropy = -(logp_all.exp() * logp_all).sum(-1).detach()                          # (b, T)
+    return logp, entropy
+
+
+@contextlib.contextmanager
+def numba_threads(n):
+    """Run the block with numba's parallel loops on n threads (restored after)."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+@torch.no_grad()
+def packed_weights(patterns, rho, mask, seed):
+    """atrl.token_weights_with_stats(mode="atrl") with the graph built by compiled code: the proposal for atrl.py.
+
+    The same features and graph as atrl.token_graph (centred, L2-normalised rows; cosine kNN, union-symmetric
+    with the larger weight, weights <= 0 dropped), but the CSR comes from clustering.knn_packed (one numba
+    pass over the (B, T, k) neighbour lists) and goes straight to clustering.louvain_packed: no unique/argsort
+    over edges in torch, no Python loop over responses, no per-graph re-packing in louvain_batch. Padding
+    nodes are squeezed out and every row sorted by column, so Louvain sees exactly atrl's graphs (node order,
+    edge order, seeds seed + b) and returns the same labels. Returns W (B, T) and the stats train.py logs."""
+    mask = mask.bool()
+    B, T, V = patterns.shape
+    with STAGES("graph"):
+        x = patterns.float() * mask[..., None]                                      # (B, T, V)
+        n = mask.sum(1).clamp_min(1)                                                # (B,)
+        raw_norm = x.norm(dim=-1, keepdim=True)                                     # (B, T, 1)
+        x = (x - x.sum(1, keepdim=True) / n[:, None, None]) * mask[..., None]       # centred
+        norm = x.norm(dim=-1, keepdim=True)
+        x = torch.where(norm > 1e-4 * raw_norm, x / norm.clamp_min(1e-30), 0.0)    # as atrl.token_graph
+        sim = torch.bmm(x, x.transpose(1, 2))                                       # (B, T, T) cosine
+        sim.diagonal(dim1=1, dim2=2).fill_(-1.0)                                    # no self loops
+        sim.masked_fill_(~mask[:, None, :], -1.0)                                   # padding: nobody's neighbour
+        val, idx = sim.topk(min(K_NN, max(T - 1, 0)), dim=-1)                       # (B, T, k)
+        indptr, indices, weights, _ = clustering.knn_packed(idx, val, mask)         # node b*T + t; w <= 0 dropped
+        valid = mask.reshape(-1).cpu().numpy()                                      # (B*T,)
+        new_id = np.cumsum(valid) - 1                                               # valid nodes numbered 0..N-1
+        rows = new_id[np.repeat(np.arange(B * T), np.diff(indptr))]                 # (nnz,) row of each edge
+        cols = new_id[indices]
+        order = np.lexsort((cols, rows))                                            # CSR rows sorted by column
+        indptr = np.concatenate([[0], np.cumsum(np.diff(indptr)[valid])])           # (N+1,)
+        node_offsets = np.concatenate([[0], np.cumsum(mask.sum(1).cpu().numpy())])  # (B+1,)
+    with STAGES("louvain"):
+        labels = clustering.louvain_packed(indptr, cols[order], weights[order], node_offsets, seed=seed)  # (N,)
+    cluster = torch.full((B, T), -1, dtype=torch.long)                              # (B, T)
+    cluster[mask.cpu()] = torch.from_numpy(labels)
+    cluster = cluster.to(mask.device)
+    anchors = atrl.select_anchors(rho, mask, ANCHOR_FRAC)
+    W = atrl._mean_one(1.0 + (GAIN - 1.0) * atrl._cluster_share(cluster, anchors, mask), mask.float())
+    nonempty = mask.any(dim=1)
+    stats = dict(anchor_frac=float(anchors.sum() / mask.sum().clamp_min(1)),
+                 clusters=float((cluster.max(dim=1).values + 1)[nonempty].float().mean()),
+                 W_mean=float(W[mask].mean()), W_max=float(W[mask].max()), W_anchor_mean=float(W[anchors].mean()))
+    return W, stats
+
+
+def weights_from_probe(probe, mask, seed, variant):
+    """W (b, T) from what the probe captured -- train.py's weights_from_probe, plus the variants under test:
+    "graph on device" keeps patterns where the forward ran (token_graph's bmm/topk on the GPU), "serial
+    Louvain" runs louvain_packed's prange on one thread (a micro-batch of small graphs is done in well under
+    a millisecond, less than waking a thread team costs on a busy machine)."""
+    captured = probe.result()
+    with STAGES("debias"):
+        pad = mask.shape[1] - captured["patterns"].shape[1]
+        patterns = torch.nn.functional.pad(captured["patterns"], (0, 0, 0, pad))      # (b, T, V)
+        sink = torch.nn.functional.pad(captured["sink"], (0, pad))                    # (b, T)
+        patterns, rho = connectivity.debias_sinks(patterns, sink, captured["image_valid"])
+    if "graph on device" in variant:  # proposed: token_graph's bmm/topk where the forward ran (GPU)
+        mask_w = mask.bool()
+    else:  # train.py today: the whole W computation on CPU
+        patterns, rho, mask_w = patterns.cpu(), rho.cpu(), mask.bool().cpu()
+    with numba_threads(1 if "serial" in variant else NUMBA_THREADS):
+        if "packed" in variant:
+            return packed_weights(patterns, rho, mask_w, seed)[0].to(mask.device)
+        W, _ = atrl.token_weights_with_stats(patterns, rho, mask_w, mode="atrl", anchor_frac=ANCHOR_FRAC,
+                                             gain=GAIN, k=K_NN, seed=seed)
+    return W.to(mask.device)
+
+
+def probe_layers(model):
+    return list(connectivity.layer_band(args.probe_layers, model.config.get_text_config().num_hidden_layers))
+
+
+def rl_step(model, params, optimizer, batch, adv, loss_mask, variant, micro, seed=0):
+    """One update over the batch (train.py phases 4-6); variant "uniform" is GRPO. Times go to STAGES."""
+    B, P = len(adv), batch["prompt_len"]
+    n_tokens = max(loss_mask.sum().item(), 1.0)
+    with contextlib.ExitStack() as stack:
+        probe = None
+        if variant != "uniform":  # train.py installs it once per run; here per step (its cost is counted)
+            with STAGES("probe install"):
+                probe = stack.enter_context(connectivity.probe(model, probe_layers(model)))
+        for i in range(0, B, micro):
+            mb, mask = rollout.slice_batch(batch, i, i + micro), loss_mask[i:i + micro]
+            if probe is not None:
+                with STAGES("probe arm"):
+                    probe.arm(connectivity.query_positions(mb["full_response_mask"], "predict"),
+                              mb["input_ids"] == model.config.image_token_id, mb["attention_mask"])
+            with STAGES("forward"):
+                logp, entropy = token_logprobs(model, mb, P)
+            if probe is None:
+                W = mask.clone()
+            else:
+                with STAGES("weights"):
+                    W = weights_from_probe(probe, mask, seed, variant)
+            with STAGES("loss+backward"):
+                adv_tok = atrl.token_advantages(adv[i:i + micro], W)                  # (b, T) = W * A
+                ratio = torch.exp(logp - logp.detach())                                # (b, T) on-policy: 1
+                pg = torch.maximum(-adv_tok * ratio, -adv_tok * ratio.clamp(0.8, 1.28))  # PPO-clip, DAPO eps
+                loss = (pg * mask).sum() / n_tokens                                    # token_mean
+                loss.backward()
+                loss.item(), ((entropy * mask).sum() / n_tokens).item()               # train.py logs these
+        with STAGES("probe install"):
+            stack.close()  # restore the model's attention implementation (counted with the install)
+    with STAGES("optimizer"):
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def prepare_batch(batch, group_size):
+    """(batch on device, adv (B,), loss mask (B, T)) -- train.py phase 3, truncated responses kept."""
+    batch = rollout.to_device(batch, device)
+    adv = atrl.group_advantages(batch["rewards"], group_size)                          # (B,)
+    return batch, adv, batch["response_mask"].float()
+
+
+# ------------------------------------------------------------------------------------------- report helpers
+
+
+def med(xs):
+    return statistics.median(xs) if xs else 0.0
+
+
+def ms(x):
+    return f"{1e3 * x:.1f}"
+
+
+def machine_line():
+    load = os.getloadavg()
+    gpu = torch.cuda.get_device_name() if cuda else f"{os.cpu_count()} CPUs"
+    return (f"machine: {gpu}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min); "
+            f"torch {torch.__version__} threads {torch.get_num_threads()}, numba threads {numba.get_num_threads()}")
+
+
+# ------------------------------------------------------------------------------------------- memory child
+# A fresh process per arm (CPU): one step to allocate AdamW's state, then the process's resident high-water
+# mark (VmHWM) over a second, steady step, and torch's own allocation peak over a third. tracemalloc cannot
+# see torch's allocator; the RSS *increment* of a step is malloc noise (it swung 0-47 MiB in either arm).
+
+def status_kib(field):
+    """A field of /proc/self/status in KiB (VmRSS: resident now, VmHWM: resident high-water mark)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+if args.memory_child:
+    state = torch.load(args.state, weights_only=False)
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(state["model_dir"], dtype=torch.float32,
+                                                               attn_implementation="sdpa")
+    params, optimizer = prepare_for_training(model)
+    batch, adv, loss_mask = prepare_batch(state["batch"], args.group_size)
+    # AT-RL's first Louvain call loads numba's compiled code and thread team (GRPO never does): measured apart,
+    # before the steps, so the steady step's peak below is its own
+    before = status_kib("VmRSS")
+    if args.memory_child != "uniform":
+        atrl.token_weights(torch.rand(2, 16, 4), torch.rand(2, 16), torch.ones(2, 16, dtype=torch.bool))
+    numba_kib = status_kib("VmRSS") - before
+    torch.set_num_threads(TORCH_THREADS)  # see the NOTE at "run" below
+    rl_step(model, params, optimizer, batch, adv, loss_mask, args.memory_child, args.micro)  # + AdamW state
+    # Linux: writing 5 to clear_refs resets VmHWM to the current RSS, so the next step's peak is its own
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    start = status_kib("VmRSS")
+    rl_step(model, params, optimizer, batch, adv, loss_mask, args.memory_child, args.micro)
+    hwm = status_kib("VmHWM")
+    # torch's own allocations during a third step, replayed from the profiler's memory events (deterministic,
+    # unlike RSS, but blind to numpy/numba arrays -- the CSR graphs, a few KiB here)
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        rl_step(model, params, optimizer, batch, adv, loss_mask, args.memory_child, args.micro)
+    running = torch_peak = 0
+    for e in sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns()):
+        running += e.nbytes()
+        torch_peak = max(torch_peak, running)
+    print(f"MEMORY {start} {hwm} {numba_kib} {torch_peak // 1024}")
+    sys.exit(0)
+
+# ------------------------------------------------------------------------------------------- run
+
+sections = args.sections.split(",")
+# NOTE: numba's first parallel call starts an OpenMP thread team of NUMBA_NUM_THREADS (default: all cores)
+# and that silently raises torch's intra-op threads too (same OpenMP runtime): from OMP_NUM_THREADS=1 to 2
+# here. Every arm would then run torch on more threads than asked -- on a busy machine several times
+# slower. So: load numba now, then pin torch back.
+atrl.token_weights(torch.rand(2, 16, 4), torch.rand(2, 16), torch.ones(2, 16, dtype=torch.bool))
+torch.set_num_threads(TORCH_THREADS)
+print(f"bench_step: config {args.config}{' (shrunk)' if args.shrink else ''} on {device} ({dtype}), "
+      f"gradient checkpointing {int(grad_ckpt)}, probe layers {args.probe_layers}, "
+      f"numba threading layer {numba.threading_layer()}")
+print(machine_line())
+
+VARIANTS = ["uniform", "atrl", "atrl, serial Louvain", "packed graph, serial"] + (
+    ["graph on device", "graph on device, packed, serial"] if cuda else [])
+step_state = None
+
+if "step" in sections or "memory" in sections:
+    # ---- the rollout batch every arm trains on
+    if args.config == "tiny":
+        import tiny
+        model_dir = args.model or (tiny.DEFAULT_DIR if os.path.exists(os.path.join(tiny.DEFAULT_DIR, "config.json"))
+                                   else tiny.make_random_checkpoint(tempfile.mkdtemp(prefix="bench_step_")))
+        model, raw_batch = sampled_rollouts(model_dir)
+        micro, group_size = args.micro, args.group_size
+        what = (f"{args.prompts} prompts x G {args.group_size} rollouts sampled from {model_dir} "
+                f"in {raw_batch['rollout_seconds']:.1f} s")
+    else:
+        model_dir = None
+        text, vision = model_sizes()
+        model = build_model(text, vision, dtype)
+        B, n_image, T = (2, 16, 32) if args.shrink else (8, 1024, 1024)
+        raw_batch = synthetic_batch(model, B, n_image, T, prompt_text=64, vary=True, seed=args.seed)
+        micro, group_size = (1, 2) if args.shrink else (2, 4)  # 3B: 2 prompts x G 4, 2 rollouts per forward
+        raw_batch["rollout_seconds"] = 0.0
+        what = f"{B} synthetic rollouts, {n_image} image tokens, responses of {T // 2}..{T} tokens"
+    params, optimizer = prepare_for_training(model)
+    batch, adv, loss_mask = prepare_batch(raw_batch, group_size)
+    S, T = batch["input_ids"].shape[1], loss_mask.shape[1]
+    n_image = int((batch["input_ids"][0] == model.config.image_token_id).sum())
+    step_state = dict(model_dir=model_dir, batch=raw_batch)
+
+if "step" in sections:
+    print(f"\n## step: {what}; B={len(adv)} S={S} T={T} (mean response {loss_mask.sum(1).mean():.1f} tokens), "
+          f"V={n_image} image tokens, micro-batch {micro}, {args.repeats} interleaved rounds")
+    for v in VARIANTS:  # warm-up: allocator, AdamW state, numba cache, lazy init
+        rl_step(model, params, optimizer, batch, adv, loss_mask, v, micro, seed=args.seed)
+    # the packed proposal must give the same weights: compare on the first micro-batch
+    mb, mask = rollout.slice_batch(batch, 0, micro), loss_mask[:micro]
+    with torch.no_grad(), connectivity.probe(model, probe_layers(model)) as p:
+        p.arm(connectivity.query_positions(mb["full_response_mask"]), mb["input_ids"] == model.config.image_token_id,
+              mb["attention_mask"])
+        token_logprobs(model, mb, batch["prompt_len"])
+        W_atrl, W_packed = (weights_from_probe(p, mask, args.seed, v) for v in ("atrl", "packed"))
+    same = ((W_atrl - W_packed).abs() < 1e-4)[mask.bool()].float().mean()
+    print(f"packed vs atrl.token_weights on micro-batch 0: W equal (to 1e-4) on {100 * same:.1f}% of tokens, "
+          f"max |dW| {(W_atrl - W_packed).abs().max():.3f}")
+    totals = {v: [] for v in VARIANTS}
+    stages = {v: [] for v in VARIANTS}
+    peaks = {v: [] for v in VARIANTS}
+    for r in range(args.repeats):
+        for v in VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]:  # rotate the order every round
+            STAGES = Stages()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            sync()
+            t0 = time.perf_counter()
+            rl_step(model, params, optimizer, batch, adv, loss_mask, v, micro, seed=args.seed)
+            sync()
+            totals[v].append(time.perf_counter() - t0)
+            stages[v].append(STAGES.seconds)
+            if cuda:
+                peaks[v].append(torch.cuda.max_memory_allocated())
+    base = totals["uniform"]
+    print("| arm | median step ms | ratio vs uniform (paired median) [min, max] | rollout + step ratio |"
+          + (" peak GiB | peak ratio |" if cuda else ""))
+    print("|---|---|---|---|" + ("---|---|" if cuda else ""))
+    roll = raw_batch["rollout_seconds"]
+    for v in VARIANTS:
+        ratios = [t / b for t, b in zip(totals[v], base)]
+        full = (roll + med(totals[v])) / (roll + med(base)) if roll else float("nan")
+        line = (f"| {v} | {ms(med(totals[v]))} | {med(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}] | "
+                f"{full:.3f} |")
+        if cuda:
+            line += f" {max(peaks[v]) / 2**30:.2f} | {max(peaks[v]) / max(peaks['uniform']):.3f} |"
+        print(line)
+    if roll:
+        print(f"(rollout + step: adds the {roll:.1f} s it took to sample this batch once, the same for every arm)")
+
+    # ---- where the extra time goes: per-stage medians and paired (same-round) differences from uniform
+    top = ["forward", "probe install", "probe arm", "weights", "loss+backward", "optimizer"]
+    for v in VARIANTS:  # derived stages, per round: W's untimed remainder and the step's untimed remainder
+        for t, st in zip(totals[v], stages[v]):
+            st["weights: rest"] = st.get("weights", 0.0) - sum(st.get(k, 0.0) for k in ("debias", "graph", "louvain"))
+            st["rest"] = t - sum(st.get(k, 0.0) for k in top)
+            st["total"] = t
+    ref = med(base)
+    print(f"\nbreakdown: median ms per step, (paired median difference from uniform); uniform step = {ms(ref)} ms")
+    print("| stage | uniform | " + " | ".join(VARIANTS[1:]) + " |")
+    print("|---|---|" + "---|" * (len(VARIANTS) - 1))
+    rows = [("forward (with the probe in it)", "forward"), ("  of which inside the probe", "probe capture"),
+            ("probe install + restore", "probe install"), ("probe arm", "probe arm"),
+            ("debias_sinks", "debias"), ("graph (kNN CSR)", "graph"), ("Louvain", "louvain"),
+            ("weights: anchors, shares, W, stats", "weights: rest"), ("loss + backward", "loss+backward"),
+            ("optimizer", "optimizer"), ("rest (slicing, Python)", "rest"), ("**total**", "total")]
+    for label, name in rows:
+        if name == "probe capture" and cuda:  # queued on the GPU, not run, inside the probe: see the forward row
+            continue
+        cells = [ms(med([st.get(name, 0.0) for st in stages["uniform"]]))]
+        for v in VARIANTS[1:]:
+            value = med([st.get(name, 0.0) for st in stages[v]])
+            delta = med([st.get(name, 0.0) - b.get(name, 0.0) for st, b in zip(stages[v], stages["uniform"])])
+            cells.append(f"{ms(value)} ({1e3 * delta:+.1f}" + (f" = {100 * delta / ref:+.1f}%)" if name == "total" else ")"))
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+if "memory" in sections:
+    print(f"\n## memory: peak of one step per arm")
+    if cuda:
+        print("see the step table (torch.cuda.max_memory_allocated per step, max over rounds)")
+    elif args.config != "tiny":
+        print("skipped: the CPU memory section measures the tiny model only")
+    elif step_state is not None:
+        path = os.path.join(tempfile.mkdtemp(prefix="bench_step_"), "state.pt")
+        torch.save(step_state, path)
+        arms = ["uniform", "atrl"]  # the variants allocate what atrl does
+        results = {v: [] for v in arms}
+        for r in range(2):  # two fresh processes per arm, interleaved
+            for v in (arms if r % 2 == 0 else arms[::-1]):
+                out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory_child", v, "--state", path,
+                                      "--micro", str(micro), "--group_size", str(args.group_size)],
+                                     capture_output=True, text=True, env=dict(os.environ))
+                line = [x for x in out.stdout.splitlines() if x.startswith("MEMORY ")]
+                if not line:
+                    raise RuntimeError(f"memory child {v} failed:\n{out.stderr[-3000:]}")
+                results[v].append([int(x) for x in line[0].split()[1:]])
+        print("| arm | torch allocations: peak during a steady step, MiB | ratio | process peak RSS MiB | ratio |")
+        print("|---|---|---|---|---|")
+        col = lambda v, i: [m[i] / 1024 for m in results[v]]
+        for v in arms:
+            print(f"| {v} | {med(col(v, 3)):.2f} | {med(col(v, 3)) / med(col('uniform', 3)):.3f} | "
+                  f"{med(col(v, 1)):.1f} | {med(col(v, 1)) / med(col('uniform', 1)):.3f} |")
+        print(f"(peak RSS of atrl includes {med([m[2] for m in results['atrl']]) / 1024:.1f} MiB that numba's first "
+              f"Louvain call adds once -- compiled code and its thread team; GRPO never calls numba)")
+
+if step_state is not None:  # free the step's model and AdamW state before the scaling model is built (3B: GiBs)
+    del model, params, optimizer, batch, adv, loss_mask, raw_batch, step_state
+    if cuda:
+        torch.cuda.empty_cache()
+
+if "scaling" in sections:
+    text, vision = model_sizes()
+    smodel = build_model(text, vision, dtype)
+    sparams, _ = prepare_for_training(smodel)
+    if args.shrink:
+        points = [(64, 128)]
+    else:
+        points = [(256, T) for T in (128, 512, 1024, 2048, 4096)] + [(V, 512) for V in (64, 1024, 4096)]
+    # arms: plain = forward + backward; probe = the same with the probe armed, then the W pipeline;
+    # small chunk (CPU only) = a forward with the probe's score blocks cut to 2^19 floats (2 MiB, one L2)
+    arms = ["plain", "probe"] + ([] if cuda else ["small chunk"])
+    print(f"\n## scaling: one micro-batch of 1 synthetic rollout (full-length response), {args.scaling_repeats} "
+          f"interleaved rounds per point; extra = probe + debias + graph + Louvain + weights")
+    print("| image tokens V | response T | S | fwd+bwd ms | probe ms | graph ms | Louvain ms | debias+weights ms "
+          "| extra ms | extra / fwd+bwd |" + ("" if cuda else " probe, chunk 2^19 ms |"))
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("" if cuda else "---|"))
+    for n_image, T in points:
+        sb = rollout.to_device(synthetic_batch(smodel, 1, n_image, T, seed=args.seed), device)
+        smask = sb["response_mask"].float()
+        P = sb["prompt_len"]
+        rec = {arm: [] for arm in arms}
+        for r in range(args.scaling_repeats + 1):  # round 0 is a warm-up
+            for arm in arms[r % len(arms):] + arms[:r % len(arms)]:
+                STAGES = Stages()
+                with contextlib.ExitStack() as stack:
+                    p = None
+                    if arm != "plain":
+                        chunk = 2**19 if arm == "small chunk" else 2**23  # 2^23: connectivity.probe's default
+                        p = stack.enter_context(connectivity.probe(smodel, probe_layers(smodel), chunk))
+                        p.arm(connectivity.query_positions(sb["full_response_mask"]), sb["input_ids"] == IMAGE,
+                              sb["attention_mask"])
+                    with STAGES("forward"):
+                        logp, _ = token_logprobs(smodel, sb, P)
+                    if arm == "probe":
+                        with STAGES("weights"):
+                            weights_from_probe(p, smask, args.seed, "graph on device" if cuda else "atrl")
+                    if arm != "small chunk":
+                        with STAGES("backward"):
+                            ((logp * smask).sum() / smask.sum()).backward()
+                del logp
+                for q in sparams:
+                    q.grad = None
+                if r > 0:
+                    rec[arm].append(STAGES.seconds)
+        fb = med([s["forward"] + s["backward"] for s in rec["plain"]])
+        delta = lambda arm: med([a["forward"] - b["forward"] for a, b in zip(rec[arm], rec["plain"])])
+        get = lambda name: med([s.get(name, 0.0) for s in rec["probe"]])
+        other = med([s["weights"] - s.get("graph", 0) - s.get("louvain", 0) for s in rec["probe"]])
+        extra = max(delta("probe"), 0.0) + get("weights")
+        print(f"| {n_image} | {T} | {sb['input_ids'].shape[1]} | {ms(fb)} | {ms(delta('probe'))} | {ms(get('graph'))} | "
+              f"{ms(get('louvain'))} | {ms(other)} | {ms(extra)} | {100 * extra / fb:.1f}% |"
+              + ("" if cuda else f" {ms(delta('small chunk'))} |"))
+        del sb
+
+print("\n" + machine_line())
