@@ -57,9 +57,20 @@ batch path AT-RL uses each step: knn_packed turns (B, T, k) kNN lists into one b
 louvain_packed clusters all B graphs in one compiled call, in parallel over graphs (graph b uses seed + b).
 Run: `python -m pytest -q tests/test_clustering.py`; benchmark: `python bench_louvain.py`.
 """
+import os
+
+import numba
 import numpy as np
 import torch
 from numba import njit, prange
+
+# NOTE: numba's default OpenMP threading layer shares the OpenMP runtime with torch: its first parallel call
+# silently raises torch's thread count, and its spinning workers slow the backward that follows (measured in
+# bench_step.py: +12 ms per step, Louvain itself 12-20 ms instead of 0.4 ms on a busy 2-core machine). The
+# workqueue layer has neither problem. Set NUMBA_THREADING_LAYER to override.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+SERIAL_BELOW = 100_000  # edges: smaller batches run on one thread (starting workers costs more than it saves)
 
 TOL = 1e-10  # smallest dQ a move (in Q units) must gain; far above float64 noise on sums of O(1e4) weights
 MAX_SWEEPS = 64  # phase-1 visits per level <= MAX_SWEEPS * n; kNN graphs need a few n; the cap is a backstop
@@ -242,6 +253,9 @@ def _louvain_packed(indptr, indices, weights, node_offsets, gamma, seeds):
     return labels
 
 
+_louvain_packed_serial = njit(cache=True)(_louvain_packed.py_func)  # same code, prange runs as range
+
+
 @njit(cache=True)
 def _find_packed_error(indptr, indices, weights, node_offsets):
     """First problem in a packed batch as (code, position), (0, 0) if none; codes are decoded in louvain_packed."""
@@ -401,8 +415,8 @@ def louvain_packed(indptr, indices, weights, node_offsets, resolution=1.0, seed=
                    5: "node %d: row and column sums differ, the graph is not symmetric (keep edge i-j in rows i"
                       " and j with one weight; symmetric kNN: i chose j or j chose i)"}[code]
         raise ValueError(problem % where)
-    return _louvain_packed(indptr, indices, weights, node_offsets, float(resolution),
-                           _graph_seeds(seed, node_offsets.shape[0] - 1))
+    kernel = _louvain_packed_serial if indices.shape[0] < SERIAL_BELOW else _louvain_packed
+    return kernel(indptr, indices, weights, node_offsets, float(resolution), _graph_seeds(seed, node_offsets.shape[0] - 1))
 
 
 def louvain_batch(graphs, resolution=1.0, seed=0):

@@ -110,6 +110,7 @@ class Config:
     bf16: int = 0                   # 1 = bf16 autocast (GPU); log-probs are always computed in fp32
     fsdp: int = 0                   # 1 = FSDP2 fully_shard instead of DDP (large models, torchrun)
     seed: int = 0                   # seeds data order, sampling, Louvain and init of everything we control
+    cpu_threads: int = 1            # torch threads on CPU; tiny models run fastest on 1 (0 = torch's default)
     # Logging
     out_dir: str = "runs/default"   # JSONL log, eval results and checkpoints go here
     eval_every: int = 10            # steps between held-out evaluations (0 = only at start and end)
@@ -185,6 +186,8 @@ if rollouts_per_rank % cfg.mini_batches or mini_batch % min(cfg.micro_batch_size
                      f"of whole --micro_batch_size {cfg.micro_batch_size} chunks")
 micro = min(cfg.micro_batch_size, mini_batch)
 random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
+if device.type == "cpu" and cfg.cpu_threads > 0:  # a 1M-parameter model loses more to thread sync than it gains
+    torch.set_num_threads(cfg.cpu_threads)
 os.makedirs(cfg.out_dir, exist_ok=True)
 ckpt_dir = os.path.join(cfg.out_dir, "checkpoint")
 autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16))
@@ -310,7 +313,8 @@ def weights_from_probe(mask, keys, stats):
     captured["sink"] = torch.nn.functional.pad(captured["sink"], (0, pad))                # (b, T)
     patterns, rho = connectivity.debias_sinks(captured["patterns"], captured["sink"], captured["image_valid"],
                                               outlier_k=cfg.sink_outlier_k, enabled=bool(cfg.sink_debias))
-    W, st = atrl.token_weights_with_stats(patterns.cpu(), rho.cpu(), mask.bool().cpu(), mode=cfg.weighting,
+    # the kNN graph is built where the patterns are (the GPU in real runs); only Louvain runs on the CPU
+    W, st = atrl.token_weights_with_stats(patterns, rho, mask.bool(), mode=cfg.weighting,
                                           anchor_frac=cfg.anchor_frac, gain=cfg.gain, k=cfg.knn,
                                           resolution=cfg.resolution, seed=keys.tolist())  # per-rollout seeds
     stats.append(st)
