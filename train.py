@@ -66,7 +66,7 @@ class Config:
     dataset: str = "visualmath"     # "visualmath" (synthetic) or a hub name / local parquet/json(l) file
     eval_dataset: str = ""          # "" = a held-out VisualMath split (or `dataset`'s own split if not synthetic)
     train_size: int = 4096          # VisualMath examples generated for training (ignored for real data)
-    eval_size: int = 128            # held-out examples scored at every eval (greedy)
+    eval_size: int = 256            # held-out examples scored at every eval (greedy)
     min_pixels: int = 28 * 28       # image processor lower bound (pixels); tiny images are upscaled to it
     max_pixels: int = 512 * 28 * 28  # upper bound; caps image tokens at max_pixels / 28^2 (here 512)
     # Rollout
@@ -89,8 +89,8 @@ class Config:
     sink_debias: int = 1            # 1 = drop the first-token sink and outlier image keys, renormalise
     sink_outlier_k: float = 5.0     # an image key is a sink if its mean attention > k x the median key's
     # Optimization
-    steps: int = 20                 # RL steps (one rollout batch each)
-    lr: float = 2e-4                # AdamW peak learning rate (tiny model; ~1e-6 for 3B)
+    steps: int = 40                 # RL steps (one rollout batch each)
+    lr: float = 1e-4                # AdamW peak learning rate (tiny model: 2e-4 oscillated; ~1e-6 for 3B)
     warmup_steps: int = 3           # linear warm-up steps, then constant
     weight_decay: float = 0.0       # AdamW weight decay
     adam_eps: float = 1e-8          # AdamW epsilon; larger values make the update proportional to small gradients
@@ -113,7 +113,7 @@ class Config:
     cpu_threads: int = 1            # torch threads on CPU; tiny models run fastest on 1 (0 = torch's default)
     # Logging
     out_dir: str = "runs/default"   # JSONL log, eval results and checkpoints go here
-    eval_every: int = 10            # steps between held-out evaluations (0 = only at start and end)
+    eval_every: int = 20            # steps between held-out evaluations (0 = only at start and end)
     save_every: int = 10            # steps between checkpoints (0 = only at the end)
     resume: int = 0                 # 1 = continue from out_dir/checkpoint exactly where it stopped
     debug_nan_step: int = -1        # test hook: poison the loss at this step to exercise the skip path
