@@ -18,7 +18,7 @@ Where this departs from the paper: a 1M-parameter model, a synthetic task, minut
 are tested in kind, not in size. Anchor precision uses teacher-forced reference responses (their
 perception tokens are known exactly); the update share (C2) is measured on the same responses.
 
-Run (all of it, ~90 min on 2 cores; results/ is rewritten):
+Run (all of it, ~10 min on 2 quiet cores; results/ is rewritten):
     python experiment.py
     python experiment.py --arms atrl --seeds 0 --out results/check   # one cell: reproduces its number
     python experiment.py --skip_training                             # only the analyses (C1, C2 needs runs)
@@ -45,10 +45,11 @@ import tiny
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--arms", nargs="+", default=["uniform", "atrl", "tokens", "anchor_only", "low_only", "random"])
-parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-parser.add_argument("--steps", type=int, default=30, help="RL steps per run (as train.py's default)")
+parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+parser.add_argument("--steps", type=int, default=20, help="RL steps per run (uniform is still improving at 20)")
 parser.add_argument("--jobs", type=int, default=2, help="training runs in parallel (one thread each)")
-parser.add_argument("--train_args", default="", help="extra train.py flags for every run, e.g. '--lr 1e-4'")
+parser.add_argument("--train_args", default="--eval_every 10 --eval_size 512",
+                    help="extra train.py flags for every run")
 parser.add_argument("--n_analysis", type=int, default=256, help="held-out examples for C1/C2/precision")
 parser.add_argument("--out", default="results")
 parser.add_argument("--skip_training", action="store_true")
