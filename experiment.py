@@ -239,11 +239,18 @@ if "uniform" in args.arms and os.path.exists(trained):
 lines = ["# Does AT-RL work? Measured on the tiny model and VisualMath", "",
          f"Command: `python experiment.py {' '.join(sys.argv[1:])}`, {args.steps} steps per run, seeds {args.seeds}.", "",
          "## C3/C4: held-out greedy accuracy per arm (mean ± std over seeds)", "",
-         "| arm | start | final (mean ± std) | per seed |", "|---|---|---|---|"]
+         "Paired: the same seed gives every arm the same data order and the same start, so the per-seed",
+         "difference to `uniform` is the sharper comparison.", "",
+         "| arm | start | final (mean ± std) | per seed | vs uniform, paired (mean ± std) | seeds above uniform |",
+         "|---|---|---|---|---|---|"]
+base = table.get("uniform", {}).get("final") or []
 for arm, row in table.items():
     if row["mean"] is not None:
+        diffs = [a - b for a, b in zip(row["final"], base)] if len(base) == len(row["final"]) else []
+        paired = (f"{statistics.mean(diffs):+.3f} ± {statistics.pstdev(diffs):.3f} | "
+                  f"{sum(d > 0 for d in diffs)}/{len(diffs)}") if diffs and arm != "uniform" else "- | -"
         lines.append(f"| {arm} | {row['start']:.3f} | {row['mean']:.3f} ± {row['std']:.3f} | "
-                     + ", ".join(f"{v:.3f}" for v in row["final"]) + " |")
+                     + ", ".join(f"{v:.3f}" for v in row["final"]) + f" | {paired} |")
 lines += ["", "![curves](curves.png)", "", "## C1: is connectivity bimodal?", "",
           f"Otsu split of rho over {int(valid.sum())} reference-response tokens: {upper:.1%} of tokens lie in the "
           f"upper mode (paper: ~15%). ![density](density_hist.png)", "",
