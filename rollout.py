@@ -329,13 +329,14 @@ class GumbelSampler:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, enc, max_new_tokens, temperature=1.0, top_p=1.0, keys=None):
+def generate(model, tokenizer, enc, max_new_tokens, temperature=1.0, top_p=1.0, keys=None, synced=False):
     """Sample (temperature > 0; one int64 key per row) or greedy-decode (temperature 0) left-padded prompts.
 
     Returns (response_ids (B, T), response_mask (B, T) bool up to and incl. EOS, truncated (B,) bool).
     NOTE: we pass a fresh GenerationConfig: a hub checkpoint's generation_config.json (Qwen2.5-VL-Instruct
     ships top_k=1, top_p=0.001, repetition_penalty=1.05) would otherwise silently change the sampling
     distribution, and PPO's ratio assumes samples come from pi itself.
+    synced=True (FSDP) keeps every rank stepping until all are done: each forward is a collective there.
     """
     from transformers import GenerationConfig, LogitsProcessorList
 
@@ -352,7 +353,7 @@ def generate(model, tokenizer, enc, max_new_tokens, temperature=1.0, top_p=1.0, 
                                         temperature, top_p))
     device = next(model.parameters()).device
     out = model.generate(**{k: v.to(device) for k, v in enc.items()}, generation_config=config,
-                         logits_processor=processors)
+                         logits_processor=processors, synced_gpus=synced)
     response = out[:, enc["input_ids"].shape[1]:].cpu()                                       # (B, T)
     is_eos = torch.isin(response, torch.tensor(eos))
     T = response.shape[1]
@@ -368,7 +369,7 @@ def generate(model, tokenizer, enc, max_new_tokens, temperature=1.0, top_p=1.0, 
 
 
 def sample_groups(model, tokenizer, image_processor, rows, group_size, prompt_keys, max_new_tokens=64,
-                  temperature=1.0, top_p=1.0, min_pixels=None, max_pixels=None):
+                  temperature=1.0, top_p=1.0, min_pixels=None, max_pixels=None, synced=False):
     """P dataset rows -> a rollout batch of P*G sampled responses (see the layout above).
 
     prompt_keys: one int per row; sample j of prompt p draws its noise from key prompt_keys[p] * G + j, so
@@ -380,7 +381,7 @@ def sample_groups(model, tokenizer, image_processor, rows, group_size, prompt_ke
                          [data.format_question(r) for r in rows], min_pixels, max_pixels)
     enc = repeat_groups(enc, group_size)
     keys = [int(k) * group_size + j for k in prompt_keys for j in range(group_size)]
-    response, response_mask, truncated = generate(model, tokenizer, enc, max_new_tokens, temperature, top_p, keys)
+    response, response_mask, truncated = generate(model, tokenizer, enc, max_new_tokens, temperature, top_p, keys, synced)
     B, P = enc["input_ids"].shape
     return {
         "input_ids": torch.cat([enc["input_ids"], response], 1),                                       # (B, S)
@@ -423,7 +424,7 @@ def drop_flat_groups(batch, group_size):
 
 @torch.no_grad()
 def greedy_accuracy(model, tokenizer, image_processor, rows, max_new_tokens=64, batch_size=16,
-                    min_pixels=None, max_pixels=None, show=0):
+                    min_pixels=None, max_pixels=None, show=0, synced=False):
     """Greedy decoding on `rows`; counts of correct and well-formatted answers (+ the first `show` examples)."""
     import data
 
@@ -435,7 +436,7 @@ def greedy_accuracy(model, tokenizer, image_processor, rows, max_new_tokens=64, 
         chunk = rows[i:i + batch_size]
         enc = encode_prompts(tokenizer, image_processor, [r["image"] for r in chunk],
                              [data.format_question(r) for r in chunk], min_pixels, max_pixels)
-        response, mask, _ = generate(model, tokenizer, enc, max_new_tokens, temperature=0)
+        response, mask, _ = generate(model, tokenizer, enc, max_new_tokens, temperature=0, synced=synced)
         for r, ids, m in zip(chunk, response, mask):
             text = tokenizer.decode(ids[m], skip_special_tokens=True)
             parts = data.compute_reward(text, r["answer"], list(r.get("choices") or []) or None,

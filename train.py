@@ -185,6 +185,11 @@ if rollouts_per_rank % cfg.mini_batches or mini_batch % min(cfg.micro_batch_size
     raise SystemExit(f"{rollouts_per_rank} rollouts per rank must split into --mini_batches {cfg.mini_batches} "
                      f"of whole --micro_batch_size {cfg.micro_batch_size} chunks")
 micro = min(cfg.micro_batch_size, mini_batch)
+# NOTE: under FSDP every forward is a collective, so all ranks must run the same number of them
+synced = bool(distributed and cfg.fsdp)  # generate keeps stepping (synced_gpus) until every rank is done
+if synced and (cfg.dynamic_sampling or cfg.eval_size % world):
+    raise SystemExit(f"--fsdp 1 needs --dynamic_sampling 0 and --eval_size divisible by {world} (got "
+                     f"{cfg.dynamic_sampling}, {cfg.eval_size}): ranks must run the same number of forwards")
 random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
 if device.type == "cpu" and cfg.cpu_threads > 0:  # a 1M-parameter model loses more to thread sync than it gains
     torch.set_num_threads(cfg.cpu_threads)
@@ -220,7 +225,9 @@ if cfg.kl_coef > 0:  # frozen copy of the starting policy (DAPO/Dr.GRPO drop it;
                                                                     attn_implementation="sdpa").to(device).eval()
     ref_model.requires_grad_(False)
 policy = model  # the bare module: generate, the probe and save_pretrained use it; `train_model` is wrapped
-if distributed and cfg.fsdp:
+if distributed and cfg.fsdp:  # FSDP2: each decoder layer is a unit, the root (vision, embeddings, head) another
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict, set_optimizer_state_dict)
     from torch.distributed.fsdp import fully_shard
     for layer in model.model.language_model.layers:
         fully_shard(layer)
@@ -289,10 +296,25 @@ def prompts_for_step(step, n):
     return rows, keys
 
 
+@contextlib.contextmanager
+def gathered():
+    """Under FSDP, generate calls the vision tower outside the root's forward: gather the root's parameters
+    for the duration (decoder layers gather themselves in their own forward). A no-op otherwise."""
+    if synced:
+        train_model.unshard()
+    try:
+        yield
+    finally:
+        if synced:
+            train_model.reshard()
+
+
 def sample(rows, keys):
-    return rollout.sample_groups(policy, tokenizer, image_processor, rows, cfg.group_size, keys,
-                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                 min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    with gathered():
+        return rollout.sample_groups(policy, tokenizer, image_processor, rows, cfg.group_size, keys,
+                                     max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                     top_p=cfg.top_p, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
+                                     synced=synced)
 
 
 def arm_probe(mb):
@@ -349,8 +371,9 @@ def evaluate():
     if eval_data is None:
         return {}
     rows = [eval_data[i] for i in range(rank, len(eval_data), world)]
-    res = rollout.greedy_accuracy(policy, tokenizer, image_processor, rows, max_new_tokens=cfg.max_new_tokens,
-                                  min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    with gathered():
+        res = rollout.greedy_accuracy(policy, tokenizer, image_processor, rows, max_new_tokens=cfg.max_new_tokens,
+                                      min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, synced=synced)
     counts = all_reduce(torch.tensor([res["correct"], res["formatted"], res["n"]], dtype=torch.float64))
     return {"eval_accuracy": (counts[0] / counts[2]).item(), "eval_format": (counts[1] / counts[2]).item()}
 
@@ -358,12 +381,21 @@ def evaluate():
 def save_checkpoint(step):
     """Model + processor (a normal from_pretrained dir) + optimizer/scheduler/RNG state. Written to a temp dir
     and renamed, so an interrupted save never leaves a half checkpoint behind."""
-    state_dicts = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    model_state, optim_state = None, optimizer.state_dict()
+    if distributed and cfg.fsdp:  # gather full (unsharded) tensors on every rank, written by rank 0
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(model, options=full)
+        # tied weights (lm_head = embeddings) come back as separate copies: keep one name, as save_pretrained does
+        unique = {name for name, _ in model.named_parameters()}
+        model_state = {k: v for k, v in model_state.items()
+                       if k in unique or k not in dict(model.named_parameters(remove_duplicate=False))}
+        optim_state = get_optimizer_state_dict(model, optimizer, options=full)
     if not master:
         return
+    state_dicts = {"optimizer": optim_state, "scheduler": scheduler.state_dict()}
     tmp = ckpt_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp)
+    policy.save_pretrained(tmp, state_dict=model_state)
     tokenizer.save_pretrained(tmp)
     image_processor.save_pretrained(tmp)
     torch.save({"step": step, **state_dicts, "config": dataclasses.asdict(cfg),
@@ -377,7 +409,10 @@ start_step = 0
 log_path = os.path.join(cfg.out_dir, "log.jsonl")
 if resumed:
     state = torch.load(os.path.join(ckpt_dir, "state.pt"), weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
+    if distributed and cfg.fsdp:  # the saved state is full; each rank keeps its shard
+        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"]); random.setstate(state["rng"]["python"]); np.random.set_state(state["rng"]["numpy"])
     start_step = state["step"]

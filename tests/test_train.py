@@ -82,15 +82,16 @@ def test_micro_batches_give_the_gradient_of_the_whole_batch(warm_checkpoint, tmp
     assert_same_weights(tmp_path / "whole", tmp_path / "micro")
 
 
-def test_two_gloo_processes_match_one_process(warm_checkpoint, tmp_path):
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_gloo_processes_match_one_process(warm_checkpoint, tmp_path, sharding):
     common = ["--steps", "1", "--weighting", "atrl", "--micro_batch_size", "2", *EXACT]
     run_train(warm_checkpoint, tmp_path / "one", *common)
-    run_train(warm_checkpoint, tmp_path / "two", *common, torchrun=2)
+    run_train(warm_checkpoint, tmp_path / "two", *common, "--fsdp", str(int(sharding == "fsdp")), torchrun=2)
     one, two = records(tmp_path / "one")[0], records(tmp_path / "two")[0]
     assert one["grad_norm"] > 0
     for key in ("reward", "accuracy", "grad_norm", "loss", "anchor_frac"):
         assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-7), key
-    assert_same_weights(tmp_path / "one", tmp_path / "two", atol=1e-7)
+    assert_same_weights(tmp_path / "one", tmp_path / "two", atol=1e-7)  # FSDP: gathered full weights
 
 
 def test_resume_continues_exactly(warm_checkpoint, tmp_path):
