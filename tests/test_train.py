@@ -133,3 +133,23 @@ def test_non_finite_loss_skips_the_update_and_is_logged(warm_checkpoint, tmp_pat
     before = load_file(os.path.join(warm_checkpoint, "model.safetensors"))
     after = weights(tmp_path)
     assert all(torch.equal(before[k], after[k]) for k in before), "a poisoned step must not change the weights"
+
+
+def test_ppo_epochs_mini_batches_kl_and_dual_clip(warm_checkpoint, tmp_path):
+    """Several updates per batch: pi_old comes from a no-grad pass (which also carries the probe), so after
+    the first update ratios move away from 1 and get clipped; the reference model makes KL > 0."""
+    run_train(warm_checkpoint, tmp_path, "--steps", "1", "--ppo_epochs", "2", "--mini_batches", "2",
+              "--micro_batch_size", "2", "--kl_coef", "0.1", "--kl_estimator", "k3", "--dual_clip", "3", "--lr", "1e-2")
+    rec = records(tmp_path)[0]
+    assert rec["skipped"] == 0 and rec["grad_norm"] > 0
+    assert rec["kl"] > 0 and rec["clip_frac"] > 0, rec
+    assert 0 < rec["anchor_frac"] < 0.5
+
+
+def test_dynamic_sampling_replaces_flat_groups(warm_checkpoint, tmp_path):
+    run_train(warm_checkpoint, tmp_path / "plain", "--steps", "2", "--prompts_per_step", "4")
+    run_train(warm_checkpoint, tmp_path / "dyn", "--steps", "2", "--prompts_per_step", "4",
+              "--dynamic_sampling", "1", "--max_refills", "3")
+    plain, dyn = records(tmp_path / "plain"), records(tmp_path / "dyn")
+    assert sum(r["zero_std_groups"] for r in plain) > 0, "no flat groups: the test would prove nothing"
+    assert sum(r["zero_std_groups"] for r in dyn) < sum(r["zero_std_groups"] for r in plain)
