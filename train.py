@@ -275,7 +275,8 @@ def token_logprobs(net, batch, prompt_len):
     logits = out.logits[:, :-1].float()                                              # (B, T, vocab)
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, batch["input_ids"][:, prompt_len:, None]).squeeze(-1)  # (B, T)
-    entropy = -(logp_all.exp() * logp_all).sum(-1).detach()                          # (B, T)
+    with torch.no_grad():  # logged only: no graph for the (B, T, vocab) products
+        entropy = -(logp_all.exp() * logp_all).sum(-1)                               # (B, T)
     return logp, entropy
 
 
@@ -460,7 +461,6 @@ for step in bar:
     #    a no-grad pi_old pass when there are several updates per batch, else the training forward itself
     W, old_logp = torch.zeros_like(loss_mask), torch.zeros_like(loss_mask)                   # (B, T)
     have_weights, stats, t_weights = [False] * len(adv), [], 0.0
-    policy.train()
     if cfg.ppo_epochs > 1 or cfg.mini_batches > 1:
         with torch.no_grad():
             for i in range(0, len(adv), micro):
@@ -470,6 +470,7 @@ for step in bar:
                 W[i:i + micro], dt = weights_from_probe(loss_mask[i:i + micro], mb["keys"], stats)
                 have_weights[i:i + micro], t_weights = [True] * micro, t_weights + dt
     # 5) loss + backward over micro-batches, with global (all-rank, all-micro-batch) denominators
+    policy.train()
     t1 = time.perf_counter()
     sums, skipped, grad_norm = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0}, 0, 0.0
     for epoch in range(cfg.ppo_epochs):
