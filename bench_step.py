@@ -363,9 +363,8 @@ def rl_step(model, params, optimizer, batch, adv, loss_mask, variant, micro, see
                     W = weights_from_probe(probe, mask, seed, variant)
             with STAGES("loss+backward"):
                 adv_tok = atrl.token_advantages(adv[i:i + micro], W)                  # (b, T) = W * A
-                ratio = torch.exp(logp - logp.detach())                                # (b, T) on-policy: 1
-                pg = torch.maximum(-adv_tok * ratio, -adv_tok * ratio.clamp(0.8, 1.28))  # PPO-clip, DAPO eps
-                loss = (pg * mask).sum() / n_tokens                                    # token_mean
+                pg, _ = atrl.ppo_clip_loss(logp, logp.detach(), adv_tok, 0.2, 0.28)     # on-policy: r = 1
+                loss = atrl.aggregate_loss(pg, mask, "token_mean", n_tokens, 1, 1)
                 loss.backward()
                 loss.item(), ((entropy * mask).sum() / n_tokens).item()               # train.py logs these
         with STAGES("probe install"):

@@ -36,6 +36,7 @@ import torch
 import atrl
 import connectivity
 import data
+import eval as eval_py  # the report's token/character alignment, precision/recall and Otsu split
 import rollout
 import tiny
 
@@ -70,18 +71,13 @@ def reference_batch(tokenizer, image_processor, rows):
 
 
 def perception_mask(tokenizer, enc, response_mask, rows):
-    """(B, T) bool: response tokens that overlap a perception value's characters (data.locate_perception).
-    Token t covers characters [len(decode(ids[:t])), len(decode(ids[:t+1]))) of the decoded response."""
+    """(B, T) bool: response tokens that overlap a perception value's characters (data.locate_perception)."""
     T = int(response_mask.sum(1).max())
     out = torch.zeros(len(rows), T, dtype=torch.bool)
     for b, row in enumerate(rows):
         ids = enc["input_ids"][b][response_mask[b]].tolist()
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        spans = data.locate_perception(text, row["perception"])
-        ends = [len(tokenizer.decode(ids[:t + 1], skip_special_tokens=True)) for t in range(len(ids))]
-        starts = [0] + ends[:-1]
-        for t in range(len(ids)):
-            out[b, t] = any(s < ends[t] and starts[t] < e for s, e in spans)
+        spans = data.locate_perception(tokenizer.decode(ids, skip_special_tokens=True), row["perception"])
+        out[b, :len(ids)] = torch.tensor(eval_py.overlapping_tokens(eval_py.token_char_spans(tokenizer, ids), spans))
     return out
 
 
@@ -92,23 +88,6 @@ def token_logprobs(model, enc, response_mask):
     logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, enc["input_ids"][:, 1:, None]).squeeze(-1)
     index = connectivity.query_positions(response_mask, "predict")               # position t-1 predicts t
     return logp.gather(1, index.clamp(min=0)) * (index >= 0)                      # (B, T)
-
-
-def otsu_threshold(values, bins=64):
-    """The split of a 1-D sample into two modes that maximises between-class variance (Otsu 1979)."""
-    hist = torch.histc(values, bins, float(values.min()), float(values.max()) + 1e-12)
-    centers = torch.linspace(float(values.min()), float(values.max()), bins)
-    w = hist / hist.sum()
-    best, thr = -1.0, float(centers[0])
-    for i in range(1, bins):
-        w0, w1 = w[:i].sum(), w[i:].sum()
-        if w0 == 0 or w1 == 0:
-            continue
-        m0, m1 = (w[:i] * centers[:i]).sum() / w0, (w[i:] * centers[i:]).sum() / w1
-        score = float(w0 * w1 * (m0 - m1) ** 2)
-        if score > best:
-            best, thr = score, float(centers[i])
-    return thr
 
 
 # --------------------------------------------------------------------------------------------------
@@ -131,9 +110,7 @@ for query in ("predict", "self"):
     for band, layers in bands.items():
         patterns, rho = connectivity.image_attention(model, enc, response_mask, layers=layers, query=query)
         anchors = atrl.select_anchors(rho, valid, 0.15)
-        hits = (anchors & truth).sum().item()
-        precision[f"{query}/{band}"] = {"layers": layers, "precision": hits / max(anchors.sum().item(), 1),
-                                        "recall": hits / max(truth.sum().item(), 1)}
+        precision[f"{query}/{band}"] = {"layers": layers, **eval_py.anchor_precision_recall(anchors, truth & valid)}
         if query == "predict" and band == "late":  # train.py's defaults (--anchor_query predict --probe_layers late)
             default_rho, default_anchors = rho, anchors
 print(json.dumps(precision, indent=1))
@@ -142,8 +119,7 @@ best = max(precision, key=lambda k: precision[k]["precision"])
 json.dump({"perception_token_share": base_rate, "best": best, **precision}, open(f"{args.out}/precision.json", "w"), indent=1)
 
 values = default_rho[valid]
-threshold = otsu_threshold(values)
-upper = (values > threshold).float().mean().item()
+threshold, upper = eval_py.otsu_split(values)
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
@@ -237,7 +213,8 @@ if "uniform" in args.arms and os.path.exists(trained):
 # --------------------------------------------------------------------------------------------------
 
 lines = ["# Does AT-RL work? Measured on the tiny model and VisualMath", "",
-         f"Command: `python experiment.py {' '.join(sys.argv[1:])}`, {args.steps} steps per run, seeds {args.seeds}.", "",
+         f"Command: `python experiment.py {' '.join(sys.argv[1:])}`, {args.steps} steps per run, seeds {args.seeds}"
+         + (" (training skipped: the tables are rebuilt from the logs in runs/)." if args.skip_training else "."), "",
          "## C3/C4: held-out greedy accuracy per arm (mean ± std over seeds)", "",
          "Paired: the same seed gives every arm the same data order and the same start, so the per-seed",
          "difference to `uniform` is the sharper comparison.", "",
