@@ -499,7 +499,9 @@ for step in bar:
                 loss = pg_loss + cfg.kl_coef * atrl.aggregate_loss(kl_tok, mask, cfg.loss_agg, n_tokens, n_seqs, cfg.max_new_tokens)
                 if step == cfg.debug_nan_step:
                     loss = loss * float("nan")
-                (loss * world).backward()  # DDP averages gradients over ranks; "* world" turns that into a sum
+                last = i + micro >= m0 + mini_batch  # DDP: all-reduce gradients once, after the last micro-batch
+                with train_model.no_sync() if distributed and not cfg.fsdp and not last else contextlib.nullcontext():
+                    (loss * world).backward()  # DDP averages gradients over ranks; "* world" turns that into a sum
                 for k, v in (("loss", loss), ("pg_loss", pg_loss), ("kl", (kl_tok * mask).sum() / n_tokens),
                              ("clip_frac", (clipped * mask).sum() / n_tokens), ("entropy", (entropy * mask).sum() / n_tokens)):
                     sums[k] += v.item()
