@@ -1,6 +1,26 @@
 """Data for AT-RL: the synthetic VisualMath task, answer grading and rewards, benchmark loaders.
 
-(Module docstring to be completed: sections below are filled in by their owners.)
+Everything the RL loop reads comes through one schema (UNIFIED_FEATURES): an image, a question, a gold
+answer, optional choices, MathVista's precision/unit, and -- for VisualMath only -- the ground-truth
+`perception` values (what must be read off the image) and a reference response.
+
+    VisualMath   make_visualmath(n, seed, n_numbers, digits, ops, cell, layout, noise, shapes)
+                 image = numbers in slots (+ shapes to count); answer = an integer; perception = the read
+                 values; response = "<think>a+b=s</think><answer>s</answer>"; locate_perception() finds the
+                 perception values in any response, which is how anchor precision is measured (experiment.py)
+    reward       R = 0.9 * accuracy + 0.1 * format      (compute_reward; DeepSeek-R1 / DAPO-style rules)
+                 accuracy = is_correct(extract_answer(response), gold); format = exactly <think>..</think><answer>..</answer>
+    loaders      load_benchmark(hub name | parquet/json/jsonl | folder) for Geometry3K, MathVista (testmini),
+                 MathVerse and ViRL39K -> the unified schema, with errors that name the row and the field
+
+Where we depart / choose (each documented at its section):
+  1. VisualMath puts each number in a fixed 28 px slot = one merged Qwen2.5-VL vision token, so a ~1M
+     parameter model learns to read in a minute on a CPU (random positions stayed at chance for minutes).
+  2. An unclosed final <answer> still counts for accuracy (a truncated response did state its answer) but
+     gets format 0. Listed or hedged numbers ("2 3", "5 or 3") never match a single gold value.
+  3. Multi-image rows keep their first image (the pipeline is single-image).
+
+Run: `python -m pytest -q tests/test_grading.py tests/test_loaders.py tests/test_data_synthetic.py`.
 """
 
 # --------------------------------------------------------------------------------------------------

@@ -1,7 +1,13 @@
 """Rollout for AT-RL: turn (image, question) prompts into model inputs, then sample G responses per prompt.
 
 This file has two sections. **Encoding** (below) builds exactly the tensors Qwen2.5-VL's forward and
-`generate` need; **Sampling** (added by train.py's owner) samples, rewards and pads responses.
+`generate` need; **Sampling** draws G responses per prompt, rewards them and pads everything into one batch.
+
+Sampling is exact Gumbel-max: with u ~ U(0,1) per vocabulary entry,
+    argmax_v (logits_v / temperature - log(-log u_v))   is a sample of softmax(logits / temperature),
+and u comes from a counter-based hash of (rollout key, response position, v) instead of an RNG stream, so a
+rollout's tokens depend on its key alone: the same run gives the same rollouts on 1 GPU or 8, with any
+micro-batching (tests/test_train.py compares 1 and 2 processes parameter by parameter on this basis).
 
 Encoding, for a batch of B prompts:
 
