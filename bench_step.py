@@ -244,18 +244,6 @@ def sampled_rollouts(model_dir):
 # ------------------------------------------------------------------------------------------- the step
 
 
-def token_logprobs(model, mb, P):
-    """train.py's token_logprobs: log pi(y_t) in fp32 and the entropy, logits of the response rows only."""
-    T = mb["input_ids"].shape[1] - P
-    out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], pixel_values=mb["pixel_values"],
-                image_grid_thw=mb["image_grid_thw"], mm_token_type_ids=mb["mm_token_type_ids"], use_cache=False,
-                logits_to_keep=T + 1)
-    logp_all = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)                  # (b, T, vocab)
-    logp = logp_all.gather(-1, mb["input_ids"][:, P:, None]).squeeze(-1)            # (b, T)
-    entropy = -(logp_all.exp() * logp_all).sum(-1).detach()                          # (b, T)
-    return logp, entropy
-
-
 @contextlib.contextmanager
 def numba_threads(n):
     """Run the block with numba's parallel loops on n threads (restored after)."""
@@ -355,7 +343,7 @@ def rl_step(model, params, optimizer, batch, adv, loss_mask, variant, micro, see
                     probe.arm(connectivity.query_positions(mb["full_response_mask"], "predict"),
                               mb["input_ids"] == model.config.image_token_id, mb["attention_mask"])
             with STAGES("forward"):
-                logp, entropy = token_logprobs(model, mb, P)
+                logp, entropy = rollout.token_logprobs(model, mb, P)
             if probe is None:
                 W = mask.clone()
             else:
@@ -499,7 +487,7 @@ if "step" in sections:
     with torch.no_grad(), connectivity.probe(model, probe_layers(model)) as p:
         p.arm(connectivity.query_positions(mb["full_response_mask"]), mb["input_ids"] == model.config.image_token_id,
               mb["attention_mask"])
-        token_logprobs(model, mb, batch["prompt_len"])
+        rollout.token_logprobs(model, mb, batch["prompt_len"])
         W_atrl, W_packed = (weights_from_probe(p, mask, args.seed, v) for v in ("atrl", "packed"))
     same = ((W_atrl - W_packed).abs() < 1e-4)[mask.bool()].float().mean()
     print(f"packed vs atrl.token_weights on micro-batch 0: W equal (to 1e-4) on {100 * same:.1f}% of tokens, "
@@ -628,7 +616,7 @@ if "scaling" in sections:
                         p.arm(connectivity.query_positions(sb["full_response_mask"]), sb["input_ids"] == IMAGE,
                               sb["attention_mask"])
                     with STAGES("forward"):
-                        logp, _ = token_logprobs(smodel, sb, P)
+                        logp, _ = rollout.token_logprobs(smodel, sb, P)
                     if arm == "probe":
                         with STAGES("weights"):
                             weights_from_probe(p, smask, args.seed, "graph on device" if cuda else "atrl")

@@ -59,15 +59,8 @@ os.makedirs(args.out, exist_ok=True)
 torch.set_num_threads(1)
 
 # --------------------------------------------------------------------------------------------------
-# Helpers: teacher-forced reference responses, perception-token masks, connectivity of a band
+# Helpers: perception-token masks
 # --------------------------------------------------------------------------------------------------
-
-
-def reference_batch(tokenizer, image_processor, rows):
-    """Prompt + reference response (+ EOS) as one forward's inputs; response_mask (B, S) marks the response."""
-    enc = tiny.sft_batch(tokenizer, image_processor, rows)
-    response_mask = enc.pop("labels") != -100                                     # (B, S)
-    return enc, response_mask
 
 
 def perception_mask(tokenizer, enc, response_mask, rows):
@@ -81,15 +74,6 @@ def perception_mask(tokenizer, enc, response_mask, rows):
     return out
 
 
-def token_logprobs(model, enc, response_mask):
-    """Teacher-forced log pi of every response token, left-aligned (B, T)."""
-    with torch.no_grad():
-        logits = model(**enc, use_cache=False).logits.float()                    # (B, S, vocab)
-    logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, enc["input_ids"][:, 1:, None]).squeeze(-1)
-    index = connectivity.query_positions(response_mask, "predict")               # position t-1 predicts t
-    return logp.gather(1, index.clamp(min=0)) * (index >= 0)                      # (B, T)
-
-
 # --------------------------------------------------------------------------------------------------
 # 1) Connectivity of the warm start: C1 histogram, anchor precision / recall per query row and layer band
 # --------------------------------------------------------------------------------------------------
@@ -100,9 +84,9 @@ from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: E402
 model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
 tokenizer, image_processor = rollout.load_processor(model_dir)
 rows = list(data.make_visualmath(args.n_analysis, seed=10_000))                 # train.py's held-out seed
-enc, response_mask = reference_batch(tokenizer, image_processor, rows)
+# teacher-forced reference responses: prompt left-padded to P columns, response token t at column P + t
+enc, response_mask, valid, P = eval_py.report_batch(model, tokenizer, image_processor, rows, "reference", 0)
 truth = perception_mask(tokenizer, enc, response_mask, rows)                     # (B, T)
-valid = connectivity.query_positions(response_mask, "self") >= 0                 # (B, T)
 L = model.config.text_config.num_hidden_layers
 bands = {band: list(connectivity.layer_band(band, L)) for band in ("early", "middle", "late", "all")}
 precision = {}
@@ -202,7 +186,8 @@ share = None
 trained = os.path.join(run_dir("uniform", args.seeds[0]), "checkpoint")
 if "uniform" in args.arms and os.path.exists(trained):
     after = Qwen2_5_VLForConditionalGeneration.from_pretrained(trained, dtype=torch.float32, attn_implementation="sdpa").eval()
-    delta = (token_logprobs(after, enc, response_mask) - token_logprobs(model, enc, response_mask)).abs() * valid
+    with torch.no_grad():
+        delta = (rollout.token_logprobs(after, enc, P)[0] - rollout.token_logprobs(model, enc, P)[0]).abs() * valid
     share = {"anchor_token_share": default_anchors.sum().item() / valid.sum().item(),
              "anchor_update_share": (delta * default_anchors).sum().item() / delta.sum().item(),
              "perception_update_share": (delta * truth).sum().item() / delta.sum().item(),

@@ -41,6 +41,7 @@ transformers models/qwen2_5_vl/modeling_qwen2_5_vl.py `get_rope_index`, models/q
 processing_qwen2_vl.py (the stock processor this replaces). Run the checks: `pytest tests/test_encoding.py`.
 """
 
+import contextlib
 import math
 
 import torch
@@ -254,6 +255,25 @@ def select(batch, index):
 def slice_batch(batch, start, stop):
     """Rollouts [start, stop): a micro-batch for one forward/backward."""
     return select(batch, list(range(start, min(stop, len(batch["input_ids"])))))
+
+
+def token_logprobs(net, batch, prompt_len, autocast=None):
+    """Log pi(y_t) in fp32 for every response token, and the per-token entropy (no grad), both (B, T).
+
+    Response token t sits at column P + t and is predicted by the logits at P + t - 1, so only the last
+    T + 1 positions are projected onto the vocabulary (logits_to_keep). `autocast` wraps the forward only:
+    log-probs are always computed in fp32.
+    """
+    T = batch["input_ids"].shape[1] - prompt_len
+    with autocast or contextlib.nullcontext():
+        out = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                  mm_token_type_ids=batch["mm_token_type_ids"], use_cache=False, logits_to_keep=T + 1)
+    logp_all = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)                   # (B, T, vocab)
+    logp = logp_all.gather(-1, batch["input_ids"][:, prompt_len:, None]).squeeze(-1)   # (B, T)
+    with torch.no_grad():  # logged only: no graph for the (B, T, vocab) products
+        entropy = -(logp_all.exp() * logp_all).sum(-1)                                  # (B, T)
+    return logp, entropy
 
 
 def to_device(batch, device):

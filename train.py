@@ -265,21 +265,6 @@ print0(f"model {model_path} | {sum(p.numel() for p in params) / 1e6:.2f}M traina
 # --------------------------------------------------------------------------------------------------
 
 
-def token_logprobs(net, batch, prompt_len):
-    """Log pi(y_t) in fp32 for every response token: logits at position P+t-1 predict token P+t."""
-    T = batch["input_ids"].shape[1] - prompt_len
-    with autocast:
-        out = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                  pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
-                  mm_token_type_ids=batch["mm_token_type_ids"], use_cache=False, logits_to_keep=T + 1)
-    logits = out.logits[:, :-1].float()                                              # (B, T, vocab)
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, batch["input_ids"][:, prompt_len:, None]).squeeze(-1)  # (B, T)
-    with torch.no_grad():  # logged only: no graph for the (B, T, vocab) products
-        entropy = -(logp_all.exp() * logp_all).sum(-1)                               # (B, T)
-    return logp, entropy
-
-
 @functools.lru_cache(maxsize=2)
 def epoch_order(epoch):
     return torch.randperm(len(train_data), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
@@ -466,7 +451,7 @@ for step in bar:
             for i in range(0, len(adv), micro):
                 mb = rollout.slice_batch(batch, i, i + micro)
                 arm_probe(mb)
-                old_logp[i:i + micro] = token_logprobs(policy, mb, P)[0]
+                old_logp[i:i + micro] = rollout.token_logprobs(policy, mb, P, autocast)[0]
                 W[i:i + micro], dt = weights_from_probe(loss_mask[i:i + micro], mb["keys"], stats)
                 have_weights[i:i + micro], t_weights = [True] * micro, t_weights + dt
     # 5) loss + backward over micro-batches, with global (all-rank, all-micro-batch) denominators
@@ -483,7 +468,7 @@ for step in bar:
                 first = not have_weights[i]
                 if first:
                     arm_probe(mb)
-                logp, entropy = token_logprobs(train_model, mb, P)
+                logp, entropy = rollout.token_logprobs(train_model, mb, P, autocast)
                 if first:  # on-policy single pass: pi_old = pi (ratio 1) and W from this very forward
                     old_logp[i:i + micro] = logp.detach()
                     W[i:i + micro], dt = weights_from_probe(mask, mb["keys"], stats)
@@ -493,7 +478,7 @@ for step in bar:
                 kl_tok = torch.zeros_like(pg_tok)
                 if ref_model is not None:
                     with torch.no_grad():
-                        ref_logp = token_logprobs(ref_model, mb, P)[0]
+                        ref_logp = rollout.token_logprobs(ref_model, mb, P, autocast)[0]
                     kl_tok = atrl.kl_penalty(logp, ref_logp, cfg.kl_estimator)
                 pg_loss = atrl.aggregate_loss(pg_tok, mask, cfg.loss_agg, n_tokens, n_seqs, cfg.max_new_tokens)
                 loss = pg_loss + cfg.kl_coef * atrl.aggregate_loss(kl_tok, mask, cfg.loss_agg, n_tokens, n_seqs, cfg.max_new_tokens)
