@@ -193,7 +193,7 @@ def _grade(text, answer, perception):
     >>> _grade("<think>4+3=7</think><answer>7", "7", ["3", "4"])   # unclosed tag: badly formatted
     (True, False, True)
     """
-    well_formatted = re.fullmatch(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", text, re.S) is not None
+    well_formatted = data.format_ok(text) == 1.0
     pred = data.extract_answer(text)
     correct = pred is not None and data.is_correct(pred, answer)
     think = re.search(r"<think>(.*?)</think>", text, re.S)
@@ -206,14 +206,13 @@ def _grade(text, answer, perception):
 def evaluate(model, tokenizer, image_processor, dataset, batch_size=128, max_new_tokens=24):
     """Greedy decoding on `dataset`: dict(accuracy, format, read, samples) -- fractions of examples."""
     model.eval()
-    suppress = rollout.VISION_TOKEN_IDS(tokenizer)  # a sampled <|image_pad|> would break re-encoding
     totals = [0, 0, 0]  # correct, well formatted, read right
     samples = []
     for start in range(0, len(dataset), batch_size):
         rows = dataset[start:start + batch_size]
         enc = rollout.encode_prompts(tokenizer, image_processor, rows["image"], rows["question"])
-        out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, suppress_tokens=suppress)
-        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        response, mask, _ = rollout.generate(model, tokenizer, enc, max_new_tokens, temperature=0)  # greedy
+        texts = [tokenizer.decode(ids[m], skip_special_tokens=True) for ids, m in zip(response, mask)]
         for text, answer, perception in zip(texts, rows["answer"], rows["perception"]):
             totals = [t + g for t, g in zip(totals, _grade(text, answer, perception))]
             if len(samples) < 4:
