@@ -4,15 +4,19 @@ One RL update (train.py phases 4-6, single on-policy pass: ppo_epochs = mini_bat
 micro-batches, run in several arms on the SAME rollout batch, seed and weights:
 
     uniform   GRPO/DAPO: forward -> PPO-clip loss with W = 1 -> backward, then clip + AdamW step
-    atrl      the same, plus what train.py adds for AT-RL: the probe installed and armed in the forward,
-              then connectivity.debias_sinks -> atrl.token_weights_with_stats (token_graph + Louvain + W)
-    variants  proposed fixes, each one visible branch in `weights_from_probe` below:
-              "serial Louvain" (numba on 1 thread), "packed graph" (kNN -> CSR by clustering.knn_packed
-              straight into louvain_packed), on GPU "graph on device" (token_graph where the forward ran)
+    atrl      the same, plus what train.py adds for AT-RL (--overlap_weights 1, its default): the probe
+              installed and armed; in the forward it hands each probed layer's q/k to its worker thread, which
+              reads the attention rows and then runs connectivity.debias_sinks -> atrl.token_weights_with_stats
+              (token_graph + Louvain + W) while the training thread finishes the forward; the loss waits for W
+    atrl, inline         the same work done inside the forward on the training thread (--overlap_weights 0)
+    atrl, packed graph   overlapped, with the kNN -> CSR step done by compiled code (clustering.knn_packed
+                         straight into louvain_packed): a proposal, one branch in `weights_from_probe` below
 
     ratio     = median over rounds of  t(arm) / t(uniform)  in the same round (paired: noise hits both)
-    extra     = t(atrl) - t(uniform), broken down into: probe (forward with - without), install/arm,
-                debias, graph, Louvain, weights (anchors, shares, W, stats), rest
+    CPU time  = the same ratio for process CPU seconds (all threads): the work the overlap hides, not removes
+    extra     = t(atrl) - t(uniform), broken down by stage: on the training thread (forward, install/arm, waiting
+                for W, loss + backward, optimizer, rest) and on the probe's worker (read, debias, graph, Louvain,
+                weights)
 
 Rounds are interleaved (the arm order rotates every round) and medians are reported, because the machine
 this runs on is shared and noisy. The optimizer runs at lr = 0: AdamW does all its arithmetic, but the
@@ -21,7 +25,7 @@ weights never change, so every round sees the same attention, the same graphs an
 Sections (--sections):
   step     the tiny RL step on rollouts sampled from the tiny model train.py uses (tiny.DEFAULT_DIR if built,
            else a random checkpoint) at train.py's defaults: 16 prompts x G 8 = 128 rollouts, micro-batches of
-           32, 32 new tokens, probe on the late third. The loss mask keeps truncated responses (train.py masks
+           64, 24 new tokens, probe on the late third. The loss mask keeps truncated responses (train.py masks
            them out; a random model truncates most, which would leave AT-RL nothing to do). The probe is
            installed per step here (train.py: once per run), so its ~1 ms install + restore counts against
            AT-RL. With --config 3b: 8 synthetic rollouts at Qwen2.5-VL-3B shapes (1024 image tokens,
@@ -32,11 +36,15 @@ Sections (--sections):
   scaling  synthetic single micro-batches on a random model: probe + graph + Louvain + weights against the
            forward + backward, as the response grows (128 -> 4096 tokens) and as the image grows (64 -> 4096
            image tokens). The tiny model's vision tower runs windowed attention only here (as 28 of the 32
-           blocks of the real one do), so a 4096-token image stays affordable on a CPU.
+           blocks of the real one do), so a 4096-token image stays affordable on a CPU. This section runs
+           the work inline (it measures its cost; the overlap would hide part of it).
 
 Where this departs from train.py: the step's loss/log-prob code is re-stated here (train.py is a script and
 cannot be imported); the 3B model is built directly in bf16 (train.py: fp32 weights + bf16 autocast), so
 AdamW's state is bf16 too; `--config 3b` uses synthetic rollouts (no tokenizer needed).
+
+Trap (pin_malloc, CPU): glibc's dynamic mmap threshold makes page faults depend on the thread layout; the
+bench pins it so arms differ only by their work (--malloc default shows the unpinned numbers).
 
 Trap (NOTE below, at "run"): numba's first parallel call (clustering.louvain_packed) starts an OpenMP thread
 team and thereby raises torch's intra-op threads from OMP_NUM_THREADS to numba's count; the bench pins torch
@@ -51,7 +59,10 @@ Run (CPU, tiny: 1.5 minutes on a quiet 2-core machine, ~4 on a busy one):
 
 import argparse
 import contextlib
+import functools
 import os
+import resource
+import threading
 import statistics
 import subprocess
 import sys
@@ -85,10 +96,33 @@ parser.add_argument("--probe_layers", default="late", help="train.py's --probe_l
 parser.add_argument("--grad_checkpointing", type=int, default=-1, help="-1: on for 3b, off for tiny")
 parser.add_argument("--shrink", action="store_true", help="3b: 2 layers and small inputs (a CPU smoke test)")
 parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--malloc", default="pinned", choices=["pinned", "default"],
+                    help="CPU: pin glibc malloc's mmap/trim thresholds (see pin_malloc) or leave them dynamic")
 parser.add_argument("--memory_child", default="", help=argparse.SUPPRESS)  # internal: arm name
 parser.add_argument("--state", default="", help=argparse.SUPPRESS)  # internal: saved model dir + rollouts
 args = parser.parse_args()
 
+
+
+def pin_malloc():
+    """Fixed glibc malloc thresholds, so the allocator is not a hidden variable of the comparison.
+
+    glibc moves its mmap threshold at run time (freeing a large mmap'd block raises it), so whether a tensor
+    lands in fresh, page-faulting memory depends on the history of frees -- which a second thread changes.
+    Measured here with dynamic thresholds: GRPO 23k-29k minor page faults per step, AT-RL with its worker
+    thread 7k-8k; that alone made AT-RL look 3-6% *faster* than GRPO. Pinned: ~0 faults in every arm (and every
+    arm ~9% faster). M_MMAP_THRESHOLD = 32 MiB (glibc's maximum), M_TRIM_THRESHOLD = 1 GiB."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "not glibc: thresholds left alone"
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+    ok = libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
+    return "pinned (mmap 32 MiB, trim 1 GiB)" if ok else "mallopt refused: thresholds dynamic"
+
+
+MALLOC = pin_malloc() if args.malloc == "pinned" else "dynamic (glibc default)"
 device = torch.device(args.device)
 cuda = device.type == "cuda"
 if cuda and not torch.cuda.is_available():
@@ -116,13 +150,15 @@ IMAGE, V_START, V_END = 60, 58, 59  # token ids of synthetic batches: distinct, 
 
 
 def sync():
-    if cuda:
+    # only the training thread: a sync on the probe's worker would wait for the training thread's queue too
+    if cuda and threading.current_thread() is threading.main_thread():
         torch.cuda.synchronize()
 
 
 class Stages:
-    """Wall seconds per named stage of one step, summed over micro-batches. On GPU every stage boundary
-    synchronises (in every arm alike), so a stage's time is its own and not its neighbour's queue."""
+    """Wall seconds per named stage of one step, summed over micro-batches. On GPU every stage boundary of the
+    training thread synchronises (in every arm alike), so a stage's time is its own and not its neighbour's
+    queue. Stages run by the probe's worker thread (read, debias, graph, Louvain, W) are its busy time."""
 
     def __init__(self):
         self.seconds = {}
@@ -151,8 +187,8 @@ def _timed(name, fn):
 # The two halves of atrl.cluster_tokens, timed where atrl looks them up (module attributes).
 atrl.token_graph = _timed("graph", atrl.token_graph)
 clustering.louvain_batch = _timed("louvain", clustering.louvain_batch)
-if not cuda:  # the probe's own work inside the forward (on GPU it is queued, not run, so time the forward)
-    connectivity.Probe._capture = _timed("probe capture", connectivity.Probe._capture)
+if not cuda:  # the probe's reading of a layer (on GPU it is queued, not run, so time the forward)
+    connectivity.Probe._read = _timed("probe read", connectivity.Probe._read)
 
 # ------------------------------------------------------------------------------------------- models
 
@@ -244,17 +280,6 @@ def sampled_rollouts(model_dir):
 # ------------------------------------------------------------------------------------------- the step
 
 
-@contextlib.contextmanager
-def numba_threads(n):
-    """Run the block with numba's parallel loops on n threads (restored after)."""
-    before = numba.get_num_threads()
-    numba.set_num_threads(n)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
-
-
 @torch.no_grad()
 def packed_weights(patterns, rho, mask, seed):
     """atrl.token_weights_with_stats(mode="atrl") with the graph built by compiled code: the proposal for atrl.py.
@@ -300,27 +325,22 @@ def packed_weights(patterns, rho, mask, seed):
     return W, stats
 
 
-def weights_from_probe(probe, mask, seed, variant):
-    """W (b, T) from what the probe captured -- train.py's weights_from_probe, plus the variants under test:
-    "graph on device" keeps patterns where the forward ran (token_graph's bmm/topk on the GPU), "serial
-    Louvain" runs louvain_packed's prange on one thread (a micro-batch of small graphs is done in well under
-    a millisecond, less than waking a thread team costs on a busy machine)."""
-    captured = probe.result()
-    with STAGES("debias"):
-        pad = mask.shape[1] - captured["patterns"].shape[1]
-        patterns = torch.nn.functional.pad(captured["patterns"], (0, 0, 0, pad))      # (b, T, V)
-        sink = torch.nn.functional.pad(captured["sink"], (0, pad))                    # (b, T)
-        patterns, rho = connectivity.debias_sinks(patterns, sink, captured["image_valid"])
-    if "graph on device" in variant:  # proposed: token_graph's bmm/topk where the forward ran (GPU)
-        mask_w = mask.bool()
-    else:  # train.py today: the whole W computation on CPU
-        patterns, rho, mask_w = patterns.cpu(), rho.cpu(), mask.bool().cpu()
-    with numba_threads(1 if "serial" in variant else NUMBA_THREADS):
+def weights_from_probe(captured, mask, seed, variant):
+    """W (b, T) from what the probe captured -- train.py's weights_from_probe (the kNN graph built where the
+    patterns are, Louvain on the CPU), or with variant "packed graph" the CSR built by compiled code. Run by
+    the probe itself (arm's `then`): on its worker thread when overlapped, inside the forward when inline."""
+    with STAGES("weights"):
+        with STAGES("debias"):
+            pad = mask.shape[1] - captured["patterns"].shape[1]
+            patterns = torch.nn.functional.pad(captured["patterns"], (0, 0, 0, pad))      # (b, T, V)
+            sink = torch.nn.functional.pad(captured["sink"], (0, pad))                    # (b, T)
+            patterns, rho = connectivity.debias_sinks(patterns, sink, captured["image_valid"])
         if "packed" in variant:
-            return packed_weights(patterns, rho, mask_w, seed)[0].to(mask.device)
-        W, _ = atrl.token_weights_with_stats(patterns, rho, mask_w, mode="atrl", anchor_frac=ANCHOR_FRAC,
-                                             gain=GAIN, k=K_NN, seed=seed)
-    return W.to(mask.device)
+            W = packed_weights(patterns, rho, mask.bool(), seed)[0]
+        else:
+            W, _ = atrl.token_weights_with_stats(patterns, rho, mask.bool(), mode="atrl", anchor_frac=ANCHOR_FRAC,
+                                                 gain=GAIN, k=K_NN, seed=seed)
+        return W.to(mask.device)
 
 
 def probe_layers(model):
@@ -335,20 +355,22 @@ def rl_step(model, params, optimizer, batch, adv, loss_mask, variant, micro, see
         probe = None
         if variant != "uniform":  # train.py installs it once per run; here per step (its cost is counted)
             with STAGES("probe install"):
-                probe = stack.enter_context(connectivity.probe(model, probe_layers(model)))
+                probe = stack.enter_context(connectivity.probe(model, probe_layers(model),
+                                                               background="inline" not in variant))
         for i in range(0, B, micro):
             mb, mask = rollout.slice_batch(batch, i, i + micro), loss_mask[i:i + micro]
             if probe is not None:
                 with STAGES("probe arm"):
                     probe.arm(connectivity.query_positions(mb["full_response_mask"], "predict"),
-                              mb["input_ids"] == model.config.image_token_id, mb["attention_mask"])
+                              mb["input_ids"] == model.config.image_token_id, mb["attention_mask"],
+                              then=functools.partial(weights_from_probe, mask=mask, seed=seed, variant=variant))
             with STAGES("forward"):
                 logp, entropy = rollout.token_logprobs(model, mb, P)
             if probe is None:
                 W = mask.clone()
             else:
-                with STAGES("weights"):
-                    W = weights_from_probe(probe, mask, seed, variant)
+                with STAGES("weights wait"):
+                    W = probe.outcome()
             with STAGES("loss+backward"):
                 adv_tok = atrl.token_advantages(adv[i:i + micro], W)                  # (b, T) = W * A
                 pg, _ = atrl.ppo_clip_loss(logp, logp.detach(), adv_tok, 0.2, 0.28)     # on-policy: r = 1
@@ -445,11 +467,10 @@ atrl.token_weights(torch.rand(2, 16, 4), torch.rand(2, 16), torch.ones(2, 16, dt
 torch.set_num_threads(TORCH_THREADS)
 print(f"bench_step: config {args.config}{' (shrunk)' if args.shrink else ''} on {device} ({dtype}), "
       f"gradient checkpointing {int(grad_ckpt)}, probe layers {args.probe_layers}, "
-      f"numba threading layer {numba.threading_layer()}")
+      f"numba threading layer {numba.threading_layer()}, malloc thresholds {MALLOC}")
 print(machine_line())
 
-VARIANTS = ["uniform", "atrl", "atrl, serial Louvain", "packed graph, serial"] + (
-    ["graph on device", "graph on device, packed, serial"] if cuda else [])
+VARIANTS = ["uniform", "atrl", "atrl, inline", "atrl, packed graph"]
 step_state = None
 
 if "step" in sections or "memory" in sections:
@@ -488,11 +509,13 @@ if "step" in sections:
         p.arm(connectivity.query_positions(mb["full_response_mask"]), mb["input_ids"] == model.config.image_token_id,
               mb["attention_mask"])
         rollout.token_logprobs(model, mb, batch["prompt_len"])
-        W_atrl, W_packed = (weights_from_probe(p, mask, args.seed, v) for v in ("atrl", "packed"))
+        W_atrl, W_packed = (weights_from_probe(p.result(), mask, args.seed, v) for v in ("atrl", "packed"))
     same = ((W_atrl - W_packed).abs() < 1e-4)[mask.bool()].float().mean()
     print(f"packed vs atrl.token_weights on micro-batch 0: W equal (to 1e-4) on {100 * same:.1f}% of tokens, "
           f"max |dW| {(W_atrl - W_packed).abs().max():.3f}")
     totals = {v: [] for v in VARIANTS}
+    cpu = {v: [] for v in VARIANTS}
+    faults = {v: [] for v in VARIANTS}
     stages = {v: [] for v in VARIANTS}
     peaks = {v: [] for v in VARIANTS}
     for r in range(args.repeats):
@@ -501,31 +524,37 @@ if "step" in sections:
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             sync()
-            t0 = time.perf_counter()
+            t0, c0, f0 = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             rl_step(model, params, optimizer, batch, adv, loss_mask, v, micro, seed=args.seed)
             sync()
             totals[v].append(time.perf_counter() - t0)
+            cpu[v].append(time.process_time() - c0)  # CPU seconds of all threads: what the overlap does not hide
+            faults[v].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)  # see pin_malloc
             stages[v].append(STAGES.seconds)
             if cuda:
                 peaks[v].append(torch.cuda.max_memory_allocated())
     base = totals["uniform"]
-    print("| arm | median step ms | ratio vs uniform (paired median) [min, max] | rollout + step ratio |"
-          + (" peak GiB | peak ratio |" if cuda else ""))
-    print("|---|---|---|---|" + ("---|---|" if cuda else ""))
+    print("| arm | median step ms | ratio vs uniform (paired median) [min, max] | rollout + step ratio "
+          "| CPU-time ratio | page faults |" + (" peak GiB | peak ratio |" if cuda else ""))
+    print("|---|---|---|---|---|---|" + ("---|---|" if cuda else ""))
     roll = raw_batch["rollout_seconds"]
     for v in VARIANTS:
         ratios = [t / b for t, b in zip(totals[v], base)]
         full = (roll + med(totals[v])) / (roll + med(base)) if roll else float("nan")
+        cpu_ratio = med([t / b for t, b in zip(cpu[v], cpu["uniform"])])
         line = (f"| {v} | {ms(med(totals[v]))} | {med(ratios):.3f} [{min(ratios):.3f}, {max(ratios):.3f}] | "
-                f"{full:.3f} |")
+                f"{full:.3f} | {cpu_ratio:.3f} | {med(faults[v]):.0f} |")
         if cuda:
             line += f" {max(peaks[v]) / 2**30:.2f} | {max(peaks[v]) / max(peaks['uniform']):.3f} |"
         print(line)
     if roll:
         print(f"(rollout + step: adds the {roll:.1f} s it took to sample this batch once, the same for every arm)")
+    print("(atrl = train.py: the probe reads its layers and computes W on its worker thread while the forward "
+          "goes on; inline = --overlap_weights 0. CPU time counts every thread, so it shows the work the overlap "
+          "hides)")
 
     # ---- where the extra time goes: per-stage medians and paired (same-round) differences from uniform
-    top = ["forward", "probe install", "probe arm", "weights", "loss+backward", "optimizer"]
+    top = ["forward", "probe install", "probe arm", "weights wait", "loss+backward", "optimizer"]  # training thread
     for v in VARIANTS:  # derived stages, per round: W's untimed remainder and the step's untimed remainder
         for t, st in zip(totals[v], stages[v]):
             st["weights: rest"] = st.get("weights", 0.0) - sum(st.get(k, 0.0) for k in ("debias", "graph", "louvain"))
@@ -535,13 +564,16 @@ if "step" in sections:
     print(f"\nbreakdown: median ms per step, (paired median difference from uniform); uniform step = {ms(ref)} ms")
     print("| stage | uniform | " + " | ".join(VARIANTS[1:]) + " |")
     print("|---|---|" + "---|" * (len(VARIANTS) - 1))
-    rows = [("forward (with the probe in it)", "forward"), ("  of which inside the probe", "probe capture"),
-            ("probe install + restore", "probe install"), ("probe arm", "probe arm"),
-            ("debias_sinks", "debias"), ("graph (kNN CSR)", "graph"), ("Louvain", "louvain"),
-            ("weights: anchors, shares, W, stats", "weights: rest"), ("loss + backward", "loss+backward"),
-            ("optimizer", "optimizer"), ("rest (slicing, Python)", "rest"), ("**total**", "total")]
+    rows = [("forward (inline: with the probe's read and W in it)", "forward"), ("probe install + restore", "probe install"),
+            ("probe arm", "probe arm"), ("waiting for W after the forward", "weights wait"),
+            ("loss + backward", "loss+backward"), ("optimizer", "optimizer"), ("rest (slicing, Python)", "rest"),
+            ("**total**", "total"),
+            ("*probe's work (worker thread, or inline in the forward):*", None),
+            ("  probe read (fp32 rows)", "probe read"), ("  debias_sinks", "debias"), ("  graph (kNN CSR)", "graph"),
+            ("  Louvain", "louvain"), ("  weights: anchors, shares, W, stats", "weights: rest")]
     for label, name in rows:
-        if name == "probe capture" and cuda:  # queued on the GPU, not run, inside the probe: see the forward row
+        if name is None or (name == "probe read" and cuda):  # on GPU the read is queued, not run: see the forward
+            print(f"| {label} |" + " |" * len(VARIANTS)) if name is None else None
             continue
         cells = [ms(med([st.get(name, 0.0) for st in stages["uniform"]]))]
         for v in VARIANTS[1:]:
@@ -564,7 +596,8 @@ if "memory" in sections:
         for r in range(2):  # two fresh processes per arm, interleaved
             for v in (arms if r % 2 == 0 else arms[::-1]):
                 out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory_child", v, "--state", path,
-                                      "--micro", str(micro), "--group_size", str(args.group_size)],
+                                      "--micro", str(micro), "--group_size", str(args.group_size),
+                                      "--malloc", args.malloc],
                                      capture_output=True, text=True, env=dict(os.environ))
                 line = [x for x in out.stdout.splitlines() if x.startswith("MEMORY ")]
                 if not line:
@@ -592,14 +625,17 @@ if "scaling" in sections:
         points = [(64, 128)]
     else:
         points = [(256, T) for T in (128, 512, 1024, 2048, 4096)] + [(V, 512) for V in (64, 1024, 4096)]
-    # arms: plain = forward + backward; probe = the same with the probe armed, then the W pipeline;
-    # small chunk (CPU only) = a forward with the probe's score blocks cut to 2^19 floats (2 MiB, one L2)
-    arms = ["plain", "probe"] + ([] if cuda else ["small chunk"])
+    # arms: plain = forward + backward; probe = the same with the probe armed, then the W pipeline inline (its
+    # cost); overlap = as train.py runs it (read + W on the probe's worker during the forward; what is left
+    # exposed is the wall time above plain); small chunk (CPU only) = the probe's score blocks cut to 2^19
+    # floats (2 MiB, one L2)
+    arms = ["plain", "probe", "overlap"] + ([] if cuda else ["small chunk"])
     print(f"\n## scaling: one micro-batch of 1 synthetic rollout (full-length response), {args.scaling_repeats} "
-          f"interleaved rounds per point; extra = probe + debias + graph + Louvain + weights")
+          f"interleaved rounds per point; extra = probe + debias + graph + Louvain + weights (inline); exposed = "
+          f"wall time above fwd+bwd when overlapped as in train.py")
     print("| image tokens V | response T | S | fwd+bwd ms | probe ms | graph ms | Louvain ms | debias+weights ms "
-          "| extra ms | extra / fwd+bwd |" + ("" if cuda else " probe, chunk 2^19 ms |"))
-    print("|---|---|---|---|---|---|---|---|---|---|" + ("" if cuda else "---|"))
+          "| extra ms | extra / fwd+bwd | exposed / fwd+bwd |" + ("" if cuda else " probe, chunk 2^19 ms |"))
+    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("" if cuda else "---|"))
     for n_image, T in points:
         sb = rollout.to_device(synthetic_batch(smodel, 1, n_image, T, seed=args.seed), device)
         smask = sb["response_mask"].float()
@@ -608,21 +644,29 @@ if "scaling" in sections:
         for r in range(args.scaling_repeats + 1):  # round 0 is a warm-up
             for arm in arms[r % len(arms):] + arms[:r % len(arms)]:
                 STAGES = Stages()
+                sync()
+                t0 = time.perf_counter()
                 with contextlib.ExitStack() as stack:
                     p = None
                     if arm != "plain":
-                        chunk = 2**19 if arm == "small chunk" else 2**23  # 2^23: connectivity.probe's default
-                        p = stack.enter_context(connectivity.probe(smodel, probe_layers(smodel), chunk))
+                        chunk = 2**19 if arm == "small chunk" else None  # None: connectivity.probe's default
+                        p = stack.enter_context(connectivity.probe(smodel, probe_layers(smodel), chunk,
+                                                                   background=arm == "overlap"))
                         p.arm(connectivity.query_positions(sb["full_response_mask"]), sb["input_ids"] == IMAGE,
-                              sb["attention_mask"])
+                              sb["attention_mask"], then=functools.partial(
+                                  weights_from_probe, mask=smask, seed=args.seed, variant="atrl")
+                              if arm == "overlap" else None)
                     with STAGES("forward"):
                         logp, _ = rollout.token_logprobs(smodel, sb, P)
                     if arm == "probe":
-                        with STAGES("weights"):
-                            weights_from_probe(p, smask, args.seed, "graph on device" if cuda else "atrl")
+                        weights_from_probe(p.result(), smask, args.seed, "atrl")  # inline: its cost, not hidden
+                    if arm == "overlap":
+                        p.outcome()
                     if arm != "small chunk":
                         with STAGES("backward"):
                             ((logp * smask).sum() / smask.sum()).backward()
+                sync()
+                STAGES.seconds["wall"] = time.perf_counter() - t0
                 del logp
                 for q in sparams:
                     q.grad = None
@@ -633,8 +677,9 @@ if "scaling" in sections:
         get = lambda name: med([s.get(name, 0.0) for s in rec["probe"]])
         other = med([s["weights"] - s.get("graph", 0) - s.get("louvain", 0) for s in rec["probe"]])
         extra = max(delta("probe"), 0.0) + get("weights")
+        exposed = med([a["wall"] - b["wall"] for a, b in zip(rec["overlap"], rec["plain"])])
         print(f"| {n_image} | {T} | {sb['input_ids'].shape[1]} | {ms(fb)} | {ms(delta('probe'))} | {ms(get('graph'))} | "
-              f"{ms(get('louvain'))} | {ms(other)} | {ms(extra)} | {100 * extra / fb:.1f}% |"
+              f"{ms(get('louvain'))} | {ms(other)} | {ms(extra)} | {100 * extra / fb:.1f}% | {100 * exposed / fb:.1f}% |"
               + ("" if cuda else f" {ms(delta('small chunk'))} |"))
         del sb
 

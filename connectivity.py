@@ -49,6 +49,7 @@ Run the tests: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_connectivity.py
 the cost: `python bench_probe.py` (tiny model on CPU; Qwen2.5-VL-3B shapes on GPU when one is present).
 """
 
+import concurrent.futures
 import contextlib
 import sys
 
@@ -141,24 +142,34 @@ class Probe:
     epoch) costs nothing and changes nothing. Call `arm` again for every new batch / micro-batch.
     """
 
-    def __init__(self, layers, chunk_elements=None):
+    def __init__(self, layers, chunk_elements=None, background=False):
         self.layers = tuple(layers)  # decoder layer indices that are read
         # fp32 scores per chunk (x2 with the probabilities). None: 2**18 (1 MiB, cache-sized: fastest in
         # bench_probe.py on CPU) on CPU, 2**23 (32 MiB, fewer kernel launches; a guess, untested) on GPU
         self.chunk_elements = chunk_elements
+        # background: the rows are read on one worker thread while the forward goes on (see `arm`)
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, "atrl-probe") if background else None
         self.captures = 0  # layers captured since the last arm (tests and logs read it)
         self._armed = False
+        self._jobs, self._then, self._outcome = [], None, None
 
-    def arm(self, query_pos, image_mask, attention_mask=None):
+    def arm(self, query_pos, image_mask, attention_mask=None, then=None):
         """query_pos (B, T) long, -1 = no row; image_mask (B, S) bool; attention_mask (B, S) optional.
 
         The probe reads the mask the kernel itself is handed (sdpa/eager: 4-D; flash: 2-D). attention_mask is a
         safety net, used only for the padding of layers whose kernel is handed no mask at all (transformers
         does that only when there is no padding).
+
+        then: optional fn(result dict) -> anything, run (no grad) as soon as the last selected layer is read,
+        i.e. while the forward is still under way; `outcome()` returns what it returned. With a background
+        probe both the reading and `then` run on the worker thread, so work such as train.py's graph + Louvain
+        overlaps the rest of the forward (all the layers after the last selected one, the vocabulary
+        projection, the log-softmax) instead of following it.
         """
         if query_pos.dim() != 2 or image_mask.dim() != 2 or query_pos.shape[0] != image_mask.shape[0]:
             raise ValueError(f"arm expects query_pos (B, T) and image_mask (B, S); got "
                              f"{tuple(query_pos.shape)} and {tuple(image_mask.shape)}")
+        concurrent.futures.wait(self._jobs + [self._outcome] * (self._outcome is not None))  # last arm's work
         self._query_pos = query_pos.long()  # (B, T)
         image_pos = _left_align(image_mask.bool())  # (B, V)
         self._image_index = image_pos.clamp(min=0)  # (B, V) gather index, padding points at key 0
@@ -167,17 +178,26 @@ class Probe:
         self._seq_len = image_mask.shape[1]
         self._patterns = self._sink = None  # allocated on the device of the first captured layer
         self._done = set()
-        self._mask_source, self._mask_rows = _UNSET, {}  # per-arm cache of the mask rows, see _capture
+        self._mask_source, self._mask_rows = _UNSET, {}  # per-arm cache of the mask rows, see _read
         self._chunks = None  # [(first row, rows, keys)] per chunk, set by the first captured layer
-        self.captures = 0
+        self.captures = self._reads = 0
+        self._jobs, self._then, self._outcome = [], then, None
         self._armed = True
 
     def disarm(self):
         """Stop capturing (results stay readable)."""
         self._armed = False
 
+    def close(self):
+        """Finish pending work and stop the worker thread (probe() does this on exit)."""
+        self.disarm()
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+
     def result(self):
         """dict(patterns (B, T, V) fp32, sink (B, T) fp32, image_valid (B, V) bool), means over captured layers."""
+        for job in self._jobs:  # background: wait for the reads (and re-raise their errors); on the worker
+            job.result()        # itself they are already done -- it runs jobs in order
         if self.captures == 0:
             raise RuntimeError(f"the probe on layers {list(self.layers)} captured nothing: call arm(), then run the "
                                "forward inside the `with probe(model)` block on exactly the armed (B, S) batch")
@@ -186,6 +206,17 @@ class Probe:
         patterns = self._patterns / self.captures * row_valid[:, :, None] * image_valid[:, None, :]  # (B, T, V)
         sink = self._sink / self.captures * row_valid  # (B, T)
         return dict(patterns=patterns, sink=sink, image_valid=image_valid)
+
+    def outcome(self):
+        """What arm's `then` returned for the forward that just ran (waits for it; re-raises its errors)."""
+        if self._outcome is None:
+            raise RuntimeError(f"the probe read {self.captures} of its {len(self.layers)} layers and `then` never "
+                               "ran: pass then= to arm(), and run the whole forward on exactly the armed batch")
+        return self._outcome.result()
+
+    def _run_then(self):
+        with torch.no_grad(), torch.autocast(self._sink.device.type, enabled=False):
+            return self._then(self.result())
 
     def _row_mask(self, attention_mask, rows, K, H, Hkv, G):
         """The kernel's mask for the armed rows -> (hidden, first).
@@ -219,15 +250,38 @@ class Probe:
         return hidden, first
 
     def _capture(self, module, query, key, attention_mask, scaling):
-        """Recompute the armed rows of one decoder layer; query (B, H, S, D), key (B, Hkv, K, D) post-RoPE."""
-        B, H, S, D = query.shape
-        Hkv, K = key.shape[1], key.shape[2]
+        """Called by every probed layer's attention: read this layer now (or queue it for the worker) if armed.
+
+        query (B, H, S, D), key (B, Hkv, K, D) post-RoPE, attention_mask as the kernel receives it.
+        """
+        B, S, K = query.shape[0], query.shape[2], key.shape[2]
         # prefill of the armed batch only: decode steps (S == 1), other batches and cached prefixes pass through
         if (not self._armed or module.layer_idx in self._done or S <= 1 or K != S
                 or S != self._seq_len or B != self._query_pos.shape[0]):
             return
         self._done.add(module.layer_idx)  # NOTE: before any work, so a checkpoint re-run is skipped
         self.captures += 1
+        # NOTE: detach() shares storage, nothing is copied; the kernel does not write to q or k, and a training
+        # forward keeps them for the backward anyway
+        job = (query.detach(), key.detach(), attention_mask, scaling)
+        if self._worker is None:
+            self._read(*job)
+        else:
+            self._jobs.append(self._worker.submit(_on_device, query.device, self._read, *job))
+        if self.captures == len(self.layers) and self._then is not None:  # the last selected layer: go on
+            if self._worker is None:
+                self._outcome = concurrent.futures.Future()
+                try:
+                    self._outcome.set_result(self._run_then())
+                except Exception as error:  # kept for outcome(), as the worker would
+                    self._outcome.set_exception(error)
+            else:  # runs after the reads: one worker, jobs in order
+                self._outcome = self._worker.submit(_on_device, query.device, self._run_then)
+
+    def _read(self, query, key, attention_mask, scaling):
+        """The armed rows of one layer -> running sums in _patterns / _sink (on the worker if background)."""
+        B, H, S, D = query.shape
+        Hkv, K = key.shape[1], key.shape[2]
         device, G = query.device, H // Hkv
         if self._patterns is None:  # first captured layer of this arm: move the armed indices once
             self._query_pos = self._query_pos.to(device)  # (B, T)
@@ -249,7 +303,7 @@ class Probe:
             ends = (torch.stack(ends).clamp(min=image_end) + 1).tolist() if starts else []
             self._chunks = [(t0, min(chunk, T - t0), end) for t0, end in zip(starts, ends)]
         scale = scaling if scaling is not None else D**-0.5
-        keys_t = key.detach().float().transpose(-1, -2)  # (B, Hkv, D, K) one fp32 copy of the keys per layer
+        keys_t = key.float().transpose(-1, -2)  # (B, Hkv, D, K) one fp32 copy of the keys per layer
         # all full-attention layers share one mask object: slice its rows once per arm, not once per layer
         if self._mask_source is not attention_mask:
             self._mask_source, self._mask_rows = attention_mask, {}
@@ -260,7 +314,7 @@ class Probe:
                 if t0 not in self._mask_rows:
                     self._mask_rows[t0] = self._row_mask(attention_mask, rows, K, H, Hkv, G)
                 hidden, first = self._mask_rows[t0]  # (B, 1|Hkv, 1|G, c, K), (B, c)
-                q = query.detach().gather(2, rows[:, None, :, None].expand(B, H, c, D)).float()  # (B, H, c, D)
+                q = query.gather(2, rows[:, None, :, None].expand(B, H, c, D)).float()  # (B, H, c, D)
                 # GQA: query head h uses key head h // G (transformers' repeat_kv order), so (Hkv, G) groups
                 # the query heads by their key head and one matmul per key head serves its G query heads
                 q = q.mul_(scale).view(B, Hkv, G * c, D)  # (B, Hkv, G*c, D), scaled here: c*D < c*K numbers
@@ -275,8 +329,17 @@ class Probe:
                 probs = scores.softmax(dim=-1).view(B, H, c, K).mean(dim=1)  # (B, c, K)
                 self._patterns[:, t0:t0 + c] += probs.gather(-1, self._image_index[:, None, :].expand(B, c, V))
                 self._sink[:, t0:t0 + c] += probs.gather(-1, first[:, :, None]).squeeze(-1)  # (B, c)
-        if self.captures == len(self.layers):  # forward done: let the mask and its row slices go
+        self._reads += 1
+        if self._reads == len(self.layers):  # all layers read: let the mask and its row slices go
             self._mask_source, self._mask_rows = _UNSET, {}
+
+
+def _on_device(device, fn, *args):
+    """Run fn on the worker thread with `device` as its current CUDA device (a thread starts on cuda:0, and
+    under torchrun this rank's GPU may be another). Work is queued on that device's default stream, the
+    training thread's stream, so it is ordered after the kernels that produced q and k."""
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        return fn(*args)
 
 
 def _attention_with_probe(implementation):
@@ -319,11 +382,12 @@ def _set_text_attention(model, text_config, implementation):
 
 
 @contextlib.contextmanager
-def probe(model, layers=None, chunk_elements=None):
+def probe(model, layers=None, chunk_elements=None, background=False):
     """Install the probe on `model`'s decoder layers `layers` (None = middle third); yields a `Probe`.
 
     chunk_elements bounds the probe's extra memory: ~2 x 4 bytes x chunk_elements (fp32 scores + probabilities);
-    None picks a per-device default (see Probe).
+    None picks a per-device default (see Probe). background=True reads the rows (and runs arm's `then`) on a
+    worker thread, overlapping the rest of the forward; the numbers are the same bit for bit.
 
     The model's attention implementation is restored on exit, also after an exception.
     """
@@ -349,7 +413,7 @@ def probe(model, layers=None, chunk_elements=None):
     name = PREFIX + original
     AttentionInterface.register(name, _attention_with_probe(original))
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
-    result = Probe(layers, chunk_elements)
+    result = Probe(layers, chunk_elements, background)
     _set_text_attention(model, text_config, name)
     _ACTIVE.update({id(m): result for m in modules})
     try:
@@ -358,7 +422,7 @@ def probe(model, layers=None, chunk_elements=None):
         for m in modules:
             _ACTIVE.pop(id(m), None)
         _set_text_attention(model, text_config, original)
-        result.disarm()
+        result.close()
 
 
 # ----------------------------------------------------------------------------- sink debiasing

@@ -88,6 +88,7 @@ class Config:
     probe_layers: str = "late"      # decoder layers read: early|middle|late third, all, or "4,5,6" (late: results/)
     sink_debias: int = 1            # 1 = drop the first-token sink and outlier image keys, renormalise
     sink_outlier_k: float = 5.0     # an image key is a sink if its mean attention > k x the median key's
+    overlap_weights: int = 1        # 1 = probe read-out and W on a worker thread, overlapping the forward (same W)
     # Optimization
     steps: int = 40                 # RL steps (one rollout batch each)
     lr: float = 1e-4                # AdamW peak learning rate (tiny model: 2e-4 oscillated; ~1e-6 for 3B)
@@ -255,7 +256,8 @@ try:
 except ValueError as err:
     raise SystemExit(f"--probe_layers: {err}")
 use_probe = cfg.weighting != "uniform"  # GRPO/DAPO needs no attention at all
-probe_context = connectivity.probe(policy, layers=probe_layers) if use_probe else contextlib.nullcontext()
+probe_context = (connectivity.probe(policy, layers=probe_layers, background=bool(cfg.overlap_weights))
+                 if use_probe else contextlib.nullcontext())
 probe = probe_context.__enter__()  # installed for the whole run; idle (pure delegation) unless armed
 print0(f"model {model_path} | {sum(p.numel() for p in params) / 1e6:.2f}M trainable | world {world} | "
        f"B/rank {rollouts_per_rank} = {prompts_per_rank} prompts x G {cfg.group_size} | micro {micro} | device {device}")
@@ -303,19 +305,19 @@ def sample(rows, keys):
                                      synced=synced)
 
 
-def arm_probe(mb):
-    """Tell the probe which attention rows to keep in the next forward: one per response token."""
+def arm_probe(mb, mask):
+    """Tell the probe which attention rows to read in the next forward (one per response token) and what to
+    make of them: this micro-batch's W, computed as soon as the last probed layer is read -- on the probe's
+    worker thread, while the rest of the forward runs (--overlap_weights 1), or inline."""
     if use_probe:
         probe.arm(connectivity.query_positions(mb["full_response_mask"], cfg.anchor_query),
-                  mb["input_ids"] == image_token_id, mb["attention_mask"])  # the mask matters for FA2 only
+                  mb["input_ids"] == image_token_id, mb["attention_mask"],  # the mask matters for FA2 only
+                  then=functools.partial(weights_from_probe, mask=mask, keys=mb["keys"]))
 
 
-def weights_from_probe(mask, keys, stats):
-    """W (b, T) from what the probe captured in the forward that just ran (uniform: W = the mask)."""
-    if not use_probe:
-        return mask.clone(), 0.0
+def weights_from_probe(captured, mask, keys):
+    """W (b, T) and its stats from what the probe captured, plus the seconds it took (run by the probe)."""
     t = time.perf_counter()
-    captured = probe.result()
     pad = mask.shape[1] - captured["patterns"].shape[1]  # the probe's T is the longest response in this micro-batch
     captured["patterns"] = torch.nn.functional.pad(captured["patterns"], (0, 0, 0, pad))  # (b, T, V)
     captured["sink"] = torch.nn.functional.pad(captured["sink"], (0, pad))                # (b, T)
@@ -325,8 +327,19 @@ def weights_from_probe(mask, keys, stats):
     W, st = atrl.token_weights_with_stats(patterns, rho, mask.bool(), mode=cfg.weighting,
                                           anchor_frac=cfg.anchor_frac, gain=cfg.gain, k=cfg.knn,
                                           resolution=cfg.resolution, seed=keys.tolist())  # per-rollout seeds
+    return W.to(mask.device), st, time.perf_counter() - t
+
+
+def collect_weights(mask, stats, timing):
+    """W (b, T) for the micro-batch whose forward just ran (uniform: W = the mask); waits for the probe."""
+    if not use_probe:
+        return mask.clone()
+    t = time.perf_counter()
+    W, st, busy = probe.outcome()
     stats.append(st)
-    return W.to(mask.device), time.perf_counter() - t
+    timing["weights"] += busy                            # time spent computing W (on the worker if overlapped)
+    timing["weights_wait"] += time.perf_counter() - t    # time the loop stood still waiting for it
+    return W
 
 
 def log_record(step, batch, stats, sums, grad_norm, skipped, n_updates, timing):
@@ -445,18 +458,18 @@ for step in bar:
     # 4) connectivity -> anchors -> clusters -> W, read inside the first forward over each micro-batch:
     #    a no-grad pi_old pass when there are several updates per batch, else the training forward itself
     W, old_logp = torch.zeros_like(loss_mask), torch.zeros_like(loss_mask)                   # (B, T)
-    have_weights, stats, t_weights = [False] * len(adv), [], 0.0
+    have_weights, stats, timing = [False] * len(adv), [], {"weights": 0.0, "weights_wait": 0.0}
     if cfg.ppo_epochs > 1 or cfg.mini_batches > 1:
         with torch.no_grad():
             for i in range(0, len(adv), micro):
                 mb = rollout.slice_batch(batch, i, i + micro)
-                arm_probe(mb)
+                arm_probe(mb, loss_mask[i:i + micro])
                 old_logp[i:i + micro] = rollout.token_logprobs(policy, mb, P, autocast)[0]
-                W[i:i + micro], dt = weights_from_probe(loss_mask[i:i + micro], mb["keys"], stats)
-                have_weights[i:i + micro], t_weights = [True] * micro, t_weights + dt
+                W[i:i + micro] = collect_weights(loss_mask[i:i + micro], stats, timing)
+                have_weights[i:i + micro] = [True] * micro
     # 5) loss + backward over micro-batches, with global (all-rank, all-micro-batch) denominators
     policy.train()
-    t1 = time.perf_counter()
+    t1, wait_before = time.perf_counter(), timing["weights_wait"]
     sums, skipped, grad_norm = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0}, 0, 0.0
     for epoch in range(cfg.ppo_epochs):
         for m0 in range(0, len(adv), mini_batch):
@@ -467,12 +480,12 @@ for step in bar:
                 mb, mask = rollout.slice_batch(batch, i, i + micro), loss_mask[i:i + micro]
                 first = not have_weights[i]
                 if first:
-                    arm_probe(mb)
+                    arm_probe(mb, mask)
                 logp, entropy = rollout.token_logprobs(train_model, mb, P, autocast)
                 if first:  # on-policy single pass: pi_old = pi (ratio 1) and W from this very forward
                     old_logp[i:i + micro] = logp.detach()
-                    W[i:i + micro], dt = weights_from_probe(mask, mb["keys"], stats)
-                    have_weights[i:i + micro], t_weights = [True] * micro, t_weights + dt
+                    W[i:i + micro] = collect_weights(mask, stats, timing)
+                    have_weights[i:i + micro] = [True] * micro
                 adv_tok = atrl.token_advantages(adv[i:i + micro], W[i:i + micro])          # (b, T) = W * A
                 pg_tok, clipped = atrl.ppo_clip_loss(logp, old_logp[i:i + micro], adv_tok, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
                 kl_tok = torch.zeros_like(pg_tok)
@@ -501,7 +514,7 @@ for step in bar:
     scheduler.step()
     # 7) log: rank-local sums all-reduced into batch means (README: "Logged keys")
     rec = log_record(step, batch, stats, sums, grad_norm, skipped, cfg.ppo_epochs * cfg.mini_batches,
-                     {"rollout": t_rollout, "weights": t_weights, "train": time.perf_counter() - t1 - t_weights,
+                     {"rollout": t_rollout, **timing, "train": time.perf_counter() - t1 - (timing["weights_wait"] - wait_before),
                       "step": time.perf_counter() - t0})
     # 8) eval / checkpoint
     if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:

@@ -309,3 +309,51 @@ def test_small_images_are_not_screened_for_outlier_keys():
     assert dist[0, :, 0].min() > 0.9 and rho.min() > 0.5  # key 0 kept
     dist4, _ = debias_sinks(patterns, sink, valid, min_keys=2)
     assert (dist4[0, :, 0] == 0).all()  # the same data screened: key 0 would be dropped
+
+
+# ----------------------------------------------------------------------------- background mode and `then`
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_then_sees_the_result_and_background_reads_are_bit_identical(setup, background):
+    """arm(then=fn) runs fn on the finished result inside the forward; a background probe (reads + fn on a
+    worker thread) gives exactly the synchronous numbers, also with several chunks and layers."""
+    model, inputs, response_mask, attentions = setup
+    query_pos = query_positions(response_mask)
+    with probe(model, [0, 1, 2, 3], 600) as p, torch.no_grad():  # 600 elements: 2 rows a chunk
+        p.arm(query_pos, inputs["input_ids"] == IMAGE)
+        model(**inputs)
+        reference = p.result()
+    seen = {}
+
+    def then(captured):
+        seen["grad"] = torch.is_grad_enabled()
+        return captured["patterns"].sum(-1)  # (B, T) image mass, as a stand-in for train.py's weights
+
+    with probe(model, [0, 1, 2, 3], 600, background=background) as p:  # grad on: as in a training forward
+        p.arm(query_pos, inputs["input_ids"] == IMAGE, then=then)
+        model(**inputs)
+        mass, got = p.outcome(), p.result()
+    assert torch.equal(got["patterns"], reference["patterns"]) and torch.equal(got["sink"], reference["sink"])
+    assert torch.equal(mass, reference["patterns"].sum(-1)) and seen["grad"] is False
+    patterns, _ = oracle(attentions, inputs, query_pos, [0, 1, 2, 3])
+    assert (mass - patterns.sum(-1)).abs().max() <= 1e-5 and mass.sum() > 0.1
+    assert p._worker is None or p._worker._shutdown  # probe() stopped the worker on exit
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_errors_in_then_and_missing_layers_reach_the_caller(setup, background):
+    model, inputs, response_mask, _ = setup
+    query_pos, image_mask = query_positions(response_mask), inputs["input_ids"] == IMAGE
+    with probe(model, [1, 2], background=background) as p, torch.no_grad():
+        p.arm(query_pos, image_mask, then=lambda captured: 1 / 0)
+        model(**inputs)  # the forward itself is unaffected ...
+        with pytest.raises(ZeroDivisionError):
+            p.outcome()  # ... the error surfaces where the outcome is needed
+        p.arm(query_pos, image_mask, then=lambda captured: 1)
+        model(**make_batch(response_lengths=(2, 2, 2))[0])  # another batch: nothing is read, `then` never runs
+        with pytest.raises(RuntimeError, match="read 0 of its 2 layers"):
+            p.outcome()
+        p.arm(query_pos, image_mask, then=lambda captured: captured["patterns"].shape)
+        model(**inputs)  # the probe works again after both failures
+        assert p.outcome() == (3, 7, 9)

@@ -107,10 +107,14 @@ def test_resume_continues_exactly(warm_checkpoint, tmp_path):
 
 
 def test_two_runs_with_one_seed_give_the_same_numbers(warm_checkpoint, tmp_path):
+    """... and computing W inline instead of on the probe's worker thread changes nothing either."""
     run_train(warm_checkpoint, tmp_path / "a", "--steps", "2")
     run_train(warm_checkpoint, tmp_path / "b", "--steps", "2")
+    run_train(warm_checkpoint, tmp_path / "inline", "--steps", "2", "--overlap_weights", "0")
     strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rs]  # noqa: E731
-    assert strip(records(tmp_path / "a")) == strip(records(tmp_path / "b"))
+    assert strip(records(tmp_path / "a")) == strip(records(tmp_path / "b")) == strip(records(tmp_path / "inline"))
+    assert records(tmp_path / "a")[0]["anchor_frac"] > 0  # the probe and W did run
+    assert_same_weights(tmp_path / "a", tmp_path / "inline", atol=0.0)
 
 
 @pytest.mark.parametrize("args, message", [
