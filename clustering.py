@@ -52,9 +52,11 @@ References: V. Blondel, J.-L. Guillaume, R. Lambiotte, E. Lefebvre, "Fast unfold
 networks", J. Stat. Mech. (2008) P10008, Eq. 2; N. Ozaki, H. Tezuka, M. Inaba, "A simple acceleration method
 for the Louvain algorithm", IJCEE 8(3) 2016; V. Traag et al., "From Louvain to Leiden" (2019), Sec. 3;
 networkx `algorithms/community/louvain.py` (the test oracle); igraph `src/community/louvain.c` (the speed bar).
-API: modularity, louvain (one dense graph), louvain_batch (list of CSR triples), dense_to_csr, and the fast
-batch path AT-RL uses each step: knn_packed turns (B, T, k) kNN lists into one block-diagonal CSR and
-louvain_packed clusters all B graphs in one compiled call, in parallel over graphs (graph b uses seed + b).
+API: modularity, louvain (one dense graph), louvain_batch (list of CSR triples, what atrl.py calls each step:
+it packs them into one block-diagonal CSR), louvain_packed (clusters all B graphs of that CSR in one compiled
+call, in parallel over graphs; graph b uses seed + b) and knn_packed ((B, T, k) kNN lists straight to that
+CSR; bench_step.py's "packed graph" arm). Compiled code releases the GIL (nogil): train.py runs Louvain on the
+probe's worker thread while the training thread runs the forward.
 Run: `python -m pytest -q tests/test_clustering.py`; benchmark: `python bench_louvain.py`.
 """
 import os
@@ -67,7 +69,8 @@ from numba import njit, prange
 # NOTE: numba's default OpenMP threading layer shares the OpenMP runtime with torch: its first parallel call
 # silently raises torch's thread count, and its spinning workers slow the backward that follows (measured in
 # bench_step.py: +12 ms per step, Louvain itself 12-20 ms instead of 0.4 ms on a busy 2-core machine). The
-# workqueue layer has neither problem. Set NUMBA_THREADING_LAYER to override.
+# workqueue layer has neither problem (it must not be entered by two threads at once: in train.py only the
+# probe's worker calls Louvain). Set NUMBA_THREADING_LAYER to override.
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 SERIAL_BELOW = 100_000  # edges: smaller batches run on one thread (starting workers costs more than it saves)
@@ -79,14 +82,14 @@ MAX_LEVELS = 64  # aggregation levels; each level shrinks the graph, real graphs
 # --------------------------------------------------------------------------------------- compiled core
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _next_below(state, bound):
     """One step of Knuth's MMIX 64-bit LCG; returns (new state, a draw in [0, bound)) from the high bits."""
     state = state * np.uint64(6364136223846793005) + np.uint64(1442695040888963407)
     return state, np.int64((state >> np.uint64(33)) % np.uint64(bound))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _local_moves(indptr, indices, weights, k, m2, gamma, order, tol_w, comm):
     """Phase 1 on one graph: move nodes to their best neighbouring community; edits comm in place.
 
@@ -155,7 +158,7 @@ def _local_moves(indptr, indices, weights, k, m2, gamma, order, tol_w, comm):
     return moves
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _degrees(indptr, weights):
     """Row sums k_i of a CSR matrix (a self-loop counts once: matrix convention)."""
     k = np.zeros(indptr.shape[0] - 1)
@@ -165,7 +168,7 @@ def _degrees(indptr, weights):
     return k
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _renumber(comm):
     """Relabel in place to 0..K-1 by first appearance (node 0 gets label 0); returns K."""
     new_id = np.full(comm.shape[0], -1)
@@ -178,7 +181,7 @@ def _renumber(comm):
     return n_comm
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _aggregate(indptr, indices, weights, comm, n_comm):
     """Phase 2: the coarse CSR graph whose node c is community c; edge C-D = sum of A_ij over C x D."""
     members = np.argsort(comm, kind="mergesort")  # (n,) nodes grouped by community
@@ -213,7 +216,7 @@ def _aggregate(indptr, indices, weights, comm, n_comm):
     return new_indptr, new_indices[:nnz], new_weights[:nnz]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _louvain_csr(indptr, indices, weights, gamma, seed):
     """Full Louvain on one CSR graph; returns (n,) int64 labels, contiguous by first appearance."""
     n = indptr.shape[0] - 1
@@ -241,7 +244,7 @@ def _louvain_csr(indptr, indices, weights, gamma, seed):
     return labels
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _louvain_packed(indptr, indices, weights, node_offsets, gamma, seeds):
     """Louvain on each diagonal block of a block-diagonal CSR, in parallel over blocks (graphs)."""
     labels = np.empty(indptr.shape[0] - 1, np.int64)
@@ -253,10 +256,10 @@ def _louvain_packed(indptr, indices, weights, node_offsets, gamma, seeds):
     return labels
 
 
-_louvain_packed_serial = njit(cache=True)(_louvain_packed.py_func)  # same code, prange runs as range
+_louvain_packed_serial = njit(cache=True, nogil=True)(_louvain_packed.py_func)  # same code, prange runs as range
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _find_packed_error(indptr, indices, weights, node_offsets):
     """First problem in a packed batch as (code, position), (0, 0) if none; codes are decoded in louvain_packed."""
     for g in range(node_offsets.shape[0] - 1):
@@ -283,7 +286,7 @@ def _find_packed_error(indptr, indices, weights, node_offsets):
     return 0, 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _weight_back(neighbors, weights, b, j, t):
     """Weight of node j's own choice of t in graph b, or -1.0 if j did not choose t."""
     for s in range(neighbors.shape[2]):
@@ -292,7 +295,7 @@ def _weight_back(neighbors, weights, b, j, t):
     return -1.0
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _knn_edges(neighbors, weights, valid, indptr, indices, edge_w, write):
     """Walk every kept kNN choice t -> j of every graph, counting (write=False: row lengths into indptr[1:])
     or placing (write=True) its CSR entries. Row t gets (j, w), w the larger weight if j also chose t; row j

@@ -36,6 +36,12 @@ Use inside training (one forward that happens anyway, e.g. the old-log-prob forw
     raw = p.result()                                        # patterns (B, T, V), sink (B, T), image_valid (B, V)
     patterns, rho = debias_sinks(raw["patterns"], raw["sink"], raw["image_valid"], row_mask=query_pos >= 0)
 
+Overlapped, as train.py runs it: `probe(model, background=True)` hands each probed layer's q/k (references,
+no copies) to one worker thread that reads the rows, and `arm(..., then=fn)` queues fn(result) behind the last
+layer's read -- there, the sink debiasing, kNN graph, Louvain and W -- so all of it runs while the training
+thread finishes the forward. `outcome()` waits for fn and returns what it returned. The numbers are identical
+(same ops in the same order, on another thread); tests/test_connectivity.py and tests/test_train.py check it.
+
 Cost: the probe redoes, for T of the S rows and in fp32, the QK^T and softmax of each selected layer, so it costs
 about (selected layers / L) x (T / S) x (the attention share of the forward); see bench_probe.py for measurements.
 

@@ -11,7 +11,9 @@ What one step does, for P prompts and G sampled responses each (B = P*G rollouts
                   + beta * KL(pi || pi_ref)                      (optional, k1/k2/k3 estimators)
 
 W comes from the text->image attention of the *training forward itself* (connectivity.probe): no extra
-forward, no output_attentions. With `--weighting uniform` W = 1 and this is plain GRPO/DAPO.
+forward, no output_attentions. The probe reads the attention rows and computes W on a worker thread while the
+forward is still running (--overlap_weights 1), so the loss rarely waits for it. With `--weighting uniform`
+W = 1 and this is plain GRPO/DAPO.
 
 Where we depart from / guess beyond the paper (each one is a flag; README "where we depart"):
   1. Anchors, graph, Louvain and W(.) follow our reading in DESIGN.md §2 (the paper does not publish them).
