@@ -106,6 +106,19 @@ def test_resume_continues_exactly(warm_checkpoint, tmp_path):
     assert_same_weights(tmp_path / "straight", tmp_path / "split", atol=0.0)
 
 
+def test_fsdp_resume_continues_exactly(warm_checkpoint, tmp_path):
+    """Under FSDP2 the checkpoint holds full (gathered) weights and optimizer state; each rank re-shards them."""
+    common = ["--weighting", "atrl", "--micro_batch_size", "2", "--fsdp", "1", "--save_every", "1"]
+    run_train(warm_checkpoint, tmp_path / "straight", "--steps", "2", *common, torchrun=2)
+    run_train(warm_checkpoint, tmp_path / "split", "--steps", "1", *common, torchrun=2)
+    run_train(warm_checkpoint, tmp_path / "split", "--steps", "2", *common, "--resume", "1", torchrun=2)
+    a, b = records(tmp_path / "straight"), records(tmp_path / "split")
+    assert [r["step"] for r in b] == [0, 1] and a[1]["grad_norm"] > 0
+    for key in ("reward", "loss", "grad_norm", "lr", "anchor_frac"):
+        assert a[1][key] == b[1][key], (key, a[1][key], b[1][key])
+    assert_same_weights(tmp_path / "straight", tmp_path / "split", atol=0.0)
+
+
 def test_two_runs_with_one_seed_give_the_same_numbers(warm_checkpoint, tmp_path):
     """... and computing W inline instead of on the probe's worker thread changes nothing either."""
     run_train(warm_checkpoint, tmp_path / "a", "--steps", "2")
