@@ -146,15 +146,17 @@ def test_probe_wraps_eager_with_its_additive_mask(setup):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_probe_on_cuda_matches_eager(setup):
+@pytest.mark.parametrize("background", [False, True])
+def test_probe_on_cuda_matches_eager(setup, background):
     model, inputs, response_mask, attentions = setup
     model.cuda()
     try:
         query_pos = query_positions(response_mask)
-        with probe(model, [1, 2]) as p, torch.no_grad():
-            p.arm(query_pos.cuda(), inputs["input_ids"].cuda() == IMAGE)
+        with probe(model, [1, 2], background=background) as p, torch.no_grad():
+            p.arm(query_pos.cuda(), inputs["input_ids"].cuda() == IMAGE, then=lambda captured: captured["patterns"].cpu())
             model(**{k: v.cuda() for k, v in inputs.items()})
             got = p.result()
+            assert torch.equal(p.outcome(), got["patterns"].cpu())
     finally:
         model.cpu()
     patterns, sink = oracle(attentions, inputs, query_pos, [1, 2])
