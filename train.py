@@ -132,7 +132,7 @@ def parse_config() -> Config:
 
 cfg = parse_config()
 # Derived values are checked once, with messages that say what to change.
-choices = {"weighting": ("uniform", "atrl", "tokens", "anchor_only", "low_only", "random"),
+choices = {"weighting": atrl.MODES,
            "loss_agg": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
            "scale_rewards": ("group", "batch", "none"), "kl_estimator": ("k1", "k2", "k3"),
            "anchor_query": ("predict", "self")}
