@@ -199,10 +199,16 @@ def model_responder(model, tokenizer, image_processor, max_new_tokens, top_p=1.0
 
 
 def grade(row, text):
-    """(correct, formatted, extracted answer) of one response to one unified-schema row."""
+    """(correct, formatted) of one response to one unified-schema row, each 0.0 or 1.0."""
     parts = data.compute_reward(text, row["answer"], list(row.get("choices") or []) or None,
                                 precision=row.get("precision"))
-    return parts["accuracy"], parts["format"], data.extract_answer(text)
+    return parts["accuracy"], parts["format"]
+
+
+def graded(row, text):
+    """One response for inspection: its verdicts, the answer the grader extracted, and the text itself."""
+    correct, formatted = grade(row, text)
+    return {"correct": correct, "format": formatted, "extracted": data.extract_answer(text), "response": text}
 
 
 def tally(rows, greedy_texts=None, sampled_texts=None):
@@ -221,15 +227,15 @@ def tally(rows, greedy_texts=None, sampled_texts=None):
         counts["n"] += 1
         counts["n_choice"] += is_choice
         if greedy_texts is not None:
-            correct, formatted, _ = grade(row, greedy_texts[r])
+            correct, formatted = grade(row, greedy_texts[r])
             counts["greedy"] += correct
             counts["greedy_format"] += formatted
             counts["greedy_choice"] += correct * is_choice
         if sampled_texts is not None:
-            graded = [grade(row, t) for t in sampled_texts[r]]
-            mean_correct = sum(g[0] for g in graded) / len(graded)
+            verdicts = [grade(row, t) for t in sampled_texts[r]]
+            mean_correct = sum(v[0] for v in verdicts) / len(verdicts)
             counts["sampled"] += mean_correct
-            counts["sampled_format"] += sum(g[1] for g in graded) / len(graded)
+            counts["sampled_format"] += sum(v[1] for v in verdicts) / len(verdicts)
             counts["sampled_choice"] += mean_correct * is_choice
             counts["sampled_pass"] += float(mean_correct > 0)
     return counts
@@ -277,9 +283,6 @@ def evaluate_rows(dataset, index, respond, greedy=True, k=0, temperature=0.0, ba
         sampled_texts = respond(rows, keys, k, temperature) if k else None
         for key, value in tally(rows, greedy_texts, sampled_texts).items():
             counts[key] += value
-        def graded(row, text):
-            correct, formatted, extracted = grade(row, text)
-            return {"correct": correct, "format": formatted, "extracted": extracted, "response": text}
         for r, row in enumerate(rows[:max(0, show - len(examples))]):
             ex = {"id": row["id"], "question": data.format_question(row), "answer": row["answer"],
                   "precision": row.get("precision"), "unit": row.get("unit")}
@@ -414,6 +417,12 @@ def bimodality_coefficient(values):
     return round(float((skew ** 2 + 1) / kurt), 6)
 
 
+def perception_tokens(tokenizer, ids, text, perception):
+    """Per response token: does it write one of the image's values? ids -> list of bools; text is
+    tokenizer.decode(ids, skip_special_tokens=True) and perception the row's values (data.locate_perception)."""
+    return overlapping_tokens(token_char_spans(tokenizer, ids), data.locate_perception(text, perception))
+
+
 def report_batch(model, tokenizer, image_processor, rows, responses, max_new_tokens):
     """Prompt + response tensors for the probe: greedy "generated" responses or teacher-forced "reference" ones.
 
@@ -428,7 +437,7 @@ def report_batch(model, tokenizer, image_processor, rows, responses, max_new_tok
         batch = tiny.sft_batch(tokenizer, image_processor, rows)
         labelled = batch.pop("labels") != -100  # (B, S) response tokens
         P = int(labelled.float().argmax(1).min())
-        batch["full_response_mask"] = batch["attention_mask"].bool() & (torch.arange(labelled.shape[1]) >= P)
+        batch["full_response_mask"] = labelled  # every prompt ends at column P, so the response starts there
         batch["response_mask"], batch["prompt_len"] = batch["full_response_mask"][:, P:], P
     keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
     return {k: batch[k] for k in keys}, batch["full_response_mask"], batch["response_mask"], batch["prompt_len"]
@@ -452,8 +461,7 @@ def analyse(model, tokenizer, image_processor, rows, cfg, queries):
         for b, row in enumerate(chunk):
             ids = inputs["input_ids"][b, P:][resp_mask[b].to(device)].tolist()
             text = tokenizer.decode(ids, skip_special_tokens=True)
-            spans = data.locate_perception(text, row["perception"])  # characters that write an image value
-            truth = overlapping_tokens(token_char_spans(tokenizer, ids), spans)
+            truth = perception_tokens(tokenizer, ids, text, row["perception"])
             _, h, w = inputs["image_grid_thw"][b].tolist()
             responses.append(dict(row=row, text=text, tokens=[tokenizer.decode([i]) for i in ids],
                                   truth=torch.tensor(truth, dtype=torch.bool), grid=(h // merge, w // merge)))

@@ -38,7 +38,6 @@ import connectivity
 import data
 import eval as eval_py  # the report's token/character alignment, precision/recall and Otsu split
 import rollout
-import tiny
 
 # --------------------------------------------------------------------------------------------------
 # Config
@@ -69,8 +68,8 @@ def perception_mask(tokenizer, enc, response_mask, rows):
     out = torch.zeros(len(rows), T, dtype=torch.bool)
     for b, row in enumerate(rows):
         ids = enc["input_ids"][b][response_mask[b]].tolist()
-        spans = data.locate_perception(tokenizer.decode(ids, skip_special_tokens=True), row["perception"])
-        out[b, :len(ids)] = torch.tensor(eval_py.overlapping_tokens(eval_py.token_char_spans(tokenizer, ids), spans))
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        out[b, :len(ids)] = torch.tensor(eval_py.perception_tokens(tokenizer, ids, text, row["perception"]))
     return out
 
 
@@ -78,11 +77,8 @@ def perception_mask(tokenizer, enc, response_mask, rows):
 # 1) Connectivity of the warm start: C1 histogram, anchor precision / recall per query row and layer band
 # --------------------------------------------------------------------------------------------------
 
-model_dir = tiny.ensure_tiny_model()
-from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: E402
-
-model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
-tokenizer, image_processor = rollout.load_processor(model_dir)
+cpu = torch.device("cpu")
+model, tokenizer, image_processor = eval_py.load_model("", cpu, "float32")     # the tiny warm start (tiny.py)
 rows = list(data.make_visualmath(args.n_analysis, seed=10_000))                 # train.py's held-out seed
 # teacher-forced reference responses: prompt left-padded to P columns, response token t at column P + t
 enc, response_mask, valid, P = eval_py.report_batch(model, tokenizer, image_processor, rows, "reference", 0)
@@ -147,16 +143,16 @@ if not args.skip_training:
 
 
 def records(arm, seed):
+    """The step records of one run's log.jsonl ([] if the run is missing)."""
     path = os.path.join(run_dir(arm, seed), "log.jsonl")
-    if not os.path.exists(path):
-        return []
-    return [json.loads(line) for line in open(path)][1:]
+    return eval_py.read_log(path)[1] if os.path.exists(path) else []
 
 
+logs = {(arm, seed): records(arm, seed) for arm in args.arms for seed in args.seeds}  # each log read once
 table = {}
 for arm in args.arms:
-    finals = [r[-1]["eval_accuracy"] for r in (records(arm, s) for s in args.seeds) if r and "eval_accuracy" in r[-1]]
-    starts = [r[0]["eval_accuracy"] for r in (records(arm, s) for s in args.seeds) if r and r[0]["step"] == -1]
+    finals = [r[-1]["eval_accuracy"] for r in (logs[arm, s] for s in args.seeds) if r and "eval_accuracy" in r[-1]]
+    starts = [r[0]["eval_accuracy"] for r in (logs[arm, s] for s in args.seeds) if r and r[0]["step"] == -1]
     table[arm] = {"final": finals, "mean": statistics.mean(finals) if finals else None,
                   "std": statistics.pstdev(finals) if len(finals) > 1 else 0.0,
                   "start": statistics.mean(starts) if starts else None}
@@ -164,13 +160,13 @@ json.dump(table, open(f"{args.out}/arms.json", "w"), indent=1)
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
 for arm in args.arms:
-    curves = [[r["reward"] for r in records(arm, s) if r["step"] >= 0] for s in args.seeds]
+    curves = [[r["reward"] for r in logs[arm, s] if r["step"] >= 0] for s in args.seeds]
     curves = [c for c in curves if c]
     if curves:
         n = min(len(c) for c in curves)
         mean = [statistics.mean(c[i] for c in curves) for i in range(n)]
         axes[0].plot(range(n), mean, label=arm)
-        evals = [[(r["step"] + 1, r["eval_accuracy"]) for r in records(arm, s) if "eval_accuracy" in r] for s in args.seeds]
+        evals = [[(r["step"] + 1, r["eval_accuracy"]) for r in logs[arm, s] if "eval_accuracy" in r] for s in args.seeds]
         xs = sorted({x for e in evals for x, _ in e})
         axes[1].plot(xs, [statistics.mean(v for e in evals for x2, v in e if x2 == x) for x in xs], marker="o", label=arm)
 axes[0].set_title("train reward (mean over seeds)", fontsize=9); axes[0].set_xlabel("step")
@@ -185,7 +181,7 @@ fig.tight_layout(); fig.savefig(f"{args.out}/curves.png", dpi=120); plt.close(fi
 share = None
 trained = os.path.join(run_dir("uniform", args.seeds[0]), "checkpoint")
 if "uniform" in args.arms and os.path.exists(trained):
-    after = Qwen2_5_VLForConditionalGeneration.from_pretrained(trained, dtype=torch.float32, attn_implementation="sdpa").eval()
+    after = eval_py.load_model(trained, cpu, "float32")[0]
     with torch.no_grad():
         delta = (rollout.token_logprobs(after, enc, P)[0] - rollout.token_logprobs(model, enc, P)[0]).abs() * valid
     share = {"anchor_token_share": default_anchors.sum().item() / valid.sum().item(),
