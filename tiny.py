@@ -182,8 +182,8 @@ def sft_batch(tokenizer, image_processor, examples):
 def _grade(text, answer, perception):
     """(correct, well_formatted, read) for one response.
 
-    correct: data's grader (extract_answer + is_correct); well_formatted: exactly
-    <think>...</think><answer>...</answer>; read: the numbers before the last '=' inside <think> are the
+    correct: data.compute_reward's accuracy (extract_answer + is_correct); well_formatted: its format part
+    (exactly <think>...</think><answer>...</answer>); read: the numbers before the last '=' inside <think> are the
     perception values, in any order (the model read the image right, whatever its arithmetic).
 
     >>> _grade("<think>3+4=7</think><answer>7</answer>", "7", ["3", "4"])
@@ -193,9 +193,8 @@ def _grade(text, answer, perception):
     >>> _grade("<think>4+3=7</think><answer>7", "7", ["3", "4"])   # unclosed tag: badly formatted
     (True, False, True)
     """
-    well_formatted = data.format_ok(text) == 1.0
-    pred = data.extract_answer(text)
-    correct = pred is not None and data.is_correct(pred, answer)
+    parts = data.compute_reward(text, answer)  # the RL reward's own grader
+    correct, well_formatted = parts["accuracy"] == 1.0, parts["format"] == 1.0
     think = re.search(r"<think>(.*?)</think>", text, re.S)
     # sorted: for a + b, writing "4+3" for perception [3, 4] is a right reading (order is not asked)
     read = think is not None and sorted(re.findall(r"\d+", think.group(1).rpartition("=")[0])) == sorted(perception)
