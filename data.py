@@ -40,11 +40,16 @@ Run: `python -m pytest -q tests/test_grading.py tests/test_loaders.py tests/test
 # files needed), scaled up with nearest-neighbour so strokes stay crisp; colours and a little pixel
 # noise vary so that no two images are identical.
 
-import random as _random
-import re as _re
+import io
+import json
+import math
+import os
+import random
+import re
 
-import datasets as _datasets
-from PIL import Image as _Image, ImageDraw as _ImageDraw, ImageFont as _ImageFont
+import datasets
+import PIL.Image
+from PIL import ImageDraw, ImageFont
 
 _OPS = ("+", "-", "*")
 _LETTERS = "abcdefgh"
@@ -52,12 +57,12 @@ _LETTERS = "abcdefgh"
 
 def _render_number(text, fg, scale):
     """Draw `text` with Pillow's bitmap font, scaled by an integer factor -> RGBA tile (transparent bg)."""
-    font = _ImageFont.load_default_imagefont()  # built into Pillow: 6x11 px per digit
+    font = ImageFont.load_default_imagefont()  # built into Pillow: 6x11 px per digit
     left, top, right, bottom = font.getbbox(text)
-    small = _Image.new("L", (right - left, bottom - top), 0)
-    _ImageDraw.Draw(small).text((-left, -top), text, fill=255, font=font)
-    big = small.resize((small.width * scale, small.height * scale), _Image.NEAREST)
-    tile = _Image.new("RGBA", big.size, fg + (0,))
+    small = PIL.Image.new("L", (right - left, bottom - top), 0)
+    ImageDraw.Draw(small).text((-left, -top), text, fill=255, font=font)
+    big = small.resize((small.width * scale, small.height * scale), PIL.Image.NEAREST)
+    tile = PIL.Image.new("RGBA", big.size, fg + (0,))
     tile.putalpha(big)
     return tile
 
@@ -65,7 +70,7 @@ def _render_number(text, fg, scale):
 def _draw_shapes(img, x0, cell, n_shapes, rng):
     """n_shapes filled circles/squares/triangles in distinct cells of a 4x2 grid (cell/2 px each) at x0."""
     g = cell // 2  # with cell=28: one grid cell = one 14-px vision patch
-    draw = _ImageDraw.Draw(img)
+    draw = ImageDraw.Draw(img)
     for spot in rng.sample(range(8), n_shapes):
         left, top = x0 + (spot % 4) * g + 2, (spot // 4) * g + 2
         box = (left, top, left + g - 5, top + g - 5)
@@ -97,7 +102,7 @@ def _render_image(values, digits, cell, layout, noise, rng, n_shapes=0):
         raise ValueError(f"layout={layout!r}: use 'fixed' or 'jitter'")
     bg = tuple(rng.randrange(200, 256) for _ in range(3))  # light background
     fg = tuple(rng.randrange(0, 90) for _ in range(3))  # dark ink
-    img = _Image.new("RGB", (width, height), bg)
+    img = PIL.Image.new("RGB", (width, height), bg)
     scale = max(1, (cell - 4) // 11)  # glyph height 11 px -> fills most of the slot
     for v, (x0, y0) in zip(values, origins):
         tile = _render_number(str(v), fg, scale)
@@ -119,7 +124,7 @@ def _render_image(values, digits, cell, layout, noise, rng, n_shapes=0):
 def visualmath_example(rng, n_numbers=2, digits=1, ops=("+",), cell=28, layout="fixed", noise=0.02, shapes=0):
     """One example as a plain dict (no Dataset): the generator used by make_visualmath.
 
-    >>> ex = visualmath_example(_random.Random(0))
+    >>> ex = visualmath_example(random.Random(0))
     >>> ex["response"] == f"<think>{ex['perception'][0]}+{ex['perception'][1]}={ex['answer']}</think><answer>{ex['answer']}</answer>"
     True
     >>> ex["image"].size
@@ -171,19 +176,12 @@ def make_visualmath(n, seed=0, n_numbers=2, digits=1, ops=("+",), cell=28, layou
     if n_numbers < 1 or digits < 1 or not ops or not set(ops) <= set(_OPS) or not 0 <= shapes <= 8:
         raise ValueError(f"bad knobs n_numbers={n_numbers} digits={digits} ops={ops!r} shapes={shapes}: need "
                          f">=1, >=1, a non-empty subset of {list(_OPS)}, 0..8")
-    rng = _random.Random(seed)
+    rng = random.Random(seed)
     rows = [visualmath_example(rng, n_numbers, digits, ops, cell, layout, noise, shapes) for _ in range(n)]
-    columns = {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
-    columns = {"id": [f"visualmath-{seed}-{i}" for i in range(n)], **columns}
-    features = _datasets.Features({
-        "id": _datasets.Value("string"), "image": _datasets.Image(), "question": _datasets.Value("string"),
-        "answer": _datasets.Value("string"), "choices": _datasets.Sequence(_datasets.Value("string")),
-        "perception": _datasets.Sequence(_datasets.Value("string")), "response": _datasets.Value("string"),
-        "precision": _datasets.Value("int32"), "unit": _datasets.Value("string"), "source": _datasets.Value("string"),
-    })
-    if not rows:
-        return _datasets.Dataset.from_dict({k: [] for k in features}, features=features)
-    return _datasets.Dataset.from_dict(columns, features=features)
+    for i, row in enumerate(rows):
+        row["id"] = f"visualmath-{seed}-{i}"
+    # the loaders' schema (UNIFIED_FEATURES, defined with them below): synthetic and real data look the same
+    return datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in UNIFIED_FEATURES}, features=UNIFIED_FEATURES)
 
 
 def locate_perception(text, perception):
@@ -204,7 +202,7 @@ def locate_perception(text, perception):
     """
     spans, used, cursor = [], set(), 0
     for value in perception:
-        pattern = _re.compile(r"(?<![0-9.])" + _re.escape(str(value)) + r"(?![0-9])")
+        pattern = re.compile(r"(?<![0-9.])" + re.escape(str(value)) + r"(?![0-9])")
         matches = [m.span() for m in pattern.finditer(text) if m.span() not in used]
         after = [span for span in matches if span[0] >= cursor]
         span = after[0] if after else (matches[0] if matches else None)
@@ -233,9 +231,6 @@ def locate_perception(text, perception):
 # reward of DAPO/verl (verl/utils/reward_score/math.py: last \boxed{}, string normalisation);
 # MathVista's evaluation (github.com/lupantech/MathVista, evaluation/calculate_score.py) for
 # precision-rounded floats and option-text answers.
-
-import math
-import re
 
 _TAIL_CHARS = 2000      # the fallback extractor looks only at the end of a response
 _MAX_EXPR_CHARS = 100   # longer "answers" are compared as strings, never evaluated
@@ -727,13 +722,6 @@ def compute_reward(response, answer, choices=None, format_weight=0.1, precision=
 # relative to the data file, or a list of these (we keep the first: the pipeline is single-image).
 # NOTE: rows are validated as they are read, so a bad row fails here with its index and field
 # instead of deep inside a rollout hours later.
-
-import io
-import json
-import os
-
-import datasets
-import PIL.Image
 
 UNIFIED_FEATURES = datasets.Features({
     "id": datasets.Value("string"),
