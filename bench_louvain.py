@@ -260,7 +260,7 @@ def main():
     show(f"ours louvain_batch (list of CSR, {numba.get_num_threads()} threads)", t_batch, c_batch)
     show("ours louvain_packed (pre-packed CSR)", t_packed, c_packed)
     show("ours knn_packed: (B, T, k) lists -> packed CSR", t_knn, c_knn)
-    show("  atrl path: knn_packed + louvain_packed", t_knn + t_knn_louvain, c_knn + c_knn_louvain)
+    show("  knn_packed + louvain_packed", t_knn + t_knn_louvain, c_knn + c_knn_louvain)
     show("ours one graph at a time, 1 thread", t_serial, c_serial, f"({t_serial / t_batch:.1f}x batch)")
     if igraph:
         show("igraph loop", t_ig, c_ig, f"({t_ig / t_batch:.1f}x ours)  Q ours {q_ours:.4f} igraph {q_ig:.4f}"

@@ -1,10 +1,12 @@
 """Benchmark: what the attention probe (connectivity.py) adds to a forward, in time and peak memory.
 
 For each model and batch shape we time one forward (no_grad, full logits, as the old-log-prob forward of an
-RL step) in three settings, interleaved round by round so that machine noise hits all of them alike:
+RL step) in five settings, interleaved round by round so that machine noise hits all of them alike:
     sdpa          the model as loaded
-    probe mid     probe on the middle third of decoder layers (the default), armed on every response token
+    probe mid     probe on the middle third of decoder layers (connectivity's default), armed on every
+                  response token
     probe all     probe on every decoder layer
+    probe mid, chunk 2^23 / 2^16   the middle third with larger / smaller score blocks (memory vs time)
 overhead = median over rounds of (time with probe / time without, same round) - 1; on a busy machine the
 ratio of the best rounds (least disturbed) is printed too, and on CPU the wall time spent inside the probe's
 own code, which is the least noisy of the three.
@@ -39,7 +41,6 @@ columns need scoring.
 import argparse
 import statistics
 import time
-import warnings
 
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -130,7 +131,7 @@ def peak_bytes(fn, device):
         sync(device)
         return torch.cuda.max_memory_allocated() - base
     from torch.profiler import ProfilerActivity, profile
-    with warnings.catch_warnings(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     # replay allocations (+) and frees (-) in time order; the running sum's maximum is the peak
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
@@ -227,7 +228,7 @@ def bench(name, text, vision, dtype, device, shapes):
             fixed.append(time.perf_counter() - t0)
         print(f"install + arm + restore (no forward): {1e3 * statistics.median(fixed):.2f} ms "
               f"= {100 * statistics.median(fixed) / statistics.median(times['sdpa']):.2f}% of the sdpa forward")
-        forward, cost = flops(text, vision, B, S, T, B * side * side, len(settings[1][1]))
+        forward, cost = flops(text, vision, B, S, T, B * side * side, len(mid))
         print(f"FLOPs: forward {forward / 1e9:.2f} G, probe mid {cost / 1e9:.3f} G "
               f"({100 * cost / forward:.2f}% of the forward)")
     del model

@@ -1,9 +1,11 @@
 """train.py end to end, as a subprocess, on a tiny warm-started checkpoint (CPU, seconds per run).
 
 What is checked: every --weighting arm runs; micro-batching (gradient accumulation) leaves the gradient
-unchanged for every loss aggregation; 2 gloo processes under torchrun equal 1 process; 4 steps equal
-2 steps + --resume + 2 steps; bad config stops with a message naming the value; a non-finite loss skips
-the update and is logged. Gradients are compared through the logged global grad norm and through the saved
+unchanged for every loss aggregation; 2 gloo processes under torchrun (DDP and FSDP2) equal 1 process;
+4 steps equal 2 steps + --resume + 2 steps, and likewise under FSDP2; one seed gives the same numbers twice,
+and W computed inline equals W computed on the probe's worker thread; bad config stops with a message naming
+the value; a non-finite loss skips the update and is logged; PPO epochs / mini-batches / KL / dual-clip run;
+dynamic sampling replaces flat groups. Gradients are compared through the logged global grad norm and through the saved
 weights. NOTE: AdamW's first step is ~lr * sign(g), which is blind to the gradient's scale and amplifies
 summation-order noise in near-zero gradients; comparisons therefore use a large --adam_eps, which makes the
 update ~ lr * g / eps for small g (scale-sensitive and smooth).
