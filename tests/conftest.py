@@ -3,6 +3,7 @@
 The SFT is just long enough that the model writes the answer format some of the time, so sampled groups
 have unequal rewards (non-zero advantages) and the RL tests exercise a real gradient.
 """
+import doctest
 import os
 import sys
 
@@ -36,3 +37,16 @@ def warm_checkpoint(tmp_path_factory):
         opt.zero_grad()
     model.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def doctest_examples():
+    """run(module, names) -> how many docstring examples of module.<name> ran; fails the test on a wrong one."""
+    def run(module, names):
+        finder, runner, tries = doctest.DocTestFinder(), doctest.DocTestRunner(), 0
+        for name in names:
+            for test in finder.find(getattr(module, name), name, globs=vars(module)):
+                tries += runner.run(test).attempted
+        assert runner.failures == 0, f"{runner.failures} docstring example(s) of {module.__name__} failed (output above)"
+        return tries
+    return run

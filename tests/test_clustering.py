@@ -5,8 +5,6 @@ Run: `python -m pytest -q tests/test_clustering.py`.
 import contextlib
 import doctest
 import signal
-import sys
-from pathlib import Path
 
 import networkx as nx
 import numba
@@ -14,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import clustering  # noqa: E402
-from clustering import dense_to_csr, knn_packed, louvain, louvain_batch, louvain_packed, modularity  # noqa: E402
+import clustering
+from clustering import dense_to_csr, knn_packed, louvain, louvain_batch, louvain_packed, modularity
 
 ORACLE_SECONDS = 30  # networkx's Louvain has looped forever on float ties before; never let it hang CI
 

@@ -5,17 +5,13 @@ Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_connectivity.py
 """
 
 import doctest
-import os
-import sys
 
 import pytest
 import torch
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import connectivity  # noqa: E402
-from connectivity import debias_sinks, image_attention, probe, query_positions  # noqa: E402
-
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
+import connectivity
+from connectivity import debias_sinks, image_attention, probe, query_positions
 
 # token ids inside the tiny vocab (64): vision specials at the top, text ids below
 VISION_START, VISION_END, IMAGE, VIDEO, PAD = 58, 59, 60, 61, 0

@@ -1,6 +1,5 @@
 """Synthetic VisualMath (data.py §Synthetic): determinism, schema, knobs, and perception spans."""
 
-import doctest
 import random
 
 import pytest
@@ -11,11 +10,8 @@ SYNTHETIC = ["visualmath_example", "make_visualmath", "locate_perception"]
 
 
 @pytest.mark.parametrize("name", SYNTHETIC)
-def test_docstring_examples(name):
-    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner()
-    for test in finder.find(getattr(data, name), name, globs=vars(data)):
-        runner.run(test)
-    assert runner.failures == 0
+def test_docstring_examples(doctest_examples, name):
+    assert doctest_examples(data, [name]) > 0
 
 
 def test_same_seed_same_dataset_other_seed_other_dataset():

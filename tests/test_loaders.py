@@ -7,7 +7,6 @@ needs network and is not exercised.
 Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_loaders.py
 """
 
-import doctest
 import io
 import json
 
@@ -219,11 +218,8 @@ def test_format_question_without_choices_is_the_question():
 
 
 @pytest.mark.parametrize("fn", ["detect_schema", "split_inline_choices", "format_question"])
-def test_docstring_examples(fn):
-    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner()
-    for test in finder.find(getattr(data, fn), fn, globs=vars(data)):
-        runner.run(test)
-    assert runner.failures == 0 and runner.tries > 0
+def test_docstring_examples(doctest_examples, fn):
+    assert doctest_examples(data, [fn]) > 0
 
 
 def test_data_module_binds_each_top_level_name_once():
