@@ -200,7 +200,7 @@ def model_responder(model, tokenizer, image_processor, max_new_tokens, top_p=1.0
 
 def grade(row, text):
     """(correct, formatted) of one response to one unified-schema row, each 0.0 or 1.0."""
-    parts = data.compute_reward(text, row["answer"], list(row.get("choices") or []) or None,
+    parts = data.compute_reward(text, row["answer"], row.get("choices"),
                                 precision=row.get("precision"))
     return parts["accuracy"], parts["format"]
 

@@ -427,7 +427,7 @@ def score(batch):
     """Add the verifiable reward and its parts (data.compute_reward) to a rollout batch."""
     import data
 
-    parts = [data.compute_reward(t, a, c or None, precision=p)
+    parts = [data.compute_reward(t, a, c, precision=p)
              for t, a, c, p in zip(batch["texts"], batch["answers"], batch["choices"], batch["precisions"])]
     for key, name in (("rewards", "reward"), ("accuracy", "accuracy"), ("format", "format")):
         batch[key] = torch.tensor([p[name] for p in parts], dtype=torch.float32)               # (B,)
@@ -465,7 +465,7 @@ def greedy_accuracy(model, tokenizer, image_processor, rows, max_new_tokens=64, 
         response, mask, _ = generate(model, tokenizer, enc, max_new_tokens, temperature=0, synced=synced)
         for r, ids, m in zip(chunk, response, mask):
             text = tokenizer.decode(ids[m], skip_special_tokens=True)
-            parts = data.compute_reward(text, r["answer"], list(r.get("choices") or []) or None,
+            parts = data.compute_reward(text, r["answer"], r.get("choices"),
                                         precision=r.get("precision"))
             correct += parts["accuracy"]
             formatted += parts["format"]
