@@ -44,7 +44,8 @@ Where we guess, because the paper is silent (the defaults are ours; most are arg
   2. Token features: attention rows centred by the response's mean row, then L2-normalised. Without the
      centring the diffuse share common to all rows glues every token together (the planted-anchor test in
      tests/test_atrl.py fails without it). A row equal to the mean (zero after centring) gets no edges.
-  3. Graph: cosine similarity, k nearest neighbours (k=10, capped at n-1) made symmetric by UNION (edge if
+  3. Graph: cosine similarity, k nearest neighbours (k = round(sqrt(n)) within [2, 10] for an n-token response,
+     or a fixed k; capped at n-1) made symmetric by UNION (edge if
      either token lists the other; the weight is the same cosine both ways), negative weights clipped to 0,
      no self loops. Union keeps small clusters reachable; a mutual-kNN graph would fragment more.
   4. Clustering: Louvain (modularity, resolution 1.0, seeded) instead of the paper's METIS, so there is no
@@ -149,11 +150,25 @@ def select_anchors(rho, mask, frac=0.15):
 # Token graph
 # --------------------------------------------------------------------------------------------------
 
+def neighbours(n, k=0):
+    """k of each response's kNN graph: `k` itself if > 0, else round(sqrt(n)) within [2, 10] (our rule of
+    thumb: a fixed k = 10 makes the graph of a 20-token answer nearly complete and Louvain then finds ~2
+    clusters); never more than the n - 1 other tokens. n (B,) valid tokens per response -> (B,) long.
+
+    >>> neighbours(torch.tensor([1, 5, 27, 100, 1000])), neighbours(torch.tensor([5, 27]), k=10)
+    (tensor([ 0,  2,  5, 10, 10]), tensor([ 4, 10]))
+    """
+    n = torch.as_tensor(n)
+    k_n = torch.full_like(n, k) if k > 0 else n.double().sqrt().round().long().clamp(2, 10)
+    return torch.minimum(k_n, (n - 1).clamp_min(0))
+
+
 @torch.no_grad()
-def token_graph(patterns, mask, k=10, chunk_entries=1 << 24):
+def token_graph(patterns, mask, k=0, chunk_entries=1 << 24):
     """Symmetric cosine kNN graph of each response's tokens, as CSR triples for clustering.louvain_batch.
 
-    patterns (B, T, V) attention rows over image keys, mask (B, T). Returns a list of B triples
+    patterns (B, T, V) attention rows over image keys, mask (B, T); k as in neighbours() (0 = from each
+    response's length). Returns a list of B triples
     (indptr (n+1,) int64, indices (nnz,) int64, weights (nnz,) float64) as numpy arrays, where the n nodes
     of response b are its valid tokens in order. Work runs on patterns.device in chunks of responses
     holding about `chunk_entries` (T, T) similarities (2^24 floats = 64 MiB), so 512 x 1024 tokens fit.
@@ -168,7 +183,8 @@ def token_graph(patterns, mask, k=10, chunk_entries=1 << 24):
     B, T, V = patterns.shape
     node = mask.long().cumsum(dim=1) - 1                             # (B, T) position -> node id in its response
     per_chunk = max(1, chunk_entries // max(1, T * T))
-    k_eff = min(k, T - 1)                                            # never more neighbours than other tokens
+    k_all = neighbours(mask.sum(dim=1).cpu(), k).to(mask.device)     # (B,) this response's k
+    k_eff = int(k_all.max()) if B else 0                             # the top-k width; cut per response below
     buffer = patterns.new_empty(min(per_chunk, B), T, T, dtype=torch.float32)  # reused: no page faults per chunk
     graphs = []
     for b0 in range(0, B, per_chunk):
@@ -191,8 +207,10 @@ def token_graph(patterns, mask, k=10, chunk_entries=1 << 24):
         else:
             val = torch.zeros(c, T, 0, device=x.device)              # T = 1: no other token, no edge
             idx = torch.zeros(c, T, 0, dtype=torch.long, device=x.device)
-        # Keep positive similarities of valid rows: clipping to 0 removes the edge (-inf padding goes too).
-        bi, i, slot = ((val > 0) & m[..., None]).nonzero(as_tuple=True)  # (e,) directed kNN edges
+        # Keep positive similarities of valid rows among each response's own k nearest: clipping to 0 removes
+        # the edge (-inf padding goes too).
+        within_k = torch.arange(val.shape[-1], device=val.device) < k_all[b0:b0 + c, None, None]  # (c, 1, k)
+        bi, i, slot = ((val > 0) & m[..., None] & within_k).nonzero(as_tuple=True)  # (e,) directed kNN edges
         j, w = idx[bi, i, slot], val[bi, i, slot]                    # (e,)
         # Union symmetrisation without a dense (T, T) matrix: one key per unordered pair {i, j}; a pair listed
         # from both sides keeps the larger of its two values (equal up to rounding), so A[i,j] == A[j,i] exactly.
@@ -216,7 +234,7 @@ def token_graph(patterns, mask, k=10, chunk_entries=1 << 24):
     return graphs
 
 
-def cluster_tokens(patterns, mask, k=10, resolution=1.0, seed=0):
+def cluster_tokens(patterns, mask, k=0, resolution=1.0, seed=0):
     """Louvain cluster of every valid token, -1 on padding. (B, T, V), (B, T) -> long (B, T).
 
     Graph b is clustered with seed `seed + b` by clustering.louvain_batch (all graphs in one call, in
@@ -271,7 +289,7 @@ def _shuffle_within(W, mask, seed):
 
 
 @torch.no_grad()
-def token_weights_with_stats(patterns, rho, mask, mode="atrl", anchor_frac=0.15, gain=2.0, k=10,
+def token_weights_with_stats(patterns, rho, mask, mode="atrl", anchor_frac=0.15, gain=2.0, k=0,
                              resolution=1.0, seed=0):
     """token_weights plus a dict of floats for logging (anchor_frac, clusters, W_mean, W_max, W_anchor_mean).
 
@@ -318,7 +336,7 @@ def token_weights_with_stats(patterns, rho, mask, mode="atrl", anchor_frac=0.15,
     return W, stats
 
 
-def token_weights(patterns, rho, mask, mode="atrl", anchor_frac=0.15, gain=2.0, k=10, resolution=1.0, seed=0):
+def token_weights(patterns, rho, mask, mode="atrl", anchor_frac=0.15, gain=2.0, k=0, resolution=1.0, seed=0):
     """Per-token weight W (B, T) for each mode in MODES; padding gets 0. See the module docstring.
 
     patterns (B, T, V) attention rows over image keys, rho (B, T) density, mask (B, T) valid response

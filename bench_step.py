@@ -25,7 +25,7 @@ weights never change, so every round sees the same attention, the same graphs an
 Sections (--sections):
   step     the tiny RL step on rollouts sampled from the tiny model train.py uses (tiny.DEFAULT_DIR if built,
            else a random checkpoint) at train.py's defaults: 16 prompts x G 8 = 128 rollouts, micro-batches of
-           64, 24 new tokens, probe on the late third. The loss mask keeps truncated responses (train.py masks
+           64, 40 new tokens on the grid task (v2), probe on the late third. The loss mask keeps truncated responses (train.py masks
            them out; a random model truncates most, which would leave AT-RL nothing to do). The probe is
            installed per step here (train.py: once per run), so its ~1 ms install + restore counts against
            AT-RL. With --config 3b: 8 synthetic rollouts at Qwen2.5-VL-3B shapes (1024 image tokens,
@@ -77,6 +77,7 @@ import atrl
 import clustering
 import connectivity
 import rollout
+import visualmath
 
 # ------------------------------------------------------------------------------------------- config
 
@@ -91,7 +92,8 @@ parser.add_argument("--model", default="", help="tiny checkpoint dir; '' = tiny.
 parser.add_argument("--prompts", type=int, default=16, help="prompts per step (train.py --prompts_per_step)")
 parser.add_argument("--group_size", type=int, default=8, help="G responses per prompt")
 parser.add_argument("--micro", type=int, default=64, help="rollouts per forward/backward (train.py default)")
-parser.add_argument("--max_new_tokens", type=int, default=24, help="response budget of the sampled rollouts (train.py default)")
+parser.add_argument("--max_new_tokens", type=int, default=40, help="response budget of the sampled rollouts (train.py default)")
+parser.add_argument("--dataset", default="visualmath", help="the synthetic task of the step section (train.py default)")
 parser.add_argument("--probe_layers", default="late", help="train.py's --probe_layers (early|middle|late|all|4,5,6)")
 parser.add_argument("--grad_checkpointing", type=int, default=-1, help="-1: on for 3b, off for tiny")
 parser.add_argument("--shrink", action="store_true", help="3b: 2 layers and small inputs (a CPU smoke test)")
@@ -134,7 +136,7 @@ if args.config == "3b" and not cuda and not args.shrink:
     sys.exit(0)
 grad_ckpt = (args.config == "3b") if args.grad_checkpointing < 0 else bool(args.grad_checkpointing)
 dtype = torch.bfloat16 if args.config == "3b" and cuda else torch.float32
-K_NN, ANCHOR_FRAC, GAIN = 10, 0.15, 2.0  # train.py defaults (--knn, --anchor_frac, --gain)
+K_NN, ANCHOR_FRAC, GAIN = 0, 0.15, 2.0  # train.py defaults (--knn: 0 = per response, --anchor_frac, --gain)
 TORCH_THREADS, NUMBA_THREADS = torch.get_num_threads(), numba.get_num_threads()
 
 # Qwen2.5-VL-3B-Instruct's published sizes (config.json), weights random
@@ -260,12 +262,11 @@ def synthetic_batch(model, B, n_image, T, prompt_text=24, vary=False, seed=0):
 
 def sampled_rollouts(model_dir):
     """(model, batch): the tiny checkpoint and one rollout batch sampled from it, scored (train.py phase 1-2)."""
-    import data
     from transformers import Qwen2_5_VLForConditionalGeneration
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32,
                                                                attn_implementation="sdpa").to(device)
     tokenizer, image_processor = rollout.load_processor(model_dir)
-    rows = data.make_visualmath(args.prompts, seed=args.seed)
+    rows = visualmath.make(args.dataset, args.prompts, seed=args.seed)
     rows = [rows[i] for i in range(args.prompts)]
     keys = [(args.seed + 1) * 1_000_000_007 + j for j in range(args.prompts)]  # as train.py's prompt keys
     model.eval()
@@ -302,7 +303,9 @@ def packed_weights(patterns, rho, mask, seed):
         sim = torch.bmm(x, x.transpose(1, 2))                                       # (B, T, T) cosine
         sim.diagonal(dim1=1, dim2=2).fill_(-1.0)                                    # no self loops
         sim.masked_fill_(~mask[:, None, :], -1.0)                                   # padding: nobody's neighbour
-        val, idx = sim.topk(min(K_NN, max(T - 1, 0)), dim=-1)                       # (B, T, k)
+        k_all = atrl.neighbours(mask.sum(1).cpu(), K_NN).to(mask.device)            # (B,) each response's k
+        val, idx = sim.topk(int(k_all.max()) if B else 0, dim=-1)                   # (B, T, k)
+        val = val.masked_fill(torch.arange(val.shape[-1], device=val.device) >= k_all[:, None, None], -1.0)
         indptr, indices, weights, _ = clustering.knn_packed(idx, val, mask)         # node b*T + t; w <= 0 dropped
         valid = mask.reshape(-1).cpu().numpy()                                      # (B*T,)
         new_id = np.cumsum(valid) - 1                                               # valid nodes numbered 0..N-1

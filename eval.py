@@ -2,7 +2,7 @@
 
 Three modes, one script:
 
-1. **Accuracy** (default). For N questions x_i with gold answers and a grader g (data.compute_reward):
+1. **Accuracy** (default). For N questions x_i with gold answers and a grader g (grading.compute_reward):
 
        greedy accuracy = 1/N  sum_i g(y_i),                 y_i  = greedy decoding of x_i
        avg@k           = 1/N  sum_i 1/k sum_j g(y_ij),       y_ij ~ pi(. | x_i) at --temperature, j = 1..k
@@ -26,7 +26,7 @@ Three modes, one script:
    and anchor statistics of train.py runs, overlaid, as curves.png.
 
 Where we depart from the benchmarks' official protocols, or guess (each is visible below):
-  1. Grading is our rule-based data.compute_reward (last <answer>/\\boxed{}/"answer is", numbers by value,
+  1. Grading is our rule-based grading.compute_reward (last <answer>/\\boxed{}/"answer is", numbers by value,
      letters <-> option text), not MathVista's GPT-4 answer extraction; scores are comparable between our
      checkpoints, close to but not identical with published numbers.
   2. The prompt is our think/answer format instruction (rollout.build_messages), not MathVista's `query`
@@ -38,7 +38,7 @@ Where we depart from the benchmarks' official protocols, or guess (each is visib
   4. Bimodality of rho is judged by Otsu's split (the cut that maximises the between-mode variance) and the
      population bimodality coefficient (skew^2 + 1) / kurtosis (1 for two spikes, 5/9 for a uniform, 1/3 for
      a Gaussian; > 5/9 hints at two modes). Neither is from the paper, which only reports "bimodal".
-  5. Precision/recall count only responses that wrote at least one perception value (data.locate_perception);
+  5. Precision/recall count only responses that wrote at least one perception value (visualmath.locate_perception);
      token <-> character alignment is by incremental decoding.
 
 References: MathVista (Lu et al. 2024, arXiv 2310.02255, testmini), MathVerse (Zhang et al. 2024), Geometry3K
@@ -70,7 +70,9 @@ from tqdm import tqdm
 import atrl
 import connectivity
 import data
+import grading
 import rollout
+import visualmath
 
 # --------------------------------------------------------------------------------------------------
 # Config: one flat dataclass; every field becomes a --flag (booleans are plain switches).
@@ -103,6 +105,7 @@ class EvalConfig:
     report: bool = False            # write the connectivity report to --out_dir instead of accuracy
     curves: str = ""                # comma-separated train.py log.jsonl files -> --out_dir/curves.png
     out_dir: str = "runs/eval/report"  # where report.html / curves.png and their PNGs go
+    task: str = "visualmath"        # the VisualMath task the report draws its questions from (visualmath | visualmath-v1)
     responses: str = "generated"    # report on greedy "generated" responses or teacher-forced "reference" ones
     n_show: int = 4                 # responses drawn token by token in the report
     n_stats: int = 64               # responses behind the histogram and precision/recall
@@ -111,7 +114,7 @@ class EvalConfig:
     probe_layers: str = "late"      # early|middle|late third, all, or "4,5,6" (as train.py)
     sink_debias: int = 1            # 1 = drop the first-token sink and outlier image keys, renormalise
     sink_outlier_k: float = 5.0     # an image key is a sink if its mean attention > k x the median key's
-    knn: int = 10                   # k of the kNN token graph that is clustered
+    knn: int = 0                    # k of the kNN token graph that is clustered; 0 = round(sqrt(n)) in [2, 10] (as train.py)
     resolution: float = 1.0         # Louvain resolution
 
 
@@ -176,39 +179,46 @@ def load_model(path, device, dtype="auto"):
     return model.to(device).eval(), tokenizer, image_processor
 
 # --------------------------------------------------------------------------------------------------
-# Accuracy: responses in, counts out. Grading is data.compute_reward; generation is rollout.sample_groups.
+# Accuracy: responses in, counts out. Grading is grading.compute_reward; generation is rollout.sample_groups.
 # --------------------------------------------------------------------------------------------------
 
 # Per-benchmark sums, all-reduced in this order. "choice" = multiple-choice questions only; sampled sums
-# are per question means over its k samples (so avg@k = sampled / n).
+# are per-question means over its k samples (so avg@k = sampled / n, and sampled_sq feeds its interval);
+# "read"/"lucky" count only questions with ground-truth perception values (VisualMath): a lucky answer is
+# right with a wrong reading (visualmath.read_right), and lucky shares are taken over the right answers.
 COUNT_KEYS = ("n", "n_choice", "greedy", "greedy_format", "greedy_choice",
-              "sampled", "sampled_format", "sampled_choice", "sampled_pass")
+              "sampled", "sampled_sq", "sampled_format", "sampled_choice", "sampled_pass",
+              "n_perception", "greedy_read", "greedy_right_p", "greedy_lucky",
+              "sampled_read", "sampled_right_p", "sampled_lucky")
 
 
 def model_responder(model, tokenizer, image_processor, max_new_tokens, top_p=1.0, min_pixels=None,
-                    max_pixels=None):
+                    max_pixels=None, synced=False):
     """respond(rows, keys, k, temperature) -> k response texts per row, from the model.
 
     Temperature 0 decodes greedily (k must be 1); otherwise sample j of row r uses key keys[r] * k + j.
+    synced=True keeps every rank generating until all are done (FSDP: each forward is a collective).
     """
     def respond(rows, keys, k, temperature):
         batch = rollout.sample_groups(model, tokenizer, image_processor, rows, k, keys, max_new_tokens,
-                                      temperature, top_p, min_pixels or None, max_pixels or None)
+                                      temperature, top_p, min_pixels or None, max_pixels or None, synced)
         return [batch["texts"][r * k:(r + 1) * k] for r in range(len(rows))]
     return respond
 
 
 def grade(row, text):
-    """(correct, formatted) of one response to one unified-schema row, each 0.0 or 1.0."""
-    parts = data.compute_reward(text, row["answer"], row.get("choices"),
-                                precision=row.get("precision"))
-    return parts["accuracy"], parts["format"]
+    """(correct, formatted, read) of one response to one unified-schema row: 0.0/1.0, and read right as
+    True/False when the row has perception values (VisualMath), else None."""
+    parts = grading.compute_reward(text, row["answer"], row.get("choices"), precision=row.get("precision"))
+    read = visualmath.read_right(text, row["perception"]) if row.get("perception") else None
+    return parts["accuracy"], parts["format"], read
 
 
 def graded(row, text):
     """One response for inspection: its verdicts, the answer the grader extracted, and the text itself."""
-    correct, formatted = grade(row, text)
-    return {"correct": correct, "format": formatted, "extracted": data.extract_answer(text), "response": text}
+    correct, formatted, read = grade(row, text)
+    return {"correct": correct, "format": formatted, "read_right": read, "extracted": grading.extract_answer(text),
+            "response": text}
 
 
 def tally(rows, greedy_texts=None, sampled_texts=None):
@@ -218,51 +228,101 @@ def tally(rows, greedy_texts=None, sampled_texts=None):
     >>> greedy = ["<answer>7</answer>", "<answer>A</answer>"]                   # right, wrong
     >>> sampled = [["7", "8"], ["<answer>B</answer>", "<answer>big</answer>"]]  # 1/2 right, 2/2 right
     >>> c = tally(rows, greedy, sampled)
-    >>> c["n"], c["n_choice"], c["greedy"], c["greedy_choice"], c["sampled"], c["sampled_pass"]
-    (2.0, 1.0, 1.0, 0.0, 1.5, 2.0)
+    >>> c["n"], c["n_choice"], c["greedy"], c["greedy_choice"], c["sampled"], c["sampled_sq"], c["sampled_pass"]
+    (2.0, 1.0, 1.0, 0.0, 1.5, 1.25, 2.0)
+    >>> row = {"answer": "10", "perception": ["3", "5", "2"]}      # a right sum from a wrong reading: lucky
+    >>> c = tally([row], ["<think>3+5=8, 8+2=10</think><answer>10</answer>"], [["<think>4+4=8, 8+2=10</think><answer>10</answer>"]])
+    >>> c["greedy_read"], c["greedy_lucky"], c["sampled_read"], c["sampled_lucky"], c["sampled_right_p"]
+    (1.0, 0.0, 0.0, 1.0, 1.0)
     """
     counts = dict.fromkeys(COUNT_KEYS, 0.0)
     for r, row in enumerate(rows):
         is_choice = float(bool(row.get("choices")))
+        has_perception = float(bool(row.get("perception")))
         counts["n"] += 1
         counts["n_choice"] += is_choice
+        counts["n_perception"] += has_perception
         if greedy_texts is not None:
-            correct, formatted = grade(row, greedy_texts[r])
+            correct, formatted, read = grade(row, greedy_texts[r])
             counts["greedy"] += correct
             counts["greedy_format"] += formatted
             counts["greedy_choice"] += correct * is_choice
+            counts["greedy_read"] += float(bool(read))
+            counts["greedy_right_p"] += correct * has_perception
+            counts["greedy_lucky"] += correct * float(read is False)
         if sampled_texts is not None:
             verdicts = [grade(row, t) for t in sampled_texts[r]]
-            mean_correct = sum(v[0] for v in verdicts) / len(verdicts)
+            k = len(verdicts)
+            mean_correct = sum(v[0] for v in verdicts) / k
             counts["sampled"] += mean_correct
-            counts["sampled_format"] += sum(v[1] for v in verdicts) / len(verdicts)
+            counts["sampled_sq"] += mean_correct ** 2
+            counts["sampled_format"] += sum(v[1] for v in verdicts) / k
             counts["sampled_choice"] += mean_correct * is_choice
             counts["sampled_pass"] += float(mean_correct > 0)
+            counts["sampled_read"] += sum(float(bool(v[2])) for v in verdicts) / k
+            counts["sampled_right_p"] += sum(v[0] for v in verdicts) * has_perception  # right samples (a count)
+            counts["sampled_lucky"] += sum(v[0] * float(v[2] is False) for v in verdicts)
     return counts
+
+
+def wilson_interval(successes, n, z=1.96):
+    """95% Wilson score interval of a binomial proportion (stays inside [0, 1], sane at 0 and n).
+
+    >>> wilson_interval(8, 10)
+    [0.4902, 0.9433]
+    """
+    if n == 0:
+        return None
+    p, z2 = successes / n, z * z
+    centre, half = (p + z2 / (2 * n)) / (1 + z2 / n), z * ((p * (1 - p) + z2 / (4 * n)) / n) ** 0.5 / (1 + z2 / n)
+    return [round(centre - half, 4), round(centre + half, 4)]
+
+
+def mean_interval(total, total_sq, n, z=1.96):
+    """95% normal interval of a mean of n values in [0, 1] from their sum and sum of squares (clipped to [0, 1]).
+
+    >>> mean_interval(1.5, 1.25, 2)    # values 0.5 and 1.0
+    [0.2571, 1.0]
+    """
+    if n < 2:
+        return None
+    mean = total / n
+    sd = max(0.0, (total_sq - n * mean * mean) / (n - 1)) ** 0.5
+    return [round(max(0.0, mean - z * sd / n ** 0.5), 4), round(min(1.0, mean + z * sd / n ** 0.5), 4)]
 
 
 def summarize(counts, greedy=True, k=0):
     """Metrics of one benchmark from its (all-reduced) counts; k = 0 means no sampled metrics.
 
+    Intervals: Wilson for greedy accuracy (one 0/1 per question), normal over the per-question means for
+    avg@k. Read and lucky figures appear only when some questions have perception values.
     >>> m = summarize({"n": 4, "n_choice": 1, "greedy": 3, "greedy_format": 4, "greedy_choice": 1}, k=0)
-    >>> m["n_free_form"], m["accuracy"], m["accuracy_multi_choice"], round(m["accuracy_free_form"], 4)
-    (3, 0.75, 1.0, 0.6667)
+    >>> m["n_free_form"], m["accuracy"], m["accuracy_multi_choice"], round(m["accuracy_free_form"], 4), m["accuracy_ci"]
+    (3, 0.75, 1.0, 0.6667, [0.3006, 0.9544])
     """
-    n, n_choice = counts["n"], counts["n_choice"]
+    counts = dict(dict.fromkeys(COUNT_KEYS, 0.0), **counts)
+    n, n_choice, n_p = counts["n"], counts["n_choice"], counts["n_perception"]
     n_free = n - n_choice
     out = {"n": int(n), "n_multi_choice": int(n_choice), "n_free_form": int(n_free)}
 
     def ratio(a, b):
         return a / b if b else None  # None: no question of that kind (printed as "-")
     if greedy:
-        out.update({"accuracy": ratio(counts["greedy"], n), "format": ratio(counts["greedy_format"], n),
+        out.update({"accuracy": ratio(counts["greedy"], n), "accuracy_ci": wilson_interval(counts["greedy"], n),
+                    "format": ratio(counts["greedy_format"], n),
                     "accuracy_multi_choice": ratio(counts["greedy_choice"], n_choice),
                     "accuracy_free_form": ratio(counts["greedy"] - counts["greedy_choice"], n_free)})
+        if n_p:
+            out.update({"read": ratio(counts["greedy_read"], n_p),
+                        "lucky": ratio(counts["greedy_lucky"], counts["greedy_right_p"]) or 0.0})
     if k:
-        out.update({f"avg@{k}": ratio(counts["sampled"], n), f"pass@{k}": ratio(counts["sampled_pass"], n),
-                    f"format@{k}": ratio(counts["sampled_format"], n),
+        out.update({f"avg@{k}": ratio(counts["sampled"], n), f"avg@{k}_ci": mean_interval(counts["sampled"], counts["sampled_sq"], n),
+                    f"pass@{k}": ratio(counts["sampled_pass"], n), f"format@{k}": ratio(counts["sampled_format"], n),
                     f"avg@{k}_multi_choice": ratio(counts["sampled_choice"], n_choice),
                     f"avg@{k}_free_form": ratio(counts["sampled"] - counts["sampled_choice"], n_free)})
+        if n_p:
+            out.update({f"read@{k}": ratio(counts["sampled_read"], n_p),
+                        f"lucky@{k}": ratio(counts["sampled_lucky"], counts["sampled_right_p"]) or 0.0})
     return out
 
 
@@ -294,18 +354,37 @@ def evaluate_rows(dataset, index, respond, greedy=True, k=0, temperature=0.0, ba
     return counts, examples
 
 
+def evaluate(dataset, respond, rank=0, world=1, greedy=True, k=4, temperature=1.0, batch_size=64, seed=0, show=0,
+             reduce=None, desc="eval", progress=False):
+    """The one evaluator of train.py, tiny.py and eval.py: greedy accuracy and avg@k (k = 0: none) of `dataset`.
+
+    Each rank scores questions rank, rank + world, ...; `reduce` sums a float64 tensor over ranks (None on
+    one process). Returns summarize()'s metrics plus the graded examples of this rank under "examples".
+    Keys depend only on the question's index, so successive evaluations of a changing policy share their
+    sampling noise (common random numbers: the change in avg@k is the policy's, not the dice's).
+    """
+    index = list(range(rank, len(dataset), world))
+    counts, examples = evaluate_rows(dataset, index, respond, greedy, k, temperature, batch_size, seed, show,
+                                     desc=desc, progress=progress)
+    # NOTE: sums, not per-rank means: ranks hold different numbers of questions when world does not divide N
+    summed = torch.tensor([counts[c] for c in COUNT_KEYS], dtype=torch.float64)
+    if reduce is not None:
+        summed = reduce(summed)
+    return {**summarize(dict(zip(COUNT_KEYS, summed.tolist())), greedy, k), "examples": examples}
+
+
 def load_rows(name, cfg):
-    """One benchmark as a unified-schema Dataset: the VisualMath held-out split or data.load_benchmark."""
-    if name == "visualmath":
-        return data.make_visualmath(cfg.limit or 500, seed=cfg.visualmath_seed)
+    """One benchmark as a unified-schema Dataset: a VisualMath held-out split (visualmath.TASKS) or data.load_benchmark."""
+    if name in visualmath.TASKS:
+        return visualmath.make(name, cfg.limit or 500, seed=cfg.visualmath_seed)
     return data.load_benchmark(name, split=cfg.split or None, schema=cfg.schema or None, limit=cfg.limit or None)
 
 
 def format_table(results, k=0):
     """Fixed-width table, one row per benchmark; '-' where a metric does not apply."""
-    columns = ["n", "accuracy", "accuracy_multi_choice", "accuracy_free_form", "format"]
+    columns = ["n", "accuracy", "accuracy_multi_choice", "accuracy_free_form", "format", "read", "lucky"]
     columns += [f"avg@{k}", f"pass@{k}"] if k else []
-    header = ["benchmark", "n", "greedy", "multi-choice", "free-form", "format"] + columns[5:]
+    header = ["benchmark", "n", "greedy", "multi-choice", "free-form", "format", "read", "lucky"] + columns[7:]
     lines = [f"{header[0]:<32}" + "".join(f"{h:>13}" for h in header[1:])]
     for name, res in results.items():
         cells = ["-" if res.get(c) is None else f"{res[c]:.4f}" if isinstance(res[c], float) else str(res[c])
@@ -323,14 +402,9 @@ def run_accuracy(cfg):
     k = cfg.k if cfg.temperature > 0 else 0  # 0 = no sampled metrics (greedy only)
     results = {}
     for name in [b for b in cfg.benchmark.split(",") if b]:
-        dataset = load_rows(name, cfg)
-        index = list(range(rank, len(dataset), world))  # rank-strided; keys follow the global index
-        counts, examples = evaluate_rows(dataset, index, respond, bool(cfg.greedy), k, cfg.temperature,
-                                         cfg.batch_size, cfg.seed, cfg.show, desc=name[-30:], progress=rank == 0)
-        # NOTE: sums, not per-rank means: ranks hold different numbers of questions when world does not divide N
-        summed = all_reduce(torch.tensor([counts[c] for c in COUNT_KEYS], dtype=torch.float64, device=device))
-        results[name] = {**summarize(dict(zip(COUNT_KEYS, summed.tolist())), bool(cfg.greedy), k),
-                         "examples": examples}
+        results[name] = evaluate(load_rows(name, cfg), respond, rank, world, bool(cfg.greedy), k, cfg.temperature,
+                                 cfg.batch_size, cfg.seed, cfg.show, lambda t: all_reduce(t.to(device)).cpu(),
+                                 desc=name[-30:], progress=rank == 0)
     if rank == 0:
         table = format_table(results, k)
         print(table)
@@ -359,7 +433,7 @@ def token_char_spans(tokenizer, ids):
 
 
 def overlapping_tokens(token_spans, char_spans):
-    """True for each token whose characters overlap any of char_spans (e.g. data.locate_perception's).
+    """True for each token whose characters overlap any of char_spans (e.g. visualmath.locate_perception's).
 
     >>> overlapping_tokens([(0, 7), (7, 8), (8, 9), (9, 10), (10, 10)], [(7, 8), (9, 10)])
     [False, True, False, True, False]
@@ -419,8 +493,8 @@ def bimodality_coefficient(values):
 
 def perception_tokens(tokenizer, ids, text, perception):
     """Per response token: does it write one of the image's values? ids -> list of bools; text is
-    tokenizer.decode(ids, skip_special_tokens=True) and perception the row's values (data.locate_perception)."""
-    return overlapping_tokens(token_char_spans(tokenizer, ids), data.locate_perception(text, perception))
+    tokenizer.decode(ids, skip_special_tokens=True) and perception the row's values (visualmath.locate_perception)."""
+    return overlapping_tokens(token_char_spans(tokenizer, ids), visualmath.locate_perception(text, perception))
 
 
 def report_batch(model, tokenizer, image_processor, rows, responses, max_new_tokens):
@@ -597,7 +671,7 @@ def run_report(cfg):
     _, _, device = setup_distributed()
     model, tokenizer, image_processor = load_model(cfg.model, device, cfg.dtype)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    dataset = data.make_visualmath(max(cfg.n_stats, cfg.n_show), seed=cfg.visualmath_seed)
+    dataset = visualmath.make(cfg.task, max(cfg.n_stats, cfg.n_show), seed=cfg.visualmath_seed)
     rows = [dataset[i] for i in range(len(dataset))]
     factor = image_processor.patch_size * image_processor.merge_size
     size = image_processor.size

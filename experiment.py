@@ -35,7 +35,7 @@ import torch
 
 import atrl
 import connectivity
-import data
+import visualmath
 import eval as eval_py  # the report's token/character alignment, precision/recall and Otsu split
 import rollout
 
@@ -63,7 +63,7 @@ torch.set_num_threads(1)
 
 
 def perception_mask(tokenizer, enc, response_mask, rows):
-    """(B, T) bool: response tokens that overlap a perception value's characters (data.locate_perception)."""
+    """(B, T) bool: response tokens that overlap a perception value's characters (visualmath.locate_perception)."""
     T = int(response_mask.sum(1).max())
     out = torch.zeros(len(rows), T, dtype=torch.bool)
     for b, row in enumerate(rows):
@@ -79,7 +79,7 @@ def perception_mask(tokenizer, enc, response_mask, rows):
 
 cpu = torch.device("cpu")
 model, tokenizer, image_processor = eval_py.load_model("", cpu, "float32")     # the tiny warm start (tiny.py)
-rows = list(data.make_visualmath(args.n_analysis, seed=10_000))                 # train.py's held-out seed
+rows = list(visualmath.make("visualmath", args.n_analysis, seed=10_000))       # train.py's held-out seed
 # teacher-forced reference responses: prompt left-padded to P columns, response token t at column P + t
 enc, response_mask, valid, P = eval_py.report_batch(model, tokenizer, image_processor, rows, "reference", 0)
 truth = perception_mask(tokenizer, enc, response_mask, rows)                     # (B, T)

@@ -51,7 +51,7 @@ from PIL import Image
 # Encoding
 # --------------------------------------------------------------------------------------------------
 
-# The instruction appended to every question; the reward (data.compute_reward) grades this format.
+# The instruction appended to every question; the reward (grading.compute_reward) grades this format.
 FORMAT_INSTRUCTION = (
     "Think step by step inside <think></think>, then give the final answer inside <answer></answer>."
 )
@@ -423,12 +423,24 @@ def sample_groups(model, tokenizer, image_processor, rows, group_size, prompt_ke
     }
 
 
-def score(batch):
-    """Add the verifiable reward and its parts (data.compute_reward) to a rollout batch."""
-    import data
+def score(batch, reward="answer"):
+    """Add the verifiable reward and its parts to a rollout batch.
 
-    parts = [data.compute_reward(t, a, c, precision=p)
-             for t, a, c, p in zip(batch["texts"], batch["answers"], batch["choices"], batch["precisions"])]
+    reward="answer": grading.compute_reward, 0.9 * accuracy + 0.1 * format (the task's reward).
+    reward="starts_with": +1 if the response's first character is a digit, else -1 (accuracy: 1 or 0; format 0):
+    a reward so simple that any working policy-gradient loop must learn it (tests/test_rl_sanity.py). Win/lose
+    rewards of +-1 make a missing baseline fatal: without one, every losing rollout pushes its own first token
+    down, which spreads probability over all 512 tokens instead of onto the ten digits.
+    """
+    import grading
+
+    if reward == "answer":
+        parts = [grading.compute_reward(t, a, c, precision=p)
+                 for t, a, c, p in zip(batch["texts"], batch["answers"], batch["choices"], batch["precisions"])]
+    elif reward == "starts_with":
+        parts = [{"reward": 2.0 * t[:1].isdigit() - 1.0, "accuracy": float(t[:1].isdigit()), "format": 0.0} for t in batch["texts"]]
+    else:
+        raise ValueError(f"reward={reward!r}: use 'answer' or 'starts_with'")
     for key, name in (("rewards", "reward"), ("accuracy", "accuracy"), ("format", "format")):
         batch[key] = torch.tensor([p[name] for p in parts], dtype=torch.float32)               # (B,)
     return batch
@@ -446,31 +458,3 @@ def drop_flat_groups(batch, group_size):
     keep = (g.max(1).values != g.min(1).values).nonzero().flatten().tolist()
     n_flat = len(g) - len(keep)
     return select(batch, [k * group_size + j for k in keep for j in range(group_size)]), n_flat
-
-
-@torch.no_grad()
-def greedy_accuracy(model, tokenizer, image_processor, rows, max_new_tokens=64, batch_size=16,
-                    min_pixels=None, max_pixels=None, show=0, synced=False):
-    """Greedy decoding on `rows`; counts of correct and well-formatted answers (+ the first `show` examples)."""
-    import data
-
-    was_training = model.training
-    model.eval()
-    correct = formatted = 0
-    examples = []
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i:i + batch_size]
-        enc = encode_prompts(tokenizer, image_processor, [r["image"] for r in chunk],
-                             [data.format_question(r) for r in chunk], min_pixels, max_pixels)
-        response, mask, _ = generate(model, tokenizer, enc, max_new_tokens, temperature=0, synced=synced)
-        for r, ids, m in zip(chunk, response, mask):
-            text = tokenizer.decode(ids[m], skip_special_tokens=True)
-            parts = data.compute_reward(text, r["answer"], r.get("choices"),
-                                        precision=r.get("precision"))
-            correct += parts["accuracy"]
-            formatted += parts["format"]
-            if len(examples) < show:
-                examples.append({"question": data.format_question(r), "answer": r["answer"], "response": text,
-                                 "correct": bool(parts["accuracy"])})
-    model.train(was_training)
-    return {"correct": correct, "formatted": formatted, "n": len(rows), "examples": examples}

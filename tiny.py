@@ -4,7 +4,7 @@ AT-RL needs a vision-language policy that already *partly* solves its task (RL n
 rollouts to learn from) and that runs on a laptop CPU. We build one from nothing, with the same classes
 and the same save/load path as the real `Qwen/Qwen2.5-VL-3B-Instruct`:
 
-    tokenizer   byte-level BPE trained here on the task's text, plus Qwen's special tokens
+    tokenizer   byte-level BPE trained here on the tasks' text, plus Qwen's special tokens
                 (<|im_start|>, <|im_end|>, <|vision_start|>, <|image_pad|>, ...) and a Qwen chat template
     model       Qwen2_5_VLForConditionalGeneration, random init, 0.96M parameters:
                   vision: patch 14, merge 2 (one LLM token per 28x28 px), depth 2, width 64
@@ -13,39 +13,47 @@ and the same save/load path as the real `Qwen/Qwen2.5-VL-3B-Instruct`:
     SFT         next-token cross-entropy on the reference responses only (prompt tokens masked):
                   loss = - sum_{t in response} log p(y_t | image, prompt, y_<t) / #response tokens
 
-The default task (data.make_visualmath defaults): two one-digit numbers in fixed 28x28 slots of a 56x28
-image, "What is a + b?", reference "<think>a+b=s</think><answer>s</answer>". Each slot is exactly one
-merged vision token, which is what makes reading learnable in minutes on a CPU (an earlier probe saw a
-digit at random positions stay at chance for minutes). SFT stops early once held-out greedy accuracy
-reaches `target_acc`, so the model is left with partial skill and RL has room to improve it.
+A curriculum of three lessons, each a fixed number of steps (no early stop: a stop at "40% on a probe"
+lands on a knife edge that another machine's float path tips either way):
 
-Measured (2-core CPU shared with other jobs, load 3-6): `python tiny.py` takes 70 s wall (270 SFT steps)
-and prints held-out greedy accuracy 39.2%, 100% well-formatted, all numbers read right 40.6% (n=500).
-Seeds 1, 2, 3 give 54.8%, 46.6%, 52.6% (360-480 steps); the build is deterministic for a seed.
+    1. one number   (visualmath-v1, one 28-px slot = one vision token, "What is a?"): learn to read a digit.
+                    Reading from a single token starts within ~50 steps; on the 16-token grid from random
+                    init it never started in 1,800 steps, on two slots it starts after 200-500 steps.
+    2. two numbers  (visualmath-v1, "What is a + b?"): read two tokens in order, write a chain.
+    3. the grid     (visualmath, the RL task), written by an imperfect teacher: 1, 3 and 5 are read as
+                    7, 8 and 6 with probability `slip` (0.7), the chain computed from what was read.
+
+Lesson 3 runs to convergence, so the warm start ends at a *stable* partial skill: it reads like its
+teacher, as a calibrated probability (greedy decoding writes the slip, sampling writes the true digit about
+3 times in 10). Its held-out greedy accuracy is about P(no 1, 3 or 5 among four digits) = 0.7^4 = 0.24
+whatever the seed or machine, and the only way up is for RL to move the perception tokens -- what AT-RL is
+about. The figures of a build (greedy accuracy and avg@4 with 95% intervals, right readings, lucky
+guesses) are printed and saved in sft_report.json.
 
 Where this departs from a real Qwen2.5-VL:
 1. Sizes are tiny and the tokenizer is ours (vocab 512). Its pre-tokenizer splits digits only, not words,
-   so recurring phrases become single tokens: a default prompt is 29 tokens, a response 12.
+   so recurring phrases become single tokens: a grid prompt is ~45 tokens with its 16 image tokens, a
+   response ~27.
 2. Only full attention in the vision tower (our images fit in one 112-px window anyway).
 3. Word embeddings are tied to the LM head (as in Qwen2.5-VL-3B) to save parameters.
 
-Run:  python tiny.py           # builds cache/tiny-qwen2.5-vl (skips if present), prints held-out accuracy
-      python tiny.py --force   # rebuild;  ATRL_CACHE=/some/dir python tiny.py  to put the cache elsewhere
-Tests: pytest tests/test_tiny.py (uses make_random_checkpoint only: no SFT in tests).
+Run:  python tiny.py                       # builds cache/tiny-qwen2.5-vl (skips if present), prints its figures
+      python tiny.py --seed 3 --out D      # another warm start;  --force rebuilds;  ATRL_CACHE=dir moves cache/
+Tests: pytest tests/test_tiny.py (random checkpoints and a few SFT steps only: the full build is not run there).
 """
 
 import argparse
 import json
 import os
 import random
-import re
 import shutil
 import time
 
 import torch
 
-import data
+import eval as evaluation  # the one evaluator (train.py and eval.py use it too)
 import rollout
+import visualmath
 
 # --------------------------------------------------------------------------------------------------
 # Paths and sizes
@@ -77,13 +85,15 @@ VISION = dict(depth=2, hidden_size=64, intermediate_size=256, num_heads=4, in_ch
 
 
 def _tokenizer_corpus(n=400, seed=0):
-    """Texts the tokenizer is trained on: chat-formatted prompts and responses over many task knobs."""
+    """Texts the tokenizer is trained on: chat-formatted prompts and responses of both tasks over many knobs."""
     rng = random.Random(seed)
     texts = []
     for i in range(n):
-        knobs = dict(n_numbers=rng.randint(1, 4), digits=rng.randint(1, 3),
-                     ops=tuple(rng.sample(["+", "-", "*"], rng.randint(1, 3))))
-        ex = data.visualmath_example(rng, **knobs)
+        if i % 2:
+            ex = visualmath.grid_example(rng, n_digits=rng.randint(2, 8), n_shapes=rng.randint(0, 8))
+        else:
+            ex = visualmath.slots_example(rng, n_numbers=rng.randint(1, 4), digits=rng.randint(1, 3),
+                                          ops=tuple(rng.sample(["+", "-", "*"], rng.randint(1, 3))))
         prompt = rollout.build_messages(ex["question"])[0]["content"][1]["text"]
         texts.append("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
                      f"{prompt}<|im_end|>\n<|im_start|>assistant\n{ex['response']}<|im_end|>\n")
@@ -179,63 +189,24 @@ def sft_batch(tokenizer, image_processor, examples):
     return enc
 
 
-def _grade(text, answer, perception):
-    """(correct, well_formatted, read) for one response.
-
-    correct: data.compute_reward's accuracy (extract_answer + is_correct); well_formatted: its format part
-    (exactly <think>...</think><answer>...</answer>); read: the numbers before the last '=' inside <think> are the
-    perception values, in any order (the model read the image right, whatever its arithmetic).
-
-    >>> _grade("<think>3+4=7</think><answer>7</answer>", "7", ["3", "4"])
-    (True, True, True)
-    >>> _grade("<think>3+5=8</think><answer>8</answer>", "7", ["3", "4"])
-    (False, True, False)
-    >>> _grade("<think>4+3=7</think><answer>7", "7", ["3", "4"])   # unclosed tag: badly formatted
-    (True, False, True)
-    """
-    parts = data.compute_reward(text, answer)  # the RL reward's own grader
-    correct, well_formatted = parts["accuracy"] == 1.0, parts["format"] == 1.0
-    think = re.search(r"<think>(.*?)</think>", text, re.S)
-    # sorted: for a + b, writing "4+3" for perception [3, 4] is a right reading (order is not asked)
-    read = think is not None and sorted(re.findall(r"\d+", think.group(1).rpartition("=")[0])) == sorted(perception)
-    return correct, well_formatted, read
+def lessons(slip=0.7, steps=(100, 100, 500)):
+    """The SFT curriculum: (name, steps, example(rng) -> dict) per lesson (module docstring)."""
+    return [("one number", steps[0], lambda rng: visualmath.slots_example(rng, n_numbers=1)),
+            ("two numbers", steps[1], lambda rng: visualmath.slots_example(rng)),
+            ("grid", steps[2], lambda rng: visualmath.grid_example(rng, slip=slip))]
 
 
-@torch.no_grad()
-def evaluate(model, tokenizer, image_processor, dataset, batch_size=128, max_new_tokens=24):
-    """Greedy decoding on `dataset`: dict(accuracy, format, read, samples) -- fractions of examples."""
-    model.eval()
-    totals = [0, 0, 0]  # correct, well formatted, read right
-    samples = []
-    for start in range(0, len(dataset), batch_size):
-        rows = dataset[start:start + batch_size]
-        enc = rollout.encode_prompts(tokenizer, image_processor, rows["image"], rows["question"])
-        response, mask, _ = rollout.generate(model, tokenizer, enc, max_new_tokens, temperature=0)  # greedy
-        texts = [tokenizer.decode(ids[m], skip_special_tokens=True) for ids, m in zip(response, mask)]
-        for text, answer, perception in zip(texts, rows["answer"], rows["perception"]):
-            totals = [t + g for t, g in zip(totals, _grade(text, answer, perception))]
-            if len(samples) < 4:
-                samples.append((text, answer))
-    model.train()
-    n = len(dataset)
-    return dict(accuracy=totals[0] / n, format=totals[1] / n, read=totals[2] / n, samples=samples)
+def build_tiny(out_dir=DEFAULT_DIR, seed=0, lr=1e-3, batch_size=32, slip=0.7, steps=(100, 100, 500), n_eval=256,
+               eval_k=4, log=print):
+    """Random checkpoint + SFT warm start (the lessons above), evaluated on held-out grid questions, saved to out_dir.
 
-
-def build_tiny(out_dir=DEFAULT_DIR, sft_steps=2000, seed=0, lr=1e-3, batch_size=32, target_acc=0.4,
-               eval_every=15, time_budget_s=480, n_eval=500, task=None, log=print):
-    """Random checkpoint + SFT warm start on VisualMath reference responses, saved to `out_dir`.
-
-    Every step draws `batch_size` fresh examples (seeded rng; `task` = make_visualmath knobs). Every
-    `eval_every` steps a 128-example held-out probe is decoded greedily; SFT stops at the first check with
-    probe accuracy >= target_acc and >= 95% well-formatted answers (partial skill on purpose: RL needs room
-    to improve), or after `sft_steps` steps / `time_budget_s` seconds. On the default task reading is
-    learned abruptly (held-out accuracy ~0.1 -> ~0.8 within ~50-100 steps, after 250-450 steps depending
-    on the seed; seed 0 went from 39% at step 270 to 52% at step 275), hence the frequent checks. The final figures (n_eval examples, another seed) are printed and saved in sft_report.json.
+    Every step draws `batch_size` fresh examples from one seeded rng; the learning rate warms up over the
+    first 50 steps, stays constant, and decays linearly to lr / 10 over the last lesson. The build is
+    deterministic on one machine for a seed.
     """
     from tqdm import tqdm
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    task = dict(task or {})
     # NOTE: one thread on purpose. On a shared 2-core box, 2 OpenMP threads collapse when a neighbour
     # takes a core (we measured 0.23 s/step with 1 thread vs 2.5 s/step with 2 under load).
     threads = torch.get_num_threads()
@@ -248,40 +219,37 @@ def build_tiny(out_dir=DEFAULT_DIR, sft_steps=2000, seed=0, lr=1e-3, batch_size=
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
     rng = random.Random(seed)
-    probe = data.make_visualmath(128, seed=seed + 10_000, **task)  # early-stopping probe
-    held_out = data.make_visualmath(n_eval, seed=seed + 20_000, **task)  # the reported figures
-
-    start, loss_ema, probe_result = time.time(), None, {}
-    bar = tqdm(range(sft_steps), desc="SFT", dynamic_ncols=True)
-    for step in bar:
-        examples = [data.visualmath_example(rng, **task) for _ in range(batch_size)]
-        batch = sft_batch(tokenizer, image_processor, examples)
-        warmup = min(1.0, (step + 1) / 50)  # short linear warm-up: Adam's first updates are noisy
-        for group in optimizer.param_groups:
-            group["lr"] = lr * warmup
-        loss = model(**batch).loss  # mean cross-entropy over response tokens (labels -100 elsewhere)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
-        out_of_time = time.time() - start > time_budget_s
-        if (step + 1) % eval_every == 0 or out_of_time:
-            probe_result = evaluate(model, tokenizer, image_processor, probe)
-            bar.set_postfix(loss=f"{loss_ema:.3f}", probe_acc=f"{probe_result['accuracy']:.2f}")
-            if probe_result["accuracy"] >= target_acc and probe_result["format"] >= 0.95:
-                break
-        if out_of_time:
-            log(f"SFT stopped by the time budget ({time_budget_s}s) before reaching target_acc={target_acc}")
-            break
+    start, step, loss_ema, plan = time.time(), 0, None, lessons(slip, steps)
+    bar = tqdm(total=sum(n for _, n, _ in plan), desc="SFT", dynamic_ncols=True)
+    for i, (lesson, n_steps, make_example) in enumerate(plan):
+        for j in range(n_steps):
+            batch = sft_batch(tokenizer, image_processor, [make_example(rng) for _ in range(batch_size)])
+            # a short linear warm-up (Adam's first updates are noisy), then constant; the last lesson decays
+            # linearly to lr / 10, so the build ends converged rather than wherever the last batches pushed it
+            decay = 1.0 - 0.9 * j / n_steps if i == len(plan) - 1 else 1.0
+            for group in optimizer.param_groups:
+                group["lr"] = lr * min(1.0, (step + 1) / 50) * decay
+            loss = model(**batch).loss  # mean cross-entropy over response tokens (labels -100 elsewhere)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
+            bar.update(1)
+            bar.set_postfix(lesson=lesson, loss=f"{loss_ema:.3f}")
     bar.close()
     sft_seconds = time.time() - start
-    result = evaluate(model, tokenizer, image_processor, held_out)
-    report = dict(steps=step + 1, sft_seconds=round(sft_seconds, 1), final_loss=round(loss_ema, 4), lr=lr,
-                  batch_size=batch_size, target_acc=target_acc, probe_accuracy=probe_result.get("accuracy"),
-                  held_out_accuracy=result["accuracy"], held_out_format=result["format"],
-                  held_out_read=result["read"], n_eval=n_eval, task=task, seed=seed,
-                  params=sum(p.numel() for p in model.parameters()), samples=result["samples"])
+    # the figures: the unified evaluator on held-out grid questions (a seed no training stream uses)
+    model.eval()
+    respond = evaluation.model_responder(model, tokenizer, image_processor, max_new_tokens=40)
+    result = evaluation.evaluate(visualmath.make("visualmath", n_eval, seed=seed + 30_000), respond, k=eval_k,
+                                 temperature=1.0, seed=seed, show=4)
+    report = dict(steps=step, lessons={name: n for name, n, _ in plan}, sft_seconds=round(sft_seconds, 1),
+                  eval_seconds=round(time.time() - start - sft_seconds, 1), final_loss=round(loss_ema, 4), lr=lr,
+                  batch_size=batch_size, slip=slip, seed=seed, params=sum(p.numel() for p in model.parameters()),
+                  held_out={k: v for k, v in result.items() if k != "examples"},
+                  samples=[(ex["greedy"]["response"], ex["answer"]) for ex in result["examples"]])
     model.save_pretrained(tmp_dir)
     with open(os.path.join(tmp_dir, "sft_report.json"), "w") as f:
         json.dump(report, f, indent=1)
@@ -304,24 +272,29 @@ def ensure_tiny_model(path=None):
 # Command line
 # --------------------------------------------------------------------------------------------------
 
+def describe(report):
+    """The build report in three lines."""
+    m = report["held_out"]
+    return (f"tiny Qwen2.5-VL: {report['params'] / 1e6:.2f}M params, SFT {report['steps']} steps in "
+            f"{report['sft_seconds']:.0f}s (lessons {report['lessons']}, teacher slip {report['slip']})\n"
+            f"held-out (n={m['n']}): greedy accuracy {m['accuracy']:.3f} {m['accuracy_ci']}, avg@4 {m['avg@4']:.3f} "
+            f"{m['avg@4_ci']}, all digits read right {m['read']:.3f} (sampled {m['read@4']:.3f}), lucky guesses "
+            f"{m['lucky']:.1%} of right answers (sampled {m['lucky@4']:.1%}), well-formatted {m['format']:.1%}\n"
+            f"e.g. {report['samples'][0][0]!r} (gold {report['samples'][0][1]})")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Build the tiny Qwen2.5-VL default model (cached).")
     parser.add_argument("--out", default=DEFAULT_DIR, help="checkpoint dir (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the checkpoint exists")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target_acc", type=float, default=0.4, help="stop SFT at this probe accuracy")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the init, the SFT stream and the evaluation")
+    parser.add_argument("--slip", type=float, default=0.7, help="probability that the teacher misreads 1, 3, 5")
     args = parser.parse_args()
     began = time.time()
     if args.force or not os.path.exists(os.path.join(args.out, "sft_report.json")):
-        build_tiny(args.out, seed=args.seed, target_acc=args.target_acc)
+        build_tiny(args.out, seed=args.seed, slip=args.slip)
     else:
         print(f"{args.out} exists (use --force to rebuild); its build report:")
     with open(os.path.join(args.out, "sft_report.json")) as f:
-        report = json.load(f)
-    print(f"tiny Qwen2.5-VL: {report['params'] / 1e6:.2f}M params, SFT {report['steps']} steps in "
-          f"{report['sft_seconds']:.0f}s (lr {report['lr']}, batch {report['batch_size']})")
-    print(f"held-out greedy accuracy {report['held_out_accuracy']:.1%}, well-formatted "
-          f"{report['held_out_format']:.1%}, all numbers read right {report['held_out_read']:.1%} "
-          f"(n={report['n_eval']})")
-    print(f"e.g. {report['samples'][0][0]!r} (gold {report['samples'][0][1]})")
+        print(describe(json.load(f)))
     print(f"total wall time {time.time() - began:.0f}s -> {args.out}")

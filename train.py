@@ -2,7 +2,7 @@
 
 What one step does, for P prompts and G sampled responses each (B = P*G rollouts, T response tokens):
 
-    R[i]        = reward of rollout i                           (data.compute_reward: 0.9*acc + 0.1*format)
+    R[i]        = reward of rollout i                           (grading.compute_reward: 0.9*acc + 0.1*format)
     A[i]        = (R[i] - mean_G R) / (std_G R + eps)           (atrl.group_advantages; GRPO, Shao et al. 2024)
     W[i, t]     = W(C_k(t))                                     (atrl.token_weights; AT-RL Eq. for A_AT)
     A_AT[i, t]  = W[i, t] * A[i]                                (the paper's per-token advantage)
@@ -54,7 +54,9 @@ from tqdm import tqdm
 import atrl
 import connectivity
 import data
+import eval as evaluation  # the one evaluator: greedy accuracy, avg@k, intervals, lucky guesses
 import rollout
+import visualmath
 
 # --------------------------------------------------------------------------------------------------
 # Config: one flat dataclass; every field becomes a --flag of the same name.
@@ -65,26 +67,28 @@ import rollout
 class Config:
     # Model and data
     model: str = ""                 # HF id or local checkpoint dir; "" = embedded tiny Qwen2.5-VL (tiny.py)
-    dataset: str = "visualmath"     # "visualmath" (synthetic) or a hub name / local parquet/json(l) file
-    eval_dataset: str = ""          # "" = a held-out VisualMath split (or `dataset`'s own split if not synthetic)
-    train_size: int = 4096          # VisualMath examples generated for training (ignored for real data)
-    eval_size: int = 256            # held-out examples scored at every eval (greedy)
+    dataset: str = "visualmath"     # synthetic "visualmath" (v2 grid) | "visualmath-v1" (2 slots) | hub name / local file
+    eval_dataset: str = ""          # "" = a held-out split of the synthetic task (none for a real dataset)
+    train_size: int = 2048          # VisualMath examples generated for training (ignored for real data)
+    eval_size: int = 256            # held-out questions scored at every eval (greedy and avg@eval_k); 0 = no eval
+    eval_k: int = 4                 # samples per question for avg@k at --temperature (0 = greedy accuracy only)
     min_pixels: int = 28 * 28       # image processor lower bound (pixels); tiny images are upscaled to it
     max_pixels: int = 512 * 28 * 28  # upper bound; caps image tokens at max_pixels / 28^2 (here 512)
     # Rollout
     prompts_per_step: int = 16      # P prompts per step over all ranks; must divide by the world size
     group_size: int = 8             # G responses per prompt (>= 2: the advantage is relative to the group)
-    max_new_tokens: int = 24        # response budget in tokens; responses without EOS are "truncated"
+    max_new_tokens: int = 40        # response budget in tokens; responses without EOS are "truncated" (grid: ~27 used)
     temperature: float = 1.0        # sampling temperature (1.0 = the policy itself, needed for on-policy r)
     top_p: float = 1.0              # nucleus sampling; < 1 makes samples slightly off-policy
     mask_truncated: int = 1         # 1 = truncated responses get no loss (DAPO overlong filtering)
+    reward: str = "answer"          # answer: 0.9*accuracy + 0.1*format | starts_with: +1 if the response starts with a digit, else -1 (RL sanity test)
     dynamic_sampling: int = 0       # 1 = replace all-equal-reward groups by fresh prompts (DAPO)
     max_refills: int = 2            # bound on dynamic-sampling refill rounds per step
     # AT-RL
     weighting: str = "atrl"         # uniform (=GRPO/DAPO) | atrl | tokens | anchor_only | low_only | random
     anchor_frac: float = 0.15       # fraction of each response's tokens called anchors (paper: ~15%)
     gain: float = 2.0               # W of an all-anchor cluster relative to an anchor-free one, before normalising
-    knn: int = 10                   # k of the symmetric kNN token graph
+    knn: int = 0                    # k of the symmetric kNN token graph; 0 = per response, round(sqrt(n)) in [2, 10]
     resolution: float = 1.0         # Louvain modularity resolution (>1: more, smaller clusters)
     anchor_query: str = "predict"   # attention row of token t: "predict" (query t-1) or "self" (query t)
     probe_layers: str = "late"      # decoder layers read: early|middle|late third, all, or "4,5,6" (late: results/)
@@ -116,7 +120,7 @@ class Config:
     cpu_threads: int = 1            # torch threads on CPU; tiny models run fastest on 1 (0 = torch's default)
     # Logging
     out_dir: str = "runs/default"   # JSONL log, eval results and checkpoints go here
-    eval_every: int = 20            # steps between held-out evaluations (0 = only at start and end)
+    eval_every: int = 10            # steps between held-out evaluations (0 = only at start and end)
     save_every: int = 10            # steps between checkpoints (0 = only at the end)
     resume: int = 0                 # 1 = continue from out_dir/checkpoint exactly where it stopped
     debug_nan_step: int = -1        # test hook: poison the loss at this step to exercise the skip path
@@ -135,7 +139,7 @@ cfg = parse_config()
 choices = {"weighting": atrl.MODES,
            "loss_agg": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
            "scale_rewards": ("group", "batch", "none"), "kl_estimator": ("k1", "k2", "k3"),
-           "anchor_query": ("predict", "self")}
+           "anchor_query": ("predict", "self"), "reward": ("answer", "starts_with")}
 for name, allowed in choices.items():
     if getattr(cfg, name) not in allowed:
         raise SystemExit(f"--{name} {getattr(cfg, name)!r} is not one of {allowed}")
@@ -144,6 +148,8 @@ if cfg.group_size < 2:
 for name in ("prompts_per_step", "max_new_tokens", "micro_batch_size", "steps", "ppo_epochs", "mini_batches"):
     if getattr(cfg, name) < 1:
         raise SystemExit(f"--{name} {getattr(cfg, name)} must be >= 1")
+if cfg.eval_k < 0 or (cfg.eval_k and cfg.temperature <= 0):
+    raise SystemExit(f"--eval_k {cfg.eval_k} must be >= 0, and avg@k needs --temperature > 0 (got {cfg.temperature})")
 if not 0 < cfg.anchor_frac <= 1:
     raise SystemExit(f"--anchor_frac {cfg.anchor_frac} must be in (0, 1]")
 if cfg.clip_low <= 0 or cfg.clip_high <= 0 or (cfg.dual_clip and cfg.dual_clip <= 1):
@@ -244,14 +250,17 @@ params = [p for p in model.parameters() if p.requires_grad]
 optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
 
-if cfg.dataset == "visualmath":
-    train_data = data.make_visualmath(cfg.train_size, seed=cfg.seed)
+synthetic = cfg.dataset in visualmath.TASKS
+if synthetic:
+    train_data = visualmath.make(cfg.dataset, cfg.train_size, seed=cfg.seed)
 else:
     train_data = data.load_benchmark(cfg.dataset)
 if cfg.eval_dataset:
     eval_data = data.load_benchmark(cfg.eval_dataset, limit=cfg.eval_size)
-else:  # VisualMath from a disjoint seed is held out; a real dataset without --eval_dataset gets no eval
-    eval_data = data.make_visualmath(cfg.eval_size, seed=cfg.seed + 10_000) if cfg.dataset == "visualmath" else None
+else:  # the synthetic task from a disjoint seed is held out; a real dataset without --eval_dataset gets no eval
+    eval_data = visualmath.make(cfg.dataset, cfg.eval_size, seed=cfg.seed + 10_000) if synthetic else None
+if cfg.eval_size == 0:
+    eval_data = None
 image_token_id = model.config.image_token_id
 try:
     probe_layers = list(connectivity.layer_band(cfg.probe_layers, model.config.text_config.num_hidden_layers))
@@ -368,15 +377,31 @@ def log_record(step, batch, stats, sums, grad_norm, skipped, n_updates, timing):
 
 
 def evaluate():
-    """Greedy held-out accuracy, rank-strided, counts all-reduced."""
+    """Held-out greedy accuracy and avg@eval_k (eval.evaluate, the one evaluator), each with n and a 95% interval,
+    plus right readings and the lucky-guess share on VisualMath; questions rank-strided, counts all-reduced."""
     if eval_data is None:
         return {}
-    rows = [eval_data[i] for i in range(rank, len(eval_data), world)]
+    respond = evaluation.model_responder(policy, tokenizer, image_processor, cfg.max_new_tokens, cfg.top_p,
+                                         cfg.min_pixels, cfg.max_pixels, synced)
     with gathered():
-        res = rollout.greedy_accuracy(policy, tokenizer, image_processor, rows, max_new_tokens=cfg.max_new_tokens,
-                                      min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, synced=synced)
-    counts = all_reduce(torch.tensor([res["correct"], res["formatted"], res["n"]], dtype=torch.float64))
-    return {"eval_accuracy": (counts[0] / counts[2]).item(), "eval_format": (counts[1] / counts[2]).item()}
+        metrics = evaluation.evaluate(eval_data, respond, rank, world, True, cfg.eval_k, cfg.temperature,
+                                      batch_size=64, seed=cfg.seed, reduce=lambda t: all_reduce(t.to(device)).cpu())
+    keep = ("n", "accuracy", "accuracy_ci", "format", "read", "lucky", f"avg@{cfg.eval_k}", f"avg@{cfg.eval_k}_ci",
+            f"read@{cfg.eval_k}", f"lucky@{cfg.eval_k}")
+    return {f"eval_{k}": metrics[k] for k in keep if k in metrics}
+
+
+def describe_eval(rec):
+    """One line of held-out figures for the console, e.g. 'held-out greedy 0.242 [0.19, 0.30] avg@4 0.338 ...'."""
+    if "eval_accuracy" not in rec:
+        return ""
+    k, ci = cfg.eval_k, lambda v: f"[{v[0]:.2f}, {v[1]:.2f}]" if v else ""
+    line = f"held-out greedy {rec['eval_accuracy']:.3f} {ci(rec['eval_accuracy_ci'])}"
+    if f"eval_avg@{k}" in rec:
+        line += f" avg@{k} {rec[f'eval_avg@{k}']:.3f} {ci(rec[f'eval_avg@{k}_ci'])}"
+    if "eval_read" in rec:
+        line += f" read {rec['eval_read']:.2f} lucky {rec['eval_lucky']:.0%}"
+    return line + f" (n={rec['eval_n']})"
 
 
 def save_checkpoint(step):
@@ -432,7 +457,7 @@ if master:  # keep the log consistent with the checkpoint: drop records of steps
 
 if start_step == 0:
     metrics0 = evaluate()
-    print0(f"held-out before RL: {metrics0}")
+    print0(f"before RL: {describe_eval(metrics0)}")
     if master and metrics0:
         with open(log_path, "a") as f:
             f.write(json.dumps({"step": -1, **metrics0}) + "\n")
@@ -441,14 +466,14 @@ for step in bar:
     t0 = time.perf_counter()
     # 1) rollout: G samples per prompt, all on this rank (a group must never be split across ranks)
     policy.eval()
-    batch = rollout.score(sample(*prompts_for_step(step, prompts_per_rank)))  # same samples on any world size
+    batch = rollout.score(sample(*prompts_for_step(step, prompts_per_rank)), cfg.reward)  # same on any world size
     # 2) rewards are in `batch`; dynamic sampling swaps all-equal groups for fresh prompts (bounded)
     for refill in range(cfg.max_refills if cfg.dynamic_sampling else 0):
         batch, n_flat = rollout.drop_flat_groups(batch, cfg.group_size)
         if n_flat == 0:
             break
         extra = prompts_for_step(cfg.steps + step * cfg.max_refills + refill, n_flat)  # slots no step uses
-        batch = rollout.concat(batch, rollout.score(sample(*extra)), tokenizer.pad_token_id)
+        batch = rollout.concat(batch, rollout.score(sample(*extra), cfg.reward), tokenizer.pad_token_id)
     batch = rollout.to_device(batch, device)
     t_rollout = time.perf_counter() - t0
     # 3) group advantages A[i] (zero for all-equal groups: they carry no signal)
@@ -530,7 +555,7 @@ for step in bar:
         tqdm.write(f"step {step:4d} | reward {rec['reward']:.3f} acc {rec['accuracy']:.3f} fmt {rec['format']:.2f} | "
                    f"loss {rec['loss']:+.4f} clip {rec['clip_frac']:.3f} ent {rec['entropy']:.2f} | anchors "
                    f"{rec['anchor_frac']:.2f} clusters {rec['clusters']:.1f} | {rec['time_step']:.1f}s"
-                   + (f" | held-out acc {rec['eval_accuracy']:.3f}" if "eval_accuracy" in rec else ""))
+                   + (f" | {describe_eval(rec)}" if "eval_accuracy" in rec else ""))
 
 # --------------------------------------------------------------------------------------------------
 # Cleanup

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 @pytest.fixture(scope="session")
 def warm_checkpoint(tmp_path_factory):
-    import data
+    import visualmath
     import tiny
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -25,7 +25,7 @@ def warm_checkpoint(tmp_path_factory):
     tiny.make_random_checkpoint(path, seed=0)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
     tokenizer, image_processor = load_processor(path)
-    examples = data.make_visualmath(64, seed=123)
+    examples = visualmath.make_slots(64, seed=123)
     torch.manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     model.train()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-import data
+import visualmath
 import rollout
 import tiny
 
@@ -77,7 +77,7 @@ def test_transparent_pixels_become_white():
 
 
 def test_valid_image_is_kept_pixel_exact():
-    image = data.make_visualmath(1, seed=0)[0]["image"]
+    image = visualmath.make_slots(1, seed=0)[0]["image"]
     assert rollout.prepare_image(image).tobytes() == image.tobytes()
 
 
@@ -89,7 +89,7 @@ def test_vision_token_ids_are_the_vision_specials(processor):
 
 def _prompts(processor, sizes=((56, 28), (84, 56))):
     tokenizer, image_processor = processor
-    ds = data.make_visualmath(len(sizes), seed=3)
+    ds = visualmath.make_slots(len(sizes), seed=3)
     images = [im.resize(size) for im, size in zip(ds["image"], sizes)]  # different sizes -> different pad
     return rollout.encode_prompts(tokenizer, image_processor, images, ds["question"])
 

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import data
+import visualmath
 import eval as ev
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,7 +127,8 @@ def test_mathvista_greedy_and_avg_at_k_match_hand_grading(bench_files):
     assert [c[1] for c in respond.calls if c[3] > 0] == [[2_000_006, 2_000_007, 2_000_008], [2_000_009]]
     assert all(c[2] == 1 for c in respond.calls if c[3] == 0)  # greedy: one response per question
     # graded examples carry the response, the extracted answer and the verdict
-    assert examples[0]["greedy"] == {"correct": 1.0, "format": 1.0, "extracted": "1.24 cm", "response": GREEDY["1"]}
+    assert examples[0]["greedy"] == {"correct": 1.0, "format": 1.0, "read_right": None, "extracted": "1.24 cm",
+                                     "response": GREEDY["1"]}
     assert [s["correct"] for s in examples[0]["samples"]] == [1.0, 0.0, 0.0] and len(examples) == 3
 
 
@@ -155,7 +157,7 @@ def test_table_shows_every_benchmark_and_dashes_for_missing_kinds():
                                            "sampled_choice": 0, "sampled_pass": 2}, True, 4)}
     table = ev.format_table(results, k=4)
     assert "avg@4" in table.splitlines()[0] and "pass@4" in table.splitlines()[0]
-    assert re.search(r"visualmath\s+2\s+0\.5000\s+-\s+0\.5000\s+1\.0000\s+0\.7500\s+1\.0000", table), table
+    assert re.search(r"visualmath\s+2\s+0\.5000\s+-\s+0\.5000\s+1\.0000\s+-\s+-\s+0\.7500\s+1\.0000", table), table
 
 
 def test_bad_flags_explain_themselves():
@@ -205,7 +207,7 @@ def test_real_generation_in_process_equals_torchrun_with_two_ranks(warm_checkpoi
 def test_samples_do_not_depend_on_the_padding_of_other_prompts(warm_checkpoint):
     model, tokenizer, image_processor = ev.load_model(warm_checkpoint, torch.device("cpu"))
     respond = ev.model_responder(model, tokenizer, image_processor, max_new_tokens=8)
-    rows = [dict(data.make_visualmath(2, seed=10_000)[i]) for i in range(2)]
+    rows = [dict(visualmath.make_slots(2, seed=10_000)[i]) for i in range(2)]
     rows[1]["question"] += " Read both numbers carefully before you add them up."  # a longer prompt
     alone = respond(rows[:1], [7], 4, 1.0)[0]
     assert respond(rows, [7, 8], 4, 1.0)[0] == alone
@@ -239,7 +241,7 @@ def test_report_page_has_every_part_and_its_pictures(warm_checkpoint, tmp_path):
 
 def test_generated_report_batch_puts_response_token_t_at_column_p_plus_t(warm_checkpoint):
     model, tokenizer, image_processor = ev.load_model(warm_checkpoint, torch.device("cpu"))
-    rows = [data.make_visualmath(2, seed=5)[i] for i in range(2)]
+    rows = [visualmath.make_slots(2, seed=5)[i] for i in range(2)]
     for mode in ("generated", "reference"):
         inputs, full_mask, resp_mask, P = ev.report_batch(model, tokenizer, image_processor, rows, mode, 8)
         assert torch.equal(full_mask[:, P:], resp_mask) and not full_mask[:, :P].any()
@@ -254,7 +256,7 @@ def test_perception_values_map_to_exactly_their_tokens(warm_checkpoint):
     ids = tokenizer(response + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
     spans = ev.token_char_spans(tokenizer, ids)
     assert tokenizer.decode(ids, skip_special_tokens=True) == response and spans[-1][0] == spans[-1][1]
-    truth = ev.overlapping_tokens(spans, data.locate_perception(response, ["9", "4"]))
+    truth = ev.overlapping_tokens(spans, visualmath.locate_perception(response, ["9", "4"]))
     assert [tokenizer.decode([i]) for i, t in zip(ids, truth) if t] == ["9", "4"]
 
 

@@ -1,4 +1,4 @@
-"""Answer grading and rewards (data.py §Grading): extraction, matching, reward, robustness.
+"""Answer grading and rewards (grading.py): extraction, matching, reward, robustness.
 
 Each case table is an oracle written by hand: (input, expected). The robustness tests feed the
 grader what a policy early in RL really emits -- nothing, megabytes, stray tags, unbalanced braces,
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-import data
+import grading
 
 # --- extraction -----------------------------------------------------------------------------------
 
@@ -53,7 +53,7 @@ EXTRACT_CASES = [
 
 @pytest.mark.parametrize("text,expected", EXTRACT_CASES)
 def test_extract_answer_cases(text, expected):
-    assert data.extract_answer(text) == expected
+    assert grading.extract_answer(text) == expected
 
 
 # --- matching -------------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ MATCH_CASES = [
 
 @pytest.mark.parametrize("pred,gold,choices,precision,expected", MATCH_CASES)
 def test_is_correct_cases(pred, gold, choices, precision, expected):
-    assert data.is_correct(pred, gold, choices=choices, precision=precision) is expected
+    assert grading.is_correct(pred, gold, choices=choices, precision=precision) is expected
 
 
 def test_grading_case_count_meets_the_issue():
@@ -154,20 +154,20 @@ def test_grading_case_count_meets_the_issue():
     (None, 0.0),
 ])
 def test_format_requires_exact_think_answer_shape(response, fmt):
-    assert data.compute_reward(response, "1")["format"] == fmt
+    assert grading.compute_reward(response, "1")["format"] == fmt
 
 
 def test_reward_mixes_accuracy_and_format_with_the_weight():
     good = "<think>3+4=7</think><answer>7</answer>"
-    assert data.compute_reward(good, "7") == {"reward": 1.0, "accuracy": 1.0, "format": 1.0}
-    wrong = data.compute_reward("<think>3+4=8</think><answer>8</answer>", "7")
+    assert grading.compute_reward(good, "7") == {"reward": 1.0, "accuracy": 1.0, "format": 1.0}
+    wrong = grading.compute_reward("<think>3+4=8</think><answer>8</answer>", "7")
     assert wrong == {"reward": pytest.approx(0.1), "accuracy": 0.0, "format": 1.0}
-    bare = data.compute_reward("the answer is 7", "7", format_weight=0.25)
+    bare = grading.compute_reward("the answer is 7", "7", format_weight=0.25)
     assert bare == {"reward": pytest.approx(0.75), "accuracy": 1.0, "format": 0.0}
-    mc = data.compute_reward("<think>t</think><answer>C</answer>", "equal to",
+    mc = grading.compute_reward("<think>t</think><answer>C</answer>", "equal to",
                              choices=["smaller than", "larger than", "equal to"])
     assert mc["accuracy"] == 1.0
-    assert data.compute_reward("<answer>1.27</answer>", "1.3", precision=1)["accuracy"] == 1.0
+    assert grading.compute_reward("<answer>1.27</answer>", "1.3", precision=1)["accuracy"] == 1.0
 
 
 # --- robustness: never raise, never hang -----------------------------------------------------------
@@ -197,13 +197,13 @@ ADVERSARIAL = [
 @pytest.mark.parametrize("text", ADVERSARIAL, ids=[f"adv{i}" for i in range(len(ADVERSARIAL))])
 def test_grader_survives_adversarial_text_quickly(text):
     start = time.perf_counter()
-    pred = data.extract_answer(text)
+    pred = grading.extract_answer(text)
     assert pred is None or isinstance(pred, str)
     for gold, choices in (("1", None), ("B", ["x", "y"]), ("\\frac{1}{2}", None)):
         # the unguarded core too: a fallback `except` must not be what keeps it alive
-        assert data._is_correct(pred, gold, choices) in (True, False)
-        assert data._is_correct(text, gold, choices) in (True, False)
-        out = data.compute_reward(text, gold, choices=choices)
+        assert grading._is_correct(pred, gold, choices) in (True, False)
+        assert grading._is_correct(text, gold, choices) in (True, False)
+        out = grading.compute_reward(text, gold, choices=choices)
         assert set(out) == {"reward", "accuracy", "format"} and 0.0 <= out["reward"] <= 1.0
     assert time.perf_counter() - start < 3.0
 
@@ -215,11 +215,11 @@ def test_grader_survives_random_fragments():
               "answer is", " (B)", "1,234", "-", ".", "/", "%", "^", "\\circ", "pi", "3", " ", "\n", "é"]
     for _ in range(400):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
-        pred = data._extract(text)
+        pred = grading._extract(text)
         assert pred is None or isinstance(pred, str)
-        data._is_correct(pred, "3", None, rng.choice([None, 1]))
-        data._is_correct(pred, "A", ["3", "pi"])
-        data.format_ok(text)
+        grading._is_correct(pred, "3", None, rng.choice([None, 1]))
+        grading._is_correct(pred, "A", ["3", "pi"])
+        grading.format_ok(text)
 
 
 # --- docstring examples are tests too --------------------------------------------------------------
@@ -227,4 +227,4 @@ def test_grader_survives_random_fragments():
 @pytest.mark.parametrize("fn", ["extract_answer", "is_correct", "compute_reward", "format_ok",
                                 "_normalize", "_evaluate"])
 def test_docstring_examples(doctest_examples, fn):
-    assert doctest_examples(data, [fn]) > 0
+    assert doctest_examples(grading, [fn]) > 0

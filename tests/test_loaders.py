@@ -16,6 +16,8 @@ import pyarrow.parquet
 import pytest
 
 import data
+import grading
+import visualmath
 
 
 def png_bytes(mode, size=(6, 4)):
@@ -62,7 +64,7 @@ def test_geometry3k_parquet_with_image_bytes(tmp_path):
     assert isinstance(ex["image"], PIL.Image.Image) and ex["image"].mode == "L"
     assert ds[1]["image"].mode == "RGBA"
     # the gold is option text; a letter answer from the model grades through the choices
-    reward = data.compute_reward("<think>.</think><answer>B</answer>", ex["answer"], ex["choices"])
+    reward = grading.compute_reward("<think>.</think><answer>B</answer>", ex["answer"], ex["choices"])
     assert reward["accuracy"] == 1.0
 
 
@@ -87,9 +89,9 @@ def test_mathvista_json_dict_with_relative_image_paths(tmp_path):
     assert b["answer"] == "equal to" and b["choices"][1] == "equal to"
     assert data.format_question(b).endswith("\nChoices:\nA. larger than\nB. equal to\nC. smaller than")
     # precision flows into the reward: 1.24 rounds to the gold 1.2
-    reward = data.compute_reward("<answer>1.24</answer>", a["answer"], precision=a["precision"])
+    reward = grading.compute_reward("<answer>1.24</answer>", a["answer"], precision=a["precision"])
     assert reward["accuracy"] == 1.0
-    assert data.compute_reward("<answer>B</answer>", b["answer"], b["choices"])["accuracy"] == 1.0
+    assert grading.compute_reward("<answer>B</answer>", b["answer"], b["choices"])["accuracy"] == 1.0
 
 
 def test_mathvista_parquet_prefers_decoded_image(tmp_path):
@@ -115,7 +117,7 @@ def test_mathverse_jsonl_splits_inline_choices(tmp_path):
     assert ds[0]["question"] == "As shown in the figure, find the angle."
     assert ds[0]["choices"] == ["30°", "45°", "60°", "90°"] and ds[0]["source"] == "mathverse"
     assert ds[1]["choices"] == [] and ds[1]["question"] == "Find the area."
-    assert data.is_correct("60", ds[0]["answer"], ds[0]["choices"])  # option text -> letter C
+    assert grading.is_correct("60", ds[0]["answer"], ds[0]["choices"])  # option text -> letter C
 
 
 def test_virl39k_unwraps_boxed_answers_and_takes_first_image(tmp_path):
@@ -135,7 +137,7 @@ def test_virl39k_unwraps_boxed_answers_and_takes_first_image(tmp_path):
     assert ds[0]["answer"] == "B" and ds[0]["choices"] == ["circle", "square", "triangle"]
     assert ds[0]["question"] == "Which shape is largest?" and ds[0]["image"].mode == "L"
     assert ds[1]["answer"] == "17^\\circ" and ds[1]["source"] == "virl39k"
-    assert data.is_correct("17", ds[1]["answer"])
+    assert grading.is_correct("17", ds[1]["answer"])
 
 
 def test_limit_and_split_folder_selection(tmp_path):
@@ -241,6 +243,6 @@ def test_benchmarks_and_synthetic_data_share_one_schema(tmp_path):
     import datasets
     rows = [{"images": [{"bytes": png_bytes("RGB"), "path": None}], "problem": "p", "answer": "1"}]
     bench = data.load_benchmark(str(write_parquet(tmp_path / "g.parquet", rows)))
-    synthetic = data.make_visualmath(2, seed=0)
+    synthetic = visualmath.make_slots(2, seed=0)
     assert bench.features == synthetic.features == data.UNIFIED_FEATURES
     assert len(datasets.concatenate_datasets([bench, synthetic])) == 3

@@ -5,7 +5,7 @@ import collections
 import pytest
 import torch
 
-import data
+import visualmath
 import rollout
 import tiny
 
@@ -27,7 +27,7 @@ def test_a_generated_image_pad_never_reaches_the_batch(random_model):
     hook = model.lm_head.register_forward_hook(lambda m, i, out: out.index_add(
         -1, torch.tensor(vision), torch.full((*out.shape[:-1], len(vision)), 50.0)))
     try:
-        rows = list(data.make_visualmath(2, seed=3))
+        rows = list(visualmath.make_slots(2, seed=3))
         enc = rollout.encode_prompts(tokenizer, image_processor, [r["image"] for r in rows], [r["question"] for r in rows])
         plain = model.generate(**enc, do_sample=False, max_new_tokens=4)[:, enc["input_ids"].shape[1]:]
         assert torch.isin(plain, torch.tensor(vision)).all()  # without suppression they would be generated
@@ -61,7 +61,7 @@ def test_top_p_keeps_only_the_nucleus():
 
 def test_same_key_same_sample_whatever_the_batch(random_model):
     model, tokenizer, image_processor = random_model
-    rows = list(data.make_visualmath(3, seed=4))
+    rows = list(visualmath.make_slots(3, seed=4))
     both = rollout.sample_groups(model, tokenizer, image_processor, rows, 2, [10, 11, 12], max_new_tokens=6)
     alone = rollout.sample_groups(model, tokenizer, image_processor, rows[1:2], 2, [11], max_new_tokens=6)
     assert both["texts"][2:4] == alone["texts"]

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-import data
+import visualmath
 import rollout
 import tiny
 
@@ -43,7 +43,7 @@ def test_model_round_trip_is_exact(checkpoint):
     fresh_state = fresh.state_dict()
     for name, tensor in loaded.state_dict().items():
         assert torch.equal(tensor, fresh_state[name]), name
-    ex = data.make_visualmath(1, seed=0)[0]
+    ex = visualmath.make_slots(1, seed=0)[0]
     enc = rollout.encode_prompts(tokenizer, image_processor, [ex["image"]], [ex["question"]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(**enc).logits, fresh(**enc).logits, rtol=0, atol=0)
@@ -86,17 +86,35 @@ def test_image_processor_round_trip(checkpoint):
     assert image_processor.patch_size == 14 and image_processor.merge_size == 2
 
 
-def test_default_image_is_two_merged_tokens(checkpoint):
-    """The learnability design: one 28x28 slot per number = one LLM image token."""
+def test_image_tokens_of_the_two_tasks(checkpoint):
+    """The learnability design: one 28x28 slot or grid cell = one LLM image token; the grid has 16, v1 two."""
     tokenizer, image_processor = rollout.load_processor(checkpoint)
-    ex = data.make_visualmath(1, seed=0)[0]
-    enc = rollout.encode_prompts(tokenizer, image_processor, [ex["image"]], [ex["question"]])
-    assert enc["mm_token_type_ids"].sum().item() == len(ex["perception"]) == 2
+    for name, n_tokens in (("visualmath-v1", 2), ("visualmath", 16)):
+        ex = visualmath.make(name, 1, seed=0)[0]
+        enc = rollout.encode_prompts(tokenizer, image_processor, [ex["image"]], [ex["question"]])
+        assert enc["mm_token_type_ids"].sum().item() == n_tokens, name
+
+
+def test_grid_responses_have_at_least_twenty_tokens(checkpoint):
+    tokenizer, _ = rollout.load_processor(checkpoint)
+    lengths = [len(tokenizer(ex["response"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"])
+               for ex in visualmath.make_grid(50, seed=1)]
+    assert min(lengths) >= 20, lengths
+
+
+def test_lessons_end_on_the_grid_task_with_the_teacher_slips():
+    plan = tiny.lessons(slip=1.0, steps=(1, 2, 3))
+    assert [(name, n) for name, n, _ in plan] == [("one number", 1), ("two numbers", 2), ("grid", 3)]
+    import random
+    one, two, grid = (make(random.Random(0)) for _, _, make in plan)
+    assert one["image"].size == (28, 28) and two["image"].size == (56, 28) and grid["image"].size == (112, 112)
+    read = visualmath.read_values(grid["response"])
+    assert read == [str(visualmath.TEACHER_SLIPS.get(int(v), int(v))) for v in grid["perception"]]
 
 
 def test_sft_batch_supervises_exactly_the_response(checkpoint):
     tokenizer, image_processor = rollout.load_processor(checkpoint)
-    examples = list(data.make_visualmath(3, seed=4, n_numbers=3, digits=2))  # different response lengths
+    examples = list(visualmath.make_slots(3, seed=4, n_numbers=3, digits=2))  # different response lengths
     batch = tiny.sft_batch(tokenizer, image_processor, examples)
     B, S = batch["input_ids"].shape
     assert batch["labels"].shape == batch["attention_mask"].shape == batch["mm_token_type_ids"].shape == (B, S)
@@ -114,7 +132,7 @@ def test_a_few_sft_steps_fit_a_batch(checkpoint):
 
     tokenizer, image_processor = rollout.load_processor(checkpoint)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).train()
-    batch = tiny.sft_batch(tokenizer, image_processor, list(data.make_visualmath(8, seed=5)))
+    batch = tiny.sft_batch(tokenizer, image_processor, list(visualmath.make_slots(8, seed=5)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(15):

@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--prompts_per_step", "2", "--group_size", "4", "--max_new_tokens", "12", "--eval_size", "4",
-         "--eval_every", "0", "--mask_truncated", "0", "--lr", "1e-3", "--warmup_steps", "1"]
+         "--eval_every", "0", "--mask_truncated", "0", "--lr", "1e-3", "--warmup_steps", "1",
+         "--dataset", "visualmath-v1"]  # the fixture checkpoint was warmed up on v1; the arm smoke test runs v2
 EXACT = ["--adam_eps", "1e-2"]  # see the module docstring
 
 
@@ -50,16 +51,18 @@ def weights(out_dir):
     return load_file(os.path.join(out_dir, "checkpoint", "model.safetensors"))
 
 
-def assert_same_weights(a, b, atol=1e-7):
+def assert_same_weights(a, b, atol=2.4e-7):
+    """Every weight equal up to `atol` relative to max(1, |w|): 2.4e-7 is 2 float32 ulps at 1.0, the rounding a
+    summation in another order may leave after an update (a scale or masking bug moves weights by ~lr = 1e-3)."""
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
-    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
-    assert worst <= atol, f"weights differ by {worst}"
+    worst = max(((wa[k] - wb[k]).abs() / wb[k].abs().clamp_min(1.0)).max().item() for k in wa)
+    assert worst <= atol, f"weights differ by {worst} (relative)"
 
 
 @pytest.mark.parametrize("arm", ["uniform", "atrl", "tokens", "anchor_only", "low_only", "random"])
 def test_two_step_smoke_run_of_each_weighting_arm(warm_checkpoint, tmp_path, arm):
-    run_train(warm_checkpoint, tmp_path, "--steps", "2", "--weighting", arm)
+    run_train(warm_checkpoint, tmp_path, "--steps", "2", "--weighting", arm, "--dataset", "visualmath")  # the grid
     recs = records(tmp_path)
     assert [r["step"] for r in recs] == [0, 1]
     for r in recs:
@@ -68,7 +71,8 @@ def test_two_step_smoke_run_of_each_weighting_arm(warm_checkpoint, tmp_path, arm
     if arm != "uniform":  # the probe ran inside the training forward and produced anchors (+ clusters)
         assert 0 < recs[0]["anchor_frac"] < 0.5
         assert (recs[0]["clusters"] >= 1) == (arm != "tokens")  # `tokens` uses the anchor mask, no clustering
-    assert "eval_accuracy" in recs[-1]
+    for key in ("eval_accuracy", "eval_accuracy_ci", "eval_avg@4", "eval_avg@4_ci", "eval_read", "eval_lucky", "eval_n"):
+        assert key in recs[-1], key
     assert os.path.exists(tmp_path / "checkpoint" / "state.pt")
 
 
@@ -93,7 +97,7 @@ def test_two_gloo_processes_match_one_process(warm_checkpoint, tmp_path, shardin
     assert one["grad_norm"] > 0
     for key in ("reward", "accuracy", "grad_norm", "loss", "anchor_frac"):
         assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-7), key
-    assert_same_weights(tmp_path / "one", tmp_path / "two", atol=1e-7)  # FSDP: gathered full weights
+    assert_same_weights(tmp_path / "one", tmp_path / "two")  # FSDP: gathered full weights
 
 
 def test_resume_continues_exactly(warm_checkpoint, tmp_path):
