@@ -34,7 +34,6 @@ Run it:
     torchrun --nproc_per_node 8 train.py --model Qwen/Qwen2.5-VL-3B-Instruct ...
     python train.py --resume 1                          # continue exactly where out_dir's checkpoint stopped
 """
-import argparse
 import contextlib
 import dataclasses
 import functools
@@ -42,6 +41,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -55,6 +55,7 @@ import atrl
 import connectivity
 import data
 import rollout
+import runs
 
 # --------------------------------------------------------------------------------------------------
 # Config: one flat dataclass; every field becomes a --flag of the same name.
@@ -122,32 +123,42 @@ class Config:
     debug_nan_step: int = -1        # test hook: poison the loss at this step to exercise the skip path
 
 
-def parse_config() -> Config:
-    """argparse built from the dataclass: `--field value` for every field, typed by its default."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for f in dataclasses.fields(Config):
-        parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
-    return Config(**vars(parser.parse_args()))
-
-
-cfg = parse_config()
-# Derived values are checked once, with messages that say what to change.
-choices = {"weighting": atrl.MODES,
-           "loss_agg": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
-           "scale_rewards": ("group", "batch", "none"), "kl_estimator": ("k1", "k2", "k3"),
-           "anchor_query": ("predict", "self")}
-for name, allowed in choices.items():
-    if getattr(cfg, name) not in allowed:
-        raise SystemExit(f"--{name} {getattr(cfg, name)!r} is not one of {allowed}")
-if cfg.group_size < 2:
-    raise SystemExit(f"--group_size {cfg.group_size}: group-relative advantages need at least 2 responses per prompt")
-for name in ("prompts_per_step", "max_new_tokens", "micro_batch_size", "steps", "ppo_epochs", "mini_batches"):
-    if getattr(cfg, name) < 1:
-        raise SystemExit(f"--{name} {getattr(cfg, name)} must be >= 1")
-if not 0 < cfg.anchor_frac <= 1:
-    raise SystemExit(f"--anchor_frac {cfg.anchor_frac} must be in (0, 1]")
-if cfg.clip_low <= 0 or cfg.clip_high <= 0 or (cfg.dual_clip and cfg.dual_clip <= 1):
-    raise SystemExit(f"clip_low/clip_high must be > 0 and dual_clip 0 or > 1 (got {cfg.clip_low}, {cfg.clip_high}, {cfg.dual_clip})")
+cfg = runs.parse_config(Config, __doc__.split("\n")[0], "train.py")  # --help: every field with its comment
+# Every value is checked before anything is loaded or written: one line naming the value and what to do.
+runs.check_model("train.py", "model", cfg.model)
+runs.check_data("train.py", "dataset", cfg.dataset, builtin=("visualmath",))
+runs.check_data("train.py", "eval_dataset", cfg.eval_dataset, builtin=("",))
+switches = ("mask_truncated", "dynamic_sampling", "sink_debias", "overlap_weights", "grad_checkpointing", "freeze_vision",
+            "bf16", "fsdp", "resume")
+runs.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n in switches] + [
+    ("weighting", cfg.weighting in atrl.MODES, f"use one of {', '.join(atrl.MODES)}"),
+    ("loss_agg", cfg.loss_agg in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
+     "use token_mean (DAPO), seq_mean_token_mean (GRPO) or seq_mean_token_sum_norm (Dr.GRPO)"),
+    ("scale_rewards", cfg.scale_rewards in ("group", "batch", "none"), "use group, batch or none"),
+    ("kl_estimator", cfg.kl_estimator in ("k1", "k2", "k3"), "use k1, k2 or k3"),
+    ("anchor_query", cfg.anchor_query in ("predict", "self"), "use predict or self"),
+    ("probe_layers", cfg.probe_layers in ("early", "middle", "late", "all") or re.fullmatch(r"\d+(,\d+)*", cfg.probe_layers),
+     "use early, middle, late, all or a comma list of layer indices like 4,5,6"),
+    ("group_size", cfg.group_size >= 2, "group-relative advantages need at least 2 responses per prompt"),
+    *[(n, getattr(cfg, n) >= 1, "must be >= 1") for n in ("train_size", "eval_size", "prompts_per_step", "max_new_tokens",
+                                                          "knn", "steps", "ppo_epochs", "mini_batches", "micro_batch_size")],
+    *[(n, getattr(cfg, n) >= 0, "must be >= 0") for n in ("max_refills", "warmup_steps", "weight_decay", "grad_clip",
+                                                          "kl_coef", "seed", "cpu_threads", "eval_every", "save_every")],
+    ("min_pixels", cfg.min_pixels >= 28 * 28, "must be >= 784 (28 x 28 pixels: one merged vision token)"),
+    ("max_pixels", cfg.max_pixels >= cfg.min_pixels, f"must be >= --min_pixels {cfg.min_pixels}"),
+    ("temperature", cfg.temperature > 0, "must be > 0: RL samples its groups (1.0 = the policy itself)"),
+    ("top_p", 0 < cfg.top_p <= 1, "must be in (0, 1]"),
+    ("anchor_frac", 0 < cfg.anchor_frac <= 1, "must be in (0, 1]"),
+    ("gain", cfg.gain > 0, "must be > 0 so weights stay positive (1 = no reweighting, default 2)"),
+    ("resolution", cfg.resolution > 0, "must be > 0 (1.0 = standard modularity)"),
+    ("sink_outlier_k", cfg.sink_outlier_k > 0, "must be > 0 (default 5)"),
+    ("lr", cfg.lr > 0, "must be > 0 (1e-4 for the tiny model, ~1e-6 for 3B)"),
+    ("adam_eps", cfg.adam_eps > 0, "must be > 0 (default 1e-8)"),
+    ("clip_low", 0 < cfg.clip_low < 1, "must be in (0, 1) (PPO: 0.2)"),
+    ("clip_high", cfg.clip_high > 0, "must be > 0 (DAPO clip-higher: 0.28)"),
+    ("dual_clip", cfg.dual_clip == 0 or cfg.dual_clip > 1, "use 0 (off) or a value > 1 (3.0 is typical)"),
+    ("out_dir", cfg.out_dir != "", "name a folder for the log and checkpoints"),
+])
 
 # --------------------------------------------------------------------------------------------------
 # Setup: torchrun/DDP from environment variables, devices, seeds, output directory.
@@ -179,20 +190,20 @@ def all_reduce(t: torch.Tensor) -> torch.Tensor:
 
 
 if cfg.prompts_per_step % world:
-    raise SystemExit(f"--prompts_per_step {cfg.prompts_per_step} does not divide by the world size {world}: "
-                     f"use a multiple of {world} so every rank gets whole groups")
+    runs.config_error("train.py", f"--prompts_per_step {cfg.prompts_per_step} does not divide by the world size {world}: "
+                                  f"use a multiple of {world} so every rank gets whole groups")
 prompts_per_rank = cfg.prompts_per_step // world
 rollouts_per_rank = prompts_per_rank * cfg.group_size                  # B on this rank
 mini_batch = rollouts_per_rank // cfg.mini_batches
 if rollouts_per_rank % cfg.mini_batches or mini_batch % min(cfg.micro_batch_size, mini_batch):
-    raise SystemExit(f"{rollouts_per_rank} rollouts per rank must split into --mini_batches {cfg.mini_batches} "
-                     f"of whole --micro_batch_size {cfg.micro_batch_size} chunks")
+    runs.config_error("train.py", f"{rollouts_per_rank} rollouts per rank must split into --mini_batches {cfg.mini_batches} "
+                                  f"of whole --micro_batch_size {cfg.micro_batch_size} chunks")
 micro = min(cfg.micro_batch_size, mini_batch)
 # NOTE: under FSDP every forward is a collective, so all ranks must run the same number of them
 synced = bool(distributed and cfg.fsdp)  # generate keeps stepping (synced_gpus) until every rank is done
 if synced and (cfg.dynamic_sampling or cfg.eval_size % world):
-    raise SystemExit(f"--fsdp 1 needs --dynamic_sampling 0 and --eval_size divisible by {world} (got "
-                     f"{cfg.dynamic_sampling}, {cfg.eval_size}): ranks must run the same number of forwards")
+    runs.config_error("train.py", f"--fsdp 1 needs --dynamic_sampling 0 and --eval_size divisible by {world} (got "
+                                  f"{cfg.dynamic_sampling}, {cfg.eval_size}): ranks must run the same number of forwards")
 random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
 if device.type == "cpu" and cfg.cpu_threads > 0:  # a 1M-parameter model loses more to thread sync than it gains
     torch.set_num_threads(cfg.cpu_threads)
@@ -215,7 +226,11 @@ else:
         dist.barrier()  # other ranks wait for rank 0 to build the cache
 resumed = cfg.resume and os.path.exists(os.path.join(ckpt_dir, "state.pt"))
 load_path = ckpt_dir if resumed else model_path
-model = Qwen2_5_VLForConditionalGeneration.from_pretrained(load_path, dtype=torch.float32, attn_implementation="sdpa")
+try:
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(load_path, dtype=torch.float32, attn_implementation="sdpa")
+except OSError as err:  # a hub id that does not exist or cannot be reached (the shape was checked above)
+    runs.config_error("train.py", f"--model {load_path!r}: cannot load it ({str(err).splitlines()[0][:200]}); "
+                                  "check the name, the network, or pass a local checkpoint dir")
 model.to(device)
 tokenizer, image_processor = rollout.load_processor(load_path)
 if cfg.freeze_vision:
@@ -256,7 +271,7 @@ image_token_id = model.config.image_token_id
 try:
     probe_layers = list(connectivity.layer_band(cfg.probe_layers, model.config.text_config.num_hidden_layers))
 except ValueError as err:
-    raise SystemExit(f"--probe_layers: {err}")
+    runs.config_error("train.py", f"--probe_layers: {err}")
 use_probe = cfg.weighting != "uniform"  # GRPO/DAPO needs no attention at all
 probe_context = (connectivity.probe(policy, layers=probe_layers, background=bool(cfg.overlap_weights))
                  if use_probe else contextlib.nullcontext())
