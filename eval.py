@@ -46,13 +46,13 @@ References: MathVista (Lu et al. 2024, arXiv 2310.02255, testmini), MathVerse (Z
 coefficient. Dimension letters: B responses, T response tokens, V image tokens (merged patches).
 
 Run it:
-    python eval.py --model runs/default/checkpoint --benchmark visualmath --limit 500
-    python eval.py --model runs/default/checkpoint --benchmark visualmath --k 8 --temperature 1.0
+    python eval.py --model runs/default/checkpoint-40 --benchmark visualmath --limit 500
+    python eval.py --model runs/default/checkpoint-40 --benchmark visualmath --k 8 --temperature 1.0
     # MathVista testmini (1000 questions; hub download, bf16 on GPU; Qwen's usual 1280-token image cap):
-    torchrun --nproc_per_node 8 eval.py --model runs/default/checkpoint --benchmark AI4Math/MathVista \
+    torchrun --nproc_per_node 8 eval.py --model runs/default/checkpoint-40 --benchmark AI4Math/MathVista \
         --split testmini --max_new_tokens 2048 --max_pixels 1003520 --out runs/default/mathvista_testmini.json
     python eval.py --model Qwen/Qwen2.5-VL-3B-Instruct --benchmark /data/MathVista/testmini.json,/data/g3k/test.parquet
-    python eval.py --report --model runs/default/checkpoint --out_dir runs/default/report
+    python eval.py --report --model runs/default/checkpoint-40 --out_dir runs/default/report
     python eval.py --curves runs/atrl/log.jsonl,runs/uniform/log.jsonl --out_dir runs/compare
 Tests: OMP_NUM_THREADS=1 python -m pytest -q tests/test_eval.py
 """
@@ -658,9 +658,8 @@ CURVE_PANELS = (("reward", "train reward"), ("accuracy", "train accuracy"), ("ev
 
 
 def read_log(path):
-    """(config dict, step records) of a train.py log.jsonl."""
-    with open(path) as f:
-        lines = [json.loads(line) for line in f if line.strip()]
+    """(config dict, step records) of a train.py log.jsonl (a last line torn by a kill is dropped)."""
+    lines = runs.read_log(path)
     if not lines or "config" not in lines[0]:
         raise SystemExit(f"{path}: not a train.py log (its first line should be {{\"config\": ...}})")
     return lines[0]["config"], [r for r in lines[1:] if "step" in r]

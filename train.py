@@ -32,17 +32,19 @@ Run it:
     python train.py                                     # embedded tiny model + VisualMath, CPU, minutes
     python train.py --model Qwen/Qwen2.5-VL-3B-Instruct --dataset hiyouga/geometry3k --bf16 1
     torchrun --nproc_per_node 8 train.py --model Qwen/Qwen2.5-VL-3B-Instruct ...
-    python train.py --resume 1                          # continue exactly where out_dir's checkpoint stopped
+    python train.py --resume 1                          # continue exactly where out_dir's newest checkpoint stopped
+    python train.py --overwrite 1                       # delete out_dir's run and start over
+
+The run directory (runs.py): a second run into an out_dir that holds one refuses unless --resume 1 or
+--overwrite 1; checkpoints are out_dir/checkpoint-<step>/ (from_pretrained dirs + state.pt), written so that a
+kill -9 at any instant leaves a complete one; each step is logged once to out_dir/log.jsonl.
 """
 import contextlib
 import dataclasses
 import functools
-import json
-import math
 import os
 import random
 import re
-import shutil
 import time
 from dataclasses import dataclass
 
@@ -116,10 +118,12 @@ class Config:
     seed: int = 0                   # seeds data order, sampling, Louvain and init of everything we control
     cpu_threads: int = 1            # torch threads on CPU; tiny models run fastest on 1 (0 = torch's default)
     # Logging
-    out_dir: str = "runs/default"   # JSONL log, eval results and checkpoints go here
+    out_dir: str = "runs/default"   # log.jsonl and checkpoint-<step>/ go here; a folder holding a run is never overwritten
     eval_every: int = 20            # steps between held-out evaluations (0 = only at start and end)
     save_every: int = 10            # steps between checkpoints (0 = only at the end)
-    resume: int = 0                 # 1 = continue from out_dir/checkpoint exactly where it stopped
+    keep_checkpoints: int = 2       # newest checkpoint-<step>/ dirs kept (>= 1; a save briefly holds one more)
+    resume: int = 0                 # 1 = continue from out_dir's newest complete checkpoint exactly where it stopped
+    overwrite: int = 0              # 1 = delete the run already in out_dir (log, checkpoints) and start over
     debug_nan_step: int = -1        # test hook: poison the loss at this step to exercise the skip path
 
 
@@ -129,7 +133,7 @@ runs.check_model("train.py", "model", cfg.model)
 runs.check_data("train.py", "dataset", cfg.dataset, builtin=("visualmath",))
 runs.check_data("train.py", "eval_dataset", cfg.eval_dataset, builtin=("",))
 switches = ("mask_truncated", "dynamic_sampling", "sink_debias", "overlap_weights", "grad_checkpointing", "freeze_vision",
-            "bf16", "fsdp", "resume")
+            "bf16", "fsdp", "resume", "overwrite")
 runs.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n in switches] + [
     ("weighting", cfg.weighting in atrl.MODES, f"use one of {', '.join(atrl.MODES)}"),
     ("loss_agg", cfg.loss_agg in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
@@ -141,7 +145,8 @@ runs.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n 
      "use early, middle, late, all or a comma list of layer indices like 4,5,6"),
     ("group_size", cfg.group_size >= 2, "group-relative advantages need at least 2 responses per prompt"),
     *[(n, getattr(cfg, n) >= 1, "must be >= 1") for n in ("train_size", "eval_size", "prompts_per_step", "max_new_tokens",
-                                                          "knn", "steps", "ppo_epochs", "mini_batches", "micro_batch_size")],
+                                                          "knn", "steps", "ppo_epochs", "mini_batches", "micro_batch_size",
+                                                          "keep_checkpoints")],
     *[(n, getattr(cfg, n) >= 0, "must be >= 0") for n in ("max_refills", "warmup_steps", "weight_decay", "grad_clip",
                                                           "kl_coef", "seed", "cpu_threads", "eval_every", "save_every")],
     ("min_pixels", cfg.min_pixels >= 28 * 28, "must be >= 784 (28 x 28 pixels: one merged vision token)"),
@@ -161,7 +166,7 @@ runs.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n 
 ])
 
 # --------------------------------------------------------------------------------------------------
-# Setup: torchrun/DDP from environment variables, devices, seeds, output directory.
+# Setup: torchrun/DDP from environment variables, devices, seeds, the run directory (runs.py).
 # --------------------------------------------------------------------------------------------------
 
 distributed = "RANK" in os.environ  # set by torchrun
@@ -207,8 +212,11 @@ if synced and (cfg.dynamic_sampling or cfg.eval_size % world):
 random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
 if device.type == "cpu" and cfg.cpu_threads > 0:  # a 1M-parameter model loses more to thread sync than it gains
     torch.set_num_threads(cfg.cpu_threads)
-os.makedirs(cfg.out_dir, exist_ok=True)
-ckpt_dir = os.path.join(cfg.out_dir, "checkpoint")
+# The run directory: refuse to overwrite a run, or find the checkpoint to resume, before anything is written
+resume_dir, resume_state = runs.prepare_run_dir("train.py", cfg.out_dir, cfg.resume, cfg.overwrite)  # read-only
+if distributed:
+    dist.barrier()  # every rank has looked before the master writes
+run_lock = runs.claim_run_dir("train.py", cfg.out_dir, cfg.overwrite) if master else None  # held until exit
 autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16))
 
 # --------------------------------------------------------------------------------------------------
@@ -224,8 +232,7 @@ else:
     model_path = tiny.ensure_tiny_model() if master else tiny.DEFAULT_DIR
     if distributed:
         dist.barrier()  # other ranks wait for rank 0 to build the cache
-resumed = cfg.resume and os.path.exists(os.path.join(ckpt_dir, "state.pt"))
-load_path = ckpt_dir if resumed else model_path
+load_path = resume_dir or model_path
 try:
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(load_path, dtype=torch.float32, attn_implementation="sdpa")
 except OSError as err:  # a hub id that does not exist or cannot be reached (the shape was checked above)
@@ -395,8 +402,9 @@ def evaluate():
 
 
 def save_checkpoint(step):
-    """Model + processor (a normal from_pretrained dir) + optimizer/scheduler/RNG state. Written to a temp dir
-    and renamed, so an interrupted save never leaves a half checkpoint behind."""
+    """out_dir/checkpoint-<step>/: model + processor (a normal from_pretrained dir) + optimizer/scheduler/RNG
+    state (state.pt, tensors and plain values only). runs.save_checkpoint writes it under a temp name, renames
+    it into place and then deletes the old ones, so a kill at any instant leaves a complete checkpoint."""
     model_state, optim_state = None, optimizer.state_dict()
     if distributed and cfg.fsdp:  # gather full (unsharded) tensors on every rank, written by rank 0
         full = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -408,38 +416,35 @@ def save_checkpoint(step):
         optim_state = get_optimizer_state_dict(model, optimizer, options=full)
     if not master:
         return
-    state_dicts = {"optimizer": optim_state, "scheduler": scheduler.state_dict()}
-    tmp = ckpt_dir + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp, state_dict=model_state)
-    tokenizer.save_pretrained(tmp)
-    image_processor.save_pretrained(tmp)
-    torch.save({"step": step, **state_dicts, "config": dataclasses.asdict(cfg),
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}},
-               os.path.join(tmp, "state.pt"))
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    os.replace(tmp, ckpt_dir)
+
+    def write_model(path):
+        policy.save_pretrained(path, state_dict=model_state)
+        tokenizer.save_pretrained(path)
+        image_processor.save_pretrained(path)
+    state = {"step": step, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
+             "config": dataclasses.asdict(cfg), "rng": runs.rng_state()}
+    runs.save_checkpoint(cfg.out_dir, step, write_model, state, keep=cfg.keep_checkpoints)
 
 
 start_step = 0
 log_path = os.path.join(cfg.out_dir, "log.jsonl")
-if resumed:
-    state = torch.load(os.path.join(ckpt_dir, "state.pt"), weights_only=False)
+if resume_dir:
+    state = resume_state  # loaded with weights_only=True by runs.latest_checkpoint
     if distributed and cfg.fsdp:  # the saved state is full; each rank keeps its shard
         set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
     else:
         optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"]); random.setstate(state["rng"]["python"]); np.random.set_state(state["rng"]["numpy"])
+    runs.set_rng_state(state["rng"])
     start_step = state["step"]
-    print0(f"resumed from {ckpt_dir} at step {start_step}")
-if master:  # keep the log consistent with the checkpoint: drop records of steps that will be redone
-    old = [json.loads(line) for line in open(log_path)] if resumed and os.path.exists(log_path) else []
-    with open(log_path, "w") as f:
-        f.write(json.dumps({"config": dataclasses.asdict(cfg), "world": world}) + "\n")
-        for rec in old[1:]:
-            if rec.get("step", math.inf) < start_step:
-                f.write(json.dumps(rec) + "\n")
+    changed = {k: (v, getattr(cfg, k)) for k, v in state["config"].items()
+               if k not in ("steps", "resume", "overwrite") and getattr(cfg, k, v) != v}
+    print0(f"resumed from {resume_dir} at step {start_step}" + (f"; changed settings (old, new): {changed}" if changed else ""))
+if master:  # the log keeps records of steps before the checkpoint only: the others are redone (runs.py, rule 3)
+    kept = runs.start_log(log_path, {"config": dataclasses.asdict(cfg), "world": world}, start_step)
+    logged = {r["step"] for r in kept if r.get("step", -1) >= 0}
+    if len(logged) != start_step:  # only if the log was deleted or edited by hand: say so, carry on
+        print0(f"note: {log_path} holds records of {len(logged)} of the {start_step} steps before the checkpoint")
 
 # --------------------------------------------------------------------------------------------------
 # The RL loop
@@ -449,8 +454,7 @@ if start_step == 0:
     metrics0 = evaluate()
     print0(f"held-out before RL: {metrics0}")
     if master and metrics0:
-        with open(log_path, "a") as f:
-            f.write(json.dumps({"step": -1, **metrics0}) + "\n")
+        runs.append_log(log_path, {"step": -1, **metrics0})
 bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, disable=not master, desc="RL")
 for step in bar:
     t0 = time.perf_counter()
@@ -533,25 +537,26 @@ for step in bar:
     rec = log_record(step, batch, stats, sums, grad_norm, skipped, cfg.ppo_epochs * cfg.mini_batches,
                      {"rollout": t_rollout, **timing, "train": time.perf_counter() - t1 - (timing["weights_wait"] - wait_before),
                       "step": time.perf_counter() - t0})
-    # 8) eval / checkpoint
+    # 8) eval / checkpoint. NOTE: the record is on disk before the checkpoint: a kill in between redoes the step
+    #    on resume (its record is dropped, then written again) instead of losing the record (runs.py, rule 3)
     if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
         rec.update(evaluate())
-    if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
-        save_checkpoint(step + 1)
     if master:
-        with open(log_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        runs.append_log(log_path, rec)
         bar.set_postfix(reward=f"{rec['reward']:.3f}", acc=f"{rec['accuracy']:.3f}")
         tqdm.write(f"step {step:4d} | reward {rec['reward']:.3f} acc {rec['accuracy']:.3f} fmt {rec['format']:.2f} | "
                    f"loss {rec['loss']:+.4f} clip {rec['clip_frac']:.3f} ent {rec['entropy']:.2f} | anchors "
                    f"{rec['anchor_frac']:.2f} clusters {rec['clusters']:.1f} | {rec['time_step']:.1f}s"
                    + (f" | held-out acc {rec['eval_accuracy']:.3f}" if "eval_accuracy" in rec else ""))
+    if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
+        save_checkpoint(step + 1)
 
 # --------------------------------------------------------------------------------------------------
 # Cleanup
 # --------------------------------------------------------------------------------------------------
 
 probe_context.__exit__(None, None, None)  # restore the model's own attention implementation
-print0(f"done: {cfg.steps} steps, log in {log_path}, checkpoint in {ckpt_dir}")
+print0(f"done: {cfg.steps} steps, log in {log_path}, checkpoint in "
+       f"{os.path.join(cfg.out_dir, runs.newest_checkpoint_name(cfg.out_dir))}")
 if distributed:
     dist.destroy_process_group()

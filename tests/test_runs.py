@@ -1,20 +1,244 @@
-"""runs.py: every flag of train.py and eval.py has a --help line, and bad values stop with one line.
-Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_runs.py
+"""runs.py: a run is never lost, survives kill -9 at any instant, is tracked, and bad flags stop with one line.
+
+The centrepiece is a fault-injection test: train.py as a subprocess is killed with SIGKILL at named points
+inside a checkpoint save and in the middle of a log write (ATRL_TEST_HOOK, runs.kill_hook) and at random
+moments, resumed after each kill, and must end with every step logged exactly once and the same rewards,
+losses and weights as an uninterrupted run. Around it: the run-dir guard (re-run refuses, --resume without a
+checkpoint refuses and changes nothing, --overwrite), checkpoint pruning and fallback, a state file that
+cannot run code (weights_only=True), --help lines for every flag, and one-line config errors.
+Run: OMP_NUM_THREADS=1 python -m pytest -q -s tests/test_runs.py   (-s prints what each kill did)
 """
 import ast
+import hashlib
+import json
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
-from test_train import REPO
+import torch
+from test_train import REPO, SMALL, records, run_train, weights
 
 import eval as ev
 import runs
 
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def snapshot(folder):
+    """{relative path: sha256} of every file under folder: 'changes nothing' means equal snapshots."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            out[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return out
+
+
+def fake_checkpoint(out_dir, step, state=None):
+    """A checkpoint-<step>/ with the files runs.latest_checkpoint looks for (tiny stand-ins for the weights)."""
+    path = os.path.join(out_dir, f"checkpoint-{step}")
+    os.makedirs(path, exist_ok=True)
+    for name in ("config.json", "model.safetensors"):
+        open(os.path.join(path, name), "w").write("{}")
+    torch.save(state if state is not None else {"step": step}, os.path.join(path, "state.pt"))
+    return path
+
+
+def start_train(ckpt, out_dir, *args, hook=None):
+    """train.py in the background (stderr to out_dir's sibling .err file); ATRL_TEST_HOOK=hook if given."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("ATRL_TEST_HOOK", None)
+    if hook:
+        env["ATRL_TEST_HOOK"] = hook
+    err = open(f"{out_dir}.err", "w")
+    return subprocess.Popen([sys.executable, "train.py", "--model", ckpt, "--out_dir", str(out_dir), *SMALL, *args],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
+
+
+def stderr_tail(out_dir):
+    return open(f"{out_dir}.err").read()[-3000:]
+
+
+def logged_steps(out_dir):
+    """Steps of the step records in log.jsonl, in file order (runs.read_log drops a torn last line)."""
+    path = os.path.join(out_dir, "log.jsonl")
+    return [r["step"] for r in runs.read_log(path)[1:] if r["step"] >= 0] if os.path.exists(path) else []
+
+
+def strip_times(recs):
+    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in recs]
+
+# --------------------------------------------------------------------------------------------------
+# The fault-injection test
+# --------------------------------------------------------------------------------------------------
+
+
+def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_run(warm_checkpoint, tmp_path):
+    steps = 8
+    common = ["--steps", str(steps), "--save_every", "1", "--keep_checkpoints", "2"]
+    straight, out = tmp_path / "straight", tmp_path / "killed"
+    uninterrupted = start_train(warm_checkpoint, straight, *common)  # alongside the first killed runs
+
+    # Killed inside the very first save: there is no complete checkpoint, so --resume 1 refuses, changing nothing.
+    proc = start_train(warm_checkpoint, out, *common, hook="checkpoint_model_written:1")
+    assert proc.wait(timeout=300) == -signal.SIGKILL, stderr_tail(out)
+    print("\nkill at checkpoint_model_written:1 ->", sorted(os.listdir(out)), "logged", logged_steps(out))
+    assert runs.latest_checkpoint(str(out)) == (None, None) and logged_steps(out) == [0]
+    before = snapshot(out)
+    proc = run_train(warm_checkpoint, out, *common, "--resume", "1", check=False)
+    assert proc.returncode != 0 and "no complete checkpoint" in proc.stderr, proc.stderr[-2000:]
+    assert snapshot(out) == before
+    print("  --resume 1 refused:", proc.stderr.strip().splitlines()[-1])
+
+    # --overwrite 1 starts over; then one kill per run: at named points, then at random moments.
+    rng = random.Random(15)
+    kills = [("--overwrite", "checkpoint_written:2"),     # temp dir complete, not yet renamed
+             ("--resume", "checkpoint_renamed:3"),        # new checkpoint in place, old ones not yet deleted
+             ("--resume", "checkpoint_pruning:4"),        # an old checkpoint renamed aside, not yet deleted
+             ("--resume", "log_torn:4"),                  # half of step 4's record written
+             ("--resume", "random: seconds after start"),
+             ("--resume", "random: after the next record"),
+             ("--resume", "")]                            # runs to the end
+    newest = 0
+    for flag, point in kills:
+        hook = None if point.startswith("random") or not point else point
+        proc = start_train(warm_checkpoint, out, *common, flag, "1", hook=hook)
+        if point == "random: seconds after start":  # anywhere: imports, model load, log rewrite, a step, a save
+            time.sleep(rng.uniform(1.0, 7.0))
+            proc.send_signal(signal.SIGKILL)
+        elif point == "random: after the next record":
+            seen = len(logged_steps(out))
+            while proc.poll() is None and len(logged_steps(out)) <= seen:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.4))
+            proc.send_signal(signal.SIGKILL)
+        rc = proc.wait(timeout=300)
+        path, state = runs.latest_checkpoint(str(out))
+        print(f"kill at {point or 'none (to the end)'} -> exit {rc}, newest complete {os.path.basename(path)}, "
+              f"on disk {sorted(n for n in os.listdir(out) if n.startswith('checkpoint'))}, logged {logged_steps(out)}")
+        assert rc == (0 if not point else -signal.SIGKILL) or (point.startswith("random") and rc == 0), stderr_tail(out)
+        # never a moment without a complete checkpoint, never a step back, the log a clean prefix of the steps
+        assert state["step"] >= newest
+        newest = state["step"]
+        assert logged_steps(out) == list(range(len(logged_steps(out)))) and len(logged_steps(out)) >= newest
+        if rc == 0:
+            break
+
+    assert uninterrupted.wait(timeout=300) == 0, stderr_tail(straight)
+    a, b = records(straight), records(out)
+    assert [r["step"] for r in b] == list(range(steps))  # every step logged exactly once
+    assert strip_times(a) == strip_times(b)                # same rewards, losses, grad norms, lr, eval
+    assert a[0]["grad_norm"] > 0
+    wa, wb = weights(straight), weights(out)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), "weights differ"
+    assert sorted(n for n in os.listdir(out) if n.startswith("checkpoint")) == [f"checkpoint-{steps - 1}", f"checkpoint-{steps}"]
+
+    # A new run into a folder that holds a run refuses, and the folder stays as it was.
+    before = snapshot(out)
+    proc = run_train(warm_checkpoint, out, *common, check=False)
+    assert proc.returncode != 0 and "already holds a run" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert snapshot(out) == before
+
+# --------------------------------------------------------------------------------------------------
+# The run directory: refuse, resume, overwrite (in process, on stand-in checkpoints)
+# --------------------------------------------------------------------------------------------------
+
+
+class RunsCode:
+    """Unpickling this runs code -- what a shared checkpoint could do to whoever resumes from it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def test_resume_takes_the_newest_complete_checkpoint_and_never_runs_its_code(tmp_path):
+    out = str(tmp_path)
+    fake_checkpoint(out, 2)
+    os.remove(os.path.join(fake_checkpoint(out, 3), "state.pt"))                    # killed copy: no state
+    open(os.path.join(fake_checkpoint(out, 4), "state.pt"), "wb").write(b"PK\x03\x04trunc")  # truncated state
+    marker = str(tmp_path / "code-ran")
+    fake_checkpoint(out, 5, state={"step": 5, "evil": RunsCode(marker)})             # would run code if unpickled
+    fake_checkpoint(out, 6)
+    os.remove(os.path.join(out, "checkpoint-6", "model.safetensors"))                 # no weights
+    os.makedirs(os.path.join(out, "checkpoint-7.tmp"))                                # a save in progress
+    path, state = runs.latest_checkpoint(out)
+    assert path == os.path.join(out, "checkpoint-2") and state == {"step": 2}
+    assert not os.path.exists(marker), "torch.load ran code from a checkpoint"
+
+
+def test_run_dir_guard(tmp_path):
+    out = str(tmp_path / "run")
+    assert runs.prepare_run_dir("t", out, resume=0, overwrite=0) == (None, None)      # nothing there: a new run
+    with pytest.raises(SystemExit, match="holds no run"):
+        runs.prepare_run_dir("t", out, resume=1, overwrite=0)
+    assert not os.path.exists(out)                                                     # refusing creates nothing
+    lock = runs.claim_run_dir("t", out, overwrite=0)
+    runs.start_log(os.path.join(out, "log.jsonl"), {"config": {}}, 0)
+    with pytest.raises(SystemExit, match="already holds a run .*--resume 1.*--overwrite 1"):
+        runs.prepare_run_dir("t", out, resume=0, overwrite=0)
+    with pytest.raises(SystemExit, match="no complete checkpoint"):
+        runs.prepare_run_dir("t", out, resume=1, overwrite=0)
+    with pytest.raises(SystemExit, match="contradict"):
+        runs.prepare_run_dir("t", out, resume=1, overwrite=1)
+    with pytest.raises(SystemExit, match="another process"):                          # one writer at a time
+        runs.claim_run_dir("t", out, overwrite=0)
+    lock.close()
+    fake_checkpoint(out, 3)
+    assert runs.prepare_run_dir("t", out, resume=1, overwrite=0)[1] == {"step": 3}
+    assert runs.prepare_run_dir("t", out, resume=0, overwrite=1) == (None, None)
+    runs.claim_run_dir("t", out, overwrite=1).close()
+    assert sorted(os.listdir(out)) == [".lock"]                                        # the old run is gone
+
+
+def test_save_keeps_the_newest_checkpoints_and_clears_leftovers(tmp_path):
+    out = str(tmp_path)
+    os.makedirs(os.path.join(out, "checkpoint-9.tmp"))          # left by a killed save
+    os.makedirs(os.path.join(out, "checkpoint-1.deleting"))     # left by a killed deletion
+
+    def write_model(path):
+        for name in ("config.json", "model.safetensors"):
+            open(os.path.join(path, name), "w").write("{}")
+    for step in range(1, 5):
+        runs.save_checkpoint(out, step, write_model, {"step": step, "rng": runs.rng_state()}, keep=2)
+    assert sorted(os.listdir(out)) == ["checkpoint-3", "checkpoint-4"]
+    assert runs.latest_checkpoint(out)[1]["step"] == 4
+
+
+def test_rng_state_round_trips_through_a_weights_only_load(tmp_path):
+    import numpy as np
+
+    torch.manual_seed(1); random.seed(2); np.random.seed(3); np.random.randn()  # noqa: E702  (a cached gaussian too)
+    torch.save({"rng": runs.rng_state()}, tmp_path / "state.pt")
+    first = (torch.rand(3), random.random(), np.random.randn(2))
+    runs.set_rng_state(torch.load(tmp_path / "state.pt", weights_only=True)["rng"])
+    again = (torch.rand(3), random.random(), np.random.randn(2))
+    assert torch.equal(first[0], again[0]) and first[1] == again[1] and (first[2] == again[2]).all()
+
+
+def test_resumed_log_keeps_only_steps_before_the_checkpoint(tmp_path):
+    path = str(tmp_path / "log.jsonl")
+    lines = [{"config": {"lr": 1}}, {"step": -1, "eval_accuracy": 0.5}] + [{"step": s} for s in range(4)]
+    open(path, "w").write("\n".join(json.dumps(x) for x in lines) + '\n{"step": 4, "rew')  # torn by a kill
+    kept = runs.start_log(path, {"config": {"lr": 2}}, start_step=2)
+    assert kept == lines[1:4] and runs.read_log(path) == [{"config": {"lr": 2}}, *lines[1:4]]
+    runs.append_log(path, {"step": 2})
+    assert runs.read_log(path)[-1] == {"step": 2}
+    open(path, "a").write('{"step": 3, "rew\n{"step": 4}\n')  # a torn line that is not last is corruption
+    with pytest.raises(ValueError, match="line 6 is not JSON"):
+        runs.read_log(path)
+
 
 def test_docstring_examples(doctest_examples):
-    assert doctest_examples(runs, ("field_comments",)) == 1
+    assert doctest_examples(runs, ("field_comments", "read_log")) == 4
 
 # --------------------------------------------------------------------------------------------------
 # The command line: --help for every flag, one-line errors
@@ -59,5 +283,7 @@ def test_eval_flags_are_checked_up_front(tmp_path):
                           (["--curves", str(tmp_path / "log.jsonl")], "--curves '.*': no such file")]:
         with pytest.raises(SystemExit, match=f"^eval.py: error: {message}"):
             ev.parse_config(argv)
-    with pytest.raises(SystemExit, match="holds no config.json"):
+    runs.start_log(str(tmp_path / "log.jsonl"), {"config": {}}, 0)
+    fake_checkpoint(str(tmp_path), 40)
+    with pytest.raises(SystemExit, match="holds no config.json; did you mean .*checkpoint-40"):
         ev.parse_config(["--model", str(tmp_path)])

@@ -19,6 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import runs
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--prompts_per_step", "2", "--group_size", "4", "--max_new_tokens", "12", "--eval_size", "4",
          "--eval_every", "0", "--mask_truncated", "0", "--lr", "1e-3", "--warmup_steps", "1"]
@@ -36,7 +38,7 @@ def run_train(ckpt, out_dir, *args, torchrun=0, check=True):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     if check:
         # judge by results too: some torch builds abort at exit after a clean run, so also require the log
-        assert proc.returncode == 0 or os.path.exists(os.path.join(out_dir, "checkpoint")), proc.stderr[-3000:]
+        assert proc.returncode == 0 or runs.newest_checkpoint_name(str(out_dir)), proc.stderr[-3000:]
     return proc
 
 
@@ -47,7 +49,8 @@ def records(out_dir):
 
 
 def weights(out_dir):
-    return load_file(os.path.join(out_dir, "checkpoint", "model.safetensors"))
+    """The weights of out_dir's newest checkpoint-<step>/."""
+    return load_file(os.path.join(out_dir, runs.newest_checkpoint_name(str(out_dir)), "model.safetensors"))
 
 
 def assert_same_weights(a, b, atol=1e-7):
@@ -69,7 +72,7 @@ def test_two_step_smoke_run_of_each_weighting_arm(warm_checkpoint, tmp_path, arm
         assert 0 < recs[0]["anchor_frac"] < 0.5
         assert (recs[0]["clusters"] >= 1) == (arm != "tokens")  # `tokens` uses the anchor mask, no clustering
     assert "eval_accuracy" in recs[-1]
-    assert os.path.exists(tmp_path / "checkpoint" / "state.pt")
+    assert os.path.exists(tmp_path / "checkpoint-2" / "state.pt")
 
 
 @pytest.mark.parametrize("agg", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
