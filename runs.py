@@ -1,4 +1,4 @@
-"""runs.py -- the run directory: a run is never lost and survives kill -9 at any instant; the command line.
+"""runs.py -- the run directory: a run is never lost, survives kill -9 at any instant, and can be watched live.
 
 A training run lives in one folder, `--out_dir`, and this file owns everything that goes into it:
 
@@ -7,6 +7,7 @@ A training run lives in one folder, `--out_dir`, and this file owns everything t
       checkpoint-<step>/     model + tokenizer + image processor (save_pretrained: loadable with from_pretrained)
                              + state.pt (optimizer, scheduler, RNG, step); the newest --keep_checkpoints of them
       checkpoint-<step>.tmp/ a save in progress (never read; removed by the next save)
+      tensorboard/, wandb/   with --report_to tensorboard | wandb
       .lock                  held (flock) while a train.py writes here
 
 The rules, and why each keeps a run safe:
@@ -26,7 +27,10 @@ The rules, and why each keeps a run safe:
      A line torn by a kill in the middle of a write is dropped when the log is read.
   4. **Resuming runs no code from the checkpoint.** state.pt loads with torch.load(weights_only=True):
      it holds tensors, numbers, strings, lists and dicts only (the RNG states are converted to those).
-  5. **Flags come from the config dataclass**: `parse_config` builds argparse from its fields, the comment
+  5. **The tracker is optional and behind a no-op stand-in** (`NoTracker`): the loop calls tracker.log(rec)
+     whatever --report_to says. TensorBoard and W&B get the keys of log.jsonl, at x = step + 1 (updates done,
+     as TRL logs), so the held-out accuracy before RL sits at x = 0.
+  6. **Flags come from the config dataclass**: `parse_config` builds argparse from its fields, the comment
      after each field is its --help line, and a comment line of its own starts a help group. Config errors
      are one line, argparse's style: `train.py: error: --lr -1.0: must be > 0 ...`.
 
@@ -37,12 +41,12 @@ checkpoint_written (temp dir complete, not renamed), checkpoint_renamed (new one
 deleted), checkpoint_pruning (an old one renamed aside, not yet deleted), log_torn (half a record written).
 
 References: HF Trainer's checkpoint-<step>/ layout and save_total_limit; torch.load(weights_only=True)
-(PyTorch >= 2.6 default); nanoGPT/nanochat for the resume-from-checkpoint shape.
+(PyTorch >= 2.6 default); TensorBoard's purge_step; nanoGPT/nanochat for the resume-from-checkpoint shape.
 
 Use it (through train.py):
     python train.py --out_dir runs/a                  # a new run; stops with one line if runs/a holds one
     python train.py --out_dir runs/a --resume 1       # continue from the newest complete checkpoint
-    python train.py --out_dir runs/a --overwrite 1    # delete runs/a's run, start over
+    python train.py --out_dir runs/a --overwrite 1 --report_to tensorboard   # then: tensorboard --logdir runs
     python train.py --help                            # every flag, from the Config comments
 Tests: OMP_NUM_THREADS=1 python -m pytest -q -s tests/test_runs.py   (-s prints what each injected kill did)
 """
@@ -62,6 +66,7 @@ import shutil
 import signal
 import textwrap
 import tokenize
+import uuid
 
 import numpy as np
 import torch
@@ -248,7 +253,7 @@ def prepare_run_dir(prog, out_dir, resume, overwrite):
 
 def claim_run_dir(prog, out_dir, overwrite):
     """Create out_dir and hold its lock for the life of this process (master only); with `overwrite`, delete the
-    old run first -- checkpoints first, the log last, so that a kill half way leaves a state
+    old run first -- checkpoints, then trackers' files, the log last, so that a kill half way leaves a state
     that --resume or --overwrite still handles. Returns the lock file (keep a reference to it)."""
     try:
         os.makedirs(out_dir, exist_ok=True)
@@ -264,6 +269,8 @@ def claim_run_dir(prog, out_dir, overwrite):
         for name in run_files(out_dir):
             if name != "log.jsonl":
                 _remove(os.path.join(out_dir, name))
+        for name in ("tensorboard", "wandb"):
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
         if os.path.exists(os.path.join(out_dir, "log.jsonl")):
             os.remove(os.path.join(out_dir, "log.jsonl"))
     return lock
@@ -400,3 +407,91 @@ def append_log(path, record):
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
+
+# --------------------------------------------------------------------------------------------------
+# Live tracking: TensorBoard or Weights & Biases, behind one interface; NoTracker when off
+# --------------------------------------------------------------------------------------------------
+
+TRACKERS = ("none", "tensorboard", "wandb")
+
+
+def _scalars(record):
+    return {k: float(v) for k, v in record.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class NoTracker:
+    """--report_to none: the loop logs to it all the same, and nothing happens."""
+
+    def log(self, record):
+        pass
+
+    def close(self):
+        pass
+
+
+class TensorBoardTracker:
+    """Scalars under log.jsonl's keys in out_dir/tensorboard (tensorboard --logdir runs/). On resume,
+    purge_step hides what a killed run logged past the checkpoint, so each step shows once."""
+
+    def __init__(self, out_dir, config, start_step):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=start_step + 1 if start_step else None)
+        if not start_step:
+            self.writer.add_text("config", "    " + json.dumps(config, indent=1).replace("\n", "\n    "))
+
+    def log(self, record):
+        for key, value in _scalars(record).items():
+            self.writer.add_scalar(key, value, record["step"] + 1)
+        self.writer.flush()
+
+    def close(self):
+        self.writer.close()
+
+
+class WandbTracker:
+    """One W&B run per out_dir (its id kept in out_dir/wandb/run_id, so a resume continues it). Steps redone
+    after a kill are logged with the same values; W&B keeps the first copy. Offline: WANDB_MODE=offline."""
+
+    def __init__(self, out_dir, config, start_step):
+        import wandb
+
+        os.makedirs(os.path.join(out_dir, "wandb"), exist_ok=True)
+        id_path = os.path.join(out_dir, "wandb", "run_id")
+        if start_step and os.path.exists(id_path):
+            run_id = open(id_path).read().strip()
+        else:
+            run_id = uuid.uuid4().hex[:8]  # W&B's id alphabet: lowercase letters and digits
+            with open(id_path, "w") as f:
+                f.write(run_id)
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "atrl"), name=os.path.basename(os.path.abspath(out_dir)),
+                              id=run_id, resume="allow", dir=out_dir, config=config)
+
+    def log(self, record):
+        self.run.log(_scalars(record), step=record["step"] + 1)
+
+    def close(self):
+        self.run.finish()
+
+
+def check_tracker(prog, report_to):
+    """Fail up front, in one line, if --report_to names a tracker whose package is missing."""
+    if report_to not in TRACKERS:
+        config_error(prog, f"--report_to {report_to!r}: use one of {', '.join(TRACKERS)}")
+    package = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(report_to)
+    if package:
+        try:
+            __import__(package)
+        except ImportError:
+            config_error(prog, f"--report_to {report_to}: the {package} package is not installed; "
+                               f"pip install {package}, or use --report_to none")
+
+
+def open_tracker(report_to, out_dir, config, start_step):
+    """The tracker --report_to asks for; NoTracker for none (and on every rank but the master)."""
+    if report_to == "tensorboard":
+        return TensorBoardTracker(out_dir, config, start_step)
+    if report_to == "wandb":
+        return WandbTracker(out_dir, config, start_step)
+    return NoTracker()

@@ -33,7 +33,7 @@ Run it:
     python train.py --model Qwen/Qwen2.5-VL-3B-Instruct --dataset hiyouga/geometry3k --bf16 1
     torchrun --nproc_per_node 8 train.py --model Qwen/Qwen2.5-VL-3B-Instruct ...
     python train.py --resume 1                          # continue exactly where out_dir's newest checkpoint stopped
-    python train.py --overwrite 1                       # delete out_dir's run and start over
+    python train.py --overwrite 1 --report_to tensorboard   # replace out_dir's run; watch: tensorboard --logdir runs
 
 The run directory (runs.py): a second run into an out_dir that holds one refuses unless --resume 1 or
 --overwrite 1; checkpoints are out_dir/checkpoint-<step>/ (from_pretrained dirs + state.pt), written so that a
@@ -123,7 +123,8 @@ class Config:
     save_every: int = 10            # steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 2       # newest checkpoint-<step>/ dirs kept (>= 1; a save briefly holds one more)
     resume: int = 0                 # 1 = continue from out_dir's newest complete checkpoint exactly where it stopped
-    overwrite: int = 0              # 1 = delete the run already in out_dir (log, checkpoints) and start over
+    overwrite: int = 0              # 1 = delete the run already in out_dir (log, checkpoints, tracker files) and start over
+    report_to: str = "none"         # live tracking: none | tensorboard (out_dir/tensorboard) | wandb (WANDB_MODE=offline works)
     debug_nan_step: int = -1        # test hook: poison the loss at this step to exercise the skip path
 
 
@@ -132,6 +133,7 @@ cfg = runs.parse_config(Config, __doc__.split("\n")[0], "train.py")  # --help: e
 runs.check_model("train.py", "model", cfg.model)
 runs.check_data("train.py", "dataset", cfg.dataset, builtin=("visualmath",))
 runs.check_data("train.py", "eval_dataset", cfg.eval_dataset, builtin=("",))
+runs.check_tracker("train.py", cfg.report_to)
 switches = ("mask_truncated", "dynamic_sampling", "sink_debias", "overlap_weights", "grad_checkpointing", "freeze_vision",
             "bf16", "fsdp", "resume", "overwrite")
 runs.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n in switches] + [
@@ -438,13 +440,15 @@ if resume_dir:
     runs.set_rng_state(state["rng"])
     start_step = state["step"]
     changed = {k: (v, getattr(cfg, k)) for k, v in state["config"].items()
-               if k not in ("steps", "resume", "overwrite") and getattr(cfg, k, v) != v}
+               if k not in ("steps", "resume", "overwrite", "report_to") and getattr(cfg, k, v) != v}
     print0(f"resumed from {resume_dir} at step {start_step}" + (f"; changed settings (old, new): {changed}" if changed else ""))
+tracker = runs.NoTracker()
 if master:  # the log keeps records of steps before the checkpoint only: the others are redone (runs.py, rule 3)
     kept = runs.start_log(log_path, {"config": dataclasses.asdict(cfg), "world": world}, start_step)
     logged = {r["step"] for r in kept if r.get("step", -1) >= 0}
     if len(logged) != start_step:  # only if the log was deleted or edited by hand: say so, carry on
         print0(f"note: {log_path} holds records of {len(logged)} of the {start_step} steps before the checkpoint")
+    tracker = runs.open_tracker(cfg.report_to, cfg.out_dir, dataclasses.asdict(cfg), start_step)
 
 # --------------------------------------------------------------------------------------------------
 # The RL loop
@@ -455,6 +459,7 @@ if start_step == 0:
     print0(f"held-out before RL: {metrics0}")
     if master and metrics0:
         runs.append_log(log_path, {"step": -1, **metrics0})
+        tracker.log({"step": -1, **metrics0})
 bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, disable=not master, desc="RL")
 for step in bar:
     t0 = time.perf_counter()
@@ -543,6 +548,7 @@ for step in bar:
         rec.update(evaluate())
     if master:
         runs.append_log(log_path, rec)
+        tracker.log(rec)  # NoTracker unless --report_to tensorboard|wandb
         bar.set_postfix(reward=f"{rec['reward']:.3f}", acc=f"{rec['accuracy']:.3f}")
         tqdm.write(f"step {step:4d} | reward {rec['reward']:.3f} acc {rec['accuracy']:.3f} fmt {rec['format']:.2f} | "
                    f"loss {rec['loss']:+.4f} clip {rec['clip_frac']:.3f} ent {rec['entropy']:.2f} | anchors "
@@ -556,6 +562,7 @@ for step in bar:
 # --------------------------------------------------------------------------------------------------
 
 probe_context.__exit__(None, None, None)  # restore the model's own attention implementation
+tracker.close()
 print0(f"done: {cfg.steps} steps, log in {log_path}, checkpoint in "
        f"{os.path.join(cfg.out_dir, runs.newest_checkpoint_name(cfg.out_dir))}")
 if distributed:

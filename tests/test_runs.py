@@ -3,17 +3,21 @@
 The centrepiece is a fault-injection test: train.py as a subprocess is killed with SIGKILL at named points
 inside a checkpoint save and in the middle of a log write (ATRL_TEST_HOOK, runs.kill_hook) and at random
 moments, resumed after each kill, and must end with every step logged exactly once and the same rewards,
-losses and weights as an uninterrupted run. Around it: the run-dir guard (re-run refuses, --resume without a
-checkpoint refuses and changes nothing, --overwrite), checkpoint pruning and fallback, a state file that
-cannot run code (weights_only=True), --help lines for every flag, and one-line config errors.
+losses and weights as an uninterrupted run -- and so must the TensorBoard events. Around it: the run-dir
+guard (re-run refuses, --resume without a checkpoint refuses and changes nothing, --overwrite), checkpoint
+pruning and fallback, a state file that cannot run code (weights_only=True), W&B offline, --help lines
+for every flag, and one-line config errors.
 Run: OMP_NUM_THREADS=1 python -m pytest -q -s tests/test_runs.py   (-s prints what each kill did)
 """
 import ast
+import glob
 import hashlib
+import importlib.util
 import json
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -82,11 +86,13 @@ def strip_times(recs):
 def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_run(warm_checkpoint, tmp_path):
     steps = 8
     common = ["--steps", str(steps), "--save_every", "1", "--keep_checkpoints", "2"]
+    # with TensorBoard installed (requirements.txt), its event files must come out right under the kills too
+    tracking = ["--report_to", "tensorboard"] if importlib.util.find_spec("tensorboard") else []
     straight, out = tmp_path / "straight", tmp_path / "killed"
     uninterrupted = start_train(warm_checkpoint, straight, *common)  # alongside the first killed runs
 
     # Killed inside the very first save: there is no complete checkpoint, so --resume 1 refuses, changing nothing.
-    proc = start_train(warm_checkpoint, out, *common, hook="checkpoint_model_written:1")
+    proc = start_train(warm_checkpoint, out, *common, *tracking, hook="checkpoint_model_written:1")
     assert proc.wait(timeout=300) == -signal.SIGKILL, stderr_tail(out)
     print("\nkill at checkpoint_model_written:1 ->", sorted(os.listdir(out)), "logged", logged_steps(out))
     assert runs.latest_checkpoint(str(out)) == (None, None) and logged_steps(out) == [0]
@@ -108,7 +114,7 @@ def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_run(warm_checkpoint
     newest = 0
     for flag, point in kills:
         hook = None if point.startswith("random") or not point else point
-        proc = start_train(warm_checkpoint, out, *common, flag, "1", hook=hook)
+        proc = start_train(warm_checkpoint, out, *common, flag, "1", *tracking, hook=hook)
         if point == "random: seconds after start":  # anywhere: imports, model load, log rewrite, a step, a save
             time.sleep(rng.uniform(1.0, 7.0))
             proc.send_signal(signal.SIGKILL)
@@ -138,6 +144,16 @@ def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_run(warm_checkpoint
     wa, wb = weights(straight), weights(out)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), "weights differ"
     assert sorted(n for n in os.listdir(out) if n.startswith("checkpoint")) == [f"checkpoint-{steps - 1}", f"checkpoint-{steps}"]
+    if tracking:  # TensorBoard saw the same: each step once (at x = step + 1), the values of log.jsonl
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(out / "tensorboard"))
+        acc.Reload()
+        full = [r for r in runs.read_log(str(out / "log.jsonl"))[1:]]
+        for key in ("reward", "loss", "grad_norm", "eval_accuracy", "time_step"):
+            expect = [(r["step"] + 1, float(torch.tensor(r[key], dtype=torch.float32))) for r in full if key in r]
+            assert [(e.step, e.value) for e in acc.Scalars(key)] == expect, key
+        assert set(acc.Tags()["scalars"]) == {k for r in full for k in r if k != "step"}
 
     # A new run into a folder that holds a run refuses, and the folder stays as it was.
     before = snapshot(out)
@@ -193,6 +209,7 @@ def test_run_dir_guard(tmp_path):
         runs.claim_run_dir("t", out, overwrite=0)
     lock.close()
     fake_checkpoint(out, 3)
+    os.makedirs(os.path.join(out, "tensorboard"))
     assert runs.prepare_run_dir("t", out, resume=1, overwrite=0)[1] == {"step": 3}
     assert runs.prepare_run_dir("t", out, resume=0, overwrite=1) == (None, None)
     runs.claim_run_dir("t", out, overwrite=1).close()
@@ -239,6 +256,53 @@ def test_resumed_log_keeps_only_steps_before_the_checkpoint(tmp_path):
 
 def test_docstring_examples(doctest_examples):
     assert doctest_examples(runs, ("field_comments", "read_log")) == 4
+
+# --------------------------------------------------------------------------------------------------
+# Tracking
+# --------------------------------------------------------------------------------------------------
+
+
+def wandb_history(run_file):
+    """The history rows of an offline W&B run file. Its format is LevelDB's log, as wandb's datastore writes
+    it: a 7-byte header (':W&B', magic, version), then 32 KiB blocks of records, each with a 7-byte header
+    (crc32, length, type: 1 full, 2 first, 3 middle, 4 last) and a piece of a protobuf Record."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, i, piece, rows = open(run_file, "rb").read(), 7, b"", []
+    assert data[:4] == b":W&B"
+    while i + 7 <= len(data):
+        if 32768 - i % 32768 < 7:  # a block's tail too short for a header is zero padding
+            i += 32768 - i % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[i:i + 7])
+        piece, i = piece + data[i + 7:i + 7 + length], i + 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record.FromString(piece)
+            piece = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append({item.nested_key[0] if item.nested_key else item.key: json.loads(item.value_json)
+                             for item in record.history.item})
+    return rows
+
+
+def test_report_to_wandb_offline_logs_the_keys_of_log_jsonl(warm_checkpoint, tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="wandb is in requirements.txt; --report_to wandb needs it")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # no network here; `wandb sync` would upload it later
+    run_train(warm_checkpoint, tmp_path, "--steps", "2", "--report_to", "wandb")
+    log = runs.read_log(str(tmp_path / "log.jsonl"))[1:]
+    [run_file] = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
+    rows = [{k: v for k, v in row.items() if not k.startswith("_")} | {"x": row["_step"]} for row in wandb_history(run_file)]
+    expect = [{k: v for k, v in r.items() if k != "step"} | {"x": r["step"] + 1} for r in log]
+    assert rows == expect
+
+
+def test_missing_tracker_package_is_one_clear_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb now raises ImportError
+    with pytest.raises(SystemExit, match=r"^train.py: error: --report_to wandb: the wandb package is not installed; "
+                                         r"pip install wandb, or use --report_to none$"):
+        runs.check_tracker("train.py", "wandb")
+    with pytest.raises(SystemExit, match="--report_to 'mlflow': use one of none, tensorboard, wandb"):
+        runs.check_tracker("train.py", "mlflow")
 
 # --------------------------------------------------------------------------------------------------
 # The command line: --help for every flag, one-line errors
