@@ -6,9 +6,8 @@ same input_ids, attention_mask, mm_token_type_ids, pixel_values and image_grid_t
 processors: the tiny checkpoint's (tiny.py) and one shaped like the real Qwen2.5-VL-3B-Instruct's
 preprocessor_config.json (patch 14, merge 2, temporal patch 2, min_pixels 3136 = 56 x 56, max_pixels
 12845056 = 16384 x 28 x 28, CLIP mean/std), loaded from disk the way a hub checkpoint is; the tokenizer is
-the tiny one in both (the real one is a download). Images: a VisualMath picture (already valid), and random-
-noise pictures that must be resized up, down and to multiples of 28 (noise makes any resampling
-difference show), with the checkpoint's pixel bounds and with explicit ones (train.py passes its own).
+the tiny one in both (the real one is a download). Images: random noise (which makes any resampling
+difference show), one already of a valid size and three that must be resized up, down and to multiples of 28, with the checkpoint's pixel bounds and with explicit ones (train.py passes its own).
 
 NOTE: Qwen2_5_VLProcessor's constructor insists on a video processor, and that class needs torchvision,
 which this project does not require (DESIGN.md §4). The test skips only that constructor type check and
@@ -25,7 +24,6 @@ import pytest
 import torch
 from PIL import Image
 
-import data
 import rollout
 import tiny
 
@@ -58,7 +56,7 @@ def stock_processor(tokenizer, image_processor):
 
 def images():
     noise = np.random.default_rng(0)
-    return [data.make_visualmath(1, seed=0)[0]["image"],                                   # valid as it is
+    return [Image.fromarray(noise.integers(0, 256, (28, 56, 3), dtype=np.uint8)),          # valid as it is
             Image.fromarray(noise.integers(0, 256, (37, 100, 3), dtype=np.uint8)),         # not a multiple of 28
             Image.fromarray(noise.integers(0, 256, (480, 640, 3), dtype=np.uint8)),        # large
             Image.fromarray(noise.integers(0, 256, (20, 20, 3), dtype=np.uint8))]          # below one merged patch
