@@ -46,21 +46,21 @@ References: MathVista (Lu et al. 2024, arXiv 2310.02255, testmini), MathVerse (Z
 coefficient. Dimension letters: B responses, T response tokens, V image tokens (merged patches).
 
 Run it:
-    python eval.py --model runs/default/checkpoint --benchmark visualmath --limit 500
-    python eval.py --model runs/default/checkpoint --benchmark visualmath --k 8 --temperature 1.0
+    python eval.py --model runs/default/checkpoint-40 --benchmark visualmath --limit 500
+    python eval.py --model runs/default/checkpoint-40 --benchmark visualmath --k 8 --temperature 1.0
     # MathVista testmini (1000 questions; hub download, bf16 on GPU; Qwen's usual 1280-token image cap):
-    torchrun --nproc_per_node 8 eval.py --model runs/default/checkpoint --benchmark AI4Math/MathVista \
+    torchrun --nproc_per_node 8 eval.py --model runs/default/checkpoint-40 --benchmark AI4Math/MathVista \
         --split testmini --max_new_tokens 2048 --max_pixels 1003520 --out runs/default/mathvista_testmini.json
     python eval.py --model Qwen/Qwen2.5-VL-3B-Instruct --benchmark /data/MathVista/testmini.json,/data/g3k/test.parquet
-    python eval.py --report --model runs/default/checkpoint --out_dir runs/default/report
+    python eval.py --report --model runs/default/checkpoint-40 --out_dir runs/default/report
     python eval.py --curves runs/atrl/log.jsonl,runs/uniform/log.jsonl --out_dir runs/compare
 Tests: OMP_NUM_THREADS=1 python -m pytest -q tests/test_eval.py
 """
-import argparse
 import dataclasses
 import html
 import json
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +72,7 @@ import connectivity
 import data
 import grading
 import rollout
+import runs
 import visualmath
 
 # --------------------------------------------------------------------------------------------------
@@ -119,25 +120,42 @@ class EvalConfig:
 
 
 def parse_config(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for f in dataclasses.fields(EvalConfig):
-        if isinstance(f.default, bool):
-            parser.add_argument(f"--{f.name}", action="store_true")
-        else:
-            parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
-    cfg = EvalConfig(**vars(parser.parse_args(argv)))
-    if cfg.temperature < 0 or cfg.k < 1:
-        raise SystemExit(f"--temperature {cfg.temperature} must be >= 0 and --k {cfg.k} >= 1")
-    if cfg.k > 1 and cfg.temperature == 0:
-        raise SystemExit(f"--k {cfg.k} at --temperature 0 would repeat one greedy answer k times; "
-                         "pass --temperature > 0 (e.g. 1.0) for avg@k")
-    if not cfg.greedy and cfg.temperature == 0:
-        raise SystemExit("--greedy 0 and --temperature 0: nothing to measure")
-    if cfg.responses not in ("generated", "reference"):
-        raise SystemExit(f"--responses {cfg.responses!r}: use 'generated' or 'reference'")
-    for q in cfg.anchor_query.split(","):
-        if q not in ("predict", "self"):
-            raise SystemExit(f"--anchor_query {cfg.anchor_query!r}: a comma-separated subset of predict,self")
+    """EvalConfig from the command line (runs.parse_config: --help lines are the comments above), every value
+    checked up front; a bad one stops with one line naming it and what to do."""
+    cfg = runs.parse_config(EvalConfig, __doc__.split("\n")[0], "eval.py", argv)
+    runs.check_model("eval.py", "model", cfg.model)
+    for name in cfg.benchmark.split(",") if not (cfg.report or cfg.curves) else ():
+        runs.check_data("eval.py", "benchmark", name, builtin=visualmath.TASKS)
+    for path in cfg.curves.split(",") if cfg.curves else ():
+        if not os.path.isfile(path):
+            runs.config_error("eval.py", f"--curves {path!r}: no such file; pass train.py logs, e.g. runs/default/log.jsonl")
+    runs.check("eval.py", cfg, [
+        ("k", cfg.k >= 1, "must be >= 1"),
+        ("temperature", cfg.temperature >= 0, "must be >= 0 (0 = no sampled metrics)"),
+        ("temperature", cfg.k == 1 or cfg.temperature > 0,
+         f"--k {cfg.k} at temperature 0 would repeat one greedy answer k times; pass --temperature > 0 (e.g. 1.0) for avg@k"),
+        ("greedy", cfg.greedy in (0, 1), "use 0 or 1"),
+        ("greedy", cfg.greedy or cfg.temperature > 0, "--greedy 0 and --temperature 0: nothing to measure"),
+        ("schema", cfg.schema in ("", *data._DEFAULT_SPLIT),  # the schemas data.load_benchmark knows
+         f"use {', '.join(data._DEFAULT_SPLIT)}, or leave it empty to detect it from the columns"),
+        ("dtype", cfg.dtype in ("auto", "bfloat16", "float32"), "use auto, bfloat16 or float32"),
+        ("top_p", 0 < cfg.top_p <= 1, "must be in (0, 1]"),
+        *[(n, getattr(cfg, n) >= 1, "must be >= 1") for n in ("max_new_tokens", "batch_size", "n_stats")],
+        ("knn", cfg.knn >= 0, "must be >= 0 (0 = round(sqrt(n)) per response, in [2, 10])"),
+        ("task", cfg.task in visualmath.TASKS, f"use one of {', '.join(visualmath.TASKS)}"),
+        *[(n, getattr(cfg, n) >= 0, "must be >= 0") for n in ("limit", "visualmath_seed", "seed", "show", "n_show")],
+        ("min_pixels", cfg.min_pixels == 0 or cfg.min_pixels >= 28 * 28, "use 0 (the checkpoint's) or >= 784 (28 x 28)"),
+        ("max_pixels", cfg.max_pixels == 0 or cfg.max_pixels >= max(cfg.min_pixels, 28 * 28),
+         "use 0 (the checkpoint's) or a value >= --min_pixels and 784"),
+        ("responses", cfg.responses in ("generated", "reference"), "use 'generated' or 'reference'"),
+        ("anchor_query", set(cfg.anchor_query.split(",")) <= {"predict", "self"}, "a comma-separated subset of predict,self"),
+        ("anchor_frac", 0 < cfg.anchor_frac <= 1, "must be in (0, 1]"),
+        ("probe_layers", cfg.probe_layers in ("early", "middle", "late", "all") or re.fullmatch(r"\d+(,\d+)*", cfg.probe_layers),
+         "use early, middle, late, all or a comma list of layer indices like 4,5,6"),
+        ("sink_debias", cfg.sink_debias in (0, 1), "use 0 or 1"),
+        ("sink_outlier_k", cfg.sink_outlier_k > 0, "must be > 0 (default 5)"),
+        ("resolution", cfg.resolution > 0, "must be > 0 (1.0 = standard modularity)"),
+    ])
     return cfg
 
 # --------------------------------------------------------------------------------------------------
@@ -716,9 +734,8 @@ CURVE_PANELS = (("reward", "train reward"), ("accuracy", "train accuracy"), ("ev
 
 
 def read_log(path):
-    """(config dict, step records) of a train.py log.jsonl."""
-    with open(path) as f:
-        lines = [json.loads(line) for line in f if line.strip()]
+    """(config dict, step records) of a train.py log.jsonl (a last line torn by a kill is dropped)."""
+    lines = runs.read_log(path)
     if not lines or "config" not in lines[0]:
         raise SystemExit(f"{path}: not a train.py log (its first line should be {{\"config\": ...}})")
     return lines[0]["config"], [r for r in lines[1:] if "step" in r]

@@ -131,7 +131,7 @@ if not args.skip_training:
         while pending and len(running) < args.jobs:
             arm, seed = pending.pop(0)
             cmd = [sys.executable, "train.py", "--weighting", arm, "--seed", str(seed), "--steps", str(args.steps),
-                   "--out_dir", run_dir(arm, seed), *args.train_args.split()]
+                   "--out_dir", run_dir(arm, seed), "--overwrite", "1", *args.train_args.split()]  # results/ is rewritten
             os.makedirs(run_dir(arm, seed), exist_ok=True)
             log = open(os.path.join(run_dir(arm, seed), "stdout.txt"), "w")
             running.append(((arm, seed), subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
@@ -179,7 +179,7 @@ fig.tight_layout(); fig.savefig(f"{args.out}/curves.png", dpi=120); plt.close(fi
 # --------------------------------------------------------------------------------------------------
 
 share = None
-trained = os.path.join(run_dir("uniform", args.seeds[0]), "checkpoint")
+trained = os.path.join(run_dir("uniform", args.seeds[0]), f"checkpoint-{args.steps}")  # train.py's last save
 if "uniform" in args.arms and os.path.exists(trained):
     after = eval_py.load_model(trained, cpu, "float32")[0]
     with torch.no_grad():

@@ -32,17 +32,19 @@ Run it:
     python train.py                                     # embedded tiny model + VisualMath, CPU, minutes
     python train.py --model Qwen/Qwen2.5-VL-3B-Instruct --dataset hiyouga/geometry3k --bf16 1
     torchrun --nproc_per_node 8 train.py --model Qwen/Qwen2.5-VL-3B-Instruct ...
-    python train.py --resume 1                          # continue exactly where out_dir's checkpoint stopped
+    python train.py --resume 1                          # continue exactly where out_dir's newest checkpoint stopped
+    python train.py --overwrite 1 --report_to tensorboard   # replace out_dir's run; watch: tensorboard --logdir runs
+
+The run directory (runs.py): a second run into an out_dir that holds one refuses unless --resume 1 or
+--overwrite 1; checkpoints are out_dir/checkpoint-<step>/ (from_pretrained dirs + state.pt), written so that a
+kill -9 at any instant leaves a complete one; each step is logged once to out_dir/log.jsonl.
 """
-import argparse
 import contextlib
 import dataclasses
 import functools
-import json
-import math
 import os
 import random
-import shutil
+import re
 import time
 from dataclasses import dataclass
 
@@ -56,6 +58,7 @@ import connectivity
 import data
 import eval as evaluation  # the one evaluator: greedy accuracy, avg@k, intervals, lucky guesses
 import rollout
+import runs
 import visualmath
 
 # --------------------------------------------------------------------------------------------------
@@ -119,44 +122,61 @@ class Config:
     seed: int = 0                   # seeds data order, sampling, Louvain and init of everything we control
     cpu_threads: int = 1            # torch threads on CPU; tiny models run fastest on 1 (0 = torch's default)
     # Logging
-    out_dir: str = "runs/default"   # JSONL log, eval results and checkpoints go here
+    out_dir: str = "runs/default"   # log.jsonl and checkpoint-<step>/ go here; a folder holding a run is never overwritten
     eval_every: int = 10            # steps between held-out evaluations (0 = only at start and end)
     save_every: int = 10            # steps between checkpoints (0 = only at the end)
-    resume: int = 0                 # 1 = continue from out_dir/checkpoint exactly where it stopped
+    keep_checkpoints: int = 2       # newest checkpoint-<step>/ dirs kept (>= 1; a save briefly holds one more)
+    resume: int = 0                 # 1 = continue from out_dir's newest complete checkpoint exactly where it stopped
+    overwrite: int = 0              # 1 = delete the run already in out_dir (log, checkpoints, tracker files) and start over
+    report_to: str = "none"         # live tracking: none | tensorboard (out_dir/tensorboard) | wandb (WANDB_MODE=offline works)
     debug_nan_step: int = -1        # test hook: poison the loss at this step to exercise the skip path
 
 
-def parse_config() -> Config:
-    """argparse built from the dataclass: `--field value` for every field, typed by its default."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for f in dataclasses.fields(Config):
-        parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
-    return Config(**vars(parser.parse_args()))
-
-
-cfg = parse_config()
-# Derived values are checked once, with messages that say what to change.
-choices = {"weighting": atrl.MODES,
-           "loss_agg": ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
-           "scale_rewards": ("group", "batch", "none"), "kl_estimator": ("k1", "k2", "k3"),
-           "anchor_query": ("predict", "self"), "reward": ("answer", "starts_with")}
-for name, allowed in choices.items():
-    if getattr(cfg, name) not in allowed:
-        raise SystemExit(f"--{name} {getattr(cfg, name)!r} is not one of {allowed}")
-if cfg.group_size < 2:
-    raise SystemExit(f"--group_size {cfg.group_size}: group-relative advantages need at least 2 responses per prompt")
-for name in ("prompts_per_step", "max_new_tokens", "micro_batch_size", "steps", "ppo_epochs", "mini_batches"):
-    if getattr(cfg, name) < 1:
-        raise SystemExit(f"--{name} {getattr(cfg, name)} must be >= 1")
-if cfg.eval_k < 0 or (cfg.eval_k and cfg.temperature <= 0):
-    raise SystemExit(f"--eval_k {cfg.eval_k} must be >= 0, and avg@k needs --temperature > 0 (got {cfg.temperature})")
-if not 0 < cfg.anchor_frac <= 1:
-    raise SystemExit(f"--anchor_frac {cfg.anchor_frac} must be in (0, 1]")
-if cfg.clip_low <= 0 or cfg.clip_high <= 0 or (cfg.dual_clip and cfg.dual_clip <= 1):
-    raise SystemExit(f"clip_low/clip_high must be > 0 and dual_clip 0 or > 1 (got {cfg.clip_low}, {cfg.clip_high}, {cfg.dual_clip})")
+cfg = runs.parse_config(Config, __doc__.split("\n")[0], "train.py")  # --help: every field with its comment
+# Every value is checked before anything is loaded or written: one line naming the value and what to do.
+runs.check_model("train.py", "model", cfg.model)
+runs.check_data("train.py", "dataset", cfg.dataset, builtin=visualmath.TASKS)
+runs.check_data("train.py", "eval_dataset", cfg.eval_dataset, builtin=("",))
+runs.check_tracker("train.py", cfg.report_to)
+switches = ("mask_truncated", "dynamic_sampling", "sink_debias", "overlap_weights", "grad_checkpointing", "freeze_vision",
+            "bf16", "fsdp", "resume", "overwrite")
+runs.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n in switches] + [
+    ("weighting", cfg.weighting in atrl.MODES, f"use one of {', '.join(atrl.MODES)}"),
+    ("loss_agg", cfg.loss_agg in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
+     "use token_mean (DAPO), seq_mean_token_mean (GRPO) or seq_mean_token_sum_norm (Dr.GRPO)"),
+    ("scale_rewards", cfg.scale_rewards in ("group", "batch", "none"), "use group, batch or none"),
+    ("kl_estimator", cfg.kl_estimator in ("k1", "k2", "k3"), "use k1, k2 or k3"),
+    ("anchor_query", cfg.anchor_query in ("predict", "self"), "use predict or self"),
+    ("reward", cfg.reward in ("answer", "starts_with"), "use answer (the task's reward) or starts_with (the RL sanity check)"),
+    ("probe_layers", cfg.probe_layers in ("early", "middle", "late", "all") or re.fullmatch(r"\d+(,\d+)*", cfg.probe_layers),
+     "use early, middle, late, all or a comma list of layer indices like 4,5,6"),
+    ("group_size", cfg.group_size >= 2, "group-relative advantages need at least 2 responses per prompt"),
+    *[(n, getattr(cfg, n) >= 1, "must be >= 1") for n in ("train_size", "prompts_per_step", "max_new_tokens", "steps",
+                                                          "ppo_epochs", "mini_batches", "micro_batch_size",
+                                                          "keep_checkpoints")],
+    *[(n, getattr(cfg, n) >= 0, "must be >= 0") for n in ("max_refills", "warmup_steps", "weight_decay", "grad_clip",
+                                                          "kl_coef", "seed", "cpu_threads", "eval_every", "save_every",
+                                                          "eval_size", "eval_k")],
+    ("knn", cfg.knn >= 0, "must be >= 0 (0 = round(sqrt(n)) per response, in [2, 10])"),
+    ("eval_k", cfg.eval_k == 0 or cfg.temperature > 0, "avg@k samples at --temperature, which must then be > 0"),
+    ("min_pixels", cfg.min_pixels >= 28 * 28, "must be >= 784 (28 x 28 pixels: one merged vision token)"),
+    ("max_pixels", cfg.max_pixels >= cfg.min_pixels, f"must be >= --min_pixels {cfg.min_pixels}"),
+    ("temperature", cfg.temperature > 0, "must be > 0: RL samples its groups (1.0 = the policy itself)"),
+    ("top_p", 0 < cfg.top_p <= 1, "must be in (0, 1]"),
+    ("anchor_frac", 0 < cfg.anchor_frac <= 1, "must be in (0, 1]"),
+    ("gain", cfg.gain > 0, "must be > 0 so weights stay positive (1 = no reweighting, default 2)"),
+    ("resolution", cfg.resolution > 0, "must be > 0 (1.0 = standard modularity)"),
+    ("sink_outlier_k", cfg.sink_outlier_k > 0, "must be > 0 (default 5)"),
+    ("lr", cfg.lr > 0, "must be > 0 (1e-4 for the tiny model, ~1e-6 for 3B)"),
+    ("adam_eps", cfg.adam_eps > 0, "must be > 0 (default 1e-8)"),
+    ("clip_low", 0 < cfg.clip_low < 1, "must be in (0, 1) (PPO: 0.2)"),
+    ("clip_high", cfg.clip_high > 0, "must be > 0 (DAPO clip-higher: 0.28)"),
+    ("dual_clip", cfg.dual_clip == 0 or cfg.dual_clip > 1, "use 0 (off) or a value > 1 (3.0 is typical)"),
+    ("out_dir", cfg.out_dir != "", "name a folder for the log and checkpoints"),
+])
 
 # --------------------------------------------------------------------------------------------------
-# Setup: torchrun/DDP from environment variables, devices, seeds, output directory.
+# Setup: torchrun/DDP from environment variables, devices, seeds, the run directory (runs.py).
 # --------------------------------------------------------------------------------------------------
 
 distributed = "RANK" in os.environ  # set by torchrun
@@ -185,25 +205,28 @@ def all_reduce(t: torch.Tensor) -> torch.Tensor:
 
 
 if cfg.prompts_per_step % world:
-    raise SystemExit(f"--prompts_per_step {cfg.prompts_per_step} does not divide by the world size {world}: "
-                     f"use a multiple of {world} so every rank gets whole groups")
+    runs.config_error("train.py", f"--prompts_per_step {cfg.prompts_per_step} does not divide by the world size {world}: "
+                                  f"use a multiple of {world} so every rank gets whole groups")
 prompts_per_rank = cfg.prompts_per_step // world
 rollouts_per_rank = prompts_per_rank * cfg.group_size                  # B on this rank
 mini_batch = rollouts_per_rank // cfg.mini_batches
 if rollouts_per_rank % cfg.mini_batches or mini_batch % min(cfg.micro_batch_size, mini_batch):
-    raise SystemExit(f"{rollouts_per_rank} rollouts per rank must split into --mini_batches {cfg.mini_batches} "
-                     f"of whole --micro_batch_size {cfg.micro_batch_size} chunks")
+    runs.config_error("train.py", f"{rollouts_per_rank} rollouts per rank must split into --mini_batches {cfg.mini_batches} "
+                                  f"of whole --micro_batch_size {cfg.micro_batch_size} chunks")
 micro = min(cfg.micro_batch_size, mini_batch)
 # NOTE: under FSDP every forward is a collective, so all ranks must run the same number of them
 synced = bool(distributed and cfg.fsdp)  # generate keeps stepping (synced_gpus) until every rank is done
 if synced and (cfg.dynamic_sampling or cfg.eval_size % world):
-    raise SystemExit(f"--fsdp 1 needs --dynamic_sampling 0 and --eval_size divisible by {world} (got "
-                     f"{cfg.dynamic_sampling}, {cfg.eval_size}): ranks must run the same number of forwards")
+    runs.config_error("train.py", f"--fsdp 1 needs --dynamic_sampling 0 and --eval_size divisible by {world} (got "
+                                  f"{cfg.dynamic_sampling}, {cfg.eval_size}): ranks must run the same number of forwards")
 random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
 if device.type == "cpu" and cfg.cpu_threads > 0:  # a 1M-parameter model loses more to thread sync than it gains
     torch.set_num_threads(cfg.cpu_threads)
-os.makedirs(cfg.out_dir, exist_ok=True)
-ckpt_dir = os.path.join(cfg.out_dir, "checkpoint")
+# The run directory: refuse to overwrite a run, or find the checkpoint to resume, before anything is written
+resume_dir, resume_state = runs.prepare_run_dir("train.py", cfg.out_dir, cfg.resume, cfg.overwrite)  # read-only
+if distributed:
+    dist.barrier()  # every rank has looked before the master writes
+run_lock = runs.claim_run_dir("train.py", cfg.out_dir, cfg.overwrite) if master else None  # held until exit
 autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16))
 
 # --------------------------------------------------------------------------------------------------
@@ -219,9 +242,12 @@ else:
     model_path = tiny.ensure_tiny_model() if master else tiny.DEFAULT_DIR
     if distributed:
         dist.barrier()  # other ranks wait for rank 0 to build the cache
-resumed = cfg.resume and os.path.exists(os.path.join(ckpt_dir, "state.pt"))
-load_path = ckpt_dir if resumed else model_path
-model = Qwen2_5_VLForConditionalGeneration.from_pretrained(load_path, dtype=torch.float32, attn_implementation="sdpa")
+load_path = resume_dir or model_path
+try:
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(load_path, dtype=torch.float32, attn_implementation="sdpa")
+except OSError as err:  # a hub id that does not exist or cannot be reached (the shape was checked above)
+    runs.config_error("train.py", f"--model {load_path!r}: cannot load it ({str(err).splitlines()[0][:200]}); "
+                                  "check the name, the network, or pass a local checkpoint dir")
 model.to(device)
 tokenizer, image_processor = rollout.load_processor(load_path)
 if cfg.freeze_vision:
@@ -265,7 +291,7 @@ image_token_id = model.config.image_token_id
 try:
     probe_layers = list(connectivity.layer_band(cfg.probe_layers, model.config.text_config.num_hidden_layers))
 except ValueError as err:
-    raise SystemExit(f"--probe_layers: {err}")
+    runs.config_error("train.py", f"--probe_layers: {err}")
 use_probe = cfg.weighting != "uniform"  # GRPO/DAPO needs no attention at all
 probe_context = (connectivity.probe(policy, layers=probe_layers, background=bool(cfg.overlap_weights))
                  if use_probe else contextlib.nullcontext())
@@ -405,8 +431,9 @@ def describe_eval(rec):
 
 
 def save_checkpoint(step):
-    """Model + processor (a normal from_pretrained dir) + optimizer/scheduler/RNG state. Written to a temp dir
-    and renamed, so an interrupted save never leaves a half checkpoint behind."""
+    """out_dir/checkpoint-<step>/: model + processor (a normal from_pretrained dir) + optimizer/scheduler/RNG
+    state (state.pt, tensors and plain values only). runs.save_checkpoint writes it under a temp name, renames
+    it into place and then deletes the old ones, so a kill at any instant leaves a complete checkpoint."""
     model_state, optim_state = None, optimizer.state_dict()
     if distributed and cfg.fsdp:  # gather full (unsharded) tensors on every rank, written by rank 0
         full = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -418,38 +445,37 @@ def save_checkpoint(step):
         optim_state = get_optimizer_state_dict(model, optimizer, options=full)
     if not master:
         return
-    state_dicts = {"optimizer": optim_state, "scheduler": scheduler.state_dict()}
-    tmp = ckpt_dir + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp, state_dict=model_state)
-    tokenizer.save_pretrained(tmp)
-    image_processor.save_pretrained(tmp)
-    torch.save({"step": step, **state_dicts, "config": dataclasses.asdict(cfg),
-                "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}},
-               os.path.join(tmp, "state.pt"))
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    os.replace(tmp, ckpt_dir)
+
+    def write_model(path):
+        policy.save_pretrained(path, state_dict=model_state)
+        tokenizer.save_pretrained(path)
+        image_processor.save_pretrained(path)
+    state = {"step": step, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
+             "config": dataclasses.asdict(cfg), "rng": runs.rng_state()}
+    runs.save_checkpoint(cfg.out_dir, step, write_model, state, keep=cfg.keep_checkpoints)
 
 
 start_step = 0
 log_path = os.path.join(cfg.out_dir, "log.jsonl")
-if resumed:
-    state = torch.load(os.path.join(ckpt_dir, "state.pt"), weights_only=False)
+if resume_dir:
+    state = resume_state  # loaded with weights_only=True by runs.latest_checkpoint
     if distributed and cfg.fsdp:  # the saved state is full; each rank keeps its shard
         set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
     else:
         optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"]); random.setstate(state["rng"]["python"]); np.random.set_state(state["rng"]["numpy"])
+    runs.set_rng_state(state["rng"])
     start_step = state["step"]
-    print0(f"resumed from {ckpt_dir} at step {start_step}")
-if master:  # keep the log consistent with the checkpoint: drop records of steps that will be redone
-    old = [json.loads(line) for line in open(log_path)] if resumed and os.path.exists(log_path) else []
-    with open(log_path, "w") as f:
-        f.write(json.dumps({"config": dataclasses.asdict(cfg), "world": world}) + "\n")
-        for rec in old[1:]:
-            if rec.get("step", math.inf) < start_step:
-                f.write(json.dumps(rec) + "\n")
+    changed = {k: (v, getattr(cfg, k)) for k, v in state["config"].items()
+               if k not in ("steps", "resume", "overwrite", "report_to") and getattr(cfg, k, v) != v}
+    print0(f"resumed from {resume_dir} at step {start_step}" + (f"; changed settings (old, new): {changed}" if changed else ""))
+tracker = runs.NoTracker()
+if master:  # the log keeps records of steps before the checkpoint only: the others are redone (runs.py, rule 3)
+    kept = runs.start_log(log_path, {"config": dataclasses.asdict(cfg), "world": world}, start_step)
+    logged = {r["step"] for r in kept if r.get("step", -1) >= 0}
+    if len(logged) != start_step:  # only if the log was deleted or edited by hand: say so, carry on
+        print0(f"note: {log_path} holds records of {len(logged)} of the {start_step} steps before the checkpoint")
+    tracker = runs.open_tracker(cfg.report_to, cfg.out_dir, dataclasses.asdict(cfg), start_step)
 
 # --------------------------------------------------------------------------------------------------
 # The RL loop
@@ -459,8 +485,8 @@ if start_step == 0:
     metrics0 = evaluate()
     print0(f"before RL: {describe_eval(metrics0)}")
     if master and metrics0:
-        with open(log_path, "a") as f:
-            f.write(json.dumps({"step": -1, **metrics0}) + "\n")
+        runs.append_log(log_path, {"step": -1, **metrics0})
+        tracker.log({"step": -1, **metrics0})
 bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, disable=not master, desc="RL")
 for step in bar:
     t0 = time.perf_counter()
@@ -543,25 +569,28 @@ for step in bar:
     rec = log_record(step, batch, stats, sums, grad_norm, skipped, cfg.ppo_epochs * cfg.mini_batches,
                      {"rollout": t_rollout, **timing, "train": time.perf_counter() - t1 - (timing["weights_wait"] - wait_before),
                       "step": time.perf_counter() - t0})
-    # 8) eval / checkpoint
+    # 8) eval / checkpoint. NOTE: the record is on disk before the checkpoint: a kill in between redoes the step
+    #    on resume (its record is dropped, then written again) instead of losing the record (runs.py, rule 3)
     if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
         rec.update(evaluate())
-    if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
-        save_checkpoint(step + 1)
     if master:
-        with open(log_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        runs.append_log(log_path, rec)
+        tracker.log(rec)  # NoTracker unless --report_to tensorboard|wandb
         bar.set_postfix(reward=f"{rec['reward']:.3f}", acc=f"{rec['accuracy']:.3f}")
         tqdm.write(f"step {step:4d} | reward {rec['reward']:.3f} acc {rec['accuracy']:.3f} fmt {rec['format']:.2f} | "
                    f"loss {rec['loss']:+.4f} clip {rec['clip_frac']:.3f} ent {rec['entropy']:.2f} | anchors "
                    f"{rec['anchor_frac']:.2f} clusters {rec['clusters']:.1f} | {rec['time_step']:.1f}s"
                    + (f" | {describe_eval(rec)}" if "eval_accuracy" in rec else ""))
+    if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
+        save_checkpoint(step + 1)
 
 # --------------------------------------------------------------------------------------------------
 # Cleanup
 # --------------------------------------------------------------------------------------------------
 
 probe_context.__exit__(None, None, None)  # restore the model's own attention implementation
-print0(f"done: {cfg.steps} steps, log in {log_path}, checkpoint in {ckpt_dir}")
+tracker.close()
+print0(f"done: {cfg.steps} steps, log in {log_path}, checkpoint in "
+       f"{os.path.join(cfg.out_dir, runs.newest_checkpoint_name(cfg.out_dir))}")
 if distributed:
     dist.destroy_process_group()

@@ -19,6 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import runs
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--prompts_per_step", "2", "--group_size", "4", "--max_new_tokens", "12", "--eval_size", "4",
          "--eval_every", "0", "--mask_truncated", "0", "--lr", "1e-3", "--warmup_steps", "1",
@@ -37,7 +39,7 @@ def run_train(ckpt, out_dir, *args, torchrun=0, check=True):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     if check:
         # judge by results too: some torch builds abort at exit after a clean run, so also require the log
-        assert proc.returncode == 0 or os.path.exists(os.path.join(out_dir, "checkpoint")), proc.stderr[-3000:]
+        assert proc.returncode == 0 or runs.newest_checkpoint_name(str(out_dir)), proc.stderr[-3000:]
     return proc
 
 
@@ -48,7 +50,8 @@ def records(out_dir):
 
 
 def weights(out_dir):
-    return load_file(os.path.join(out_dir, "checkpoint", "model.safetensors"))
+    """The weights of out_dir's newest checkpoint-<step>/."""
+    return load_file(os.path.join(out_dir, runs.newest_checkpoint_name(str(out_dir)), "model.safetensors"))
 
 
 def assert_same_weights(a, b, atol=2.4e-7):
@@ -73,7 +76,7 @@ def test_two_step_smoke_run_of_each_weighting_arm(warm_checkpoint, tmp_path, arm
         assert (recs[0]["clusters"] >= 1) == (arm != "tokens")  # `tokens` uses the anchor mask, no clustering
     for key in ("eval_accuracy", "eval_accuracy_ci", "eval_avg@4", "eval_avg@4_ci", "eval_read", "eval_lucky", "eval_n"):
         assert key in recs[-1], key
-    assert os.path.exists(tmp_path / "checkpoint" / "state.pt")
+    assert os.path.exists(tmp_path / "checkpoint-2" / "state.pt")
 
 
 @pytest.mark.parametrize("agg", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])

@@ -1,0 +1,497 @@
+"""runs.py -- the run directory: a run is never lost, survives kill -9 at any instant, and can be watched live.
+
+A training run lives in one folder, `--out_dir`, and this file owns everything that goes into it:
+
+    out_dir/
+      log.jsonl              {"config": ...} first, then one record per step; appended, fsync'ed
+      checkpoint-<step>/     model + tokenizer + image processor (save_pretrained: loadable with from_pretrained)
+                             + state.pt (optimizer, scheduler, RNG, step); the newest --keep_checkpoints of them
+      checkpoint-<step>.tmp/ a save in progress (never read; removed by the next save)
+      tensorboard/, wandb/   with --report_to tensorboard | wandb
+      .lock                  held (flock) while a train.py writes here
+
+The rules, and why each keeps a run safe:
+
+  1. **A new run never overwrites an old one.** `out_dir` holds a run if it has a log.jsonl or a checkpoint;
+     then train.py refuses unless it is told `--resume 1` (continue) or `--overwrite 1` (delete and restart).
+     `--resume 1` without a complete checkpoint refuses too, and changes nothing on disk.
+  2. **There is a complete checkpoint on disk at every instant** (once the first save has finished):
+         write checkpoint-<s>.tmp/ -> fsync -> rename to checkpoint-<s>/ (atomic) -> delete the old ones
+     An old checkpoint is first renamed aside (checkpoint-<s>.deleting, atomic), then removed, so a
+     half-deleted folder never carries a checkpoint's name. Resume takes the newest checkpoint-<s>/ whose
+     files are all there and whose state loads, and falls back to the next one if not.
+  3. **Every step is logged exactly once.** A step's record is appended *before* its checkpoint is saved. A
+     kill in between leaves a record of a step the checkpoint does not hold; resume rewrites the log
+     (to a temp file, then an atomic rename) keeping only records of steps before the checkpoint's, and
+     redoes the rest -- with the same numbers, because every random draw is restored or keyed by the step.
+     A line torn by a kill in the middle of a write is dropped when the log is read.
+  4. **Resuming runs no code from the checkpoint.** state.pt loads with torch.load(weights_only=True):
+     it holds tensors, numbers, strings, lists and dicts only (the RNG states are converted to those).
+  5. **The tracker is optional and behind a no-op stand-in** (`NoTracker`): the loop calls tracker.log(rec)
+     whatever --report_to says. TensorBoard and W&B get the keys of log.jsonl, at x = step + 1 (updates done,
+     as TRL logs), so the held-out accuracy before RL sits at x = 0.
+  6. **Flags come from the config dataclass**: `parse_config` builds argparse from its fields, the comment
+     after each field is its --help line, and a comment line of its own starts a help group. Config errors
+     are one line, argparse's style: `train.py: error: --lr -1.0: must be > 0 ...`.
+
+kill -9 safety needs only the atomic renames (the page cache outlives the process); the fsyncs add safety
+against a power cut. Kill hook for tests: ATRL_TEST_HOOK=<point>:<step> makes the process SIGKILL itself at <point>
+while saving / logging <step>; points: checkpoint_model_written (weights written, state not yet),
+checkpoint_written (temp dir complete, not renamed), checkpoint_renamed (new one in place, old not yet
+deleted), checkpoint_pruning (an old one renamed aside, not yet deleted), log_torn (half a record written).
+
+References: HF Trainer's checkpoint-<step>/ layout and save_total_limit; torch.load(weights_only=True)
+(PyTorch >= 2.6 default); TensorBoard's purge_step; nanoGPT/nanochat for the resume-from-checkpoint shape.
+
+Use it (through train.py):
+    python train.py --out_dir runs/a                  # a new run; stops with one line if runs/a holds one
+    python train.py --out_dir runs/a --resume 1       # continue from the newest complete checkpoint
+    python train.py --out_dir runs/a --overwrite 1 --report_to tensorboard   # then: tensorboard --logdir runs
+    python train.py --help                            # every flag, from the Config comments
+Tests: OMP_NUM_THREADS=1 python -m pytest -q -s tests/test_runs.py   (-s prints what each injected kill did)
+"""
+import argparse
+import ast
+import dataclasses
+import fcntl
+import inspect
+import io
+import json
+import math
+import os
+import pickle
+import random
+import re
+import shutil
+import signal
+import textwrap
+import tokenize
+import uuid
+
+import numpy as np
+import torch
+
+# --------------------------------------------------------------------------------------------------
+# Command line: argparse from a config dataclass, help from its comments, one-line errors
+# --------------------------------------------------------------------------------------------------
+
+
+def field_comments(source):
+    """{field: (group, help)} from a dataclass's source text: the comment after each field is its help, the last
+    comment on a line of its own above it is its group.
+
+    >>> field_comments('''class C:
+    ...     # Sizes
+    ...     n: int = 2          # how many (>= 1)
+    ...     s: str = "#"        # a '#' inside a value is no comment
+    ... ''')
+    {'n': ('Sizes', 'how many (>= 1)'), 's': ('Sizes', "a '#' inside a value is no comment")}
+    """
+    source = textwrap.dedent(source)
+    lines = source.splitlines()
+    comments = {t.start[0]: t.string.lstrip("#").strip()
+                for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
+    fields = {n.lineno: n.target.id for n in ast.parse(source).body[0].body if isinstance(n, ast.AnnAssign)}
+    out, group = {}, ""
+    for lineno in sorted(set(comments) | set(fields)):
+        if lineno in fields:
+            out[fields[lineno]] = (group, comments.get(lineno, ""))
+        elif lines[lineno - 1].lstrip().startswith("#"):
+            group = comments[lineno]
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of a 60-line usage block
+        raise SystemExit(f"{self.prog}: error: {message} (--help lists every flag)")
+
+
+def parse_config(cls, description, prog, argv=None):
+    """An instance of the dataclass `cls` from the command line: `--field value` for every field, typed by
+    its default (a bool field is a plain switch), its comment as the help line, grouped as in the class."""
+    parser = _Parser(prog=prog, description=description)
+    comments, groups = field_comments(inspect.getsource(cls)), {}
+    for f in dataclasses.fields(cls):
+        group, text = comments.get(f.name, ("", ""))
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group or None)
+        text = text.replace("%", "%%")  # argparse formats help strings with %
+        if isinstance(f.default, bool):
+            groups[group].add_argument(f"--{f.name}", action="store_true", help=text)
+        else:
+            groups[group].add_argument(f"--{f.name}", type=type(f.default), default=f.default, metavar="",
+                                       help=f"{text} (default: %(default)r)")
+    return cls(**vars(parser.parse_args(argv)))
+
+
+def config_error(prog, message):
+    """Stop with one line, argparse's format: `train.py: error: --lr -1.0: must be > 0`."""
+    raise SystemExit(f"{prog}: error: {message}")
+
+
+def check(prog, cfg, rules):
+    """rules: (field, ok, what to do) -- the first rule that is not ok stops the program, naming the value."""
+    for name, ok, fix in rules:
+        if not ok:
+            config_error(prog, f"--{name} {getattr(cfg, name)!r}: {fix}")
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def _hub_shaped(value):
+    """True if `value` can only be a hub id: owner/name shape, not a data file, no local folder it starts in."""
+    return (_HUB_ID.fullmatch(value) is not None and not value.endswith((".parquet", ".json", ".jsonl"))
+            and not os.path.isdir(value.split("/")[0]))
+
+
+def check_model(prog, flag, value):
+    """A --model value must be "" (the tiny default), a from_pretrained dir (with config.json), or a hub id."""
+    if not value:
+        return
+    if os.path.isdir(value):
+        if not os.path.exists(os.path.join(value, "config.json")):
+            newest = newest_checkpoint_name(value)
+            hint = f"did you mean {os.path.join(value, newest)}?" if newest else "pass a from_pretrained checkpoint dir"
+            config_error(prog, f"--{flag} {value!r}: the folder holds no config.json; {hint}")
+    elif not _hub_shaped(value):
+        config_error(prog, f"--{flag} {value!r}: no such folder, and not a hub id (owner/name): pass a checkpoint "
+                           "dir holding config.json (runs/default/checkpoint-40) or e.g. Qwen/Qwen2.5-VL-3B-Instruct")
+
+
+def check_data(prog, flag, value, builtin=()):
+    """A dataset value must be built in (`builtin`), an existing file/folder, or a hub id (owner/name)."""
+    if value in builtin or os.path.exists(value) or _hub_shaped(value):
+        return
+    config_error(prog, f"--{flag} {value!r}: no such file or folder, and not a hub id (owner/name): pass "
+                       f"{' or '.join(builtin) + ', ' if builtin else ''}a local .parquet/.json/.jsonl file or folder, "
+                       "or a hub name like hiyouga/geometry3k")
+
+# --------------------------------------------------------------------------------------------------
+# The run directory: refuse, resume or overwrite
+# --------------------------------------------------------------------------------------------------
+
+
+def _checkpoint_step(name):
+    """checkpoint-<step> -> step; anything else (.tmp, .deleting, other files) -> None."""
+    m = re.fullmatch(r"checkpoint-(\d+)", name)
+    return int(m.group(1)) if m else None
+
+
+def newest_checkpoint_name(out_dir):
+    """The name of the checkpoint-<step> folder with the largest step in out_dir ('' if none), complete or not."""
+    names = [n for n in os.listdir(out_dir) if _checkpoint_step(n) is not None] if os.path.isdir(out_dir) else []
+    return max(names, key=_checkpoint_step, default="")
+
+
+def run_files(out_dir):
+    """What in out_dir makes it hold a run: the log and checkpoint folders (also leftovers and the pre-issue-15
+    single `checkpoint/`)."""
+    if not os.path.isdir(out_dir):
+        return []
+    return sorted(n for n in os.listdir(out_dir) if n == "log.jsonl" or n.startswith("checkpoint"))
+
+
+def load_state(path):
+    """state.pt of a checkpoint, loaded without running code from it (weights_only=True)."""
+    return torch.load(os.path.join(path, "state.pt"), weights_only=True, map_location="cpu")
+
+
+def latest_checkpoint(out_dir):
+    """(path, state) of the newest complete checkpoint-<step>/ in out_dir, or (None, None).
+
+    Complete: config.json, the weights and state.pt are there and state.pt loads with its step. Folders that
+    fail are skipped with a note (only a copy made outside this file can leave one: saves rename when done).
+    """
+    if not os.path.isdir(out_dir):
+        return None, None
+    steps = sorted((s for s in map(_checkpoint_step, os.listdir(out_dir)) if s is not None), reverse=True)
+    for step in steps:
+        path = os.path.join(out_dir, f"checkpoint-{step}")
+        weights = any(os.path.exists(os.path.join(path, n)) for n in ("model.safetensors", "model.safetensors.index.json"))
+        missing = [n for n in ("config.json", "state.pt") if not os.path.exists(os.path.join(path, n))]
+        if missing or not weights:
+            print(f"{path}: skipped, it has no {', '.join(missing + ([] if weights else ['model weights']))}")
+            continue
+        try:
+            state = load_state(path)
+        except pickle.UnpicklingError:  # weights_only refused an object: unpickling it could run code
+            print(f"{path}: skipped, state.pt holds more than tensors and plain values (not loaded: it could run code)")
+            continue
+        except Exception as err:  # truncated or not a torch file
+            print(f"{path}: skipped, state.pt does not load ({type(err).__name__}: {str(err).splitlines()[0][:120]})")
+            continue
+        if isinstance(state, dict) and state.get("step") == step:
+            return path, state
+        print(f"{path}: skipped, state.pt is not the state of step {step}")
+    return None, None
+
+
+def prepare_run_dir(prog, out_dir, resume, overwrite):
+    """Decide what happens to out_dir before anything is written (read-only; every rank may call it).
+
+    Returns (checkpoint path, state) when resuming, else (None, None). Stops with one line when a new run
+    would overwrite an old one, or when --resume 1 finds nothing to resume.
+    """
+    if resume and overwrite:
+        config_error(prog, "--resume 1 and --overwrite 1 contradict each other: pick one")
+    found = run_files(out_dir)
+    if resume:
+        path, state = latest_checkpoint(out_dir)
+        if path is None and found:
+            config_error(prog, f"--resume 1: --out_dir {out_dir!r} holds no complete checkpoint-<step>/ to resume from; "
+                               f"check --out_dir, or start over with --overwrite 1 (deletes {', '.join(found)})")
+        if path is None:
+            config_error(prog, f"--resume 1: --out_dir {out_dir!r} holds no run (wrong folder?); drop --resume 1 to "
+                               "start a new run there")
+        return path, state
+    if found and not overwrite:
+        config_error(prog, f"--out_dir {out_dir!r} already holds a run ({', '.join(found[:4])}{', ...' if len(found) > 4 else ''}): "
+                           "pass --resume 1 to continue it, --overwrite 1 to replace it, or choose another --out_dir")
+    return None, None
+
+
+def claim_run_dir(prog, out_dir, overwrite):
+    """Create out_dir and hold its lock for the life of this process (master only); with `overwrite`, delete the
+    old run first -- checkpoints, then trackers' files, the log last, so that a kill half way leaves a state
+    that --resume or --overwrite still handles. Returns the lock file (keep a reference to it)."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        lock = open(os.path.join(out_dir, ".lock"), "w")
+    except OSError as err:
+        config_error(prog, f"--out_dir {out_dir!r}: cannot write there ({err.strerror}); choose another --out_dir")
+    try:  # released by the kernel when the process ends, however it ends
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        config_error(prog, f"--out_dir {out_dir!r}: another process is writing a run there; wait for it or choose "
+                           "another --out_dir")
+    if overwrite:
+        for name in run_files(out_dir):
+            if name != "log.jsonl":
+                _remove(os.path.join(out_dir, name))
+        for name in ("tensorboard", "wandb"):
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+        if os.path.exists(os.path.join(out_dir, "log.jsonl")):
+            os.remove(os.path.join(out_dir, "log.jsonl"))
+    return lock
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints: write new, rename into place, delete old
+# --------------------------------------------------------------------------------------------------
+
+
+def kill_hook(point, step):
+    """Kill this process (SIGKILL: no cleanup, like kill -9) if ATRL_TEST_HOOK is `<point>:<step>`."""
+    if os.environ.get("ATRL_TEST_HOOK") == f"{point}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fsync(path):
+    """Flush a file or a folder entry to disk (a folder's fsync makes the names in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path):
+    """Rename aside (atomic), then delete: a half-deleted folder never keeps a name resume would read."""
+    if os.path.isdir(path):
+        aside = path + ".deleting" if not path.endswith(".deleting") else path
+        os.replace(path, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def save_checkpoint(out_dir, step, write_model, state, keep):
+    """out_dir/checkpoint-<step>/: write_model(folder) writes the from_pretrained files, then state.pt; written
+    under a .tmp name, fsync'ed, renamed into place; then all but the newest `keep` checkpoints are removed."""
+    final = os.path.join(out_dir, f"checkpoint-{step}")
+    tmp = final + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a save that was killed
+    os.makedirs(tmp)
+    write_model(tmp)
+    kill_hook("checkpoint_model_written", step)
+    torch.save(state, os.path.join(tmp, "state.pt"))
+    for root, _, files in os.walk(tmp):
+        for name in files:
+            _fsync(os.path.join(root, name))
+    _fsync(tmp)
+    kill_hook("checkpoint_written", step)
+    if os.path.exists(final):  # only an unusable one can be here (resume skipped it): an older one stays meanwhile
+        _remove(final)
+    os.replace(tmp, final)  # NOTE: the instant the new checkpoint exists; everything before left the old intact
+    _fsync(out_dir)
+    kill_hook("checkpoint_renamed", step)
+    steps = sorted((s for s in map(_checkpoint_step, os.listdir(out_dir)) if s is not None), reverse=True)
+    for old in steps[keep:]:
+        aside = os.path.join(out_dir, f"checkpoint-{old}.deleting")
+        os.replace(os.path.join(out_dir, f"checkpoint-{old}"), aside)
+        kill_hook("checkpoint_pruning", step)
+        shutil.rmtree(aside, ignore_errors=True)
+    for name in os.listdir(out_dir):  # leftovers of killed saves and deletions
+        if name.startswith("checkpoint-") and name.endswith((".tmp", ".deleting")):
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+
+
+def rng_state():
+    """Every RNG train.py draws from, as tensors / numbers / lists (loadable with weights_only=True)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": [version, list(internal), gauss],
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+
+
+def set_rng_state(state):
+    """Inverse of rng_state()."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+# --------------------------------------------------------------------------------------------------
+# The log: append-only JSONL, rewritten atomically on resume
+# --------------------------------------------------------------------------------------------------
+
+
+def read_log(path):
+    """All records of a log.jsonl (config first). A torn last line (a kill mid-write) is dropped.
+
+    >>> import tempfile; p = os.path.join(tempfile.mkdtemp(), "log.jsonl")
+    >>> _ = open(p, "w").write('{"config": {}}\\n{"step": 0}\\n{"step": 1, "rew')
+    >>> read_log(p)
+    [{'config': {}}, {'step': 0}]
+    """
+    with open(path) as f:
+        lines = f.read().split("\n")
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:  # torn lines can only be last (resume rewrites the log before appending)
+                raise ValueError(f"{path}: line {i + 1} is not JSON: {line[:80]!r}")
+    return records
+
+
+def start_log(path, header, start_step):
+    """Begin log.jsonl: `header` first, then the old records of steps before `start_step` (resume); written to a
+    temp file and renamed, so a kill here leaves the old log intact."""
+    old = read_log(path)[1:] if start_step and os.path.exists(path) else []
+    kept = [r for r in old if r.get("step", math.inf) < start_step]
+    with open(path + ".tmp", "w") as f:
+        for rec in [header, *kept]:
+            f.write(json.dumps(rec) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+    return kept
+
+
+def append_log(path, record):
+    """Append one record as a line, on disk before this returns."""
+    line = json.dumps(record) + "\n"
+    with open(path, "a") as f:
+        if os.environ.get("ATRL_TEST_HOOK") == f"log_torn:{record.get('step')}":
+            f.write(line[:len(line) // 2])  # test hook: a kill in the middle of the write
+            f.flush()
+            kill_hook("log_torn", record.get("step"))
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+# --------------------------------------------------------------------------------------------------
+# Live tracking: TensorBoard or Weights & Biases, behind one interface; NoTracker when off
+# --------------------------------------------------------------------------------------------------
+
+TRACKERS = ("none", "tensorboard", "wandb")
+
+
+def _scalars(record):
+    return {k: float(v) for k, v in record.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class NoTracker:
+    """--report_to none: the loop logs to it all the same, and nothing happens."""
+
+    def log(self, record):
+        pass
+
+    def close(self):
+        pass
+
+
+class TensorBoardTracker:
+    """Scalars under log.jsonl's keys in out_dir/tensorboard (tensorboard --logdir runs/). On resume,
+    purge_step hides what a killed run logged past the checkpoint, so each step shows once."""
+
+    def __init__(self, out_dir, config, start_step):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(os.path.join(out_dir, "tensorboard"), purge_step=start_step + 1 if start_step else None)
+        if not start_step:
+            self.writer.add_text("config", "    " + json.dumps(config, indent=1).replace("\n", "\n    "))
+
+    def log(self, record):
+        for key, value in _scalars(record).items():
+            self.writer.add_scalar(key, value, record["step"] + 1)
+        self.writer.flush()
+
+    def close(self):
+        self.writer.close()
+
+
+class WandbTracker:
+    """One W&B run per out_dir (its id kept in out_dir/wandb/run_id, so a resume continues it). Steps redone
+    after a kill are logged with the same values; W&B keeps the first copy. Offline: WANDB_MODE=offline."""
+
+    def __init__(self, out_dir, config, start_step):
+        import wandb
+
+        os.makedirs(os.path.join(out_dir, "wandb"), exist_ok=True)
+        id_path = os.path.join(out_dir, "wandb", "run_id")
+        if start_step and os.path.exists(id_path):
+            run_id = open(id_path).read().strip()
+        else:
+            run_id = uuid.uuid4().hex[:8]  # W&B's id alphabet: lowercase letters and digits
+            with open(id_path, "w") as f:
+                f.write(run_id)
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "atrl"), name=os.path.basename(os.path.abspath(out_dir)),
+                              id=run_id, resume="allow", dir=out_dir, config=config)
+
+    def log(self, record):
+        self.run.log(_scalars(record), step=record["step"] + 1)
+
+    def close(self):
+        self.run.finish()
+
+
+def check_tracker(prog, report_to):
+    """Fail up front, in one line, if --report_to names a tracker whose package is missing."""
+    if report_to not in TRACKERS:
+        config_error(prog, f"--report_to {report_to!r}: use one of {', '.join(TRACKERS)}")
+    package = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(report_to)
+    if package:
+        try:
+            __import__(package)
+        except ImportError:
+            config_error(prog, f"--report_to {report_to}: the {package} package is not installed; "
+                               f"pip install {package}, or use --report_to none")
+
+
+def open_tracker(report_to, out_dir, config, start_step):
+    """The tracker --report_to asks for; NoTracker for none (and on every rank but the master)."""
+    if report_to == "tensorboard":
+        return TensorBoardTracker(out_dir, config, start_step)
+    if report_to == "wandb":
+        return WandbTracker(out_dir, config, start_step)
+    return NoTracker()
