@@ -25,7 +25,7 @@ weights never change, so every round sees the same attention, the same graphs an
 Sections (--sections):
   step     the tiny RL step on rollouts sampled from the tiny model train.py uses (tiny.DEFAULT_DIR if built,
            else a random checkpoint) at train.py's defaults: 16 prompts x G 8 = 128 rollouts, micro-batches of
-           64, 40 new tokens on the grid task (v2), probe on the late third. The loss mask keeps truncated responses (train.py masks
+           64, 40 new tokens on the grid task (v2), probe on the middle third. The loss mask keeps truncated responses (train.py masks
            them out; a random model truncates most, which would leave AT-RL nothing to do). The probe is
            installed per step here (train.py: once per run), so its ~1 ms install + restore counts against
            AT-RL. With --config 3b: 8 synthetic rollouts at Qwen2.5-VL-3B shapes (1024 image tokens,
@@ -94,7 +94,7 @@ parser.add_argument("--group_size", type=int, default=8, help="G responses per p
 parser.add_argument("--micro", type=int, default=64, help="rollouts per forward/backward (train.py default)")
 parser.add_argument("--max_new_tokens", type=int, default=40, help="response budget of the sampled rollouts (train.py default)")
 parser.add_argument("--dataset", default="visualmath", help="the synthetic task of the step section (train.py default)")
-parser.add_argument("--probe_layers", default="late", help="train.py's --probe_layers (early|middle|late|all|4,5,6)")
+parser.add_argument("--probe_layers", default="middle", help="train.py's --probe_layers (early|middle|late|all|4,5,6)")
 parser.add_argument("--grad_checkpointing", type=int, default=-1, help="-1: on for 3b, off for tiny")
 parser.add_argument("--shrink", action="store_true", help="3b: 2 layers and small inputs (a CPU smoke test)")
 parser.add_argument("--seed", type=int, default=0)

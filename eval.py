@@ -112,7 +112,7 @@ class EvalConfig:
     n_stats: int = 64               # responses behind the histogram and precision/recall
     anchor_query: str = "predict,self"  # attention row(s) of token t: predict (query t-1), self (query t)
     anchor_frac: float = 0.15       # anchors = top fraction of each response's tokens by rho (train.py's default)
-    probe_layers: str = "late"      # early|middle|late third, all, or "4,5,6" (as train.py)
+    probe_layers: str = "middle"    # early|middle|late third, all, or "4,5,6" (as train.py)
     sink_debias: int = 1            # 1 = drop the first-token sink and outlier image keys, renormalise
     sink_outlier_k: float = 5.0     # an image key is a sink if its mean attention > k x the median key's
     knn: int = 0                    # k of the kNN token graph that is clustered; 0 = round(sqrt(n)) in [2, 10] (as train.py)
@@ -510,9 +510,17 @@ def bimodality_coefficient(values):
 
 
 def perception_tokens(tokenizer, ids, text, perception):
-    """Per response token: does it write one of the image's values? ids -> list of bools; text is
-    tokenizer.decode(ids, skip_special_tokens=True) and perception the row's values (visualmath.locate_perception)."""
-    return overlapping_tokens(token_char_spans(tokenizer, ids), visualmath.locate_perception(text, perception))
+    """Per response token: does it write a value read off the image? ids -> list of bools; text is
+    tokenizer.decode(ids, skip_special_tokens=True), perception the row's values.
+
+    Where the response has a reasoning chain, its read operands are the perception tokens (visualmath.read_spans:
+    by the chain's structure, so the "8" read in "8+8=16" counts and the carried "=8" does not, and a misread
+    digit still counts: it was written from the image); otherwise the values are found by matching
+    (visualmath.locate_perception)."""
+    spans = visualmath.read_spans(text)
+    if spans is None:
+        spans = visualmath.locate_perception(text, perception)
+    return overlapping_tokens(token_char_spans(tokenizer, ids), spans)
 
 
 def report_batch(model, tokenizer, image_processor, rows, responses, max_new_tokens):

@@ -91,7 +91,7 @@ for query in ("predict", "self"):
         patterns, rho = connectivity.image_attention(model, enc, response_mask, layers=layers, query=query)
         anchors = atrl.select_anchors(rho, valid, 0.15)
         precision[f"{query}/{band}"] = {"layers": layers, **eval_py.anchor_precision_recall(anchors, truth & valid)}
-        if query == "predict" and band == "late":  # train.py's defaults (--anchor_query predict --probe_layers late)
+        if query == "predict" and band == "middle":  # train.py's defaults (--anchor_query predict --probe_layers middle)
             default_rho, default_anchors = rho, anchors
 print(json.dumps(precision, indent=1))
 base_rate = truth.sum().item() / valid.sum().item()   # precision of a random 15% pick

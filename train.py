@@ -94,7 +94,7 @@ class Config:
     knn: int = 0                    # k of the symmetric kNN token graph; 0 = per response, round(sqrt(n)) in [2, 10]
     resolution: float = 1.0         # Louvain modularity resolution (>1: more, smaller clusters)
     anchor_query: str = "predict"   # attention row of token t: "predict" (query t-1) or "self" (query t)
-    probe_layers: str = "late"      # decoder layers read: early|middle|late third, all, or "4,5,6" (late: results/)
+    probe_layers: str = "middle"    # decoder layers read: early|middle|late third, all, or "4,5,6" (middle: README)
     sink_debias: int = 1            # 1 = drop the first-token sink and outlier image keys, renormalise
     sink_outlier_k: float = 5.0     # an image key is a sink if its mean attention > k x the median key's
     overlap_weights: int = 1        # 1 = probe read-out and W on a worker thread, overlapping the forward (same W)
