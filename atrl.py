@@ -71,7 +71,8 @@ import torch
 
 import clustering
 
-MODES = ("uniform", "atrl", "tokens", "anchor_only", "low_only", "random")
+MODES = ("uniform", "atrl", "tokens", "anchor_only", "low_only", "random", "vppo", "entropy")
+PROBE_MODES = ("atrl", "tokens", "anchor_only", "low_only", "random")  # the arms whose W needs the attention probe
 
 
 # --------------------------------------------------------------------------------------------------
@@ -288,13 +289,73 @@ def _shuffle_within(W, mask, seed):
     return torch.zeros_like(W).scatter_(1, targets, W.gather(1, sources))
 
 
+# --------------------------------------------------------------------------------------------------
+# Peer token selectors: VPPO's visual dependency and the high-entropy minority
+# --------------------------------------------------------------------------------------------------
+
+def top_fraction(score, mask, frac):
+    """bool (B, T): the ceil(frac * n) highest-scoring of each response's n valid tokens (ties: earlier first).
+
+    The rule of both peer papers' code (VPPO's top-p perception tokens, the high-entropy minority's top 20%).
+    >>> top_fraction(torch.tensor([[.1, .9, .3, .8, 5.]]), torch.tensor([[1, 1, 1, 1, 0]]).bool(), 0.4)
+    tensor([[False,  True, False,  True, False]])
+    """
+    mask = mask.bool()
+    count = torch.ceil(frac * mask.sum(dim=1).double()).long()      # (B,)
+    order = torch.sort(score.float().masked_fill(~mask, float("-inf")), dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(score.shape[1], device=score.device).expand_as(order))
+    return (rank < count[:, None]) & mask                            # (B, T)
+
+
+def visual_dependency(logp, logp_perturbed):
+    """VPPO's per-token visual dependency (arXiv 2510.09285, Sec. 3; their code's "low_var_kl"): with
+    d = log pi(y_t | perturbed image) - log pi(y_t | image), the k3 estimate exp(d) - d - 1 >= 0 of the KL
+    between the two next-token distributions, d clamped to [-20, 20] and the result to [0, 10]. (B, T) -> (B, T).
+
+    >>> visual_dependency(torch.tensor([[-0.1, -0.1]]), torch.tensor([[-0.1, -2.4]])).round(decimals=3)
+    tensor([[0.0000, 1.4000]])
+    """
+    d = (logp_perturbed - logp).clamp(-20.0, 20.0)
+    return (d.exp() - d - 1.0).clamp(0.0, 10.0)
+
+
+def vppo_shaping(dependency, mask, beta_min=0.8):
+    """VPPO's trajectory-level advantage shaping: one factor per response, from its mean dependency S_i.
+
+    S_i is min-max normalised over the batch to s_i in [0, 1] and mapped to beta_min + s_i (1 - beta_min) /
+    mean(s), so the factors average exactly 1 and the response that leans least on the image keeps beta_min
+    (their code, dp_actor.py: advantage_scaling_min = 0.8). Equal S everywhere gives 1. (B, T) -> (B,).
+    >>> vppo_shaping(torch.tensor([[1., 1.], [3., 3.], [2., 2.]]), torch.ones(3, 2, dtype=torch.bool))
+    tensor([0.8000, 1.2000, 1.0000])
+    """
+    mask = mask.bool()
+    n = mask.sum(dim=1)                                              # (B,)
+    S = (dependency * mask).sum(dim=1) / n.clamp_min(1)              # (B,) mean dependency per response
+    factor = torch.ones_like(S)
+    valid = n > 0
+    lo, hi = (S[valid].min(), S[valid].max()) if valid.any() else (0.0, 0.0)
+    if valid.sum() > 1 and hi - lo > 1e-6:
+        s = ((S[valid] - lo) / (hi - lo)).clamp(0.0, 1.0)
+        factor[valid] = beta_min + s * (1.0 - beta_min) / (s.mean() + 1e-8)
+    return factor
+
+# --------------------------------------------------------------------------------------------------
+# Weights of every arm
+# --------------------------------------------------------------------------------------------------
+
+
 @torch.no_grad()
 def token_weights_with_stats(patterns, rho, mask, mode="atrl", anchor_frac=0.15, gain=2.0, k=0,
-                             resolution=1.0, seed=0):
+                             resolution=1.0, seed=0, entropy=None, dependency=None, select_frac=None,
+                             beta_min=0.8):
     """token_weights plus a dict of floats for logging (anchor_frac, clusters, W_mean, W_max, W_anchor_mean).
 
+    The peer arms take their own signal instead of the probe's (patterns and rho may be None): `entropy`
+    (B, T) the policy's per-token entropy (mode "entropy"), `dependency` (B, T) visual_dependency (mode
+    "vppo"); select_frac = the share of tokens they keep (None: their papers' 0.2 and 0.4).
     clusters = mean number of clusters per non-empty response (0 for modes that do not cluster);
-    W_anchor_mean = mean W over anchor tokens (how much the anchors are lifted).
+    anchor_frac = the share of tokens selected (anchors, or the peer arms' kept tokens);
+    W_anchor_mean = mean W over those tokens (how much they are lifted).
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: use one of {', '.join(MODES)}")
@@ -302,7 +363,14 @@ def token_weights_with_stats(patterns, rho, mask, mode="atrl", anchor_frac=0.15,
         raise ValueError(f"gain={gain}: must be > 0 so weights stay positive (1 = no reweighting, default 2)")
     mask = mask.bool()
     maskf = mask.float()                                             # (B, T)
-    anchors = select_anchors(rho, mask, anchor_frac)                 # (B, T)
+    if mode == "entropy":
+        anchors = top_fraction(entropy, mask, 0.2 if select_frac is None else select_frac)  # (B, T)
+    elif mode == "vppo":
+        anchors = top_fraction(dependency, mask, 0.4 if select_frac is None else select_frac)  # (B, T)
+    elif mode == "uniform" and rho is None:
+        anchors = torch.zeros_like(mask)                             # plain GRPO needs no probe at all
+    else:
+        anchors = select_anchors(rho, mask, anchor_frac)             # (B, T)
     share, n_clusters = None, 0.0
     if mode in ("atrl", "anchor_only", "low_only", "random"):
         cluster = cluster_tokens(patterns, mask, k=k, resolution=resolution, seed=seed)  # (B, T)
@@ -327,6 +395,15 @@ def token_weights_with_stats(patterns, rho, mask, mode="atrl", anchor_frac=0.15,
     elif mode == "random":
         # Ablation (ours): the atrl weights shuffled over each response's valid tokens -- does *where* matter?
         W = _shuffle_within(_mean_one(1.0 + (gain - 1.0) * share, maskf), mask, seed)
+    elif mode == "vppo":
+        # VPPO (arXiv 2510.09285): only the top 40% of each response's tokens by visual dependency carry the
+        # gradient (token-level gradient filtering, no rescaling), and the response's advantage is scaled by
+        # its mean dependency (trajectory-level advantage shaping, mean factor 1 over the batch).
+        W = anchors.float() * vppo_shaping(dependency, mask, beta_min)[:, None]
+    elif mode == "entropy":
+        # High-entropy minority (arXiv 2506.01939; TRL's top_entropy_quantile): only the top 20% of each
+        # response's tokens by the policy's entropy carry the gradient, unrescaled.
+        W = anchors.float()
     valid = W[mask]
     on_anchors = W[anchors]
     stats = dict(anchor_frac=float(anchors.sum() / mask.sum().clamp_min(1)), clusters=n_clusters,

@@ -229,8 +229,8 @@ def encode_prompts(tokenizer, image_processor, images, questions, min_pixels=Non
 # Rollout i belongs to group i // G: the G samples of one prompt are consecutive and never split.
 
 _TENSOR_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "full_response_mask", "response_mask",
-                "truncated", "image_grid_thw", "keys", "rewards", "accuracy", "format")
-_LIST_KEYS = ("texts", "answers", "choices", "precisions")
+                "truncated", "image_grid_thw", "keys", "rewards", "accuracy", "format", "lucky")
+_LIST_KEYS = ("texts", "answers", "choices", "precisions", "perceptions")
 
 
 def _pixel_rows(batch, index):
@@ -276,6 +276,27 @@ def token_logprobs(net, batch, prompt_len, autocast=None):
     return logp, entropy
 
 
+def blacken_patches(batch, image_processor, p=0.5):
+    """A copy of a (micro-)batch whose images have each patch blackened with probability p, seeded by the
+    rollout's key: VPPO's perturbation (arXiv 2510.09285, their perc_utils.random_patch_blackening, 14-px
+    patches, p = 0.5) for measuring how much a token depends on the image.
+
+    pixel_values rows are already patches (one row = one patch_size x patch_size patch of one image, its
+    temporal copies included, channel-major), so blackening a patch = replacing its row by the normalised
+    value of a black pixel, (0 - mean) / std per channel. Ours are the model's own (resized) patches; VPPO
+    blackens a 14-px grid of the original image before resizing -- the same thing when no resize happens.
+    """
+    mean = torch.tensor(image_processor.image_mean, dtype=torch.float32)
+    std = torch.tensor(image_processor.image_std, dtype=torch.float32)
+    per_channel = image_processor.temporal_patch_size * image_processor.patch_size ** 2
+    pixels = batch["pixel_values"]                                                       # (sum patches, D)
+    black = (-mean / std).repeat_interleave(per_channel).to(pixels)                      # (D,)
+    rows = batch["image_grid_thw"].prod(-1).tolist()
+    drop = torch.cat([torch.rand(n, generator=torch.Generator().manual_seed(int(key))) < p
+                      for n, key in zip(rows, batch["keys"].tolist())])                  # (sum patches,)
+    return dict(batch, pixel_values=torch.where(drop[:, None].to(pixels.device), black, pixels))
+
+
 def to_device(batch, device):
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
@@ -297,7 +318,7 @@ def concat(a, b, pad_id=0):
     T = max(a["input_ids"].shape[1] - a["prompt_len"], b["input_ids"].shape[1] - b["prompt_len"])
     a, b = _repad(a, P, T, pad_id), _repad(b, P, T, pad_id)
     out = {k: torch.cat([a[k], b[k]]) for k in _TENSOR_KEYS if k in a}
-    out.update({k: a[k] + b[k] for k in _LIST_KEYS})
+    out.update({k: a[k] + b[k] for k in _LIST_KEYS if k in a})
     out["pixel_values"] = torch.cat([a["pixel_values"], b["pixel_values"]])
     out["prompt_len"] = P
     return out
@@ -420,6 +441,7 @@ def sample_groups(model, tokenizer, image_processor, rows, group_size, prompt_ke
         "answers": [r["answer"] for r in rows for _ in range(group_size)],
         "choices": [list(r.get("choices") or []) for r in rows for _ in range(group_size)],
         "precisions": [r.get("precision") for r in rows for _ in range(group_size)],
+        "perceptions": [list(r.get("perception") or []) for r in rows for _ in range(group_size)],
     }
 
 
@@ -443,6 +465,11 @@ def score(batch, reward="answer"):
         raise ValueError(f"reward={reward!r}: use 'answer' or 'starts_with'")
     for key, name in (("rewards", "reward"), ("accuracy", "accuracy"), ("format", "format")):
         batch[key] = torch.tensor([p[name] for p in parts], dtype=torch.float32)               # (B,)
+    # a right answer from a wrong reading is a lucky guess (visualmath.read_right; rows without perception: never)
+    import visualmath
+    batch["lucky"] = torch.tensor([acc == 1 and bool(seen) and not visualmath.read_right(text, seen) for acc, text, seen
+                                   in zip(batch["accuracy"].tolist(), batch["texts"], batch["perceptions"])],
+                                  dtype=torch.float32)                                          # (B,)
     return batch
 
 

@@ -88,7 +88,7 @@ class Config:
     dynamic_sampling: int = 0       # 1 = replace all-equal-reward groups by fresh prompts (DAPO)
     max_refills: int = 2            # bound on dynamic-sampling refill rounds per step
     # AT-RL
-    weighting: str = "atrl"         # uniform (=GRPO/DAPO) | atrl | tokens | anchor_only | low_only | random
+    weighting: str = "atrl"         # uniform (=GRPO/DAPO) | atrl | tokens | anchor_only | low_only | random | vppo | entropy
     anchor_frac: float = 0.15       # fraction of each response's tokens called anchors (paper: ~15%)
     gain: float = 2.0               # W of an all-anchor cluster relative to an anchor-free one, before normalising
     knn: int = 0                    # k of the symmetric kNN token graph; 0 = per response, round(sqrt(n)) in [2, 10]
@@ -98,6 +98,9 @@ class Config:
     sink_debias: int = 1            # 1 = drop the first-token sink and outlier image keys, renormalise
     sink_outlier_k: float = 5.0     # an image key is a sink if its mean attention > k x the median key's
     overlap_weights: int = 1        # 1 = probe read-out and W on a worker thread, overlapping the forward (same W)
+    vppo_frac: float = 0.4          # vppo arm: share of each response's tokens kept, by visual dependency (VPPO: 0.4)
+    vppo_blacken: float = 0.5       # vppo arm: probability that a 14-px patch is blackened in the perturbed image
+    entropy_frac: float = 0.2       # entropy arm: share of each response's tokens kept, by entropy (paper: 0.2)
     # Optimization
     steps: int = 40                 # RL steps (one rollout batch each)
     lr: float = 1e-4                # AdamW peak learning rate (tiny model: 2e-4 oscillated; ~1e-6 for 3B)
@@ -165,6 +168,8 @@ runs.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n 
     ("top_p", 0 < cfg.top_p <= 1, "must be in (0, 1]"),
     ("anchor_frac", 0 < cfg.anchor_frac <= 1, "must be in (0, 1]"),
     ("gain", cfg.gain > 0, "must be > 0 so weights stay positive (1 = no reweighting, default 2)"),
+    *[(n, 0 < getattr(cfg, n) <= 1, "must be in (0, 1]") for n in ("vppo_frac", "entropy_frac")],
+    ("vppo_blacken", 0 <= cfg.vppo_blacken <= 1, "must be a probability in [0, 1] (VPPO: 0.5)"),
     ("resolution", cfg.resolution > 0, "must be > 0 (1.0 = standard modularity)"),
     ("sink_outlier_k", cfg.sink_outlier_k > 0, "must be > 0 (default 5)"),
     ("lr", cfg.lr > 0, "must be > 0 (1e-4 for the tiny model, ~1e-6 for 3B)"),
@@ -292,7 +297,7 @@ try:
     probe_layers = list(connectivity.layer_band(cfg.probe_layers, model.config.text_config.num_hidden_layers))
 except ValueError as err:
     runs.config_error("train.py", f"--probe_layers: {err}")
-use_probe = cfg.weighting != "uniform"  # GRPO/DAPO needs no attention at all
+use_probe = cfg.weighting in atrl.PROBE_MODES  # GRPO/DAPO and the peer arms (vppo, entropy) need no attention
 probe_context = (connectivity.probe(policy, layers=probe_layers, background=bool(cfg.overlap_weights))
                  if use_probe else contextlib.nullcontext())
 probe = probe_context.__enter__()  # installed for the whole run; idle (pure delegation) unless armed
@@ -367,8 +372,14 @@ def weights_from_probe(captured, mask, keys):
     return W.to(mask.device), st, time.perf_counter() - t
 
 
-def collect_weights(mask, stats, timing):
-    """W (b, T) for the micro-batch whose forward just ran (uniform: W = the mask); waits for the probe."""
+def collect_weights(mask, stats, timing, entropy):
+    """W (b, T) for the micro-batch whose forward just ran: from the probe (AT-RL's arms; waits for it), from the
+    forward's per-token entropy (entropy arm), or the mask itself (uniform)."""
+    if cfg.weighting == "entropy":
+        W, st = atrl.token_weights_with_stats(None, None, mask.bool(), "entropy", entropy=entropy,
+                                              select_frac=cfg.entropy_frac)
+        stats.append(st)
+        return W
     if not use_probe:
         return mask.clone()
     t = time.perf_counter()
@@ -379,6 +390,29 @@ def collect_weights(mask, stats, timing):
     return W
 
 
+def old_policy_pass(batch, loss_mask, P, stats, timing):
+    """(log pi_old (B, T), W (B, T)) from a no-grad pass over the batch before any update, the probe riding along.
+    Needed with several updates per batch (PPO epochs, mini-batches) and by vppo, whose W compares each token's
+    log-prob given the image with its log-prob given the image with half its patches blackened (one more
+    forward), normalised over the rank's whole batch (VPPO normalises over its mini-batch)."""
+    old_logp, W, perturbed_logp = (torch.zeros_like(loss_mask) for _ in range(3))                # (B, T) each
+    with torch.no_grad():
+        for i in range(0, len(loss_mask), micro):
+            mb, mask = rollout.slice_batch(batch, i, i + micro), loss_mask[i:i + micro]
+            arm_probe(mb, mask)
+            old_logp[i:i + micro], entropy = rollout.token_logprobs(policy, mb, P, autocast)
+            if cfg.weighting == "vppo":
+                perturbed = rollout.blacken_patches(mb, image_processor, cfg.vppo_blacken)
+                perturbed_logp[i:i + micro] = rollout.token_logprobs(policy, perturbed, P, autocast)[0]
+            else:
+                W[i:i + micro] = collect_weights(mask, stats, timing, entropy)
+    if cfg.weighting == "vppo":
+        W, st = atrl.token_weights_with_stats(None, None, loss_mask.bool(), "vppo", select_frac=cfg.vppo_frac,
+                                              dependency=atrl.visual_dependency(old_logp, perturbed_logp))
+        stats.append(st)
+    return old_logp, W
+
+
 def log_record(step, batch, stats, sums, grad_norm, skipped, n_updates, timing):
     """One JSONL record: batch means over all ranks (sums all-reduced, then divided by global counts)."""
     n_stats = max(len(stats), 1)
@@ -387,13 +421,13 @@ def log_record(step, batch, stats, sums, grad_norm, skipped, n_updates, timing):
                           rollout.count_flat_groups(batch["rewards"].cpu(), cfg.group_size),
                           sum(s["anchor_frac"] for s in stats) / n_stats, sum(s["clusters"] for s in stats) / n_stats,
                           sum(s["W_max"] for s in stats) / n_stats, sum(s["W_anchor_mean"] for s in stats) / n_stats,
-                          1.0], dtype=torch.float64)
+                          1.0, batch["lucky"].sum()], dtype=torch.float64)
     g = all_reduce(local).tolist()
     n, ranks = g[3], g[11]
     rec = {"step": step, "reward": g[0] / n, "accuracy": g[1] / n, "format": g[2] / n, "response_len": g[4] / n,
            "truncated": g[5] / n, "zero_std_groups": g[6] * cfg.group_size / n,
            "anchor_frac": g[7] / ranks, "clusters": g[8] / ranks, "w_max": g[9] / ranks,
-           "w_anchor_mean": g[10] / ranks}
+           "w_anchor_mean": g[10] / ranks, "lucky": g[12] / max(g[1], 1.0)}
     # loss parts: each rank summed its micro-batches over global denominators; the rank sum is the batch value
     parts = all_reduce(torch.tensor([sums[k] for k in sorted(sums)], dtype=torch.float64)).tolist()
     rec.update({k: v / n_updates for k, v in zip(sorted(sums), parts)})
@@ -512,14 +546,9 @@ for step in bar:
     #    a no-grad pi_old pass when there are several updates per batch, else the training forward itself
     W, old_logp = torch.zeros_like(loss_mask), torch.zeros_like(loss_mask)                   # (B, T)
     have_weights, stats, timing = [False] * len(adv), [], {"weights": 0.0, "weights_wait": 0.0}
-    if cfg.ppo_epochs > 1 or cfg.mini_batches > 1:
-        with torch.no_grad():
-            for i in range(0, len(adv), micro):
-                mb = rollout.slice_batch(batch, i, i + micro)
-                arm_probe(mb, loss_mask[i:i + micro])
-                old_logp[i:i + micro] = rollout.token_logprobs(policy, mb, P, autocast)[0]
-                W[i:i + micro] = collect_weights(loss_mask[i:i + micro], stats, timing)
-                have_weights[i:i + micro] = [True] * micro
+    if cfg.ppo_epochs > 1 or cfg.mini_batches > 1 or cfg.weighting == "vppo":
+        old_logp, W = old_policy_pass(batch, loss_mask, P, stats, timing)
+        have_weights = [True] * len(adv)
     # 5) loss + backward over micro-batches, with global (all-rank, all-micro-batch) denominators
     policy.train()
     t1, wait_before = time.perf_counter(), timing["weights_wait"]
@@ -537,7 +566,7 @@ for step in bar:
                 logp, entropy = rollout.token_logprobs(train_model, mb, P, autocast)
                 if first:  # on-policy single pass: pi_old = pi (ratio 1) and W from this very forward
                     old_logp[i:i + micro] = logp.detach()
-                    W[i:i + micro] = collect_weights(mask, stats, timing)
+                    W[i:i + micro] = collect_weights(mask, stats, timing, entropy)
                     have_weights[i:i + micro] = [True] * micro
                 adv_tok = atrl.token_advantages(adv[i:i + micro], W[i:i + micro])          # (b, T) = W * A
                 pg_tok, clipped = atrl.ppo_clip_loss(logp, old_logp[i:i + micro], adv_tok, cfg.clip_low, cfg.clip_high, cfg.dual_clip)

@@ -4,6 +4,7 @@ Run: python -m pytest -q tests/test_atrl.py
 """
 
 import doctest
+import math
 
 import pytest
 import torch
@@ -178,8 +179,8 @@ def test_uniform_is_exactly_one_on_valid_tokens(batch):
     assert (W[mask] == 1).all() and (W[~mask] == 0).all()
 
 
-@pytest.mark.parametrize("mode", atrl.MODES)
-def test_every_arm_has_mean_one_zero_padding_and_no_nan(batch, mode):
+@pytest.mark.parametrize("mode", ("uniform", *atrl.PROBE_MODES))  # the peer arms keep a share unrescaled
+def test_every_probe_arm_has_mean_one_zero_padding_and_no_nan(batch, mode):
     patterns, rho, mask = batch
     W = atrl.token_weights(patterns, rho, mask, mode=mode)
     assert torch.isfinite(W).all() and (W >= 0).all()
@@ -252,12 +253,12 @@ def test_planted_anchors_get_their_own_clusters_and_the_largest_weights():
 def test_one_token_all_masked_and_constant_rho_responses():
     # T = 1: the single token is its response's anchor and its own cluster.
     one = torch.rand(2, 1, 6)
-    for mode in atrl.MODES:
+    for mode in ("uniform", *atrl.PROBE_MODES):  # the peer arms take their own signals (tests below)
         W = atrl.token_weights(one, one.sum(-1), torch.ones(2, 1, dtype=torch.bool), mode=mode)
         assert W.tolist() == ([[0.], [0.]] if mode == "low_only" else [[1.], [1.]])
     # all-masked batch: zeros, no NaN
     patterns = torch.rand(2, 5, 4)
-    for mode in atrl.MODES:
+    for mode in ("uniform", *atrl.PROBE_MODES):
         W, stats = atrl.token_weights_with_stats(patterns, patterns.sum(-1), torch.zeros(2, 5, dtype=torch.bool),
                                                  mode=mode)
         assert (W == 0).all() and all(v == v for v in stats.values())
@@ -288,3 +289,55 @@ def test_per_response_seeds_make_weights_independent_of_the_batch_slot():
         assert torch.equal(whole, flipped.flip(0)), mode
         one = atrl.token_weights(patterns[2:3], rho[2:3], mask[2:3], mode=mode, k=3, seed=[33])
         assert torch.equal(whole[2:3], one), mode
+
+
+# --- the peer selectors: VPPO's visual dependency and the high-entropy minority ---------------------------
+
+def test_top_fraction_keeps_ceil_of_the_share_by_score_never_padding():
+    g = torch.Generator().manual_seed(5)
+    score = torch.rand(6, 13, generator=g)
+    mask = torch.arange(13)[None, :] < torch.tensor([13, 10, 5, 1, 0, 7])[:, None]
+    for frac in (0.2, 0.4, 1.0):
+        kept = atrl.top_fraction(score, mask, frac)
+        for b in range(6):
+            n = int(mask[b].sum())
+            valid = score[b, :n]
+            expect = set(valid.argsort(descending=True)[:math.ceil(frac * n)].tolist())  # brute force
+            assert set(kept[b].nonzero().flatten().tolist()) == expect, (frac, b)
+
+
+def test_visual_dependency_is_the_k3_kl_of_the_two_log_probs():
+    g = torch.Generator().manual_seed(1)
+    logp, perturbed = -torch.rand(3, 9, generator=g) * 3, -torch.rand(3, 9, generator=g) * 3
+    d = perturbed - logp
+    assert torch.allclose(atrl.visual_dependency(logp, perturbed), torch.expm1(d) - d, atol=1e-6)
+    assert (atrl.visual_dependency(logp, logp) == 0).all()   # the image did not matter: no dependency
+    assert atrl.visual_dependency(torch.zeros(1, 1), torch.full((1, 1), 50.)).item() == 10.0   # clamped
+
+
+def test_vppo_shaping_averages_one_and_orders_responses_by_their_dependency():
+    g = torch.Generator().manual_seed(2)
+    dep = torch.rand(8, 11, generator=g) ** 3
+    mask = torch.arange(11)[None, :] < torch.tensor([11, 9, 8, 11, 3, 11, 6, 0])[:, None]
+    factor = atrl.vppo_shaping(dep, mask, beta_min=0.8)
+    valid = mask.any(1)
+    assert factor[valid].mean().item() == pytest.approx(1.0, abs=1e-6)
+    S = (dep * mask).sum(1) / mask.sum(1).clamp_min(1)
+    order = S[valid].argsort()
+    assert factor[valid][order].diff().min() >= 0          # more dependency, larger factor
+    assert factor[valid].min().item() == pytest.approx(0.8) and factor[~valid].item() == 1.0
+    assert torch.equal(atrl.vppo_shaping(torch.ones(3, 4), torch.ones(3, 4, dtype=torch.bool)), torch.ones(3))
+
+
+def test_vppo_and_entropy_arms_keep_their_top_tokens_unrescaled():
+    g = torch.Generator().manual_seed(4)
+    mask = torch.arange(10)[None, :] < torch.tensor([10, 6, 8])[:, None]
+    signal = torch.rand(3, 10, generator=g)
+    W, stats = atrl.token_weights_with_stats(None, None, mask, mode="entropy", entropy=signal)
+    assert torch.equal(W.bool(), atrl.top_fraction(signal, mask, 0.2)) and set(W.unique().tolist()) <= {0.0, 1.0}
+    assert stats["anchor_frac"] == pytest.approx(float(W.sum() / mask.sum()))
+    W, _ = atrl.token_weights_with_stats(None, None, mask, mode="vppo", dependency=signal)
+    kept = atrl.top_fraction(signal, mask, 0.4)
+    assert torch.equal(W > 0, kept)
+    for b in range(3):  # one factor per response: VPPO scales the response's advantage, then filters its tokens
+        assert torch.allclose(W[b][kept[b]], atrl.vppo_shaping(signal, mask)[b].expand(int(kept[b].sum())))

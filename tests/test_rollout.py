@@ -103,3 +103,29 @@ def test_drop_flat_groups_and_concat_repad():
     assert both["response_mask"][0].tolist() == [True, True, False, False]
     assert both["full_response_mask"][0].tolist() == [False] * 5 + [True, True, False, False]
     assert rollout.count_flat_groups(both["rewards"], 2) == 0
+
+
+def test_blacken_patches_equals_blackening_the_image_before_processing():
+    """Oracle: blacken 14-px patches of the PIL image, then run the image processor; rows must match exactly."""
+    import numpy as np
+    import PIL.Image
+    image_processor = tiny.make_image_processor()
+    images = [visualmath.make("visualmath", 2, seed=3)[i]["image"] for i in range(2)]
+    enc = image_processor(images=images, do_resize=False, return_tensors="pt")
+    batch = {"pixel_values": enc["pixel_values"], "image_grid_thw": enc["image_grid_thw"], "keys": torch.tensor([7, 8])}
+    out = rollout.blacken_patches(batch, image_processor, 0.5)
+    expected = []
+    for image, key, (_, gh, gw) in zip(images, (7, 8), enc["image_grid_thw"].tolist()):
+        drop = torch.rand(gh * gw, generator=torch.Generator().manual_seed(key)) < 0.5
+        # row r of pixel_values is patch raster_of[r] (rows go merge window by merge window)
+        raster_of = torch.arange(gh * gw).view(gh // 2, 2, gw // 2, 2).permute(0, 2, 1, 3).reshape(-1)
+        pixels = np.array(image)
+        for r in drop.nonzero().flatten().tolist():
+            pr, pc = divmod(int(raster_of[r]), gw)
+            pixels[pr * 14:(pr + 1) * 14, pc * 14:(pc + 1) * 14] = 0
+        expected.append(PIL.Image.fromarray(pixels))
+        assert 0.2 < drop.float().mean() < 0.8
+    reference = image_processor(images=expected, do_resize=False, return_tensors="pt")["pixel_values"]
+    assert torch.equal(out["pixel_values"], reference)
+    assert torch.equal(rollout.blacken_patches(batch, image_processor, 0.0)["pixel_values"], batch["pixel_values"])
+    assert torch.equal(out["image_grid_thw"], batch["image_grid_thw"])  # everything else is the same batch

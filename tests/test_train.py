@@ -63,7 +63,7 @@ def assert_same_weights(a, b, atol=2.4e-7):
     assert worst <= atol, f"weights differ by {worst} (relative)"
 
 
-@pytest.mark.parametrize("arm", ["uniform", "atrl", "tokens", "anchor_only", "low_only", "random"])
+@pytest.mark.parametrize("arm", ["uniform", "atrl", "tokens", "anchor_only", "low_only", "random", "vppo", "entropy"])
 def test_two_step_smoke_run_of_each_weighting_arm(warm_checkpoint, tmp_path, arm):
     run_train(warm_checkpoint, tmp_path, "--steps", "2", "--weighting", arm, "--dataset", "visualmath")  # the grid
     recs = records(tmp_path)
@@ -71,9 +71,9 @@ def test_two_step_smoke_run_of_each_weighting_arm(warm_checkpoint, tmp_path, arm
     for r in recs:
         assert all(v == v for v in r.values() if isinstance(v, float)), r  # no NaN anywhere
         assert r["skipped"] == 0
-    if arm != "uniform":  # the probe ran inside the training forward and produced anchors (+ clusters)
+    if arm != "uniform":  # anchors (or the peer arms' kept tokens) were selected; the AT-RL arms also clustered
         assert 0 < recs[0]["anchor_frac"] < 0.5
-        assert (recs[0]["clusters"] >= 1) == (arm != "tokens")  # `tokens` uses the anchor mask, no clustering
+        assert (recs[0]["clusters"] >= 1) == (arm in ("atrl", "anchor_only", "low_only", "random"))
     for key in ("eval_accuracy", "eval_accuracy_ci", "eval_avg@4", "eval_avg@4_ci", "eval_read", "eval_lucky", "eval_n"):
         assert key in recs[-1], key
     assert os.path.exists(tmp_path / "checkpoint-2" / "state.pt")
