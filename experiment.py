@@ -1,27 +1,31 @@
-"""experiment.py -- does AT-RL work? The paper's four claims, tested at CPU scale on our own model and data.
+"""experiment.py -- does AT-RL work? The paper's claims and two peer token selectors, side by side on VisualMath v2.
 
-The paper (arXiv 2602.11455) claims, and this script measures on the warm-started tiny Qwen2.5-VL (tiny.py)
-and the synthetic VisualMath task (data.py), whose ground-truth *perception* tokens (the digits read off
-the image) tell us which tokens truly need the image:
+On the warm-started tiny Qwen2.5-VL (tiny.py) and the grid task (visualmath.py), whose ground-truth
+*perception* tokens (the digits read off the image) say which tokens truly need the image, we measure:
 
-  C1  per-token connectivity is bimodal; ~15% of tokens are in the upper mode ("anchors")
-        -> histogram of rho on reference responses, Otsu split, upper-mode fraction       (density_hist.png)
-  C2  under plain RLVR, credit concentrates on anchors
-        -> after a `uniform` run: share of the per-token update |log pi_after - log pi_before| that falls on
-           anchor tokens, against their share of tokens                                     (summary.md)
-  C3  AT-RL beats its GRPO/DAPO base;   C4  training only on low-connectivity tokens degrades
-        -> every --weighting arm x seeds, same steps, held-out greedy accuracy mean +- std  (arms.json, curves)
-  and our open choices: which attention row (--anchor_query predict|self) and which layer band finds the
-  perception tokens -> anchor precision / recall against the ground truth                  (precision.json)
+  C1  per-token connectivity rho is bimodal and ~15% of tokens sit in the upper mode ("anchors")
+        -> Otsu split and bimodality coefficient of rho on reference responses           (density_hist.png)
+  C2  under plain RLVR (`uniform`) credit concentrates on anchors
+        -> share of the per-token update sum_t |log pi_after - log pi_before| on anchors vs their share of tokens
+  C3  AT-RL beats its GRPO/DAPO base;  C4  training only low-connectivity tokens degrades
+        -> every --weighting arm x warm-start seeds x RL seeds; held-out greedy accuracy and avg@4 at the end and
+           averaged over the evaluations (the area under the curve: who learns faster); per arm the difference to
+           `uniform` paired by (warm start, RL seed), mean and 95% t-interval                 (arms.json, curves.png)
+  Q1  which attention row (--anchor_query) and layer band finds the perception tokens? precision / recall
+  Q2  do the peer selectors find them? vppo's top 40% by visual dependency, entropy's top 20% by entropy
+  Q3  lucky guesses (right answer, wrong reading) over training, per arm: does up-weighting perception tokens
+      reinforce wrong readings more than uniform does?                                      (summary.md)
 
 Where this departs from the paper: a 1M-parameter model, a synthetic task, minutes of training; the claims
-are tested in kind, not in size. Anchor precision uses teacher-forced reference responses (their
-perception tokens are known exactly); the update share (C2) is measured on the same responses.
+are tested in kind, not in size. Q1/Q2 and C1/C2 use teacher-forced reference responses (their perception
+tokens are known exactly); C2 compares each warm start with its first uniform run's last checkpoint.
 
-Run (all of it, ~10 min on 2 quiet cores; results/ is rewritten):
-    python experiment.py
-    python experiment.py --arms atrl --seeds 0 --out results/check   # one cell: reproduces its number
-    python experiment.py --skip_training                             # only the analyses (C1, C2 needs runs)
+Run (results/ is rewritten; warm starts are built into results/warm/ once and reused):
+    python experiment.py                  # 3 warm starts x 2 RL seeds x 8 arms, 20 steps each (README: wall time)
+    python experiment.py --quick          # 1 warm start x 2 RL seeds x 4 arms (uniform, atrl, vppo, entropy),
+                                          # 10 steps: the shape of the answer in ~1/8 of the time, no C4 / ablations
+    python experiment.py --skip_training  # tables again from results/runs/*/log.jsonl (analyses: from the stored
+                                          # analysis.json when the warm starts are not on disk)
 """
 import argparse
 import json
@@ -35,192 +39,306 @@ import torch
 
 import atrl
 import connectivity
-import visualmath
-import eval as eval_py  # the report's token/character alignment, precision/recall and Otsu split
+import eval as eval_py  # the evaluator's helpers: token alignment, precision/recall, Otsu split, model loading
 import rollout
+import visualmath
 
 # --------------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------------
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-parser.add_argument("--arms", nargs="+", default=["uniform", "atrl", "tokens", "anchor_only", "low_only", "random"])
-parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-parser.add_argument("--steps", type=int, default=20, help="RL steps per run (uniform is still improving at 20)")
-parser.add_argument("--jobs", type=int, default=2, help="training runs in parallel (one thread each)")
-parser.add_argument("--train_args", default="--eval_every 10 --eval_size 512",
-                    help="extra train.py flags for every run")
-parser.add_argument("--n_analysis", type=int, default=256, help="held-out examples for C1/C2/precision")
+parser.add_argument("--arms", nargs="+", default=list(atrl.MODES), help="--weighting arms (uniform first)")
+parser.add_argument("--warm_seeds", nargs="+", type=int, default=[0, 1, 2], help="tiny.py --seed of each warm start")
+parser.add_argument("--rl_seeds", nargs="+", type=int, default=[0, 1], help="train.py --seed of each run")
+parser.add_argument("--steps", type=int, default=20, help="RL steps per run (uniform leaves its start within 10)")
+parser.add_argument("--eval_every", type=int, default=5)
+parser.add_argument("--jobs", type=int, default=2, help="builds / runs in parallel (one thread each)")
+parser.add_argument("--train_args", default="", help="extra train.py flags for every run")
+parser.add_argument("--n_analysis", type=int, default=128, help="held-out questions behind C1, C2, Q1, Q2")
 parser.add_argument("--out", default="results")
+parser.add_argument("--quick", action="store_true", help="1 warm start, 4 arms, 10 steps (see the docstring)")
 parser.add_argument("--skip_training", action="store_true")
 args = parser.parse_args()
+if args.quick:
+    args.arms, args.warm_seeds, args.steps = ["uniform", "atrl", "vppo", "entropy"], args.warm_seeds[:1], 10
+assert args.arms[0] == "uniform", "--arms must start with uniform: every other arm is compared with it"
 os.makedirs(args.out, exist_ok=True)
 torch.set_num_threads(1)
+T_95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 11: 2.20,
+        12: 2.18, 13: 2.16, 14: 2.14, 15: 2.13, 20: 2.09, 30: 2.04}  # Student t, two-sided 95%, by degrees of freedom
+
+
+def warm_dir(seed):
+    return os.path.join(args.out, "warm", f"seed-{seed}")
+
+
+def run_dir(arm, warm, rl):
+    return os.path.join(args.out, "runs", f"{arm}-w{warm}-r{rl}")
+
+
+def run_all(commands):
+    """Run (name, argv, log path) jobs, `--jobs` at a time, one thread each; returns when all have exited."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    pending, running, t0 = list(commands), [], time.time()
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            name, argv, log = pending.pop(0)
+            os.makedirs(os.path.dirname(log), exist_ok=True)
+            running.append((name, subprocess.Popen(argv, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)))
+        time.sleep(2)
+        for name, proc in list(running):
+            if proc.poll() is not None:
+                running.remove((name, proc))
+                print(f"[{time.time() - t0:6.0f}s] {name}: exit {proc.returncode}", flush=True)
 
 # --------------------------------------------------------------------------------------------------
-# Helpers: perception-token masks
+# 1) Warm starts and training runs
 # --------------------------------------------------------------------------------------------------
 
 
-def perception_mask(tokenizer, enc, response_mask, rows):
-    """(B, T) bool: response tokens that overlap a perception value's characters (visualmath.locate_perception)."""
+cells = [(arm, w, r) for arm in args.arms for w in args.warm_seeds for r in args.rl_seeds]
+began = time.time()
+if not args.skip_training:
+    run_all([(f"warm start {w}", [sys.executable, "tiny.py", "--seed", str(w), "--out", warm_dir(w)],
+              os.path.join(args.out, "warm", f"seed-{w}.txt")) for w in args.warm_seeds])
+    run_all([(f"{arm} warm {w} rl {r}",
+              [sys.executable, "train.py", "--model", warm_dir(w), "--seed", str(r), "--weighting", arm,
+               "--steps", str(args.steps), "--eval_every", str(args.eval_every), "--out_dir", run_dir(arm, w, r),
+               "--overwrite", "1", "--keep_checkpoints", "1", *args.train_args.split()],
+              os.path.join(run_dir(arm, w, r) + ".txt")) for arm, w, r in cells])
+train_minutes = (time.time() - began) / 60
+
+
+def records(arm, w, r):
+    """The step records of one run's log.jsonl ([] if the run is missing)."""
+    path = os.path.join(run_dir(arm, w, r), "log.jsonl")
+    return eval_py.read_log(path)[1] if os.path.exists(path) else []
+
+
+logs = {cell: records(*cell) for cell in cells}  # each log read once
+
+# --------------------------------------------------------------------------------------------------
+# 2) C3/C4: held-out accuracy per arm, paired with uniform by (warm start, RL seed)
+# --------------------------------------------------------------------------------------------------
+
+METRICS = {"greedy": "eval_accuracy", "avg@4": "eval_avg@4"}
+
+
+def evals(recs, key):
+    """[(step, value)] of one run's evaluations, the one before RL at step 0."""
+    return [(r["step"] + 1, r[key]) for r in recs if key in r]
+
+
+def interval(values):
+    """(mean, half-width of the 95% t-interval) of a list of values."""
+    if len(values) < 2:
+        return (values[0] if values else float("nan")), float("nan")
+    df = len(values) - 1
+    t = T_95.get(df) or T_95[max(k for k in T_95 if k <= df)]
+    return statistics.mean(values), t * statistics.stdev(values) / len(values) ** 0.5
+
+
+table = {}
+for arm in args.arms:
+    row = {}
+    for name, key in METRICS.items():
+        finals, areas, starts, diffs, area_diffs = [], [], [], [], []
+        for w in args.warm_seeds:
+            for r in args.rl_seeds:
+                curve, base = evals(logs[arm, w, r], key), evals(logs["uniform", w, r], key)
+                if not curve or curve[-1][0] != args.steps:
+                    continue  # a run that did not finish
+                finals.append(curve[-1][1])
+                areas.append(statistics.mean(v for s, v in curve if s > 0))   # mean over the evaluations after RL began
+                starts.append(curve[0][1])
+                if base and base[-1][0] == curve[-1][0]:
+                    diffs.append(curve[-1][1] - base[-1][1])
+                    area_diffs.append(areas[-1] - statistics.mean(v for s, v in base if s > 0))
+        row[name] = {"start": statistics.mean(starts) if starts else None, "final": finals, "area": areas,
+                     "vs_uniform": diffs, "area_vs_uniform": area_diffs}
+    lucky = [r["lucky"] for cell, recs in logs.items() if cell[0] == arm for r in recs if "lucky" in r]
+    lucky_eval = [r["eval_lucky@4"] for cell, recs in logs.items() if cell[0] == arm for r in recs[1:]
+                  if "eval_lucky@4" in r]
+    clusters = [r["clusters"] for cell, recs in logs.items() if cell[0] == arm for r in recs if r.get("clusters")]
+    row["lucky_train"] = statistics.mean(lucky) if lucky else None
+    row["lucky_eval"] = statistics.mean(lucky_eval) if lucky_eval else None
+    row["clusters"] = statistics.mean(clusters) if clusters else 0.0
+    table[arm] = row
+json.dump(table, open(os.path.join(args.out, "arms.json"), "w"), indent=1)
+
+# --------------------------------------------------------------------------------------------------
+# 3) C1, C2, Q1, Q2 on each warm start: teacher-forced reference responses of held-out questions
+# --------------------------------------------------------------------------------------------------
+
+
+def perception_mask(tokenizer, inputs, response_mask, P, rows):
+    """(B, T) bool: the response tokens that write a value read off the image (eval.perception_tokens)."""
     T = int(response_mask.sum(1).max())
     out = torch.zeros(len(rows), T, dtype=torch.bool)
     for b, row in enumerate(rows):
-        ids = enc["input_ids"][b][response_mask[b]].tolist()
+        ids = inputs["input_ids"][b, P:][response_mask[b]].tolist()
         text = tokenizer.decode(ids, skip_special_tokens=True)
         out[b, :len(ids)] = torch.tensor(eval_py.perception_tokens(tokenizer, ids, text, row["perception"]))
     return out
 
 
+def analyse(w):
+    """Everything C1, C2, Q1 and Q2 need from warm start w (and its first uniform run), as plain numbers."""
+    cpu = torch.device("cpu")
+    model, tokenizer, image_processor = eval_py.load_model(warm_dir(w), cpu, "float32")
+    rows = list(visualmath.make("visualmath", args.n_analysis, seed=10_000))  # the held-out split of RL seed 0
+    inputs, full_mask, response_mask, P = eval_py.report_batch(model, tokenizer, image_processor, rows, "reference", 0)
+    truth = perception_mask(tokenizer, inputs, response_mask, P, rows)                   # (B, T)
+    valid = response_mask[:, :truth.shape[1]].bool()                                     # (B, T)
+    out = {"perception_token_share": float(truth.sum() / valid.sum()), "precision": {}}
+    L = model.config.text_config.num_hidden_layers
+    for query in ("predict", "self"):                                                    # Q1
+        for band in ("early", "middle", "late", "all"):
+            layers = list(connectivity.layer_band(band, L))
+            patterns, rho = connectivity.image_attention(model, inputs, full_mask, layers=layers, query=query)
+            anchors = atrl.select_anchors(rho, valid, 0.15)
+            clusters = atrl.cluster_tokens(patterns.float(), valid)
+            out["precision"][f"{query}/{band}"] = {
+                "layers": layers, **eval_py.anchor_precision_recall(anchors, truth & valid),
+                "clusters_per_response": float((clusters.max(1).values + 1).float().mean())}
+            if query == "predict" and band == "middle":  # train.py's defaults
+                default_rho, default_anchors = rho[valid], anchors
+    threshold, upper = eval_py.otsu_split(default_rho)                                   # C1
+    out["c1"] = {"otsu_threshold": threshold, "upper_mode_fraction": upper,
+                 "bimodality_coefficient": eval_py.bimodality_coefficient(default_rho),
+                 "rho": default_rho.tolist(), "rho_perception": default_rho[truth[valid]].tolist()}
+    # Q2: the peer selectors on the same tokens: entropy of the policy, VPPO's dependency on a blackened image
+    batch = dict(inputs, keys=torch.arange(len(rows)))
+    with torch.no_grad():
+        logp, entropy = rollout.token_logprobs(model, batch, P)
+        perturbed = rollout.token_logprobs(model, rollout.blacken_patches(batch, image_processor), P)[0]
+    for name, signal, frac in (("entropy", entropy, 0.2), ("vppo", atrl.visual_dependency(logp, perturbed), 0.4)):
+        kept = atrl.top_fraction(signal[:, :truth.shape[1]], valid, frac)
+        out["precision"][name] = {"kept": frac, **eval_py.anchor_precision_recall(kept, truth & valid)}
+    # C2: where did plain RLVR move the policy? |delta log pi| on anchors vs elsewhere (first uniform run)
+    trained = os.path.join(run_dir("uniform", w, args.rl_seeds[0]), f"checkpoint-{args.steps}")
+    if os.path.isdir(trained):
+        after = eval_py.load_model(trained, cpu, "float32")[0]
+        with torch.no_grad():
+            delta = (rollout.token_logprobs(after, inputs, P)[0] - logp).abs()[:, :truth.shape[1]] * valid
+        out["c2"] = {"anchor_token_share": float(default_anchors.sum() / valid.sum()),
+                     "anchor_update_share": float((delta * default_anchors).sum() / delta.sum()),
+                     "perception_update_share": float((delta * truth).sum() / delta.sum())}
+    return out
+
+
+analysis_path = os.path.join(args.out, "analysis.json")
+stored = json.load(open(analysis_path)) if os.path.exists(analysis_path) else {}
+analysis = {}
+for w in args.warm_seeds:
+    if os.path.isdir(warm_dir(w)):
+        analysis[str(w)] = analyse(w)
+    elif str(w) in stored:  # --skip_training on a checkout without the (uncommitted) warm starts
+        analysis[str(w)] = stored[str(w)]
+json.dump(analysis, open(analysis_path, "w"))
+
 # --------------------------------------------------------------------------------------------------
-# 1) Connectivity of the warm start: C1 histogram, anchor precision / recall per query row and layer band
+# 4) Plots and summary.md
 # --------------------------------------------------------------------------------------------------
 
-cpu = torch.device("cpu")
-model, tokenizer, image_processor = eval_py.load_model("", cpu, "float32")     # the tiny warm start (tiny.py)
-rows = list(visualmath.make("visualmath", args.n_analysis, seed=10_000))       # train.py's held-out seed
-# teacher-forced reference responses: prompt left-padded to P columns, response token t at column P + t
-enc, response_mask, valid, P = eval_py.report_batch(model, tokenizer, image_processor, rows, "reference", 0)
-truth = perception_mask(tokenizer, enc, response_mask, rows)                     # (B, T)
-L = model.config.text_config.num_hidden_layers
-bands = {band: list(connectivity.layer_band(band, L)) for band in ("early", "middle", "late", "all")}
-precision = {}
-for query in ("predict", "self"):
-    for band, layers in bands.items():
-        patterns, rho = connectivity.image_attention(model, enc, response_mask, layers=layers, query=query)
-        anchors = atrl.select_anchors(rho, valid, 0.15)
-        precision[f"{query}/{band}"] = {"layers": layers, **eval_py.anchor_precision_recall(anchors, truth & valid)}
-        if query == "predict" and band == "middle":  # train.py's defaults (--anchor_query predict --probe_layers middle)
-            default_rho, default_anchors = rho, anchors
-print(json.dumps(precision, indent=1))
-base_rate = truth.sum().item() / valid.sum().item()   # precision of a random 15% pick
-best = max(precision, key=lambda k: precision[k]["precision"])
-json.dump({"perception_token_share": base_rate, "best": best, **precision}, open(f"{args.out}/precision.json", "w"), indent=1)
-
-values = default_rho[valid]
-threshold, upper = eval_py.otsu_split(values)
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-fig, ax = plt.subplots(figsize=(6, 3.5))
-ax.hist(values.numpy(), bins=50, color="#4477aa", alpha=0.8, label="all response tokens")
-ax.hist(default_rho[truth].numpy(), bins=50, color="#ee6677", alpha=0.7, label="perception tokens")
-ax.axvline(threshold, color="k", ls="--", label=f"Otsu split: {upper:.1%} above")
-ax.set_xlabel("rho = debiased attention mass on the image"); ax.set_ylabel("tokens"); ax.legend(fontsize=8)
-ax.set_title("C1: per-token connectivity (warm start, predict row, late third of layers)", fontsize=9)
-fig.tight_layout(); fig.savefig(f"{args.out}/density_hist.png", dpi=120); plt.close(fig)
+first = analysis.get(str(args.warm_seeds[0]))
+if first:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(first["c1"]["rho"], bins=50, color="#4477aa", alpha=0.8, label="all response tokens")
+    ax.hist(first["c1"]["rho_perception"], bins=50, color="#ee6677", alpha=0.7, label="perception tokens")
+    ax.axvline(first["c1"]["otsu_threshold"], color="k", ls="--",
+               label=f"Otsu split: {first['c1']['upper_mode_fraction']:.1%} above")
+    ax.set_xlabel("rho = debiased attention mass on the image"); ax.set_ylabel("tokens"); ax.legend(fontsize=8)
+    ax.set_title(f"C1: per-token connectivity (warm start {args.warm_seeds[0]}, predict row, middle third)", fontsize=9)
+    fig.tight_layout(); fig.savefig(os.path.join(args.out, "density_hist.png"), dpi=120); plt.close(fig)
 
-# --------------------------------------------------------------------------------------------------
-# 2) Training: every arm x seed, the same steps and flags, `jobs` runs at a time (one thread each)
-# --------------------------------------------------------------------------------------------------
-
-
-def run_dir(arm, seed):
-    return os.path.join(args.out, "runs", f"{arm}-s{seed}")
-
-
-cells = [(arm, seed) for arm in args.arms for seed in args.seeds]
-if not args.skip_training:
-    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
-    pending, running = list(cells), []
-    t0 = time.time()
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            arm, seed = pending.pop(0)
-            cmd = [sys.executable, "train.py", "--weighting", arm, "--seed", str(seed), "--steps", str(args.steps),
-                   "--out_dir", run_dir(arm, seed), "--overwrite", "1", *args.train_args.split()]  # results/ is rewritten
-            os.makedirs(run_dir(arm, seed), exist_ok=True)
-            log = open(os.path.join(run_dir(arm, seed), "stdout.txt"), "w")
-            running.append(((arm, seed), subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
-        time.sleep(2)
-        for cell, proc in list(running):
-            if proc.poll() is not None:
-                running.remove((cell, proc))
-                print(f"[{time.time() - t0:6.0f}s] {cell[0]} seed {cell[1]}: exit {proc.returncode}", flush=True)
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+for ax, (name, key) in zip(axes, METRICS.items()):
+    for arm in args.arms:
+        curves = [dict(evals(logs[arm, w, r], key)) for w in args.warm_seeds for r in args.rl_seeds]
+        curves = [c for c in curves if c]
+        xs = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        if xs:
+            ax.plot(xs, [statistics.mean(c[x] for c in curves) for x in xs], marker="o", ms=3, label=arm)
+    ax.set_title(f"held-out {name} (mean over {len(args.warm_seeds) * len(args.rl_seeds)} runs)", fontsize=9)
+    ax.set_xlabel("RL step")
+axes[1].legend(fontsize=7, ncol=2)
+fig.tight_layout(); fig.savefig(os.path.join(args.out, "curves.png"), dpi=120); plt.close(fig)
 
 
-def records(arm, seed):
-    """The step records of one run's log.jsonl ([] if the run is missing)."""
-    path = os.path.join(run_dir(arm, seed), "log.jsonl")
-    return eval_py.read_log(path)[1] if os.path.exists(path) else []
+def mean_sd(values):
+    return (f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1
+            else f"{values[0]:.3f}" if values else "-")
 
 
-logs = {(arm, seed): records(arm, seed) for arm in args.arms for seed in args.seeds}  # each log read once
-table = {}
+def paired(diffs):
+    if not diffs:
+        return "- | -"
+    mean, half = interval(diffs)
+    return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] | {sum(d > 0 for d in diffs)}/{len(diffs)}"
+
+
+n_pairs = len(args.warm_seeds) * len(args.rl_seeds)
+lines = ["# Does AT-RL work? Measured on the tiny model and VisualMath v2", "",
+         f"Command: `python experiment.py {' '.join(sys.argv[1:])}`: {len(args.arms)} arms x warm starts "
+         f"{args.warm_seeds} x RL seeds {args.rl_seeds}, {args.steps} steps per run, held-out evaluation every "
+         f"{args.eval_every} steps (256 questions, greedy and avg@4 at temperature 1)"
+         + (" -- tables rebuilt from the logs in runs/, training skipped." if args.skip_training
+            else f"; wall time {train_minutes:.0f} min for the builds and runs."), "",
+         "Paired: a warm start and an RL seed fix the starting model, the prompts, their order and the held-out",
+         "questions, so each arm's difference to `uniform` on the same pair is the sharp comparison. Intervals are",
+         f"95% Student-t over the {n_pairs} pairs; 'above' counts the pairs where the arm beat `uniform`.", ""]
+for name in METRICS:
+    lines += [f"## C3/C4: held-out {name} accuracy", "",
+              "| arm | start | end (mean ± sd) | mean over the curve | end vs uniform [95% CI] | above | "
+              "curve vs uniform [95% CI] | above |", "|---|---|---|---|---|---|---|---|"]
+    for arm in args.arms:
+        m = table[arm][name]
+        if not m["final"]:
+            continue
+        same = arm == "uniform"
+        lines.append(f"| {arm} | {m['start']:.3f} | {mean_sd(m['final'])} | {mean_sd(m['area'])} | "
+                     f"{'- | -' if same else paired(m['vs_uniform'])} | {'- | -' if same else paired(m['area_vs_uniform'])} |")
+    lines.append("")
+lines += ["![curves](curves.png)", "", "## Q3: lucky guesses and clusters per arm", "",
+          "Share of rewarded answers whose reading was wrong (visualmath.read_right), over the training rollouts and",
+          "over the sampled held-out answers of the evaluations after step 0; mean Louvain clusters per response.", "",
+          "| arm | lucky (training) | lucky (held-out avg@4 samples) | clusters per response |", "|---|---|---|---|"]
 for arm in args.arms:
-    finals = [r[-1]["eval_accuracy"] for r in (logs[arm, s] for s in args.seeds) if r and "eval_accuracy" in r[-1]]
-    starts = [r[0]["eval_accuracy"] for r in (logs[arm, s] for s in args.seeds) if r and r[0]["step"] == -1]
-    table[arm] = {"final": finals, "mean": statistics.mean(finals) if finals else None,
-                  "std": statistics.pstdev(finals) if len(finals) > 1 else 0.0,
-                  "start": statistics.mean(starts) if starts else None}
-json.dump(table, open(f"{args.out}/arms.json", "w"), indent=1)
+    row = table[arm]
+    fmt = lambda v: "-" if v is None else f"{v:.2%}"  # noqa: E731
+    lines.append(f"| {arm} | {fmt(row['lucky_train'])} | {fmt(row['lucky_eval'])} | {row['clusters']:.2f} |")
+if analysis:
+    seeds = sorted(analysis)
 
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-for arm in args.arms:
-    curves = [[r["reward"] for r in logs[arm, s] if r["step"] >= 0] for s in args.seeds]
-    curves = [c for c in curves if c]
-    if curves:
-        n = min(len(c) for c in curves)
-        mean = [statistics.mean(c[i] for c in curves) for i in range(n)]
-        axes[0].plot(range(n), mean, label=arm)
-        evals = [[(r["step"] + 1, r["eval_accuracy"]) for r in logs[arm, s] if "eval_accuracy" in r] for s in args.seeds]
-        xs = sorted({x for e in evals for x, _ in e})
-        axes[1].plot(xs, [statistics.mean(v for e in evals for x2, v in e if x2 == x) for x in xs], marker="o", label=arm)
-axes[0].set_title("train reward (mean over seeds)", fontsize=9); axes[0].set_xlabel("step")
-axes[1].set_title("held-out greedy accuracy (mean over seeds)", fontsize=9); axes[1].set_xlabel("step")
-axes[1].legend(fontsize=8)
-fig.tight_layout(); fig.savefig(f"{args.out}/curves.png", dpi=120); plt.close(fig)
+    def each(get, fmt):
+        """One figure per warm start, comma-separated: fmt.format(get(analysis of that warm start))."""
+        return ", ".join(fmt.format(get(analysis[s])) for s in seeds)
 
-# --------------------------------------------------------------------------------------------------
-# 3) C2: where did plain RLVR move the policy? |delta log pi| on anchors vs elsewhere (uniform, first seed)
-# --------------------------------------------------------------------------------------------------
-
-share = None
-trained = os.path.join(run_dir("uniform", args.seeds[0]), f"checkpoint-{args.steps}")  # train.py's last save
-if "uniform" in args.arms and os.path.exists(trained):
-    after = eval_py.load_model(trained, cpu, "float32")[0]
-    with torch.no_grad():
-        delta = (rollout.token_logprobs(after, enc, P)[0] - rollout.token_logprobs(model, enc, P)[0]).abs() * valid
-    share = {"anchor_token_share": default_anchors.sum().item() / valid.sum().item(),
-             "anchor_update_share": (delta * default_anchors).sum().item() / delta.sum().item(),
-             "perception_update_share": (delta * truth).sum().item() / delta.sum().item(),
-             "perception_token_share": base_rate}
-
-# --------------------------------------------------------------------------------------------------
-# 4) Summary
-# --------------------------------------------------------------------------------------------------
-
-lines = ["# Does AT-RL work? Measured on the tiny model and VisualMath", "",
-         f"Command: `python experiment.py {' '.join(sys.argv[1:])}`, {args.steps} steps per run, seeds {args.seeds}"
-         + (" (training skipped: the tables are rebuilt from the logs in runs/)." if args.skip_training else "."), "",
-         "## C3/C4: held-out greedy accuracy per arm (mean ± std over seeds)", "",
-         "Paired: the same seed gives every arm the same data order and the same start, so the per-seed",
-         "difference to `uniform` is the sharper comparison.", "",
-         "| arm | start | final (mean ± std) | per seed | vs uniform, paired (mean ± std) | seeds above uniform |",
-         "|---|---|---|---|---|---|"]
-base = table.get("uniform", {}).get("final") or []
-for arm, row in table.items():
-    if row["mean"] is not None:
-        diffs = [a - b for a, b in zip(row["final"], base)] if len(base) == len(row["final"]) else []
-        paired = (f"{statistics.mean(diffs):+.3f} ± {statistics.pstdev(diffs):.3f} | "
-                  f"{sum(d > 0 for d in diffs)}/{len(diffs)}") if diffs and arm != "uniform" else "- | -"
-        lines.append(f"| {arm} | {row['start']:.3f} | {row['mean']:.3f} ± {row['std']:.3f} | "
-                     + ", ".join(f"{v:.3f}" for v in row["final"]) + f" | {paired} |")
-lines += ["", "![curves](curves.png)", "", "## C1: is connectivity bimodal?", "",
-          f"Otsu split of rho over {int(valid.sum())} reference-response tokens: {upper:.1%} of tokens lie in the "
-          f"upper mode (paper: ~15%). ![density](density_hist.png)", "",
-          "## Anchor precision / recall against ground-truth perception tokens", "",
-          f"Perception tokens are {base_rate:.1%} of response tokens (the precision of a random pick).", "",
-          "| query row / layer band | layers | precision | recall |", "|---|---|---|---|"]
-lines += [f"| {k} | {v['layers']} | {v['precision']:.3f} | {v['recall']:.3f} |" for k, v in precision.items()]
-lines += ["", f"Best: `{best}`."]
-if share:
-    lines += ["", "## C2: where does plain RLVR (uniform) move the policy?", "",
-              f"Anchors are {share['anchor_token_share']:.1%} of tokens and received {share['anchor_update_share']:.1%} "
-              f"of the total |Δ log π| after the uniform run (perception tokens: {share['perception_token_share']:.1%} of "
-              f"tokens, {share['perception_update_share']:.1%} of the update)."]
-open(f"{args.out}/summary.md", "w").write("\n".join(lines) + "\n")
+    lines += ["", f"## C1, Q1, Q2, C2 on the warm starts {', '.join(seeds)} ({args.n_analysis} reference responses each)",
+              "", f"Perception tokens are {each(lambda a: a['perception_token_share'], '{:.1%}')} of response tokens "
+              "(the precision of a random pick).", "",
+              "**C1** Otsu split of rho (predict row, middle third): "
+              f"{each(lambda a: a['c1']['upper_mode_fraction'], '{:.1%}')} of tokens in the upper mode (paper: ~15%); "
+              f"bimodality coefficient {each(lambda a: a['c1']['bimodality_coefficient'], '{:.2f}')} "
+              "(> 0.555 suggests two modes). ![density](density_hist.png)", "",
+              "**Q1, Q2** precision / recall against the perception tokens, one figure per warm start:", "",
+              "| selector | precision | recall | clusters per response |", "|---|---|---|---|"]
+    for key, first_row in analysis[seeds[0]]["precision"].items():
+        label = key if "/" in key else f"{key} (top {first_row['kept']:.0%})"
+        clusters = each(lambda a: a["precision"][key]["clusters_per_response"], "{:.2f}") if "/" in key else "-"
+        lines.append(f"| {label} | {each(lambda a: a['precision'][key]['precision'], '{:.3f}')} | "
+                     f"{each(lambda a: a['precision'][key]['recall'], '{:.3f}')} | {clusters} |")
+    if all("c2" in analysis[s] for s in seeds):
+        lines += ["", f"**C2** after the first uniform run of each warm start, anchors "
+                  f"({each(lambda a: a['c2']['anchor_token_share'], '{:.1%}')} of tokens) carry "
+                  f"{each(lambda a: a['c2']['anchor_update_share'], '{:.1%}')} of the total per-token update "
+                  f"sum |Δ log π|; perception tokens carry {each(lambda a: a['c2']['perception_update_share'], '{:.1%}')}."]
+open(os.path.join(args.out, "summary.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))

@@ -126,7 +126,7 @@ class Config:
     cpu_threads: int = 1            # torch threads on CPU; tiny models run fastest on 1 (0 = torch's default)
     # Logging
     out_dir: str = "runs/default"   # log.jsonl and checkpoint-<step>/ go here; a folder holding a run is never overwritten
-    eval_every: int = 10            # steps between held-out evaluations (0 = only at start and end)
+    eval_every: int = 20            # steps between held-out evaluations (0 = only at start and end)
     save_every: int = 10            # steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 2       # newest checkpoint-<step>/ dirs kept (>= 1; a save briefly holds one more)
     resume: int = 0                 # 1 = continue from out_dir's newest complete checkpoint exactly where it stopped
