@@ -136,6 +136,7 @@ if args.config == "3b" and not cuda and not args.shrink:
     sys.exit(0)
 grad_ckpt = (args.config == "3b") if args.grad_checkpointing < 0 else bool(args.grad_checkpointing)
 dtype = torch.bfloat16 if args.config == "3b" and cuda else torch.float32
+PIXELS = None  # an image processor for rollout.blacken_patches (its mean/std and patch sizes); set below
 K_NN, ANCHOR_FRAC, GAIN = 0, 0.15, 2.0  # train.py defaults (--knn: 0 = per response, --anchor_frac, --gain)
 TORCH_THREADS, NUMBA_THREADS = torch.get_num_threads(), numba.get_num_threads()
 
@@ -257,7 +258,7 @@ def synthetic_batch(model, B, n_image, T, prompt_text=24, vary=False, seed=0):
             "full_response_mask": torch.cat([torch.zeros(B, P, dtype=torch.bool), response_mask], 1),
             "response_mask": response_mask, "prompt_len": P, "image_grid_thw": grid,
             "pixel_values": torch.randn(int(grid.prod(-1).sum()), patch_dim, generator=g).to(dtype),
-            "rewards": torch.randint(0, 2, (B,), generator=g).float()}
+            "rewards": torch.randint(0, 2, (B,), generator=g).float(), "keys": torch.arange(B)}
 
 
 def sampled_rollouts(model_dir):
@@ -354,9 +355,18 @@ def rl_step(model, params, optimizer, batch, adv, loss_mask, variant, micro, see
     """One update over the batch (train.py phases 4-6); variant "uniform" is GRPO. Times go to STAGES."""
     B, P = len(adv), batch["prompt_len"]
     n_tokens = max(loss_mask.sum().item(), 1.0)
+    if variant == "vppo":  # train.py's old_policy_pass: no-grad forwards on each image and on it half blackened
+        with STAGES("vppo passes"), torch.no_grad():
+            logp0, blackened = torch.zeros_like(loss_mask), torch.zeros_like(loss_mask)
+            for i in range(0, B, micro):
+                mb = rollout.slice_batch(batch, i, i + micro)
+                logp0[i:i + micro] = rollout.token_logprobs(model, mb, P)[0]
+                blackened[i:i + micro] = rollout.token_logprobs(model, rollout.blacken_patches(mb, PIXELS), P)[0]
+            W_all = atrl.token_weights_with_stats(None, None, loss_mask.bool(), "vppo",
+                                                  dependency=atrl.visual_dependency(logp0, blackened))[0]
     with contextlib.ExitStack() as stack:
         probe = None
-        if variant != "uniform":  # train.py installs it once per run; here per step (its cost is counted)
+        if variant.startswith("atrl"):  # train.py installs it once per run; here per step (its cost is counted)
             with STAGES("probe install"):
                 probe = stack.enter_context(connectivity.probe(model, probe_layers(model),
                                                                background="inline" not in variant))
@@ -369,7 +379,11 @@ def rl_step(model, params, optimizer, batch, adv, loss_mask, variant, micro, see
                               then=functools.partial(weights_from_probe, mask=mask, seed=seed, variant=variant))
             with STAGES("forward"):
                 logp, entropy = rollout.token_logprobs(model, mb, P)
-            if probe is None:
+            if variant == "vppo":
+                W = W_all[i:i + micro]
+            elif variant == "entropy":  # the top 20% by this forward's entropy
+                W = atrl.token_weights_with_stats(None, None, mask.bool(), "entropy", entropy=entropy)[0]
+            elif probe is None:
                 W = mask.clone()
             else:
                 with STAGES("weights wait"):
@@ -473,7 +487,7 @@ print(f"bench_step: config {args.config}{' (shrunk)' if args.shrink else ''} on 
       f"numba threading layer {numba.threading_layer()}, malloc thresholds {MALLOC}")
 print(machine_line())
 
-VARIANTS = ["uniform", "atrl", "atrl, inline", "atrl, packed graph"]
+VARIANTS = ["uniform", "atrl", "atrl, inline", "atrl, packed graph", "vppo", "entropy"]
 step_state = None
 
 if "step" in sections or "memory" in sections:
@@ -498,6 +512,8 @@ if "step" in sections or "memory" in sections:
     params, optimizer = prepare_for_training(model)
     batch, adv, loss_mask = prepare_batch(raw_batch, group_size)
     S, T = batch["input_ids"].shape[1], loss_mask.shape[1]
+    import tiny
+    PIXELS = tiny.make_image_processor()  # Qwen's CLIP mean/std, patch 14, temporal 2: the 3B's too
     n_image = int((batch["input_ids"][0] == model.config.image_token_id).sum())
     step_state = dict(model_dir=model_dir, batch=raw_batch)
 
@@ -557,7 +573,7 @@ if "step" in sections:
           "hides)")
 
     # ---- where the extra time goes: per-stage medians and paired (same-round) differences from uniform
-    top = ["forward", "probe install", "probe arm", "weights wait", "loss+backward", "optimizer"]  # training thread
+    top = ["vppo passes", "forward", "probe install", "probe arm", "weights wait", "loss+backward", "optimizer"]
     for v in VARIANTS:  # derived stages, per round: W's untimed remainder and the step's untimed remainder
         for t, st in zip(totals[v], stages[v]):
             st["weights: rest"] = st.get("weights", 0.0) - sum(st.get(k, 0.0) for k in ("debias", "graph", "louvain"))
@@ -567,7 +583,8 @@ if "step" in sections:
     print(f"\nbreakdown: median ms per step, (paired median difference from uniform); uniform step = {ms(ref)} ms")
     print("| stage | uniform | " + " | ".join(VARIANTS[1:]) + " |")
     print("|---|---|" + "---|" * (len(VARIANTS) - 1))
-    rows = [("forward (inline: with the probe's read and W in it)", "forward"), ("probe install + restore", "probe install"),
+    rows = [("vppo: no-grad forwards on the image and the blackened image", "vppo passes"),
+            ("forward (inline: with the probe's read and W in it)", "forward"), ("probe install + restore", "probe install"),
             ("probe arm", "probe arm"), ("waiting for W after the forward", "weights wait"),
             ("loss + backward", "loss+backward"), ("optimizer", "optimizer"), ("rest (slicing, Python)", "rest"),
             ("**total**", "total"),
@@ -588,7 +605,7 @@ if "step" in sections:
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 if "memory" in sections:
-    print(f"\n## memory: peak of one step per arm")
+    print("\n## memory: peak of one step per arm")
     if cuda:
         print("see the step table (torch.cuda.max_memory_allocated per step, max over rounds)")
     elif args.config != "tiny":

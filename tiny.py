@@ -189,14 +189,14 @@ def sft_batch(tokenizer, image_processor, examples):
     return enc
 
 
-def lessons(slip=0.7, steps=(100, 100, 500)):
+def lessons(slip=0.7, steps=(100, 100, 400)):
     """The SFT curriculum: (name, steps, example(rng) -> dict) per lesson (module docstring)."""
     return [("one number", steps[0], lambda rng: visualmath.slots_example(rng, n_numbers=1)),
             ("two numbers", steps[1], lambda rng: visualmath.slots_example(rng)),
             ("grid", steps[2], lambda rng: visualmath.grid_example(rng, slip=slip))]
 
 
-def build_tiny(out_dir=DEFAULT_DIR, seed=0, lr=1e-3, batch_size=32, slip=0.7, steps=(100, 100, 500), n_eval=256,
+def build_tiny(out_dir=DEFAULT_DIR, seed=0, lr=1e-3, batch_size=32, slip=0.7, steps=(100, 100, 400), n_eval=256,
                eval_k=4, log=print):
     """Random checkpoint + SFT warm start (the lessons above), evaluated on held-out grid questions, saved to out_dir.
 
