@@ -39,7 +39,8 @@ import torch
 
 import atrl
 import connectivity
-import eval as eval_py  # the evaluator's helpers: token alignment, precision/recall, Otsu split, model loading
+import eval as eval_py  # model loading and train.py logs
+import report  # token alignment, precision/recall, Otsu split, the teacher-forced batch
 import rollout
 import visualmath
 
@@ -179,7 +180,7 @@ def perception_mask(tokenizer, inputs, response_mask, P, rows):
     for b, row in enumerate(rows):
         ids = inputs["input_ids"][b, P:][response_mask[b]].tolist()
         text = tokenizer.decode(ids, skip_special_tokens=True)
-        out[b, :len(ids)] = torch.tensor(eval_py.perception_tokens(tokenizer, ids, text, row["perception"]))
+        out[b, :len(ids)] = torch.tensor(report.perception_tokens(tokenizer, ids, text, row["perception"]))
     return out
 
 
@@ -188,7 +189,7 @@ def analyse(w):
     cpu = torch.device("cpu")
     model, tokenizer, image_processor = eval_py.load_model(warm_dir(w), cpu, "float32")
     rows = list(visualmath.make("visualmath", args.n_analysis, seed=10_000))  # the held-out split of RL seed 0
-    inputs, full_mask, response_mask, P = eval_py.report_batch(model, tokenizer, image_processor, rows, "reference", 0)
+    inputs, full_mask, response_mask, P = report.report_batch(model, tokenizer, image_processor, rows, "reference", 0)
     truth = perception_mask(tokenizer, inputs, response_mask, P, rows)                   # (B, T)
     valid = response_mask[:, :truth.shape[1]].bool()                                     # (B, T)
     out = {"perception_token_share": float(truth.sum() / valid.sum()), "precision": {}}
@@ -200,13 +201,13 @@ def analyse(w):
             anchors = atrl.select_anchors(rho, valid, 0.15)
             clusters = atrl.cluster_tokens(patterns.float(), valid)
             out["precision"][f"{query}/{band}"] = {
-                "layers": layers, **eval_py.anchor_precision_recall(anchors, truth & valid),
+                "layers": layers, **report.anchor_precision_recall(anchors, truth & valid),
                 "clusters_per_response": float((clusters.max(1).values + 1).float().mean())}
             if query == "predict" and band == "middle":  # train.py's defaults
                 default_rho, default_anchors = rho[valid], anchors
-    threshold, upper = eval_py.otsu_split(default_rho)                                   # C1
+    threshold, upper = report.otsu_split(default_rho)                                   # C1
     out["c1"] = {"otsu_threshold": threshold, "upper_mode_fraction": upper,
-                 "bimodality_coefficient": eval_py.bimodality_coefficient(default_rho),
+                 "bimodality_coefficient": report.bimodality_coefficient(default_rho),
                  "rho": default_rho.tolist(), "rho_perception": default_rho[truth[valid]].tolist()}
     # Q2: the peer selectors on the same tokens: entropy of the policy, VPPO's dependency on a blackened image
     batch = dict(inputs, keys=torch.arange(len(rows)))
@@ -215,7 +216,7 @@ def analyse(w):
         perturbed = rollout.token_logprobs(model, rollout.blacken_patches(batch, image_processor), P)[0]
     for name, signal, frac in (("entropy", entropy, 0.2), ("vppo", atrl.visual_dependency(logp, perturbed), 0.4)):
         kept = atrl.top_fraction(signal[:, :truth.shape[1]], valid, frac)
-        out["precision"][name] = {"kept": frac, **eval_py.anchor_precision_recall(kept, truth & valid)}
+        out["precision"][name] = {"kept": frac, **report.anchor_precision_recall(kept, truth & valid)}
     # C2: where did plain RLVR move the policy? |delta log pi| on anchors vs elsewhere (first uniform run)
     trained = os.path.join(run_dir("uniform", w, args.rl_seeds[0]), f"checkpoint-{args.steps}")
     if os.path.isdir(trained):

@@ -24,6 +24,7 @@ import torch
 import data
 import visualmath
 import eval as ev
+import report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -218,7 +219,7 @@ def test_samples_do_not_depend_on_the_padding_of_other_prompts(warm_checkpoint):
 def test_report_page_has_every_part_and_its_pictures(warm_checkpoint, tmp_path):
     cfg = ev.parse_config(["--report", "--model", warm_checkpoint, "--out_dir", str(tmp_path), "--responses",
                            "reference", "--n_stats", "12", "--n_show", "2"])
-    summary = ev.run_report(cfg)
+    summary = report.run_report(cfg, *ev.load_model(cfg.model, torch.device("cpu"), cfg.dtype))
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     pictures = re.findall(r'<img src="([^"]+)"', page)
     assert sorted(pictures) == sorted(["hist_predict.png", "hist_self.png", "overlay_predict_0.png",
@@ -243,7 +244,7 @@ def test_generated_report_batch_puts_response_token_t_at_column_p_plus_t(warm_ch
     model, tokenizer, image_processor = ev.load_model(warm_checkpoint, torch.device("cpu"))
     rows = [visualmath.make_slots(2, seed=5)[i] for i in range(2)]
     for mode in ("generated", "reference"):
-        inputs, full_mask, resp_mask, P = ev.report_batch(model, tokenizer, image_processor, rows, mode, 8)
+        inputs, full_mask, resp_mask, P = report.report_batch(model, tokenizer, image_processor, rows, mode, 8)
         assert torch.equal(full_mask[:, P:], resp_mask) and not full_mask[:, :P].any()
         assert torch.equal(resp_mask, resp_mask.cummin(dim=1).values)  # responses are right-padded after P
         assert (inputs["attention_mask"].bool() | ~full_mask).all()
@@ -254,20 +255,20 @@ def test_perception_values_map_to_exactly_their_tokens(warm_checkpoint):
     tokenizer = rollout.load_processor(warm_checkpoint)[0]
     response = "<think>9+4=13</think><answer>13</answer>"
     ids = tokenizer(response + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-    spans = ev.token_char_spans(tokenizer, ids)
+    spans = report.token_char_spans(tokenizer, ids)
     assert tokenizer.decode(ids, skip_special_tokens=True) == response and spans[-1][0] == spans[-1][1]
-    truth = ev.overlapping_tokens(spans, visualmath.locate_perception(response, ["9", "4"]))
+    truth = report.overlapping_tokens(spans, visualmath.locate_perception(response, ["9", "4"]))
     assert [tokenizer.decode([i]) for i, t in zip(ids, truth) if t] == ["9", "4"]
 
 
 def test_otsu_split_and_bimodality_find_a_planted_upper_mode():
     gen = torch.Generator().manual_seed(0)
     low, high = 0.05 + 0.01 * torch.randn(170, generator=gen), 0.6 + 0.05 * torch.randn(30, generator=gen)
-    threshold, upper = ev.otsu_split(torch.cat([low, high]))
+    threshold, upper = report.otsu_split(torch.cat([low, high]))
     assert 0.1 < threshold < 0.45 and upper == pytest.approx(0.15)
     gaussian = torch.randn(500, generator=gen)
-    assert ev.bimodality_coefficient(torch.cat([low, high])) > 5 / 9 > ev.bimodality_coefficient(gaussian)
-    assert ev.otsu_split(torch.full((4,), 0.3)) == (pytest.approx(0.3), 0.0)  # one value: no upper mode
+    assert report.bimodality_coefficient(torch.cat([low, high])) > 5 / 9 > report.bimodality_coefficient(gaussian)
+    assert report.otsu_split(torch.full((4,), 0.3)) == (pytest.approx(0.3), 0.0)  # one value: no upper mode
 
 
 # --- curves -----------------------------------------------------------------------------------------
@@ -292,5 +293,6 @@ def test_curves_png_from_train_logs(tmp_path):
 
 
 def test_docstring_examples(doctest_examples):
-    assert doctest_examples(ev, ("tally", "summarize", "overlapping_tokens", "anchor_precision_recall",
-                                 "otsu_split", "bimodality_coefficient")) > 0
+    assert doctest_examples(ev, ("tally", "wilson_interval", "mean_interval", "summarize")) > 0
+    assert doctest_examples(report, ("overlapping_tokens", "anchor_precision_recall", "otsu_split",
+                                     "bimodality_coefficient")) > 0
