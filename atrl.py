@@ -60,8 +60,15 @@ Where we guess, because the paper is silent (the defaults are ours; most are arg
   8. Seeds: graph b is clustered with seed + b, and `random` shuffles with `seed`; or, given one seed per
      response, each response uses its own (train.py passes each rollout's sampling key, so W does not depend
      on the micro-batch size or the number of ranks).
+  9. Two peer selectors as arms, each as its own paper's code shapes it (not rescaled to mean 1): `vppo`
+     keeps the top 40% of tokens by visual dependency, the k3 KL between the policy on the image and on the
+     image with half its patches blackened, and scales each response's advantage by its mean dependency
+     (min-max normalised over the batch, mean factor 1); `entropy` keeps the top 20% by the policy's entropy.
+     Both count ceil(frac * n) tokens, as their code does.
 
 References: AT-RL, arXiv 2602.11455 (A_AT = W(C_k) A); GRPO, Shao et al. 2024 (DeepSeekMath, outcome supervision);
+VPPO, Huang et al. 2025, arXiv 2510.09285 (github.com/huaixuheqing/VPPO-RL, verl/workers/actor/dp_actor.py);
+high-entropy minority, Wang et al. 2025, arXiv 2506.01939 (TRL GRPOConfig.top_entropy_quantile);
 Dr.GRPO, Liu et al. 2025 (scale="none"); Louvain, Blondel et al. 2008 (clustering.py).
 Dimension letters: B rollouts, G group size, T response tokens, V image tokens.
 Run: `python -m pytest -q tests/test_atrl.py` (includes these examples); timing: `python bench_atrl.py`.

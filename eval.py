@@ -53,6 +53,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import cli
 import data
 import grading
 import rollout
@@ -104,16 +105,16 @@ class EvalConfig:
 
 
 def parse_config(argv=None):
-    """EvalConfig from the command line (runs.parse_config: --help lines are the comments above), every value
+    """EvalConfig from the command line (cli.parse_config: --help lines are the comments above), every value
     checked up front; a bad one stops with one line naming it and what to do."""
-    cfg = runs.parse_config(EvalConfig, __doc__.split("\n")[0], "eval.py", argv)
-    runs.check_model("eval.py", "model", cfg.model)
+    cfg = cli.parse_config(EvalConfig, __doc__.split("\n")[0], "eval.py", argv)
+    cli.check_model("eval.py", "model", cfg.model)
     for name in cfg.benchmark.split(",") if not (cfg.report or cfg.curves) else ():
-        runs.check_data("eval.py", "benchmark", name, builtin=visualmath.TASKS)
+        cli.check_data("eval.py", "benchmark", name, builtin=visualmath.TASKS)
     for path in cfg.curves.split(",") if cfg.curves else ():
         if not os.path.isfile(path):
-            runs.config_error("eval.py", f"--curves {path!r}: no such file; pass train.py logs, e.g. runs/default/log.jsonl")
-    runs.check("eval.py", cfg, [
+            cli.config_error("eval.py", f"--curves {path!r}: no such file; pass train.py logs, e.g. runs/default/log.jsonl")
+    cli.check("eval.py", cfg, [
         ("k", cfg.k >= 1, "must be >= 1"),
         ("temperature", cfg.temperature >= 0, "must be >= 0 (0 = no sampled metrics)"),
         ("temperature", cfg.k == 1 or cfg.temperature > 0,
@@ -143,27 +144,8 @@ def parse_config(argv=None):
     return cfg
 
 # --------------------------------------------------------------------------------------------------
-# Setup: torchrun from environment variables (as train.py), model loading.
+# Setup: model loading (torchrun's process group: runs.setup_distributed, shared with train.py).
 # --------------------------------------------------------------------------------------------------
-
-
-def setup_distributed():
-    """(rank, world, device); initialises the process group when started by torchrun."""
-    if "RANK" in os.environ and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return rank, world, device
-
-
-def all_reduce(t):
-    """Sum over ranks (in place); a no-op on one process."""
-    if dist.is_initialized():
-        dist.all_reduce(t)
-    return t
 
 
 def load_model(path, device, dtype="auto"):
@@ -375,6 +357,20 @@ def evaluate(dataset, respond, rank=0, world=1, greedy=True, k=4, temperature=1.
     return {**summarize(dict(zip(COUNT_KEYS, summed.tolist())), greedy, k), "examples": examples}
 
 
+def describe(metrics, k=4):
+    """One line of evaluate()'s figures, e.g. 'greedy 0.242 [0.19, 0.30] avg@4 0.338 [0.30, 0.38] read 0.24
+    (sampled 0.35) lucky 0% (sampled 1%) (n=256)'; the parts a benchmark lacks are left out."""
+    ci = lambda v: f" [{v[0]:.2f}, {v[1]:.2f}]" if v else ""  # noqa: E731
+    line = f"greedy {metrics['accuracy']:.3f}{ci(metrics.get('accuracy_ci'))}"
+    if f"avg@{k}" in metrics:
+        line += f" avg@{k} {metrics[f'avg@{k}']:.3f}{ci(metrics.get(f'avg@{k}_ci'))}"
+    if "read" in metrics:
+        sampled = lambda key, fmt: f" (sampled {metrics[key]:{fmt}})" if key in metrics else ""  # noqa: E731
+        line += (f" read {metrics['read']:.2f}{sampled(f'read@{k}', '.2f')} lucky {metrics['lucky']:.0%}"
+                 f"{sampled(f'lucky@{k}', '.0%')}")
+    return line + f" (n={metrics['n']})"
+
+
 def load_rows(name, cfg):
     """One benchmark as a unified-schema Dataset: a VisualMath held-out split (visualmath.TASKS) or data.load_benchmark."""
     if name in visualmath.TASKS:
@@ -397,7 +393,7 @@ def format_table(results, k=0):
 
 def run_accuracy(cfg):
     """The accuracy table: every benchmark in --benchmark, this rank's share of it, counts summed over ranks."""
-    rank, world, device = setup_distributed()
+    rank, world, _, device = runs.setup_distributed()
     model, tokenizer, image_processor = load_model(cfg.model, device, cfg.dtype)
     respond = model_responder(model, tokenizer, image_processor, cfg.max_new_tokens, cfg.top_p,
                               cfg.min_pixels, cfg.max_pixels)
@@ -405,7 +401,7 @@ def run_accuracy(cfg):
     results = {}
     for name in [b for b in cfg.benchmark.split(",") if b]:
         results[name] = evaluate(load_rows(name, cfg), respond, rank, world, bool(cfg.greedy), k, cfg.temperature,
-                                 cfg.batch_size, cfg.seed, cfg.show, lambda t: all_reduce(t.to(device)).cpu(),
+                                 cfg.batch_size, cfg.seed, cfg.show, lambda t: runs.all_reduce(t.to(device)).cpu(),
                                  desc=name[-30:], progress=rank == 0)
     if rank == 0:
         table = format_table(results, k)
@@ -475,7 +471,7 @@ def main(argv=None):
         print(f"wrote {plot_curves(cfg.curves.split(','), os.path.join(cfg.out_dir, 'curves.png'))}")
     elif cfg.report:
         import report  # the connectivity report (report.py)
-        _, _, device = setup_distributed()
+        device = runs.setup_distributed()[3]
         report.run_report(cfg, *load_model(cfg.model, device, cfg.dtype))
     else:
         run_accuracy(cfg)

@@ -1,4 +1,4 @@
-"""runs.py -- the run directory: a run is never lost, survives kill -9 at any instant, and can be watched live.
+"""runs.py -- the run: its ranks, its directory; a run is never lost, survives kill -9 and can be watched live.
 
 A training run lives in one folder, `--out_dir`, and this file owns everything that goes into it:
 
@@ -30,9 +30,8 @@ The rules, and why each keeps a run safe:
   5. **The tracker is optional and behind a no-op stand-in** (`NoTracker`): the loop calls tracker.log(rec)
      whatever --report_to says. TensorBoard and W&B get the keys of log.jsonl, at x = step + 1 (updates done,
      as TRL logs), so the held-out accuracy before RL sits at x = 0.
-  6. **Flags come from the config dataclass**: `parse_config` builds argparse from its fields, the comment
-     after each field is its --help line, and a comment line of its own starts a help group. Config errors
-     are one line, argparse's style: `train.py: error: --lr -1.0: must be > 0 ...`.
+  6. **One process per rank**: `setup_distributed` starts torchrun's process group from its environment
+     variables (train.py and eval.py share it); only rank 0 writes into out_dir.
 
 kill -9 safety needs only the atomic renames (the page cache outlives the process); the fsyncs add safety
 against a power cut. Kill hook for tests: ATRL_TEST_HOOK=<point>:<step> makes the process SIGKILL itself at <point>
@@ -47,15 +46,9 @@ Use it (through train.py):
     python train.py --out_dir runs/a                  # a new run; stops with one line if runs/a holds one
     python train.py --out_dir runs/a --resume 1       # continue from the newest complete checkpoint
     python train.py --out_dir runs/a --overwrite 1 --report_to tensorboard   # then: tensorboard --logdir runs
-    python train.py --help                            # every flag, from the Config comments
 Tests: OMP_NUM_THREADS=1 python -m pytest -q -s tests/test_runs.py   (-s prints what each injected kill did)
 """
-import argparse
-import ast
-import dataclasses
 import fcntl
-import inspect
-import io
 import json
 import math
 import os
@@ -64,108 +57,40 @@ import random
 import re
 import shutil
 import signal
-import textwrap
-import tokenize
 import uuid
 
 import numpy as np
 import torch
 
+from cli import config_error
+
 # --------------------------------------------------------------------------------------------------
-# Command line: argparse from a config dataclass, help from its comments, one-line errors
+# Ranks: torchrun's environment variables -> a process group (no accelerate, no DeepSpeed)
 # --------------------------------------------------------------------------------------------------
 
 
-def field_comments(source):
-    """{field: (group, help)} from a dataclass's source text: the comment after each field is its help, the last
-    comment on a line of its own above it is its group.
+def setup_distributed():
+    """(rank, world, local_rank, device); starts the process group when torchrun started this process (it sets
+    RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT): nccl on GPUs, gloo on CPUs."""
+    import torch.distributed as dist
 
-    >>> field_comments('''class C:
-    ...     # Sizes
-    ...     n: int = 2          # how many (>= 1)
-    ...     s: str = "#"        # a '#' inside a value is no comment
-    ... ''')
-    {'n': ('Sizes', 'how many (>= 1)'), 's': ('Sizes', "a '#' inside a value is no comment")}
-    """
-    source = textwrap.dedent(source)
-    lines = source.splitlines()
-    comments = {t.start[0]: t.string.lstrip("#").strip()
-                for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
-    fields = {n.lineno: n.target.id for n in ast.parse(source).body[0].body if isinstance(n, ast.AnnAssign)}
-    out, group = {}, ""
-    for lineno in sorted(set(comments) | set(fields)):
-        if lineno in fields:
-            out[fields[lineno]] = (group, comments.get(lineno, ""))
-        elif lines[lineno - 1].lstrip().startswith("#"):
-            group = comments[lineno]
-    return out
+    if "RANK" in os.environ and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return rank, world, local_rank, device
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of a 60-line usage block
-        raise SystemExit(f"{self.prog}: error: {message} (--help lists every flag)")
+def all_reduce(t):
+    """Sum a tensor over ranks (in place; on the rank's device for nccl); a no-op on one process."""
+    import torch.distributed as dist
 
-
-def parse_config(cls, description, prog, argv=None):
-    """An instance of the dataclass `cls` from the command line: `--field value` for every field, typed by
-    its default (a bool field is a plain switch), its comment as the help line, grouped as in the class."""
-    parser = _Parser(prog=prog, description=description)
-    comments, groups = field_comments(inspect.getsource(cls)), {}
-    for f in dataclasses.fields(cls):
-        group, text = comments.get(f.name, ("", ""))
-        if group not in groups:
-            groups[group] = parser.add_argument_group(group or None)
-        text = text.replace("%", "%%")  # argparse formats help strings with %
-        if isinstance(f.default, bool):
-            groups[group].add_argument(f"--{f.name}", action="store_true", help=text)
-        else:
-            groups[group].add_argument(f"--{f.name}", type=type(f.default), default=f.default, metavar="",
-                                       help=f"{text} (default: %(default)r)")
-    return cls(**vars(parser.parse_args(argv)))
-
-
-def config_error(prog, message):
-    """Stop with one line, argparse's format: `train.py: error: --lr -1.0: must be > 0`."""
-    raise SystemExit(f"{prog}: error: {message}")
-
-
-def check(prog, cfg, rules):
-    """rules: (field, ok, what to do) -- the first rule that is not ok stops the program, naming the value."""
-    for name, ok, fix in rules:
-        if not ok:
-            config_error(prog, f"--{name} {getattr(cfg, name)!r}: {fix}")
-
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-
-
-def _hub_shaped(value):
-    """True if `value` can only be a hub id: owner/name shape, not a data file, no local folder it starts in."""
-    return (_HUB_ID.fullmatch(value) is not None and not value.endswith((".parquet", ".json", ".jsonl"))
-            and not os.path.isdir(value.split("/")[0]))
-
-
-def check_model(prog, flag, value):
-    """A --model value must be "" (the tiny default), a from_pretrained dir (with config.json), or a hub id."""
-    if not value:
-        return
-    if os.path.isdir(value):
-        if not os.path.exists(os.path.join(value, "config.json")):
-            newest = newest_checkpoint_name(value)
-            hint = f"did you mean {os.path.join(value, newest)}?" if newest else "pass a from_pretrained checkpoint dir"
-            config_error(prog, f"--{flag} {value!r}: the folder holds no config.json; {hint}")
-    elif not _hub_shaped(value):
-        config_error(prog, f"--{flag} {value!r}: no such folder, and not a hub id (owner/name): pass a checkpoint "
-                           "dir holding config.json (runs/default/checkpoint-40) or e.g. Qwen/Qwen2.5-VL-3B-Instruct")
-
-
-def check_data(prog, flag, value, builtin=()):
-    """A dataset value must be built in (`builtin`), an existing file/folder, or a hub id (owner/name)."""
-    if value in builtin or os.path.exists(value) or _hub_shaped(value):
-        return
-    config_error(prog, f"--{flag} {value!r}: no such file or folder, and not a hub id (owner/name): pass "
-                       f"{' or '.join(builtin) + ', ' if builtin else ''}a local .parquet/.json/.jsonl file or folder, "
-                       "or a hub name like hiyouga/geometry3k")
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t
 
 # --------------------------------------------------------------------------------------------------
 # The run directory: refuse, resume or overwrite

@@ -54,6 +54,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import atrl
+import cli
 import connectivity
 import data
 import eval as evaluation  # the one evaluator: greedy accuracy, avg@k, intervals, lucky guesses
@@ -103,7 +104,7 @@ class Config:
     entropy_frac: float = 0.2       # entropy arm: share of each response's tokens kept, by entropy (paper: 0.2)
     # Optimization
     steps: int = 40                 # RL steps (one rollout batch each)
-    lr: float = 1e-4                # AdamW peak learning rate (tiny model: 2e-4 oscillated; ~1e-6 for 3B)
+    lr: float = 1e-4                # AdamW peak learning rate (tiny model: 1e-4; ~1e-6 for a 3B model)
     warmup_steps: int = 3           # linear warm-up steps, then constant
     weight_decay: float = 0.0       # AdamW weight decay
     adam_eps: float = 1e-8          # AdamW epsilon; larger values make the update proportional to small gradients
@@ -135,15 +136,15 @@ class Config:
     debug_nan_step: int = -1        # test hook: poison the loss at this step to exercise the skip path
 
 
-cfg = runs.parse_config(Config, __doc__.split("\n")[0], "train.py")  # --help: every field with its comment
+cfg = cli.parse_config(Config, __doc__.split("\n")[0], "train.py")  # --help: every field with its comment
 # Every value is checked before anything is loaded or written: one line naming the value and what to do.
-runs.check_model("train.py", "model", cfg.model)
-runs.check_data("train.py", "dataset", cfg.dataset, builtin=visualmath.TASKS)
-runs.check_data("train.py", "eval_dataset", cfg.eval_dataset, builtin=("",))
+cli.check_model("train.py", "model", cfg.model)
+cli.check_data("train.py", "dataset", cfg.dataset, builtin=visualmath.TASKS)
+cli.check_data("train.py", "eval_dataset", cfg.eval_dataset, builtin=("",))
 runs.check_tracker("train.py", cfg.report_to)
 switches = ("mask_truncated", "dynamic_sampling", "sink_debias", "overlap_weights", "grad_checkpointing", "freeze_vision",
             "bf16", "fsdp", "resume", "overwrite")
-runs.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n in switches] + [
+cli.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n in switches] + [
     ("weighting", cfg.weighting in atrl.MODES, f"use one of {', '.join(atrl.MODES)}"),
     ("loss_agg", cfg.loss_agg in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
      "use token_mean (DAPO), seq_mean_token_mean (GRPO) or seq_mean_token_sum_norm (Dr.GRPO)"),
@@ -184,17 +185,9 @@ runs.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n 
 # Setup: torchrun/DDP from environment variables, devices, seeds, the run directory (runs.py).
 # --------------------------------------------------------------------------------------------------
 
-distributed = "RANK" in os.environ  # set by torchrun
-if distributed:
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-else:
-    rank, world, local_rank = 0, 1, 0
-device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-if device.type == "cuda":
-    torch.cuda.set_device(device)
-master = rank == 0
+rank, world, local_rank, device = runs.setup_distributed()  # torchrun's environment variables -> process group
+distributed, master = dist.is_initialized(), rank == 0
+all_reduce = runs.all_reduce  # sum over ranks, in place; a no-op on one process
 
 
 def print0(*args):
@@ -202,28 +195,21 @@ def print0(*args):
         print(*args, flush=True)
 
 
-def all_reduce(t: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks (in place); a no-op on one process."""
-    if distributed:
-        dist.all_reduce(t)
-    return t
-
-
 if cfg.prompts_per_step % world:
-    runs.config_error("train.py", f"--prompts_per_step {cfg.prompts_per_step} does not divide by the world size {world}: "
-                                  f"use a multiple of {world} so every rank gets whole groups")
+    cli.config_error("train.py", f"--prompts_per_step {cfg.prompts_per_step} does not divide by the world size {world}: "
+                                 f"use a multiple of {world} so every rank gets whole groups")
 prompts_per_rank = cfg.prompts_per_step // world
 rollouts_per_rank = prompts_per_rank * cfg.group_size                  # B on this rank
 mini_batch = rollouts_per_rank // cfg.mini_batches
 if rollouts_per_rank % cfg.mini_batches or mini_batch % min(cfg.micro_batch_size, mini_batch):
-    runs.config_error("train.py", f"{rollouts_per_rank} rollouts per rank must split into --mini_batches {cfg.mini_batches} "
-                                  f"of whole --micro_batch_size {cfg.micro_batch_size} chunks")
+    cli.config_error("train.py", f"{rollouts_per_rank} rollouts per rank must split into --mini_batches {cfg.mini_batches} "
+                                 f"of whole --micro_batch_size {cfg.micro_batch_size} chunks")
 micro = min(cfg.micro_batch_size, mini_batch)
 # NOTE: under FSDP every forward is a collective, so all ranks must run the same number of them
 synced = bool(distributed and cfg.fsdp)  # generate keeps stepping (synced_gpus) until every rank is done
 if synced and (cfg.dynamic_sampling or cfg.eval_size % world):
-    runs.config_error("train.py", f"--fsdp 1 needs --dynamic_sampling 0 and --eval_size divisible by {world} (got "
-                                  f"{cfg.dynamic_sampling}, {cfg.eval_size}): ranks must run the same number of forwards")
+    cli.config_error("train.py", f"--fsdp 1 needs --dynamic_sampling 0 and --eval_size divisible by {world} (got "
+                                 f"{cfg.dynamic_sampling}, {cfg.eval_size}): ranks must run the same number of forwards")
 random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
 if device.type == "cpu" and cfg.cpu_threads > 0:  # a 1M-parameter model loses more to thread sync than it gains
     torch.set_num_threads(cfg.cpu_threads)
@@ -251,8 +237,8 @@ load_path = resume_dir or model_path
 try:
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(load_path, dtype=torch.float32, attn_implementation="sdpa")
 except OSError as err:  # a hub id that does not exist or cannot be reached (the shape was checked above)
-    runs.config_error("train.py", f"--model {load_path!r}: cannot load it ({str(err).splitlines()[0][:200]}); "
-                                  "check the name, the network, or pass a local checkpoint dir")
+    cli.config_error("train.py", f"--model {load_path!r}: cannot load it ({str(err).splitlines()[0][:200]}); "
+                                 "check the name, the network, or pass a local checkpoint dir")
 model.to(device)
 tokenizer, image_processor = rollout.load_processor(load_path)
 if cfg.freeze_vision:
@@ -296,7 +282,7 @@ image_token_id = model.config.image_token_id
 try:
     probe_layers = list(connectivity.layer_band(cfg.probe_layers, model.config.text_config.num_hidden_layers))
 except ValueError as err:
-    runs.config_error("train.py", f"--probe_layers: {err}")
+    cli.config_error("train.py", f"--probe_layers: {err}")
 use_probe = cfg.weighting in atrl.PROBE_MODES  # GRPO/DAPO and the peer arms (vppo, entropy) need no attention
 probe_context = (connectivity.probe(policy, layers=probe_layers, background=bool(cfg.overlap_weights))
                  if use_probe else contextlib.nullcontext())
@@ -451,19 +437,6 @@ def evaluate():
     return {f"eval_{k}": metrics[k] for k in keep if k in metrics}
 
 
-def describe_eval(rec):
-    """One line of held-out figures for the console, e.g. 'held-out greedy 0.242 [0.19, 0.30] avg@4 0.338 ...'."""
-    if "eval_accuracy" not in rec:
-        return ""
-    k, ci = cfg.eval_k, lambda v: f"[{v[0]:.2f}, {v[1]:.2f}]" if v else ""
-    line = f"held-out greedy {rec['eval_accuracy']:.3f} {ci(rec['eval_accuracy_ci'])}"
-    if f"eval_avg@{k}" in rec:
-        line += f" avg@{k} {rec[f'eval_avg@{k}']:.3f} {ci(rec[f'eval_avg@{k}_ci'])}"
-    if "eval_read" in rec:
-        line += f" read {rec['eval_read']:.2f} lucky {rec['eval_lucky']:.0%}"
-    return line + f" (n={rec['eval_n']})"
-
-
 def save_checkpoint(step):
     """out_dir/checkpoint-<step>/: model + processor (a normal from_pretrained dir) + optimizer/scheduler/RNG
     state (state.pt, tensors and plain values only). runs.save_checkpoint writes it under a temp name, renames
@@ -517,7 +490,7 @@ if master:  # the log keeps records of steps before the checkpoint only: the oth
 
 if start_step == 0:
     metrics0 = evaluate()
-    print0(f"before RL: {describe_eval(metrics0)}")
+    print0(f"before RL: held-out {evaluation.describe({k[5:]: v for k, v in metrics0.items()}, cfg.eval_k)}")
     if master and metrics0:
         runs.append_log(log_path, {"step": -1, **metrics0})
         tracker.log({"step": -1, **metrics0})
@@ -542,8 +515,9 @@ for step in bar:
     if cfg.mask_truncated:  # DAPO overlong filtering: a cut-off answer is not evidence of a wrong one
         loss_mask = loss_mask * (~batch["truncated"]).float()[:, None]
     P = batch["prompt_len"]
-    # 4) connectivity -> anchors -> clusters -> W, read inside the first forward over each micro-batch:
-    #    a no-grad pi_old pass when there are several updates per batch, else the training forward itself
+    # 4) connectivity -> anchors -> clusters -> W, read inside the first forward over each micro-batch: a no-grad
+    #    pi_old pass with several updates per batch (or for vppo, which compares it with a blackened image's),
+    #    else the training forward itself
     W, old_logp = torch.zeros_like(loss_mask), torch.zeros_like(loss_mask)                   # (B, T)
     have_weights, stats, timing = [False] * len(adv), [], {"weights": 0.0, "weights_wait": 0.0}
     if cfg.ppo_epochs > 1 or cfg.mini_batches > 1 or cfg.weighting == "vppo":
@@ -609,7 +583,8 @@ for step in bar:
         tqdm.write(f"step {step:4d} | reward {rec['reward']:.3f} acc {rec['accuracy']:.3f} fmt {rec['format']:.2f} | "
                    f"loss {rec['loss']:+.4f} clip {rec['clip_frac']:.3f} ent {rec['entropy']:.2f} | anchors "
                    f"{rec['anchor_frac']:.2f} clusters {rec['clusters']:.1f} | {rec['time_step']:.1f}s"
-                   + (f" | {describe_eval(rec)}" if "eval_accuracy" in rec else ""))
+                   + (f" | held-out {evaluation.describe({k[5:]: v for k, v in rec.items() if k.startswith('eval_')}, cfg.eval_k)}"
+                      if "eval_accuracy" in rec else ""))
     if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
         save_checkpoint(step + 1)
 

@@ -26,6 +26,7 @@ import pytest
 import torch
 from test_train import REPO, SMALL, records, run_train, weights
 
+import cli
 import eval as ev
 import runs
 
@@ -317,7 +318,7 @@ def dataclass_source(path, name):
 
 @pytest.mark.parametrize("script, config", [("train.py", "Config"), ("eval.py", "EvalConfig")])
 def test_every_flag_has_a_help_line(script, config):
-    comments = runs.field_comments(dataclass_source(script, config))
+    comments = cli.field_comments(dataclass_source(script, config))
     assert len(comments) > 25 and all(text for _, text in comments.values()), comments
     out = subprocess.run([sys.executable, script, "--help"], cwd=REPO, capture_output=True, text=True,
                          env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120).stdout
