@@ -266,7 +266,7 @@ def mean_interval(total, total_sq, n, z=1.96):
     """95% normal interval of a mean of n values in [0, 1] from their sum and sum of squares (clipped to [0, 1]).
 
     >>> mean_interval(1.5, 1.25, 2)    # values 0.5 and 1.0
-    [0.2571, 1.0]
+    [0.26, 1.0]
     """
     if n < 2:
         return None

@@ -341,8 +341,17 @@ TRACKERS = ("none", "tensorboard", "wandb")
 
 
 def _scalars(record):
-    return {k: float(v) for k, v in record.items()
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    """A record's numbers for a tracker: numbers as they are, an interval [lo, hi] as `<key>_lo` and `<key>_hi`
+    (trackers plot scalars only; log.jsonl keeps the pair)."""
+    out = {}
+    for k, v in record.items():
+        if k == "step" or isinstance(v, bool):
+            continue
+        if isinstance(v, (int, float)):
+            out[k] = float(v)
+        elif isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
+            out[f"{k}_lo"], out[f"{k}_hi"] = float(v[0]), float(v[1])
+    return out
 
 
 class NoTracker:

@@ -490,7 +490,8 @@ if master:  # the log keeps records of steps before the checkpoint only: the oth
 
 if start_step == 0:
     metrics0 = evaluate()
-    print0(f"before RL: held-out {evaluation.describe({k[5:]: v for k, v in metrics0.items()}, cfg.eval_k)}")
+    if metrics0:
+        print0(f"before RL: held-out {evaluation.describe({k[5:]: v for k, v in metrics0.items()}, cfg.eval_k)}")
     if master and metrics0:
         runs.append_log(log_path, {"step": -1, **metrics0})
         tracker.log({"step": -1, **metrics0})

@@ -154,7 +154,7 @@ def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_run(warm_checkpoint
         for key in ("reward", "loss", "grad_norm", "eval_accuracy", "time_step"):
             expect = [(r["step"] + 1, float(torch.tensor(r[key], dtype=torch.float32))) for r in full if key in r]
             assert [(e.step, e.value) for e in acc.Scalars(key)] == expect, key
-        assert set(acc.Tags()["scalars"]) == {k for r in full for k in r if k != "step"}
+        assert set(acc.Tags()["scalars"]) == {name for r in full for name in tracked_keys(r)}
 
     # A new run into a folder that holds a run refuses, and the folder stays as it was.
     before = snapshot(out)
@@ -256,11 +256,20 @@ def test_resumed_log_keeps_only_steps_before_the_checkpoint(tmp_path):
 
 
 def test_docstring_examples(doctest_examples):
-    assert doctest_examples(runs, ("field_comments", "read_log")) == 4
+    assert doctest_examples(cli, ("field_comments",)) + doctest_examples(runs, ("read_log",)) == 4
 
 # --------------------------------------------------------------------------------------------------
 # Tracking
 # --------------------------------------------------------------------------------------------------
+
+
+def tracked_keys(record):
+    """The names a tracker shows for a log record: every number, and each interval [lo, hi] as <key>_lo/_hi."""
+    for k, v in record.items():
+        if isinstance(v, list):
+            yield from (f"{k}_lo", f"{k}_hi")
+        elif k != "step":
+            yield k
 
 
 def wandb_history(run_file):
@@ -293,8 +302,11 @@ def test_report_to_wandb_offline_logs_the_keys_of_log_jsonl(warm_checkpoint, tmp
     log = runs.read_log(str(tmp_path / "log.jsonl"))[1:]
     [run_file] = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
     rows = [{k: v for k, v in row.items() if not k.startswith("_")} | {"x": row["_step"]} for row in wandb_history(run_file)]
-    expect = [{k: v for k, v in r.items() if k != "step"} | {"x": r["step"] + 1} for r in log]
+    expect = [{k: v for k, v in r.items() if k != "step" and not isinstance(v, list)}
+              | {f"{k}_{end}": x for k, v in r.items() if isinstance(v, list) for end, x in zip(("lo", "hi"), v)}
+              | {"x": r["step"] + 1} for r in log]
     assert rows == expect
+    assert any(k.endswith("_ci_lo") for row in rows for k in row)  # the intervals did reach the tracker
 
 
 def test_missing_tracker_package_is_one_clear_line(monkeypatch):
