@@ -17,10 +17,11 @@ Models: the tiny Qwen2.5-VL of tiny.py (random weights, fp32, CPU) and, when CUD
 Qwen2.5-VL-3B-Instruct config with random weights in bf16 (~1k image tokens, ~1k response tokens).
 Without a GPU the 3B case prints an analytic FLOP estimate (probe vs forward) instead.
 
-Run:  OMP_NUM_THREADS=1 python bench_probe.py                 # tiny on CPU (+ 3B on GPU if present)
-      python bench_probe.py --suite 3b --shrink                # smoke-test the 3B code path on CPU
+Run (from the repository root):
+      OMP_NUM_THREADS=1 python bench/probe.py                 # tiny on CPU (+ 3B on GPU if present)
+      python bench/probe.py --suite 3b --shrink                # smoke-test the 3B code path on CPU
 
-Measured 2026-11-25, `nice -n 10 OMP_NUM_THREADS=1 python bench_probe.py --repeats 31`, 1 thread on a 2-core VM
+Measured 2026-11-25, `nice -n 10 OMP_NUM_THREADS=1 python bench/probe.py --repeats 31`, 1 thread on a 2-core VM
 shared with ~6 busy sessions (load 5-6): rounds vary by +-20-40%, so the end-to-end columns cannot resolve a
 few percent; the time inside the probe is the reliable figure. No GPU was available: the 3B rows are estimates.
 
@@ -37,6 +38,8 @@ blocks' memory traffic is not. Levers not taken (no GPU to test): TF32 for the p
 are bf16), and reading the kernel's own logsumexp (flash/efficient attention return it) so that only the V image
 columns need scoring.
 """
+
+import common  # first: it puts the repository root on sys.path (see its docstring)
 
 import argparse
 import statistics

@@ -5,10 +5,12 @@ Planted data (no model): 15% of the tokens are anchors that look at one of 8 blo
 (the worst case). Prints one row per stage with seconds and the share of the full atrl call, plus a
 sanity line (how many planted anchors were selected and how much W lifts them).
 
-Run (default 512 x 1024 tokens, V = 256; threads from the usual env vars):
-    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 nice -n 10 python bench_atrl.py
-    python bench_atrl.py --B 64 --T 512          # smaller, for a quick look
+Run (from the repository root; default 512 x 1024 tokens, V = 256; threads from the usual env vars):
+    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 nice -n 10 python bench/weights.py
+    python bench/weights.py --B 64 --T 512          # smaller, for a quick look
 """
+
+import common  # first: it puts the repository root on sys.path (see its docstring)
 
 import argparse
 import time

@@ -50,12 +50,14 @@ Trap (NOTE below, at "run"): numba's first parallel call (clustering.louvain_pac
 team and thereby raises torch's intra-op threads from OMP_NUM_THREADS to numba's count; the bench pins torch
 back. Compare numba's threading layers by running twice, e.g. NUMBA_THREADING_LAYER=workqueue.
 
-Run (CPU, tiny: 1.5 minutes on a quiet 2-core machine, ~4 on a busy one):
-    OMP_NUM_THREADS=1 nice -n 10 python bench_step.py
-    python bench_step.py --sections step --repeats 5          # one section, fewer rounds
-    python bench_step.py --device cuda --config 3b            # GPU: Qwen2.5-VL-3B config, random bf16 weights
-    python bench_step.py --config 3b --shrink                 # smoke-test the 3B code path on CPU (minutes)
+Run (from the repository root; CPU, tiny: 1.5 minutes on a quiet 2-core machine, ~4 on a busy one):
+    OMP_NUM_THREADS=1 nice -n 10 python bench/step.py
+    python bench/step.py --sections step --repeats 5          # one section, fewer rounds
+    python bench/step.py --device cuda --config 3b            # GPU: Qwen2.5-VL-3B config, random bf16 weights
+    python bench/step.py --config 3b --shrink                 # smoke-test the 3B code path on CPU (minutes)
 """
+
+import common  # first: it puts the repository root on sys.path (see its docstring)
 
 import argparse
 import contextlib
@@ -128,10 +130,10 @@ MALLOC = pin_malloc() if args.malloc == "pinned" else "dynamic (glibc default)"
 device = torch.device(args.device)
 cuda = device.type == "cuda"
 if cuda and not torch.cuda.is_available():
-    print("bench_step: --device cuda but CUDA is not available here -- skipped (nothing measured)")
+    print("bench/step.py: --device cuda but CUDA is not available here -- skipped (nothing measured)")
     sys.exit(0)
 if args.config == "3b" and not cuda and not args.shrink:
-    print("bench_step: --config 3b needs --device cuda (a 3B step on a CPU takes hours) -- skipped; "
+    print("bench/step.py: --config 3b needs --device cuda (a 3B step on a CPU takes hours) -- skipped; "
           "use --shrink to smoke-test the code path on CPU")
     sys.exit(0)
 grad_ckpt = (args.config == "3b") if args.grad_checkpointing < 0 else bool(args.grad_checkpointing)
@@ -482,7 +484,7 @@ sections = args.sections.split(",")
 # slower. So: load numba now, then pin torch back.
 atrl.token_weights(torch.rand(2, 16, 4), torch.rand(2, 16), torch.ones(2, 16, dtype=torch.bool))
 torch.set_num_threads(TORCH_THREADS)
-print(f"bench_step: config {args.config}{' (shrunk)' if args.shrink else ''} on {device} ({dtype}), "
+print(f"bench/step.py: config {args.config}{' (shrunk)' if args.shrink else ''} on {device} ({dtype}), "
       f"gradient checkpointing {int(grad_ckpt)}, probe layers {args.probe_layers}, "
       f"numba threading layer {numba.threading_layer()}, malloc thresholds {MALLOC}")
 print(machine_line())
