@@ -206,10 +206,9 @@ def main():
     except ImportError:  # igraph is optional (not in requirements.txt): its columns print as "-"
         igraph = None
     libs = ("ours", "igraph", "networkx") if igraph else ("ours", "networkx")
-    print(f"numba {numba.__version__} ({numba.get_num_threads()} threads), "
-          f"igraph {igraph.__version__ if igraph else 'not installed'}, "
-          f"networkx {networkx.__version__}, torch {torch.__version__}; {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.1f} (other jobs slow every column alike; compare ratios)")
+    print(f"numba {numba.__version__}, igraph {igraph.__version__ if igraph else 'not installed'}, "
+          f"networkx {networkx.__version__} (other jobs slow every column alike; compare ratios)")
+    print(common.machine_line(torch.device("cpu")))
 
     # --- compile time (excluded from everything below)
     cold = compile_seconds()

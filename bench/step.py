@@ -64,7 +64,6 @@ import contextlib
 import functools
 import os
 import resource
-import threading
 import statistics
 import subprocess
 import sys
@@ -142,22 +141,8 @@ PIXELS = None  # an image processor for rollout.blacken_patches (its mean/std an
 K_NN, ANCHOR_FRAC, GAIN = 0, 0.15, 2.0  # train.py defaults (--knn: 0 = per response, --anchor_frac, --gain)
 TORCH_THREADS, NUMBA_THREADS = torch.get_num_threads(), numba.get_num_threads()
 
-# Qwen2.5-VL-3B-Instruct's published sizes (config.json), weights random
-QWEN3B_TEXT = dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                   num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000, rms_norm_eps=1e-6,
-                   rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]})
-QWEN3B_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, in_channels=3, patch_size=14,
-                     spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                     fullatt_block_indexes=[7, 15, 23, 31], out_hidden_size=2048)
-IMAGE, V_START, V_END = 60, 58, 59  # token ids of synthetic batches: distinct, below every vocab used here
 
 # ------------------------------------------------------------------------------------------- timing
-
-
-def sync():
-    # only the training thread: a sync on the probe's worker would wait for the training thread's queue too
-    if cuda and threading.current_thread() is threading.main_thread():
-        torch.cuda.synchronize()
 
 
 class Stages:
@@ -170,12 +155,12 @@ class Stages:
 
     @contextlib.contextmanager
     def __call__(self, name):
-        sync()
+        common.sync(device)
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            sync()
+            common.sync(device)
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
@@ -198,33 +183,11 @@ if not cuda:  # the probe's reading of a layer (on GPU it is queued, not run, so
 # ------------------------------------------------------------------------------------------- models
 
 
-def build_model(text, vision, dtype):
-    """A random Qwen2.5-VL from sizes (synthetic batches use the IMAGE/V_START/V_END ids above)."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    config = Qwen2_5_VLConfig(text_config=dict(text), vision_config=dict(vision), image_token_id=IMAGE,
-                              vision_start_token_id=V_START, vision_end_token_id=V_END, tie_word_embeddings=True,
-                              attn_implementation="sdpa")
-    torch.manual_seed(args.seed)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # built in place on the device and in dtype: no 15 GB fp32 copy on the host
-    try:
-        with torch.device(device):
-            return Qwen2_5_VLForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(default)
-
-
-def model_sizes():
-    """(text, vision) sizes of the synthetic-batch model: tiny.py's or Qwen2.5-VL-3B's (--shrink: 2 layers)."""
-    if args.config == "tiny":
-        import tiny
-        # windowed vision attention only: full attention over a 16k-patch image would dominate everything
-        return dict(tiny.TEXT, vocab_size=tiny.VOCAB_SIZE), dict(tiny.VISION, fullatt_block_indexes=[])
-    text, vision = dict(QWEN3B_TEXT), dict(QWEN3B_VISION)
-    if args.shrink:
-        text.update(num_hidden_layers=2)
-        vision.update(depth=1, fullatt_block_indexes=[0])
-    return text, vision
+def build_model():
+    """The random synthetic-batch model: tiny.py's sizes or Qwen2.5-VL-3B's (--shrink: 2 layers); the tiny
+    vision tower runs windowed attention only (common.model_sizes), so a 4096-token image stays affordable."""
+    text, vision = common.model_sizes(args.config, args.shrink, windowed_vision=args.config == "tiny")
+    return common.build_model(text, vision, dtype, device, seed=args.seed)
 
 
 def prepare_for_training(model):
@@ -247,16 +210,16 @@ def synthetic_batch(model, B, n_image, T, prompt_text=24, vary=False, seed=0):
     g = torch.Generator().manual_seed(seed)
     P = prompt_text + n_image + 2
     input_ids = torch.randint(100, 400, (B, P + T), generator=g)                   # (B, S) text ids
-    input_ids[:, 4] = V_START
-    input_ids[:, 5:5 + n_image] = IMAGE
-    input_ids[:, 5 + n_image] = V_END
+    input_ids[:, 4] = common.V_START
+    input_ids[:, 5:5 + n_image] = common.IMAGE
+    input_ids[:, 5 + n_image] = common.V_END
     lengths = torch.randint(T // 2, T + 1, (B,), generator=g) if vary else torch.full((B,), T)
     response_mask = torch.arange(T)[None, :] < lengths[:, None]                   # (B, T)
     attention_mask = torch.cat([torch.ones(B, P, dtype=torch.long), response_mask.long()], 1)  # (B, S)
     grid = torch.tensor([[1, side * vc.spatial_merge_size, side * vc.spatial_merge_size]] * B)  # (B, 3) patches
     patch_dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
     return {"input_ids": input_ids.masked_fill(attention_mask == 0, 0), "attention_mask": attention_mask,
-            "mm_token_type_ids": (input_ids == IMAGE).int(),  # 3-D mRoPE positions need it (transformers 5.x)
+            "mm_token_type_ids": (input_ids == common.IMAGE).int(),  # 3-D mRoPE positions need it (transformers 5.x)
             "full_response_mask": torch.cat([torch.zeros(B, P, dtype=torch.bool), response_mask], 1),
             "response_mask": response_mask, "prompt_len": P, "image_grid_thw": grid,
             "pixel_values": torch.randn(int(grid.prod(-1).sum()), patch_dim, generator=g).to(dtype),
@@ -423,13 +386,6 @@ def ms(x):
     return f"{1e3 * x:.1f}"
 
 
-def machine_line():
-    load = os.getloadavg()
-    gpu = torch.cuda.get_device_name() if cuda else f"{os.cpu_count()} CPUs"
-    return (f"machine: {gpu}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min); "
-            f"torch {torch.__version__} threads {torch.get_num_threads()}, numba threads {numba.get_num_threads()}")
-
-
 # ------------------------------------------------------------------------------------------- memory child
 # A fresh process per arm (CPU): one step to allocate AdamW's state, then the process's resident high-water
 # mark (VmHWM) over a second, steady step, and torch's own allocation peak over a third. tracemalloc cannot
@@ -464,14 +420,8 @@ if args.memory_child:
     hwm = status_kib("VmHWM")
     # torch's own allocations during a third step, replayed from the profiler's memory events (deterministic,
     # unlike RSS, but blind to numpy/numba arrays -- the CSR graphs, a few KiB here)
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        rl_step(model, params, optimizer, batch, adv, loss_mask, args.memory_child, args.micro)
-    running = torch_peak = 0
-    for e in sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns()):
-        running += e.nbytes()
-        torch_peak = max(torch_peak, running)
+    torch_peak = common.peak_bytes(lambda: rl_step(model, params, optimizer, batch, adv, loss_mask,
+                                                   args.memory_child, args.micro), device)
     print(f"MEMORY {start} {hwm} {numba_kib} {torch_peak // 1024}")
     sys.exit(0)
 
@@ -487,7 +437,7 @@ torch.set_num_threads(TORCH_THREADS)
 print(f"bench/step.py: config {args.config}{' (shrunk)' if args.shrink else ''} on {device} ({dtype}), "
       f"gradient checkpointing {int(grad_ckpt)}, probe layers {args.probe_layers}, "
       f"numba threading layer {numba.threading_layer()}, malloc thresholds {MALLOC}")
-print(machine_line())
+print(common.machine_line(device))
 
 VARIANTS = ["uniform", "atrl", "atrl, inline", "atrl, packed graph", "vppo", "entropy"]
 step_state = None
@@ -504,8 +454,7 @@ if "step" in sections or "memory" in sections:
                 f"in {raw_batch['rollout_seconds']:.1f} s")
     else:
         model_dir = None
-        text, vision = model_sizes()
-        model = build_model(text, vision, dtype)
+        model = build_model()
         B, n_image, T = (2, 16, 32) if args.shrink else (8, 1024, 1024)
         raw_batch = synthetic_batch(model, B, n_image, T, prompt_text=64, vary=True, seed=args.seed)
         micro, group_size = (1, 2) if args.shrink else (2, 4)  # 3B: 2 prompts x G 4, 2 rollouts per forward
@@ -544,10 +493,10 @@ if "step" in sections:
             STAGES = Stages()
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            sync()
+            common.sync(device)
             t0, c0, f0 = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             rl_step(model, params, optimizer, batch, adv, loss_mask, v, micro, seed=args.seed)
-            sync()
+            common.sync(device)
             totals[v].append(time.perf_counter() - t0)
             cpu[v].append(time.process_time() - c0)  # CPU seconds of all threads: what the overlap does not hide
             faults[v].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)  # see pin_malloc
@@ -642,8 +591,7 @@ if step_state is not None:  # free the step's model and AdamW state before the s
         torch.cuda.empty_cache()
 
 if "scaling" in sections:
-    text, vision = model_sizes()
-    smodel = build_model(text, vision, dtype)
+    smodel = build_model()
     sparams, _ = prepare_for_training(smodel)
     if args.shrink:
         points = [(64, 128)]
@@ -668,7 +616,7 @@ if "scaling" in sections:
         for r in range(args.scaling_repeats + 1):  # round 0 is a warm-up
             for arm in arms[r % len(arms):] + arms[:r % len(arms)]:
                 STAGES = Stages()
-                sync()
+                common.sync(device)
                 t0 = time.perf_counter()
                 with contextlib.ExitStack() as stack:
                     p = None
@@ -676,7 +624,7 @@ if "scaling" in sections:
                         chunk = 2**19 if arm == "small chunk" else None  # None: connectivity.probe's default
                         p = stack.enter_context(connectivity.probe(smodel, probe_layers(smodel), chunk,
                                                                    background=arm == "overlap"))
-                        p.arm(connectivity.query_positions(sb["full_response_mask"]), sb["input_ids"] == IMAGE,
+                        p.arm(connectivity.query_positions(sb["full_response_mask"]), sb["input_ids"] == common.IMAGE,
                               sb["attention_mask"], then=functools.partial(
                                   weights_from_probe, mask=smask, seed=args.seed, variant="atrl")
                               if arm == "overlap" else None)
@@ -689,7 +637,7 @@ if "scaling" in sections:
                     if arm != "small chunk":
                         with STAGES("backward"):
                             ((logp * smask).sum() / smask.sum()).backward()
-                sync()
+                common.sync(device)
                 STAGES.seconds["wall"] = time.perf_counter() - t0
                 del logp
                 for q in sparams:
@@ -707,4 +655,4 @@ if "scaling" in sections:
               + ("" if cuda else f" {ms(delta('small chunk'))} |"))
         del sb
 
-print("\n" + machine_line())
+print("\n" + common.machine_line(device))

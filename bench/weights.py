@@ -15,7 +15,6 @@ import common  # first: it puts the repository root on sys.path (see its docstri
 import argparse
 import time
 
-import numba
 import torch
 
 import atrl
@@ -73,8 +72,8 @@ graphs, t_graph = timed(lambda: atrl.token_graph(patterns, mask, k=args.k))
 _, t_louvain = timed(lambda: clustering.louvain_batch(graphs, seed=args.seed))
 (W, stats), t_atrl = timed(lambda: atrl.token_weights_with_stats(patterns, rho, mask, mode="atrl", k=args.k))
 
-print(f"token_weights on B={args.B} x T={args.T} tokens, V={args.V}, k={args.k}; "
-      f"torch threads={torch.get_num_threads()}, numba threads={numba.get_num_threads()}, best of {args.repeat}")
+print(f"token_weights on B={args.B} x T={args.T} tokens, V={args.V}, k={args.k}; best of {args.repeat}")
+print(common.machine_line(torch.device("cpu")))
 print(f"{'stage':<32}{'seconds':>10}{'/ atrl':>10}")
 for name, t in [("token_weights mode=uniform", t_uniform), ("token_weights mode=tokens", t_tokens),
                 ("  token_graph (kNN, CSR)", t_graph), ("  clustering.louvain_batch", t_louvain),
