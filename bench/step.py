@@ -9,8 +9,10 @@ micro-batches, run in several arms on the SAME rollout batch, seed and weights:
               reads the attention rows and then runs connectivity.debias_sinks -> atrl.token_weights_with_stats
               (token_graph + Louvain + W) while the training thread finishes the forward; the loss waits for W
     atrl, inline         the same work done inside the forward on the training thread (--overlap_weights 0)
-    atrl, packed graph   overlapped, with the kNN -> CSR step done by compiled code (clustering.knn_packed
-                         straight into louvain_packed): a proposal, one branch in `weights_from_probe` below
+    vppo      GRPO with VPPO's weights: first two no-grad forwards per micro-batch (its image, and the image
+              with half its patches blackened; timed as their own stage), then W from the per-token visual
+              dependency (atrl's "vppo" arm)
+    entropy   GRPO with W from the top 20% of each response's tokens by the forward's entropy (no extra pass)
 
     ratio     = median over rounds of  t(arm) / t(uniform)  in the same round (paired: noise hits both)
     CPU time  = the same ratio for process CPU seconds (all threads): the work the overlap hides, not removes
@@ -71,7 +73,6 @@ import tempfile
 import time
 
 import numba
-import numpy as np
 import torch
 
 import atrl
@@ -247,68 +248,18 @@ def sampled_rollouts(model_dir):
 # ------------------------------------------------------------------------------------------- the step
 
 
-@torch.no_grad()
-def packed_weights(patterns, rho, mask, seed):
-    """atrl.token_weights_with_stats(mode="atrl") with the graph built by compiled code: the proposal for atrl.py.
-
-    The same features and graph as atrl.token_graph (centred, L2-normalised rows; cosine kNN, union-symmetric
-    with the larger weight, weights <= 0 dropped), but the CSR comes from clustering.knn_packed (one numba
-    pass over the (B, T, k) neighbour lists) and goes straight to clustering.louvain_packed: no unique/argsort
-    over edges in torch, no Python loop over responses, no per-graph re-packing in louvain_batch. Padding
-    nodes are squeezed out and every row sorted by column, so Louvain sees exactly atrl's graphs (node order,
-    edge order, seeds seed + b) and returns the same labels. Returns W (B, T) and the stats train.py logs."""
-    mask = mask.bool()
-    B, T, V = patterns.shape
-    with STAGES("graph"):
-        x = patterns.float() * mask[..., None]                                      # (B, T, V)
-        n = mask.sum(1).clamp_min(1)                                                # (B,)
-        raw_norm = x.norm(dim=-1, keepdim=True)                                     # (B, T, 1)
-        x = (x - x.sum(1, keepdim=True) / n[:, None, None]) * mask[..., None]       # centred
-        norm = x.norm(dim=-1, keepdim=True)
-        x = torch.where(norm > 1e-4 * raw_norm, x / norm.clamp_min(1e-30), 0.0)    # as atrl.token_graph
-        sim = torch.bmm(x, x.transpose(1, 2))                                       # (B, T, T) cosine
-        sim.diagonal(dim1=1, dim2=2).fill_(-1.0)                                    # no self loops
-        sim.masked_fill_(~mask[:, None, :], -1.0)                                   # padding: nobody's neighbour
-        k_all = atrl.neighbours(mask.sum(1).cpu(), K_NN).to(mask.device)            # (B,) each response's k
-        val, idx = sim.topk(int(k_all.max()) if B else 0, dim=-1)                   # (B, T, k)
-        val = val.masked_fill(torch.arange(val.shape[-1], device=val.device) >= k_all[:, None, None], -1.0)
-        indptr, indices, weights, _ = clustering.knn_packed(idx, val, mask)         # node b*T + t; w <= 0 dropped
-        valid = mask.reshape(-1).cpu().numpy()                                      # (B*T,)
-        new_id = np.cumsum(valid) - 1                                               # valid nodes numbered 0..N-1
-        rows = new_id[np.repeat(np.arange(B * T), np.diff(indptr))]                 # (nnz,) row of each edge
-        cols = new_id[indices]
-        order = np.lexsort((cols, rows))                                            # CSR rows sorted by column
-        indptr = np.concatenate([[0], np.cumsum(np.diff(indptr)[valid])])           # (N+1,)
-        node_offsets = np.concatenate([[0], np.cumsum(mask.sum(1).cpu().numpy())])  # (B+1,)
-    with STAGES("louvain"):
-        labels = clustering.louvain_packed(indptr, cols[order], weights[order], node_offsets, seed=seed)  # (N,)
-    cluster = torch.full((B, T), -1, dtype=torch.long)                              # (B, T)
-    cluster[mask.cpu()] = torch.from_numpy(labels)
-    cluster = cluster.to(mask.device)
-    anchors = atrl.select_anchors(rho, mask, ANCHOR_FRAC)
-    W = atrl._mean_one(1.0 + (GAIN - 1.0) * atrl._cluster_share(cluster, anchors, mask), mask.float())
-    nonempty = mask.any(dim=1)
-    stats = dict(anchor_frac=float(anchors.sum() / mask.sum().clamp_min(1)),
-                 clusters=float((cluster.max(dim=1).values + 1)[nonempty].float().mean()),
-                 W_mean=float(W[mask].mean()), W_max=float(W[mask].max()), W_anchor_mean=float(W[anchors].mean()))
-    return W, stats
-
-
-def weights_from_probe(captured, mask, seed, variant):
+def weights_from_probe(captured, mask, seed):
     """W (b, T) from what the probe captured -- train.py's weights_from_probe (the kNN graph built where the
-    patterns are, Louvain on the CPU), or with variant "packed graph" the CSR built by compiled code. Run by
-    the probe itself (arm's `then`): on its worker thread when overlapped, inside the forward when inline."""
+    patterns are, Louvain on the CPU). Run by the probe itself (arm's `then`): on its worker thread when
+    overlapped, inside the forward when inline."""
     with STAGES("weights"):
         with STAGES("debias"):
             pad = mask.shape[1] - captured["patterns"].shape[1]
             patterns = torch.nn.functional.pad(captured["patterns"], (0, 0, 0, pad))      # (b, T, V)
             sink = torch.nn.functional.pad(captured["sink"], (0, pad))                    # (b, T)
             patterns, rho = connectivity.debias_sinks(patterns, sink, captured["image_valid"])
-        if "packed" in variant:
-            W = packed_weights(patterns, rho, mask.bool(), seed)[0]
-        else:
-            W, _ = atrl.token_weights_with_stats(patterns, rho, mask.bool(), mode="atrl", anchor_frac=ANCHOR_FRAC,
-                                                 gain=GAIN, k=K_NN, seed=seed)
+        W, _ = atrl.token_weights_with_stats(patterns, rho, mask.bool(), mode="atrl", anchor_frac=ANCHOR_FRAC,
+                                             gain=GAIN, k=K_NN, seed=seed)
         return W.to(mask.device)
 
 
@@ -341,7 +292,7 @@ def rl_step(model, params, optimizer, batch, adv, loss_mask, variant, micro, see
                 with STAGES("probe arm"):
                     probe.arm(connectivity.query_positions(mb["full_response_mask"], "predict"),
                               mb["input_ids"] == model.config.image_token_id, mb["attention_mask"],
-                              then=functools.partial(weights_from_probe, mask=mask, seed=seed, variant=variant))
+                              then=functools.partial(weights_from_probe, mask=mask, seed=seed))
             with STAGES("forward"):
                 logp, entropy = rollout.token_logprobs(model, mb, P)
             if variant == "vppo":
@@ -439,7 +390,7 @@ print(f"bench/step.py: config {args.config}{' (shrunk)' if args.shrink else ''} 
       f"numba threading layer {numba.threading_layer()}, malloc thresholds {MALLOC}")
 print(common.machine_line(device))
 
-VARIANTS = ["uniform", "atrl", "atrl, inline", "atrl, packed graph", "vppo", "entropy"]
+VARIANTS = ["uniform", "atrl", "atrl, inline", "vppo", "entropy"]
 step_state = None
 
 if "step" in sections or "memory" in sections:
@@ -473,16 +424,6 @@ if "step" in sections:
           f"V={n_image} image tokens, micro-batch {micro}, {args.repeats} interleaved rounds")
     for v in VARIANTS:  # warm-up: allocator, AdamW state, numba cache, lazy init
         rl_step(model, params, optimizer, batch, adv, loss_mask, v, micro, seed=args.seed)
-    # the packed proposal must give the same weights: compare on the first micro-batch
-    mb, mask = rollout.slice_batch(batch, 0, micro), loss_mask[:micro]
-    with torch.no_grad(), connectivity.probe(model, probe_layers(model)) as p:
-        p.arm(connectivity.query_positions(mb["full_response_mask"]), mb["input_ids"] == model.config.image_token_id,
-              mb["attention_mask"])
-        rollout.token_logprobs(model, mb, batch["prompt_len"])
-        W_atrl, W_packed = (weights_from_probe(p.result(), mask, args.seed, v) for v in ("atrl", "packed"))
-    same = ((W_atrl - W_packed).abs() < 1e-4)[mask.bool()].float().mean()
-    print(f"packed vs atrl.token_weights on micro-batch 0: W equal (to 1e-4) on {100 * same:.1f}% of tokens, "
-          f"max |dW| {(W_atrl - W_packed).abs().max():.3f}")
     totals = {v: [] for v in VARIANTS}
     cpu = {v: [] for v in VARIANTS}
     faults = {v: [] for v in VARIANTS}
@@ -626,12 +567,12 @@ if "scaling" in sections:
                                                                    background=arm == "overlap"))
                         p.arm(connectivity.query_positions(sb["full_response_mask"]), sb["input_ids"] == common.IMAGE,
                               sb["attention_mask"], then=functools.partial(
-                                  weights_from_probe, mask=smask, seed=args.seed, variant="atrl")
+                                  weights_from_probe, mask=smask, seed=args.seed)
                               if arm == "overlap" else None)
                     with STAGES("forward"):
                         logp, _ = rollout.token_logprobs(smodel, sb, P)
                     if arm == "probe":
-                        weights_from_probe(p.result(), smask, args.seed, "atrl")  # inline: its cost, not hidden
+                        weights_from_probe(p.result(), smask, args.seed)  # inline: its cost, not hidden
                     if arm == "overlap":
                         p.outcome()
                     if arm != "small chunk":
