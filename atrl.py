@@ -64,7 +64,7 @@ Where we guess, because the paper is silent (the defaults are ours; most are arg
 References: AT-RL, arXiv 2602.11455 (A_AT = W(C_k) A); GRPO, Shao et al. 2024 (DeepSeekMath, outcome supervision);
 Dr.GRPO, Liu et al. 2025 (scale="none"); Louvain, Blondel et al. 2008 (clustering.py).
 Dimension letters: B rollouts, G group size, T response tokens, V image tokens.
-Run: `python -m pytest -q tests/test_atrl.py` (includes these examples); timing: `python bench_atrl.py`.
+Run: `python -m pytest -q tests/test_atrl.py` (includes these examples); timing: `python bench/weights.py`.
 """
 
 import torch
