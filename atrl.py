@@ -71,7 +71,7 @@ VPPO, Huang et al. 2025, arXiv 2510.09285 (github.com/huaixuheqing/VPPO-RL, verl
 high-entropy minority, Wang et al. 2025, arXiv 2506.01939 (TRL GRPOConfig.top_entropy_quantile);
 Dr.GRPO, Liu et al. 2025 (scale="none"); Louvain, Blondel et al. 2008 (clustering.py).
 Dimension letters: B rollouts, G group size, T response tokens, V image tokens.
-Run: `python -m pytest -q tests/test_atrl.py` (includes these examples); timing: `python bench_atrl.py`.
+Run: `python -m pytest -q tests/test_atrl.py` (includes these examples); timing: `python bench/weights.py`.
 """
 
 import torch

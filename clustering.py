@@ -55,9 +55,9 @@ networkx `algorithms/community/louvain.py` (the test oracle); igraph `src/commun
 API: modularity, louvain (one dense graph), louvain_batch (list of CSR triples, what atrl.py calls each step:
 it packs them into one block-diagonal CSR), louvain_packed (clusters all B graphs of that CSR in one compiled
 call, in parallel over graphs; graph b uses seed + b) and knn_packed ((B, T, k) kNN lists straight to that
-CSR; bench_step.py's "packed graph" arm). Compiled code releases the GIL (nogil): train.py runs Louvain on the
+CSR; timed in bench/louvain.py). Compiled code releases the GIL (nogil): train.py runs Louvain on the
 probe's worker thread while the training thread runs the forward.
-Run: `python -m pytest -q tests/test_clustering.py`; benchmark: `python bench_louvain.py`.
+Run: `python -m pytest -q tests/test_clustering.py`; benchmark: `python bench/louvain.py`.
 """
 import os
 
@@ -68,7 +68,7 @@ from numba import njit, prange
 
 # NOTE: numba's default OpenMP threading layer shares the OpenMP runtime with torch: its first parallel call
 # silently raises torch's thread count, and its spinning workers slow the backward that follows (measured in
-# bench_step.py: +12 ms per step, Louvain itself 12-20 ms instead of 0.4 ms on a busy 2-core machine). The
+# bench/step.py: +12 ms per step, Louvain itself 12-20 ms instead of 0.4 ms on a busy 2-core machine). The
 # workqueue layer has neither problem (it must not be entered by two threads at once: in train.py only the
 # probe's worker calls Louvain). Set NUMBA_THREADING_LAYER to override.
 if "NUMBA_THREADING_LAYER" not in os.environ:

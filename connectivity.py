@@ -43,7 +43,7 @@ thread finishes the forward. `outcome()` waits for fn and returns what it return
 (same ops in the same order, on another thread); tests/test_connectivity.py and tests/test_train.py check it.
 
 Cost: the probe redoes, for T of the S rows and in fp32, the QK^T and softmax of each selected layer, so it costs
-about (selected layers / L) x (T / S) x (the attention share of the forward); see bench_probe.py for measurements.
+about (selected layers / L) x (T / S) x (the attention share of the forward); see bench/probe.py for measurements.
 
 Limits (not handled, by design or for lack of a way to test here):
   - one rollout per batch row (no packed / varlen sequences); prefill without a KV cache only;
@@ -52,7 +52,7 @@ Limits (not handled, by design or for lack of a way to test here):
     (Qwen2.5-VL has no sliding-window layers); torch.compile'd models are untested.
 
 Run the tests: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_connectivity.py`;
-the cost: `python bench_probe.py` (tiny model on CPU; Qwen2.5-VL-3B shapes on GPU when one is present).
+the cost: `python bench/probe.py` (tiny model on CPU; Qwen2.5-VL-3B shapes on GPU when one is present).
 """
 
 import concurrent.futures
@@ -151,7 +151,7 @@ class Probe:
     def __init__(self, layers, chunk_elements=None, background=False):
         self.layers = tuple(layers)  # decoder layer indices that are read
         # fp32 scores per chunk (x2 with the probabilities). None: 2**18 (1 MiB, cache-sized: fastest in
-        # bench_probe.py on CPU) on CPU, 2**23 (32 MiB, fewer kernel launches; a guess, untested) on GPU
+        # bench/probe.py on CPU) on CPU, 2**23 (32 MiB, fewer kernel launches; a guess, untested) on GPU
         self.chunk_elements = chunk_elements
         # background: the rows are read on one worker thread while the forward goes on (see `arm`)
         self._worker = concurrent.futures.ThreadPoolExecutor(1, "atrl-probe") if background else None

@@ -1,20 +1,77 @@
-"""Shared fixtures: a tiny Qwen2.5-VL checkpoint with a few seconds of SFT, built once per test session.
+"""What several test files need, written once: fixtures (pytest passes them by name) and plain helpers.
 
-The SFT is just long enough that the model writes the answer format some of the time, so sampled groups
-have unequal rewards (non-zero advantages) and the RL tests exercise a real gradient.
+Fixtures:
+    random_checkpoint   a random tiny Qwen2.5-VL (tiny.make_random_checkpoint, seed 0: tokenizer, image
+                        processor, weights), built once per session. NOTE: shared, so read it, never write to
+                        it -- a test that changes a checkpoint copies it first (as warm_checkpoint does).
+    warm_checkpoint     a copy of it after a few seconds of SFT: long enough that the model writes the answer
+                        format some of the time, so sampled groups have unequal rewards (non-zero advantages)
+                        and the RL tests exercise a real gradient.
+    doctest_examples    run(module, names): runs the docstring examples of module.<name> for each name.
+
+Helpers (imported: `from conftest import png_bytes`; tests/ is on sys.path, as test_runs.py's import of
+test_train shows):
+    REPO                        the repository root (cwd of every script run as a subprocess)
+    png_bytes(mode, size, colour)   a one-colour PNG file's bytes, for image columns of benchmark fixtures
+    torchrun_command(nproc, port)   the command prefix that starts a script under torchrun with nproc processes
+    dense_from_csr(csr, n)      a CSR triple (indptr, indices, weights) as a dense (n, n) float64 tensor
+
+Run: `python -m pytest -q tests` (this file is loaded by pytest, never run by itself).
 """
 import doctest
+import io
 import os
+import shutil
 import sys
 
+import PIL.Image
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # the tests import the repository's modules (atrl, rollout, ...) by name
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def png_bytes(mode="RGB", size=(6, 4), colour=0):
+    """A size[0] x size[1] PNG of one colour in PIL `mode` ("P" gets a two-colour palette), as file bytes."""
+    img = PIL.Image.new(mode, size, colour)
+    if mode == "P":
+        img.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def torchrun_command(nproc, port):
+    """[python, -m, torch.distributed.run, ...]: append the script and its arguments.
+
+    The master port is `port` plus this process's pid mod 1000, so that two test sessions on one machine
+    (two CI jobs, or a developer's run beside CI) do not both take the same port."""
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port",
+            str(port + os.getpid() % 1000)]
+
+
+def dense_from_csr(csr, n):
+    """CSR triple (numpy arrays or tensors) -> dense (n, n) float64 tensor; absent entries are 0."""
+    indptr, indices, weights = (torch.as_tensor(a) for a in csr)
+    adj = torch.zeros(n, n, dtype=torch.float64)
+    rows = torch.repeat_interleave(torch.arange(n), indptr[1:] - indptr[:-1])  # (nnz,) row of each entry
+    adj[rows, indices.long()] = weights.double()
+    return adj
+
+# ------------------------------------------------------------------------------------------------ fixtures
 
 
 @pytest.fixture(scope="session")
-def warm_checkpoint(tmp_path_factory):
+def random_checkpoint(tmp_path_factory):
+    import tiny
+    return tiny.make_random_checkpoint(str(tmp_path_factory.mktemp("random")), seed=0)
+
+
+@pytest.fixture(scope="session")
+def warm_checkpoint(random_checkpoint, tmp_path_factory):
     import visualmath
     import tiny
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -22,7 +79,7 @@ def warm_checkpoint(tmp_path_factory):
     from rollout import load_processor
 
     path = str(tmp_path_factory.mktemp("warm"))
-    tiny.make_random_checkpoint(path, seed=0)
+    shutil.copytree(random_checkpoint, path, dirs_exist_ok=True)  # the SFT below overwrites the weights
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
     tokenizer, image_processor = load_processor(path)
     examples = visualmath.make_slots(64, seed=123)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import atrl
+from conftest import dense_from_csr
 
 
 def planted(B=3, T=60, V=24, groups=3, per_group=3, seed=0):
@@ -32,15 +33,6 @@ def planted(B=3, T=60, V=24, groups=3, per_group=3, seed=0):
     rho = patterns.sum(-1)                                           # (B, T)
     mask = torch.ones(B, T, dtype=torch.bool)
     return patterns, rho, mask, group >= 0, group
-
-
-def dense(csr, n):
-    """CSR triple -> dense (n, n) float64 tensor (test helper)."""
-    indptr, indices, weights = (torch.as_tensor(a) for a in csr)
-    adj = torch.zeros(n, n, dtype=torch.float64)
-    rows = torch.repeat_interleave(torch.arange(n), indptr[1:] - indptr[:-1])
-    adj[rows, indices] = weights.double()
-    return adj
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,7 +138,7 @@ def test_token_graph_matches_brute_force_oracle():
     for chunk_entries, k in ((1 << 24, 4), (25 * 25, 4), (1 << 24, 30)):
         graphs = atrl.token_graph(patterns, mask, k=k, chunk_entries=chunk_entries)
         for b, (csr, want) in enumerate(zip(graphs, graph_oracle(patterns, mask, k))):
-            got = dense(csr, want.shape[0])
+            got = dense_from_csr(csr, want.shape[0])
             assert torch.allclose(got, want, atol=1e-5), b
             assert (got == got.T).all() and (got >= 0).all() and (got.diagonal() == 0).all()
             assert (torch.as_tensor(csr[2]) > 0).all()                # only real edges are stored

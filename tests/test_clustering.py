@@ -14,6 +14,7 @@ import torch
 
 import clustering
 from clustering import dense_to_csr, knn_packed, louvain, louvain_batch, louvain_packed, modularity
+from conftest import dense_from_csr
 
 ORACLE_SECONDS = 30  # networkx's Louvain has looped forever on float ties before; never let it hang CI
 
@@ -244,10 +245,8 @@ def test_knn_packed_equals_the_dense_symmetric_knn_graph_and_its_clustering():
                 if valid[b, t] and valid[b, j] and j != t and wt > 0:
                     dense[t, j] = dense[j, t] = max(float(dense[t, j]), wt)
         rows = slice(offsets[b], offsets[b + 1])
-        ours = torch.zeros(T, T, dtype=torch.float64)
-        for t in range(T):
-            e = slice(indptr[offsets[b] + t], indptr[offsets[b] + t + 1])
-            ours[t, torch.from_numpy(indices[e] - offsets[b])] = torch.from_numpy(w[e])
+        e = slice(indptr[offsets[b]], indptr[offsets[b + 1]])  # response b's edges, its nodes renumbered from 0
+        ours = dense_from_csr((indptr[rows.start:rows.stop + 1] - e.start, indices[e] - offsets[b], w[e]), T)
         assert torch.allclose(ours, dense.to(ours.dtype), atol=1e-6)
         assert labels[rows].tolist() == louvain(dense, seed=11 + b).tolist()
 

@@ -9,24 +9,18 @@ from PIL import Image
 
 import visualmath
 import rollout
-import tiny
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny.make_random_checkpoint(str(tmp_path_factory.mktemp("ckpt")), seed=0)
+def processor(random_checkpoint):  # random_checkpoint: conftest.py
+    return rollout.load_processor(random_checkpoint)
 
 
 @pytest.fixture(scope="module")
-def processor(checkpoint):
-    return rollout.load_processor(checkpoint)
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint):
+def model(random_checkpoint):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    return Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(random_checkpoint, dtype=torch.float32).eval()
 
 
 def test_docstring_examples():

@@ -8,12 +8,10 @@ and as a 2-process torchrun (gloo), which must give the same numbers (rank strid
 The report test opens report.html and checks every PNG it references exists and is a real picture.
 Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_eval.py
 """
-import io
 import json
 import os
 import re
 import subprocess
-import sys
 
 import PIL.Image
 import pyarrow
@@ -25,14 +23,9 @@ import data
 import visualmath
 import eval as ev
 import report
+from conftest import REPO, png_bytes, torchrun_command
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def png_bytes(size=(56, 28), colour=(200, 220, 255)):
-    buf = io.BytesIO()
-    PIL.Image.new("RGB", size, colour).save(buf, format="PNG")
-    return buf.getvalue()
+PNG = png_bytes("RGB", (56, 28), (200, 220, 255))  # 4 x 2 patches of 14 px = 2 image tokens after merging
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +34,7 @@ def bench_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     (root / "images").mkdir()
     for name in ("1", "2", "3", "4"):
-        (root / "images" / f"{name}.png").write_bytes(png_bytes())
+        (root / "images" / f"{name}.png").write_bytes(PNG)
     mathvista = {
         "1": {"pid": "1", "question": "What is the length of the bar?", "image": "images/1.png", "choices": None,
               "unit": "cm", "precision": 1.0, "answer": "1.2", "question_type": "free_form", "answer_type": "float"},
@@ -55,9 +48,9 @@ def bench_files(tmp_path_factory):
     }
     (root / "testmini.json").write_text(json.dumps(mathvista), encoding="utf-8")
     geometry = [
-        {"images": [{"bytes": png_bytes(), "path": None}], "problem": "<image>Find x.", "answer": "3\\sqrt{3}",
+        {"images": [{"bytes": PNG, "path": None}], "problem": "<image>Find x.", "answer": "3\\sqrt{3}",
          "id": "g1", "choices": ["3", "3\\sqrt{3}", "6", "9"], "ground_truth": "B"},
-        {"images": [{"bytes": png_bytes(), "path": None}], "problem": "<image>Find the angle.", "answer": "60",
+        {"images": [{"bytes": PNG, "path": None}], "problem": "<image>Find the angle.", "answer": "60",
          "id": "g2", "choices": ["30", "45", "60", "90"], "ground_truth": "C"},
     ]
     pyarrow.parquet.write_table(pyarrow.Table.from_pylist(geometry), root / "geo3k-test.parquet")
@@ -191,8 +184,7 @@ def test_real_generation_in_process_equals_torchrun_with_two_ranks(warm_checkpoi
     # the CLI under torchrun: 2 gloo ranks, rows strided, counts all-reduced -> the same numbers
     out = tmp_path / "results.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                           str(29700 + os.getpid() % 1000), "eval.py", "--model", warm_checkpoint, "--benchmark",
+    proc = subprocess.run([*torchrun_command(2, 29700), "eval.py", "--model", warm_checkpoint, "--benchmark",
                            f"visualmath,{bench_files['mathvista']}", "--limit", "4", "--k", "2", "--temperature",
                            "1.0", "--max_new_tokens", "8", "--batch_size", "4", "--out", str(out)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

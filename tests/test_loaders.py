@@ -7,7 +7,6 @@ needs network and is not exercised.
 Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_loaders.py
 """
 
-import io
 import json
 
 import PIL.Image
@@ -18,15 +17,7 @@ import pytest
 import data
 import grading
 import visualmath
-
-
-def png_bytes(mode, size=(6, 4)):
-    img = PIL.Image.new(mode, size)
-    if mode == "P":
-        img.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+from conftest import png_bytes
 
 
 def write_png(path, mode):

@@ -25,7 +25,6 @@ import torch
 from PIL import Image
 
 import rollout
-import tiny
 
 QWEN25_VL_3B_PREPROCESSOR = {  # Qwen/Qwen2.5-VL-3B-Instruct's preprocessor_config.json
     "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
@@ -34,16 +33,16 @@ QWEN25_VL_3B_PREPROCESSOR = {  # Qwen/Qwen2.5-VL-3B-Instruct's preprocessor_conf
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """{"tiny": the random tiny checkpoint, "3b": its tokenizer + the real 3B's image-processor config}."""
-    small = tiny.make_random_checkpoint(str(tmp_path_factory.mktemp("tiny")), seed=0)
+def checkpoints(random_checkpoint, tmp_path_factory):
+    """{"tiny": the random tiny checkpoint (conftest.py), "3b": its tokenizer + the real 3B's image-processor
+    config}."""
     big = str(tmp_path_factory.mktemp("3b-shaped"))
-    for name in os.listdir(small):
+    for name in os.listdir(random_checkpoint):
         if name.startswith(("tokenizer", "chat_template", "special_tokens")):
-            shutil.copy(os.path.join(small, name), big)
+            shutil.copy(os.path.join(random_checkpoint, name), big)
     with open(os.path.join(big, "preprocessor_config.json"), "w") as f:
         json.dump(QWEN25_VL_3B_PREPROCESSOR, f)
-    return {"tiny": small, "3b": big}
+    return {"tiny": random_checkpoint, "3b": big}
 
 
 def stock_processor(tokenizer, image_processor):

@@ -20,14 +20,9 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 40
+from conftest import REPO
 
-
-@pytest.fixture(scope="module")
-def random_checkpoint(tmp_path_factory):
-    import tiny
-    return tiny.make_random_checkpoint(str(tmp_path_factory.mktemp("random")), seed=0)
+STEPS = 40  # the random tiny checkpoint comes from conftest.py (random_checkpoint)
 
 
 def mean_rewards(out_dir):

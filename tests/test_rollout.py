@@ -11,12 +11,11 @@ import tiny
 
 
 @pytest.fixture(scope="module")
-def random_model(tmp_path_factory):
+def random_model(random_checkpoint):  # conftest.py
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    path = tiny.make_random_checkpoint(str(tmp_path_factory.mktemp("rand")), seed=1)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
-    return model, *rollout.load_processor(path)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(random_checkpoint, dtype=torch.float32).eval()
+    return model, *rollout.load_processor(random_checkpoint)
 
 
 def test_a_generated_image_pad_never_reaches_the_batch(random_model):

@@ -1,12 +1,13 @@
 """tiny.py: the random tiny checkpoint (tokenizer, image processor, model) survives save/from_pretrained,
-its tokenizer is sane, and the SFT batch masks the prompt. The SFT build itself is never run here."""
+its tokenizer is sane, and the SFT batch masks the prompt. The SFT build itself is never run here.
+The checkpoint is conftest.py's random_checkpoint (seed 0, built once per session); how fast a build is, the
+tests depend on, so one test builds another and times it."""
 
 import doctest
 import json
 import os
 import time
 
-import pytest
 import torch
 
 import visualmath
@@ -14,30 +15,28 @@ import rollout
 import tiny
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def test_make_random_checkpoint_is_fast(tmp_path):
     began = time.process_time()  # CPU seconds, not wall: the test box is shared
-    path = tiny.make_random_checkpoint(str(tmp_path_factory.mktemp("tiny")), seed=0)
+    tiny.make_random_checkpoint(str(tmp_path), seed=0)
     assert time.process_time() - began < 30, "make_random_checkpoint must stay fast: the tests depend on it"
-    return path
 
 
 def test_docstring_examples():
     assert doctest.testmod(tiny).failed == 0
 
 
-def test_checkpoint_has_the_files_from_pretrained_needs(checkpoint):
+def test_checkpoint_has_the_files_from_pretrained_needs(random_checkpoint):
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "preprocessor_config.json", "generation_config.json"):
-        assert os.path.exists(os.path.join(checkpoint, name)), name
+        assert os.path.exists(os.path.join(random_checkpoint, name)), name
 
 
-def test_model_round_trip_is_exact(checkpoint):
+def test_model_round_trip_is_exact(random_checkpoint):
     """from_pretrained gives back the very weights make_model built (same seed => same init)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    tokenizer, image_processor = rollout.load_processor(checkpoint)
-    loaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    tokenizer, image_processor = rollout.load_processor(random_checkpoint)
+    loaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(random_checkpoint, dtype=torch.float32).eval()
     fresh = tiny.make_model(tokenizer, seed=0).eval()
     assert type(loaded).__name__ == "Qwen2_5_VLForConditionalGeneration"
     fresh_state = fresh.state_dict()
@@ -50,11 +49,11 @@ def test_model_round_trip_is_exact(checkpoint):
     assert not torch.equal(tiny.make_model(tokenizer, seed=1).lm_head.weight, fresh.lm_head.weight)
 
 
-def test_config_ids_match_the_tokenizer(checkpoint):
+def test_config_ids_match_the_tokenizer(random_checkpoint):
     from transformers import AutoConfig
 
-    tokenizer, _ = rollout.load_processor(checkpoint)
-    config = AutoConfig.from_pretrained(checkpoint)
+    tokenizer, _ = rollout.load_processor(random_checkpoint)
+    config = AutoConfig.from_pretrained(random_checkpoint)
     ids = tokenizer.convert_tokens_to_ids
     assert config.image_token_id == ids("<|image_pad|>") and config.video_token_id == ids("<|video_pad|>")
     assert config.vision_start_token_id == ids("<|vision_start|>")
@@ -64,8 +63,8 @@ def test_config_ids_match_the_tokenizer(checkpoint):
         config.text_config.hidden_size // config.text_config.num_attention_heads  # covers head_dim
 
 
-def test_tokenizer_round_trips_text_and_keeps_specials_whole(checkpoint):
-    tokenizer, _ = rollout.load_processor(checkpoint)
+def test_tokenizer_round_trips_text_and_keeps_specials_whole(random_checkpoint):
+    tokenizer, _ = rollout.load_processor(random_checkpoint)
     for text in ["<think>3+4=7</think><answer>7</answer>", "Ünïcödé ✓ 日本語 \t\n  spaces", "", "1234567890"]:
         assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
     assert tokenizer.tokenize("12+305") == ["1", "2", "+", "3", "0", "5"]  # one token per digit
@@ -78,25 +77,25 @@ def test_tokenizer_round_trips_text_and_keeps_specials_whole(checkpoint):
     assert "<|vision_start|><|image_pad|><|vision_end|>q\n" in prompt
 
 
-def test_image_processor_round_trip(checkpoint):
-    _, image_processor = rollout.load_processor(checkpoint)
+def test_image_processor_round_trip(random_checkpoint):
+    _, image_processor = rollout.load_processor(random_checkpoint)
     assert type(image_processor).__name__ == "Qwen2VLImageProcessorPil"  # PIL backend: no torchvision
     assert image_processor.size["shortest_edge"] == tiny.MIN_PIXELS
     assert image_processor.size["longest_edge"] == tiny.MAX_PIXELS
     assert image_processor.patch_size == 14 and image_processor.merge_size == 2
 
 
-def test_image_tokens_of_the_two_tasks(checkpoint):
+def test_image_tokens_of_the_two_tasks(random_checkpoint):
     """The learnability design: one 28x28 slot or grid cell = one LLM image token; the grid has 16, v1 two."""
-    tokenizer, image_processor = rollout.load_processor(checkpoint)
+    tokenizer, image_processor = rollout.load_processor(random_checkpoint)
     for name, n_tokens in (("visualmath-v1", 2), ("visualmath", 16)):
         ex = visualmath.make(name, 1, seed=0)[0]
         enc = rollout.encode_prompts(tokenizer, image_processor, [ex["image"]], [ex["question"]])
         assert enc["mm_token_type_ids"].sum().item() == n_tokens, name
 
 
-def test_grid_responses_have_at_least_twenty_tokens(checkpoint):
-    tokenizer, _ = rollout.load_processor(checkpoint)
+def test_grid_responses_have_at_least_twenty_tokens(random_checkpoint):
+    tokenizer, _ = rollout.load_processor(random_checkpoint)
     lengths = [len(tokenizer(ex["response"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"])
                for ex in visualmath.make_grid(50, seed=1)]
     assert min(lengths) >= 20, lengths
@@ -112,8 +111,8 @@ def test_lessons_end_on_the_grid_task_with_the_teacher_slips():
     assert read == [str(visualmath.TEACHER_SLIPS.get(int(v), int(v))) for v in grid["perception"]]
 
 
-def test_sft_batch_supervises_exactly_the_response(checkpoint):
-    tokenizer, image_processor = rollout.load_processor(checkpoint)
+def test_sft_batch_supervises_exactly_the_response(random_checkpoint):
+    tokenizer, image_processor = rollout.load_processor(random_checkpoint)
     examples = list(visualmath.make_slots(3, seed=4, n_numbers=3, digits=2))  # different response lengths
     batch = tiny.sft_batch(tokenizer, image_processor, examples)
     B, S = batch["input_ids"].shape
@@ -126,12 +125,12 @@ def test_sft_batch_supervises_exactly_the_response(checkpoint):
     assert (batch["mm_token_type_ids"][batch["labels"] != -100] == 0).all()
 
 
-def test_a_few_sft_steps_fit_a_batch(checkpoint):
+def test_a_few_sft_steps_fit_a_batch(random_checkpoint):
     """Smoke: the SFT loss goes down on one repeated batch (gradients flow through the masked loss)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    tokenizer, image_processor = rollout.load_processor(checkpoint)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).train()
+    tokenizer, image_processor = rollout.load_processor(random_checkpoint)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(random_checkpoint, dtype=torch.float32).train()
     batch = tiny.sft_batch(tokenizer, image_processor, list(visualmath.make_slots(8, seed=5)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []

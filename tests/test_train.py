@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import load_file
 
 import runs
+from conftest import REPO, torchrun_command
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--prompts_per_step", "2", "--group_size", "4", "--max_new_tokens", "12", "--eval_size", "4",
          "--eval_every", "0", "--mask_truncated", "0", "--lr", "1e-3", "--warmup_steps", "1",
          "--dataset", "visualmath-v1"]  # the fixture checkpoint was warmed up on v1; the arm smoke test runs v2
@@ -31,8 +31,7 @@ EXACT = ["--adam_eps", "1e-2"]  # see the module docstring
 def run_train(ckpt, out_dir, *args, torchrun=0, check=True):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={torchrun}", "--master_port",
-               str(29500 + os.getpid() % 1000), "train.py"]
+        cmd = [*torchrun_command(torchrun, 29500), "train.py"]
     else:
         cmd = [sys.executable, "train.py"]
     cmd += ["--model", ckpt, "--out_dir", str(out_dir), *SMALL, *args]

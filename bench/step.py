@@ -9,8 +9,10 @@ micro-batches, run in several arms on the SAME rollout batch, seed and weights:
               reads the attention rows and then runs connectivity.debias_sinks -> atrl.token_weights_with_stats
               (token_graph + Louvain + W) while the training thread finishes the forward; the loss waits for W
     atrl, inline         the same work done inside the forward on the training thread (--overlap_weights 0)
-    atrl, packed graph   overlapped, with the kNN -> CSR step done by compiled code (clustering.knn_packed
-                         straight into louvain_packed): a proposal, one branch in `weights_from_probe` below
+    vppo      GRPO with VPPO's weights: first two no-grad forwards per micro-batch (its image, and the image
+              with half its patches blackened; timed as their own stage), then W from the per-token visual
+              dependency (atrl's "vppo" arm)
+    entropy   GRPO with W from the top 20% of each response's tokens by the forward's entropy (no extra pass)
 
     ratio     = median over rounds of  t(arm) / t(uniform)  in the same round (paired: noise hits both)
     CPU time  = the same ratio for process CPU seconds (all threads): the work the overlap hides, not removes
@@ -50,19 +52,20 @@ Trap (NOTE below, at "run"): numba's first parallel call (clustering.louvain_pac
 team and thereby raises torch's intra-op threads from OMP_NUM_THREADS to numba's count; the bench pins torch
 back. Compare numba's threading layers by running twice, e.g. NUMBA_THREADING_LAYER=workqueue.
 
-Run (CPU, tiny: 1.5 minutes on a quiet 2-core machine, ~4 on a busy one):
-    OMP_NUM_THREADS=1 nice -n 10 python bench_step.py
-    python bench_step.py --sections step --repeats 5          # one section, fewer rounds
-    python bench_step.py --device cuda --config 3b            # GPU: Qwen2.5-VL-3B config, random bf16 weights
-    python bench_step.py --config 3b --shrink                 # smoke-test the 3B code path on CPU (minutes)
+Run (from the repository root; CPU, tiny: 1.5 minutes on a quiet 2-core machine, ~4 on a busy one):
+    OMP_NUM_THREADS=1 nice -n 10 python bench/step.py
+    python bench/step.py --sections step --repeats 5          # one section, fewer rounds
+    python bench/step.py --device cuda --config 3b            # GPU: Qwen2.5-VL-3B config, random bf16 weights
+    python bench/step.py --config 3b --shrink                 # smoke-test the 3B code path on CPU (minutes)
 """
+
+import common  # first: it puts the repository root on sys.path (see its docstring)
 
 import argparse
 import contextlib
 import functools
 import os
 import resource
-import threading
 import statistics
 import subprocess
 import sys
@@ -70,7 +73,6 @@ import tempfile
 import time
 
 import numba
-import numpy as np
 import torch
 
 import atrl
@@ -128,10 +130,10 @@ MALLOC = pin_malloc() if args.malloc == "pinned" else "dynamic (glibc default)"
 device = torch.device(args.device)
 cuda = device.type == "cuda"
 if cuda and not torch.cuda.is_available():
-    print("bench_step: --device cuda but CUDA is not available here -- skipped (nothing measured)")
+    print("bench/step.py: --device cuda but CUDA is not available here -- skipped (nothing measured)")
     sys.exit(0)
 if args.config == "3b" and not cuda and not args.shrink:
-    print("bench_step: --config 3b needs --device cuda (a 3B step on a CPU takes hours) -- skipped; "
+    print("bench/step.py: --config 3b needs --device cuda (a 3B step on a CPU takes hours) -- skipped; "
           "use --shrink to smoke-test the code path on CPU")
     sys.exit(0)
 grad_ckpt = (args.config == "3b") if args.grad_checkpointing < 0 else bool(args.grad_checkpointing)
@@ -140,22 +142,8 @@ PIXELS = None  # an image processor for rollout.blacken_patches (its mean/std an
 K_NN, ANCHOR_FRAC, GAIN = 0, 0.15, 2.0  # train.py defaults (--knn: 0 = per response, --anchor_frac, --gain)
 TORCH_THREADS, NUMBA_THREADS = torch.get_num_threads(), numba.get_num_threads()
 
-# Qwen2.5-VL-3B-Instruct's published sizes (config.json), weights random
-QWEN3B_TEXT = dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                   num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000, rms_norm_eps=1e-6,
-                   rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]})
-QWEN3B_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, in_channels=3, patch_size=14,
-                     spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                     fullatt_block_indexes=[7, 15, 23, 31], out_hidden_size=2048)
-IMAGE, V_START, V_END = 60, 58, 59  # token ids of synthetic batches: distinct, below every vocab used here
 
 # ------------------------------------------------------------------------------------------- timing
-
-
-def sync():
-    # only the training thread: a sync on the probe's worker would wait for the training thread's queue too
-    if cuda and threading.current_thread() is threading.main_thread():
-        torch.cuda.synchronize()
 
 
 class Stages:
@@ -168,12 +156,12 @@ class Stages:
 
     @contextlib.contextmanager
     def __call__(self, name):
-        sync()
+        common.sync(device)
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            sync()
+            common.sync(device)
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
@@ -196,33 +184,11 @@ if not cuda:  # the probe's reading of a layer (on GPU it is queued, not run, so
 # ------------------------------------------------------------------------------------------- models
 
 
-def build_model(text, vision, dtype):
-    """A random Qwen2.5-VL from sizes (synthetic batches use the IMAGE/V_START/V_END ids above)."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    config = Qwen2_5_VLConfig(text_config=dict(text), vision_config=dict(vision), image_token_id=IMAGE,
-                              vision_start_token_id=V_START, vision_end_token_id=V_END, tie_word_embeddings=True,
-                              attn_implementation="sdpa")
-    torch.manual_seed(args.seed)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # built in place on the device and in dtype: no 15 GB fp32 copy on the host
-    try:
-        with torch.device(device):
-            return Qwen2_5_VLForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(default)
-
-
-def model_sizes():
-    """(text, vision) sizes of the synthetic-batch model: tiny.py's or Qwen2.5-VL-3B's (--shrink: 2 layers)."""
-    if args.config == "tiny":
-        import tiny
-        # windowed vision attention only: full attention over a 16k-patch image would dominate everything
-        return dict(tiny.TEXT, vocab_size=tiny.VOCAB_SIZE), dict(tiny.VISION, fullatt_block_indexes=[])
-    text, vision = dict(QWEN3B_TEXT), dict(QWEN3B_VISION)
-    if args.shrink:
-        text.update(num_hidden_layers=2)
-        vision.update(depth=1, fullatt_block_indexes=[0])
-    return text, vision
+def build_model():
+    """The random synthetic-batch model: tiny.py's sizes or Qwen2.5-VL-3B's (--shrink: 2 layers); the tiny
+    vision tower runs windowed attention only (common.model_sizes), so a 4096-token image stays affordable."""
+    text, vision = common.model_sizes(args.config, args.shrink, windowed_vision=args.config == "tiny")
+    return common.build_model(text, vision, dtype, device, seed=args.seed)
 
 
 def prepare_for_training(model):
@@ -245,16 +211,16 @@ def synthetic_batch(model, B, n_image, T, prompt_text=24, vary=False, seed=0):
     g = torch.Generator().manual_seed(seed)
     P = prompt_text + n_image + 2
     input_ids = torch.randint(100, 400, (B, P + T), generator=g)                   # (B, S) text ids
-    input_ids[:, 4] = V_START
-    input_ids[:, 5:5 + n_image] = IMAGE
-    input_ids[:, 5 + n_image] = V_END
+    input_ids[:, 4] = common.V_START
+    input_ids[:, 5:5 + n_image] = common.IMAGE
+    input_ids[:, 5 + n_image] = common.V_END
     lengths = torch.randint(T // 2, T + 1, (B,), generator=g) if vary else torch.full((B,), T)
     response_mask = torch.arange(T)[None, :] < lengths[:, None]                   # (B, T)
     attention_mask = torch.cat([torch.ones(B, P, dtype=torch.long), response_mask.long()], 1)  # (B, S)
     grid = torch.tensor([[1, side * vc.spatial_merge_size, side * vc.spatial_merge_size]] * B)  # (B, 3) patches
     patch_dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
     return {"input_ids": input_ids.masked_fill(attention_mask == 0, 0), "attention_mask": attention_mask,
-            "mm_token_type_ids": (input_ids == IMAGE).int(),  # 3-D mRoPE positions need it (transformers 5.x)
+            "mm_token_type_ids": (input_ids == common.IMAGE).int(),  # 3-D mRoPE positions need it (transformers 5.x)
             "full_response_mask": torch.cat([torch.zeros(B, P, dtype=torch.bool), response_mask], 1),
             "response_mask": response_mask, "prompt_len": P, "image_grid_thw": grid,
             "pixel_values": torch.randn(int(grid.prod(-1).sum()), patch_dim, generator=g).to(dtype),
@@ -282,68 +248,18 @@ def sampled_rollouts(model_dir):
 # ------------------------------------------------------------------------------------------- the step
 
 
-@torch.no_grad()
-def packed_weights(patterns, rho, mask, seed):
-    """atrl.token_weights_with_stats(mode="atrl") with the graph built by compiled code: the proposal for atrl.py.
-
-    The same features and graph as atrl.token_graph (centred, L2-normalised rows; cosine kNN, union-symmetric
-    with the larger weight, weights <= 0 dropped), but the CSR comes from clustering.knn_packed (one numba
-    pass over the (B, T, k) neighbour lists) and goes straight to clustering.louvain_packed: no unique/argsort
-    over edges in torch, no Python loop over responses, no per-graph re-packing in louvain_batch. Padding
-    nodes are squeezed out and every row sorted by column, so Louvain sees exactly atrl's graphs (node order,
-    edge order, seeds seed + b) and returns the same labels. Returns W (B, T) and the stats train.py logs."""
-    mask = mask.bool()
-    B, T, V = patterns.shape
-    with STAGES("graph"):
-        x = patterns.float() * mask[..., None]                                      # (B, T, V)
-        n = mask.sum(1).clamp_min(1)                                                # (B,)
-        raw_norm = x.norm(dim=-1, keepdim=True)                                     # (B, T, 1)
-        x = (x - x.sum(1, keepdim=True) / n[:, None, None]) * mask[..., None]       # centred
-        norm = x.norm(dim=-1, keepdim=True)
-        x = torch.where(norm > 1e-4 * raw_norm, x / norm.clamp_min(1e-30), 0.0)    # as atrl.token_graph
-        sim = torch.bmm(x, x.transpose(1, 2))                                       # (B, T, T) cosine
-        sim.diagonal(dim1=1, dim2=2).fill_(-1.0)                                    # no self loops
-        sim.masked_fill_(~mask[:, None, :], -1.0)                                   # padding: nobody's neighbour
-        k_all = atrl.neighbours(mask.sum(1).cpu(), K_NN).to(mask.device)            # (B,) each response's k
-        val, idx = sim.topk(int(k_all.max()) if B else 0, dim=-1)                   # (B, T, k)
-        val = val.masked_fill(torch.arange(val.shape[-1], device=val.device) >= k_all[:, None, None], -1.0)
-        indptr, indices, weights, _ = clustering.knn_packed(idx, val, mask)         # node b*T + t; w <= 0 dropped
-        valid = mask.reshape(-1).cpu().numpy()                                      # (B*T,)
-        new_id = np.cumsum(valid) - 1                                               # valid nodes numbered 0..N-1
-        rows = new_id[np.repeat(np.arange(B * T), np.diff(indptr))]                 # (nnz,) row of each edge
-        cols = new_id[indices]
-        order = np.lexsort((cols, rows))                                            # CSR rows sorted by column
-        indptr = np.concatenate([[0], np.cumsum(np.diff(indptr)[valid])])           # (N+1,)
-        node_offsets = np.concatenate([[0], np.cumsum(mask.sum(1).cpu().numpy())])  # (B+1,)
-    with STAGES("louvain"):
-        labels = clustering.louvain_packed(indptr, cols[order], weights[order], node_offsets, seed=seed)  # (N,)
-    cluster = torch.full((B, T), -1, dtype=torch.long)                              # (B, T)
-    cluster[mask.cpu()] = torch.from_numpy(labels)
-    cluster = cluster.to(mask.device)
-    anchors = atrl.select_anchors(rho, mask, ANCHOR_FRAC)
-    W = atrl._mean_one(1.0 + (GAIN - 1.0) * atrl._cluster_share(cluster, anchors, mask), mask.float())
-    nonempty = mask.any(dim=1)
-    stats = dict(anchor_frac=float(anchors.sum() / mask.sum().clamp_min(1)),
-                 clusters=float((cluster.max(dim=1).values + 1)[nonempty].float().mean()),
-                 W_mean=float(W[mask].mean()), W_max=float(W[mask].max()), W_anchor_mean=float(W[anchors].mean()))
-    return W, stats
-
-
-def weights_from_probe(captured, mask, seed, variant):
+def weights_from_probe(captured, mask, seed):
     """W (b, T) from what the probe captured -- train.py's weights_from_probe (the kNN graph built where the
-    patterns are, Louvain on the CPU), or with variant "packed graph" the CSR built by compiled code. Run by
-    the probe itself (arm's `then`): on its worker thread when overlapped, inside the forward when inline."""
+    patterns are, Louvain on the CPU). Run by the probe itself (arm's `then`): on its worker thread when
+    overlapped, inside the forward when inline."""
     with STAGES("weights"):
         with STAGES("debias"):
             pad = mask.shape[1] - captured["patterns"].shape[1]
             patterns = torch.nn.functional.pad(captured["patterns"], (0, 0, 0, pad))      # (b, T, V)
             sink = torch.nn.functional.pad(captured["sink"], (0, pad))                    # (b, T)
             patterns, rho = connectivity.debias_sinks(patterns, sink, captured["image_valid"])
-        if "packed" in variant:
-            W = packed_weights(patterns, rho, mask.bool(), seed)[0]
-        else:
-            W, _ = atrl.token_weights_with_stats(patterns, rho, mask.bool(), mode="atrl", anchor_frac=ANCHOR_FRAC,
-                                                 gain=GAIN, k=K_NN, seed=seed)
+        W, _ = atrl.token_weights_with_stats(patterns, rho, mask.bool(), mode="atrl", anchor_frac=ANCHOR_FRAC,
+                                             gain=GAIN, k=K_NN, seed=seed)
         return W.to(mask.device)
 
 
@@ -376,7 +292,7 @@ def rl_step(model, params, optimizer, batch, adv, loss_mask, variant, micro, see
                 with STAGES("probe arm"):
                     probe.arm(connectivity.query_positions(mb["full_response_mask"], "predict"),
                               mb["input_ids"] == model.config.image_token_id, mb["attention_mask"],
-                              then=functools.partial(weights_from_probe, mask=mask, seed=seed, variant=variant))
+                              then=functools.partial(weights_from_probe, mask=mask, seed=seed))
             with STAGES("forward"):
                 logp, entropy = rollout.token_logprobs(model, mb, P)
             if variant == "vppo":
@@ -421,13 +337,6 @@ def ms(x):
     return f"{1e3 * x:.1f}"
 
 
-def machine_line():
-    load = os.getloadavg()
-    gpu = torch.cuda.get_device_name() if cuda else f"{os.cpu_count()} CPUs"
-    return (f"machine: {gpu}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min); "
-            f"torch {torch.__version__} threads {torch.get_num_threads()}, numba threads {numba.get_num_threads()}")
-
-
 # ------------------------------------------------------------------------------------------- memory child
 # A fresh process per arm (CPU): one step to allocate AdamW's state, then the process's resident high-water
 # mark (VmHWM) over a second, steady step, and torch's own allocation peak over a third. tracemalloc cannot
@@ -462,14 +371,8 @@ if args.memory_child:
     hwm = status_kib("VmHWM")
     # torch's own allocations during a third step, replayed from the profiler's memory events (deterministic,
     # unlike RSS, but blind to numpy/numba arrays -- the CSR graphs, a few KiB here)
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        rl_step(model, params, optimizer, batch, adv, loss_mask, args.memory_child, args.micro)
-    running = torch_peak = 0
-    for e in sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns()):
-        running += e.nbytes()
-        torch_peak = max(torch_peak, running)
+    torch_peak = common.peak_bytes(lambda: rl_step(model, params, optimizer, batch, adv, loss_mask,
+                                                   args.memory_child, args.micro), device)
     print(f"MEMORY {start} {hwm} {numba_kib} {torch_peak // 1024}")
     sys.exit(0)
 
@@ -482,12 +385,12 @@ sections = args.sections.split(",")
 # slower. So: load numba now, then pin torch back.
 atrl.token_weights(torch.rand(2, 16, 4), torch.rand(2, 16), torch.ones(2, 16, dtype=torch.bool))
 torch.set_num_threads(TORCH_THREADS)
-print(f"bench_step: config {args.config}{' (shrunk)' if args.shrink else ''} on {device} ({dtype}), "
+print(f"bench/step.py: config {args.config}{' (shrunk)' if args.shrink else ''} on {device} ({dtype}), "
       f"gradient checkpointing {int(grad_ckpt)}, probe layers {args.probe_layers}, "
       f"numba threading layer {numba.threading_layer()}, malloc thresholds {MALLOC}")
-print(machine_line())
+print(common.machine_line(device))
 
-VARIANTS = ["uniform", "atrl", "atrl, inline", "atrl, packed graph", "vppo", "entropy"]
+VARIANTS = ["uniform", "atrl", "atrl, inline", "vppo", "entropy"]
 step_state = None
 
 if "step" in sections or "memory" in sections:
@@ -502,8 +405,7 @@ if "step" in sections or "memory" in sections:
                 f"in {raw_batch['rollout_seconds']:.1f} s")
     else:
         model_dir = None
-        text, vision = model_sizes()
-        model = build_model(text, vision, dtype)
+        model = build_model()
         B, n_image, T = (2, 16, 32) if args.shrink else (8, 1024, 1024)
         raw_batch = synthetic_batch(model, B, n_image, T, prompt_text=64, vary=True, seed=args.seed)
         micro, group_size = (1, 2) if args.shrink else (2, 4)  # 3B: 2 prompts x G 4, 2 rollouts per forward
@@ -522,16 +424,6 @@ if "step" in sections:
           f"V={n_image} image tokens, micro-batch {micro}, {args.repeats} interleaved rounds")
     for v in VARIANTS:  # warm-up: allocator, AdamW state, numba cache, lazy init
         rl_step(model, params, optimizer, batch, adv, loss_mask, v, micro, seed=args.seed)
-    # the packed proposal must give the same weights: compare on the first micro-batch
-    mb, mask = rollout.slice_batch(batch, 0, micro), loss_mask[:micro]
-    with torch.no_grad(), connectivity.probe(model, probe_layers(model)) as p:
-        p.arm(connectivity.query_positions(mb["full_response_mask"]), mb["input_ids"] == model.config.image_token_id,
-              mb["attention_mask"])
-        rollout.token_logprobs(model, mb, batch["prompt_len"])
-        W_atrl, W_packed = (weights_from_probe(p.result(), mask, args.seed, v) for v in ("atrl", "packed"))
-    same = ((W_atrl - W_packed).abs() < 1e-4)[mask.bool()].float().mean()
-    print(f"packed vs atrl.token_weights on micro-batch 0: W equal (to 1e-4) on {100 * same:.1f}% of tokens, "
-          f"max |dW| {(W_atrl - W_packed).abs().max():.3f}")
     totals = {v: [] for v in VARIANTS}
     cpu = {v: [] for v in VARIANTS}
     faults = {v: [] for v in VARIANTS}
@@ -542,10 +434,10 @@ if "step" in sections:
             STAGES = Stages()
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            sync()
+            common.sync(device)
             t0, c0, f0 = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             rl_step(model, params, optimizer, batch, adv, loss_mask, v, micro, seed=args.seed)
-            sync()
+            common.sync(device)
             totals[v].append(time.perf_counter() - t0)
             cpu[v].append(time.process_time() - c0)  # CPU seconds of all threads: what the overlap does not hide
             faults[v].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)  # see pin_malloc
@@ -640,8 +532,7 @@ if step_state is not None:  # free the step's model and AdamW state before the s
         torch.cuda.empty_cache()
 
 if "scaling" in sections:
-    text, vision = model_sizes()
-    smodel = build_model(text, vision, dtype)
+    smodel = build_model()
     sparams, _ = prepare_for_training(smodel)
     if args.shrink:
         points = [(64, 128)]
@@ -666,7 +557,7 @@ if "scaling" in sections:
         for r in range(args.scaling_repeats + 1):  # round 0 is a warm-up
             for arm in arms[r % len(arms):] + arms[:r % len(arms)]:
                 STAGES = Stages()
-                sync()
+                common.sync(device)
                 t0 = time.perf_counter()
                 with contextlib.ExitStack() as stack:
                     p = None
@@ -674,20 +565,20 @@ if "scaling" in sections:
                         chunk = 2**19 if arm == "small chunk" else None  # None: connectivity.probe's default
                         p = stack.enter_context(connectivity.probe(smodel, probe_layers(smodel), chunk,
                                                                    background=arm == "overlap"))
-                        p.arm(connectivity.query_positions(sb["full_response_mask"]), sb["input_ids"] == IMAGE,
+                        p.arm(connectivity.query_positions(sb["full_response_mask"]), sb["input_ids"] == common.IMAGE,
                               sb["attention_mask"], then=functools.partial(
-                                  weights_from_probe, mask=smask, seed=args.seed, variant="atrl")
+                                  weights_from_probe, mask=smask, seed=args.seed)
                               if arm == "overlap" else None)
                     with STAGES("forward"):
                         logp, _ = rollout.token_logprobs(smodel, sb, P)
                     if arm == "probe":
-                        weights_from_probe(p.result(), smask, args.seed, "atrl")  # inline: its cost, not hidden
+                        weights_from_probe(p.result(), smask, args.seed)  # inline: its cost, not hidden
                     if arm == "overlap":
                         p.outcome()
                     if arm != "small chunk":
                         with STAGES("backward"):
                             ((logp * smask).sum() / smask.sum()).backward()
-                sync()
+                common.sync(device)
                 STAGES.seconds["wall"] = time.perf_counter() - t0
                 del logp
                 for q in sparams:
@@ -705,4 +596,4 @@ if "scaling" in sections:
               + ("" if cuda else f" {ms(delta('small chunk'))} |"))
         del sb
 
-print("\n" + machine_line())
+print("\n" + common.machine_line(device))

@@ -5,15 +5,16 @@ Planted data (no model): 15% of the tokens are anchors that look at one of 8 blo
 (the worst case). Prints one row per stage with seconds and the share of the full atrl call, plus a
 sanity line (how many planted anchors were selected and how much W lifts them).
 
-Run (default 512 x 1024 tokens, V = 256; threads from the usual env vars):
-    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 nice -n 10 python bench_atrl.py
-    python bench_atrl.py --B 64 --T 512          # smaller, for a quick look
+Run (from the repository root; default 512 x 1024 tokens, V = 256; threads from the usual env vars):
+    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 nice -n 10 python bench/weights.py
+    python bench/weights.py --B 64 --T 512          # smaller, for a quick look
 """
+
+import common  # first: it puts the repository root on sys.path (see its docstring)
 
 import argparse
 import time
 
-import numba
 import torch
 
 import atrl
@@ -71,8 +72,8 @@ graphs, t_graph = timed(lambda: atrl.token_graph(patterns, mask, k=args.k))
 _, t_louvain = timed(lambda: clustering.louvain_batch(graphs, seed=args.seed))
 (W, stats), t_atrl = timed(lambda: atrl.token_weights_with_stats(patterns, rho, mask, mode="atrl", k=args.k))
 
-print(f"token_weights on B={args.B} x T={args.T} tokens, V={args.V}, k={args.k}; "
-      f"torch threads={torch.get_num_threads()}, numba threads={numba.get_num_threads()}, best of {args.repeat}")
+print(f"token_weights on B={args.B} x T={args.T} tokens, V={args.V}, k={args.k}; best of {args.repeat}")
+print(common.machine_line(torch.device("cpu")))
 print(f"{'stage':<32}{'seconds':>10}{'/ atrl':>10}")
 for name, t in [("token_weights mode=uniform", t_uniform), ("token_weights mode=tokens", t_tokens),
                 ("  token_graph (kNN, CSR)", t_graph), ("  clustering.louvain_batch", t_louvain),

@@ -15,8 +15,11 @@ Our numba compile time is measured first (cold cache) or reported as a cache hit
 Timing notes: ours is timed from a ready CSR (the path atrl.py uses), igraph from a ready igraph.Graph,
 networkx from a ready nx.Graph, so each library is timed on its algorithm only. Q is always recomputed by
 one function (ours, on the CSR) so no library's own Q convention can flatter it.
-Run: `OMP_NUM_THREADS=1 nice -n 10 python bench_louvain.py` (add --quick for a smoke run).
+Run (from the repository root): `OMP_NUM_THREADS=1 nice -n 10 python bench/louvain.py` (add --quick for a
+smoke run).
 """
+import common  # first: it puts the repository root on sys.path (see its docstring)
+
 import argparse
 import os
 import subprocess
@@ -171,7 +174,7 @@ def compile_seconds():
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                             cwd=os.path.dirname(os.path.abspath(__file__)), check=True)
+                             cwd=common.REPO, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -203,10 +206,9 @@ def main():
     except ImportError:  # igraph is optional (not in requirements.txt): its columns print as "-"
         igraph = None
     libs = ("ours", "igraph", "networkx") if igraph else ("ours", "networkx")
-    print(f"numba {numba.__version__} ({numba.get_num_threads()} threads), "
-          f"igraph {igraph.__version__ if igraph else 'not installed'}, "
-          f"networkx {networkx.__version__}, torch {torch.__version__}; {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.1f} (other jobs slow every column alike; compare ratios)")
+    print(f"numba {numba.__version__}, igraph {igraph.__version__ if igraph else 'not installed'}, "
+          f"networkx {networkx.__version__} (other jobs slow every column alike; compare ratios)")
+    print(common.machine_line(torch.device("cpu")))
 
     # --- compile time (excluded from everything below)
     cold = compile_seconds()

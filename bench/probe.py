@@ -17,10 +17,11 @@ Models: the tiny Qwen2.5-VL of tiny.py (random weights, fp32, CPU) and, when CUD
 Qwen2.5-VL-3B-Instruct config with random weights in bf16 (~1k image tokens, ~1k response tokens).
 Without a GPU the 3B case prints an analytic FLOP estimate (probe vs forward) instead.
 
-Run:  OMP_NUM_THREADS=1 python bench_probe.py                 # tiny on CPU (+ 3B on GPU if present)
-      python bench_probe.py --suite 3b --shrink                # smoke-test the 3B code path on CPU
+Run (from the repository root):
+      OMP_NUM_THREADS=1 python bench/probe.py                 # tiny on CPU (+ 3B on GPU if present)
+      python bench/probe.py --suite 3b --shrink                # smoke-test the 3B code path on CPU
 
-Measured 2026-11-25, `nice -n 10 OMP_NUM_THREADS=1 python bench_probe.py --repeats 31`, 1 thread on a 2-core VM
+Measured 2026-11-25, `nice -n 10 OMP_NUM_THREADS=1 python bench/probe.py --repeats 31`, 1 thread on a 2-core VM
 shared with ~6 busy sessions (load 5-6): rounds vary by +-20-40%, so the end-to-end columns cannot resolve a
 few percent; the time inside the probe is the reliable figure. No GPU was available: the 3B rows are estimates.
 
@@ -38,16 +39,17 @@ are bf16), and reading the kernel's own logsumexp (flash/efficient attention ret
 columns need scoring.
 """
 
+import common  # first: it puts the repository root on sys.path (see its docstring)
+
 import argparse
 import statistics
 import time
 
 import torch
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 import connectivity
+from common import IMAGE, V_END, V_START, build_model, model_sizes, peak_bytes, sync
 from connectivity import default_layers, probe, query_positions
-from tiny import TEXT, VISION, VOCAB_SIZE
 
 # ----------------------------------------------------------------------------- config
 
@@ -57,25 +59,7 @@ parser.add_argument("--repeats", type=int, default=9, help="timed rounds per sha
 parser.add_argument("--shrink", action="store_true", help="3B config with 2 layers and small inputs (smoke test)")
 args = parser.parse_args()
 
-# Qwen2.5-VL-3B-Instruct's published config.json (text + vision), weights random
-QWEN3B_TEXT = dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                   num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000, rms_norm_eps=1e-6,
-                   tie_word_embeddings=True,
-                   rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})
-QWEN3B_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, in_channels=3, patch_size=14,
-                     spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                     fullatt_block_indexes=[7, 15, 23, 31], out_hidden_size=2048)
-IMAGE, V_START, V_END = 60, 58, 59  # token ids: any distinct ids below every vocab size used here
-
 # ----------------------------------------------------------------------------- helpers
-
-
-def build(text, vision, dtype, device):
-    config = Qwen2_5_VLConfig(text_config=dict(text), vision_config=dict(vision), image_token_id=IMAGE,
-                              vision_start_token_id=V_START, vision_end_token_id=V_END,
-                              tie_word_embeddings=text.get("tie_word_embeddings", False), attn_implementation="sdpa")
-    torch.manual_seed(0)
-    return Qwen2_5_VLForConditionalGeneration(config).to(device=device, dtype=dtype).eval()
 
 
 def make_batch(config, B, grid_side, prompt_len, response_len, device, dtype):
@@ -104,11 +88,6 @@ def make_batch(config, B, grid_side, prompt_len, response_len, device, dtype):
     return {k: v.to(device) for k, v in inputs.items()}, response_mask.to(device)
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def run(model, inputs, response_mask, layers, chunk_elements=None):
     """One forward; with layers, the probe is installed, armed on every response token and read out."""
     with torch.no_grad():
@@ -119,28 +98,6 @@ def run(model, inputs, response_mask, layers, chunk_elements=None):
             logits = model(**inputs).logits
             p.result()
         return logits
-
-
-def peak_bytes(fn, device):
-    """Bytes allocated by torch during fn() above what was allocated before it."""
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        sync(device)
-        return torch.cuda.max_memory_allocated() - base
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    # replay allocations (+) and frees (-) in time order; the running sum's maximum is the peak
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    running = peak = 0
-    for e in events:
-        running += e.nbytes()
-        peak = max(peak, running)
-    return peak
 
 
 def flops(text, vision, B, S, T, n_patches, probe_layers):
@@ -181,7 +138,7 @@ class CaptureTimer:
 
 
 def bench(name, text, vision, dtype, device, shapes):
-    model = build(text, vision, dtype, device)
+    model = build_model(text, vision, dtype, device).eval()  # in place, in dtype, tied embeddings (common.py)
     L = text["num_hidden_layers"]
     mid = list(default_layers(L))
     # (name, layers, chunk_elements): the small-chunk row shows the memory/time trade-off of the chunk size
@@ -237,36 +194,33 @@ def bench(name, text, vision, dtype, device, shapes):
 # ----------------------------------------------------------------------------- run
 
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}")
+print(common.machine_line(device))
 
 if args.suite in ("tiny", "all"):
-    tiny_text = dict(TEXT, vocab_size=VOCAB_SIZE)
     # (B, image grid side in patches, prompt text tokens, response tokens):
     # the default task (2x1 slots ~ a few image tokens, short answers) and a long case at tiny.py's max_pixels
-    bench("tiny Qwen2.5-VL (tiny.py sizes)", tiny_text, VISION, torch.float32, torch.device("cpu"),
+    bench("tiny Qwen2.5-VL (tiny.py sizes)", *model_sizes("tiny"), torch.float32, torch.device("cpu"),
           [(8, 4, 40, 32), (4, 32, 40, 256)])
 
 if args.suite in ("3b", "all"):
-    text, vision = dict(QWEN3B_TEXT), dict(QWEN3B_VISION)
     # ~1k image tokens (64x64 patches = 896x896 px) and ~1k response tokens
     B, side, prompt_len, response_len = 4, 64, 64, 1024
     if device.type == "cuda" or args.shrink:
-        if args.shrink:  # exercise the code path only: 3 layers, small inputs
-            text.update(num_hidden_layers=3)
-            vision.update(depth=2, fullatt_block_indexes=[1])
+        if args.shrink:  # exercise the code path only: 2 layers (common.model_sizes), small inputs
             B, side, response_len = 2, 16, 64
-        bench("Qwen2.5-VL-3B config (random weights)", text, vision,
+        bench("Qwen2.5-VL-3B config (random weights)", *model_sizes("3b", shrink=args.shrink),
               torch.bfloat16, device, [(B, side, prompt_len, response_len)])
     # analytic estimate at the full 3B config and shapes (printed with or without a GPU)
-    side, T, L = 64, 1024, QWEN3B_TEXT["num_hidden_layers"]
+    full_text, full_vision = model_sizes("3b")  # not shrunk: the estimate is for the real model
+    side, T, L = 64, 1024, full_text["num_hidden_layers"]
     S, mid = 64 + side * side // 4 + 2 + T, len(default_layers(L))
     for B_est in (1, 4):
-        forward, cost = flops(QWEN3B_TEXT, QWEN3B_VISION, B_est, S, T, B_est * side * side, mid)
-        _, cost_all = flops(QWEN3B_TEXT, QWEN3B_VISION, B_est, S, T, B_est * side * side, L)
+        forward, cost = flops(full_text, full_vision, B_est, S, T, B_est * side * side, mid)
+        _, cost_all = flops(full_text, full_vision, B_est, S, T, B_est * side * side, L)
         # the probe's fp32 (c, K) score blocks: written by the matmul, read+written by the mask fill and by
         # the softmax, read by the head mean -> ~6 passes of 4 bytes over B*H*T*S entries per layer; this
         # memory traffic, more than the FLOPs, bounds its GPU time
-        traffic = 6 * 4 * B_est * QWEN3B_TEXT["num_attention_heads"] * T * (S - T // 2) * mid
+        traffic = 6 * 4 * B_est * full_text["num_attention_heads"] * T * (S - T // 2) * mid
         print(f"\nQwen2.5-VL-3B estimate, B={B_est} S={S} T={T}: forward {forward / 1e12:.2f} TFLOP; "
               f"probe mid third ({mid} layers) {cost / 1e9:.0f} GFLOP = {100 * cost / forward:.2f}%, "
               f"all layers {cost_all / 1e9:.0f} GFLOP = {100 * cost_all / forward:.2f}%; "

@@ -1,0 +1,139 @@
+"""What the benchmark scripts in bench/ share: model sizes by name, one model builder, device sync, peak memory.
+
+The benchmarks compare arms side by side on one machine, so the parts every arm stands on live here once:
+
+    model_sizes(name)   (text, vision) config dicts: "tiny" = tiny.py's model, "3b" = Qwen2.5-VL-3B-Instruct's
+                        published config.json (shrink: 2 decoder layers and 1 vision block, a CPU smoke test)
+    build_model(...)    a random Qwen2.5-VL from those sizes, built in place on the device and in the dtype
+                        (the 3B model in bf16 never exists as a 15 GB fp32 copy on the host), embeddings tied
+                        as in the real checkpoint and in tiny.py
+    sync(device)        wait for the GPU's queue before reading a clock (a no-op on CPU)
+    peak_bytes(fn, dev) torch's allocation high-water mark during fn(): torch.cuda.max_memory_allocated on GPU,
+                        the profiler's memory events replayed in time order on CPU (torch has no CPU peak counter)
+    machine_line(dev)   the device, load average and thread counts, printed with every table (shared machines)
+    IMAGE, V_START, V_END   the token ids synthetic batches use for the image and its delimiters
+
+Where this departs from the real model: weights are random (timing and memory depend on shapes, not values),
+and the 3B model is built directly in bf16 (train.py keeps fp32 weights under bf16 autocast).
+
+Import path: the scripts are run from the repository root as `python bench/<name>.py`. Python then puts
+bench/ (the script's folder), not the root, at the head of sys.path, so `import atrl` would fail; each script
+therefore imports this module first, and it puts the root in front. That is the one place the path is touched.
+The scripts are named so that none is also a root module's name (bench/weights.py times atrl.py).
+
+Run: nothing to run; `python -m pytest -q tests/test_bench.py` checks that every script starts.
+"""
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)  # in front of bench/: a root module always wins over a script of the same name
+
+import threading  # noqa: E402  (after the path: the imports below may load the repository's modules)
+
+import numba  # noqa: E402
+import torch  # noqa: E402
+
+# --------------------------------------------------------------------------------------------- sizes
+
+# Qwen2.5-VL-3B-Instruct's published sizes (its config.json); the weights are random
+QWEN3B_TEXT = dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                   num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000, rms_norm_eps=1e-6,
+                   rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]})
+QWEN3B_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, in_channels=3, patch_size=14,
+                     spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                     fullatt_block_indexes=[7, 15, 23, 31], out_hidden_size=2048)
+IMAGE, V_START, V_END = 60, 58, 59  # token ids of synthetic batches: distinct, below every vocab used here
+
+
+def model_sizes(name, shrink=False, windowed_vision=False):
+    """(text, vision) size dicts of a named model: "tiny" (tiny.py) or "3b" (Qwen2.5-VL-3B-Instruct).
+
+    shrink (3b): the real widths with 2 decoder layers and 1 (full-attention) vision block, so that the 3B
+    code path -- its vocabulary, head counts and mRoPE sections -- runs on a CPU in minutes.
+    windowed_vision: every vision block uses windowed attention (fullatt_block_indexes = []), as 28 of the 32
+    blocks of the real tower do; full attention over a 16k-patch image would dominate everything on a CPU.
+
+    >>> text, vision = model_sizes("3b", shrink=True)
+    >>> text["num_hidden_layers"], vision["depth"], text["hidden_size"]
+    (2, 1, 2048)
+    """
+    if name == "tiny":
+        import tiny
+        text, vision = dict(tiny.TEXT, vocab_size=tiny.VOCAB_SIZE), dict(tiny.VISION)
+    elif name == "3b":
+        text, vision = dict(QWEN3B_TEXT), dict(QWEN3B_VISION)
+        if shrink:
+            text.update(num_hidden_layers=2)
+            vision.update(depth=1, fullatt_block_indexes=[0])
+    else:
+        raise ValueError(f"model {name!r}: use 'tiny' or '3b'")
+    if windowed_vision:
+        vision.update(fullatt_block_indexes=[])
+    return text, vision
+
+
+def build_model(text, vision, dtype, device, seed=0):
+    """A random Qwen2.5-VL from size dicts, built in place in `dtype` on `device` (synthetic batches use the
+    IMAGE / V_START / V_END ids above). Embeddings are tied, as in Qwen2.5-VL-3B and tiny.py."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    config = Qwen2_5_VLConfig(text_config=dict(text), vision_config=dict(vision), image_token_id=IMAGE,
+                              vision_start_token_id=V_START, vision_end_token_id=V_END, tie_word_embeddings=True,
+                              attn_implementation="sdpa")
+    torch.manual_seed(seed)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in place on the device and in dtype: no 15 GB fp32 copy on the host
+    try:
+        with torch.device(device):
+            return Qwen2_5_VLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(default)
+
+
+# --------------------------------------------------------------------------------------------- clocks
+
+
+def sync(device):
+    """Wait until the GPU has run what was queued, so a clock read after it sees the work (no-op on CPU).
+
+    NOTE: only the main (training) thread syncs. A sync on the probe's worker thread would also wait for the
+    training thread's queue, and so stall the overlap that bench/step.py measures."""
+    if device.type == "cuda" and threading.current_thread() is threading.main_thread():
+        torch.cuda.synchronize()
+
+
+def peak_bytes(fn, device):
+    """Bytes torch allocated during fn() at its peak, above what was allocated before it.
+
+    GPU: torch.cuda.max_memory_allocated after a reset. CPU: torch keeps no peak counter, so the profiler
+    records every allocation (+) and free (-) and they are replayed in time order; the running sum's maximum
+    is the peak. Deterministic (unlike the process's RSS), but blind to numpy/numba arrays."""
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        sync(device)
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    running = peak = 0
+    for e in events:
+        running += e.nbytes()
+        peak = max(peak, running)
+    return peak
+
+
+def machine_line(device):
+    """One line saying where the numbers came from: the device, the load, the thread counts."""
+    load = os.getloadavg()
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else f"{os.cpu_count()} CPUs"
+    # NOTE: the configured count, not numba.get_num_threads(): that call starts numba's thread pool, which under
+    # the OpenMP layer raises torch's threads too (bench/step.py's NOTE), and a header line must change nothing
+    return (f"machine: {gpu}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min); "
+            f"torch {torch.__version__} threads {torch.get_num_threads()}, "
+            f"numba threads {numba.config.NUMBA_NUM_THREADS}")
