@@ -455,21 +455,23 @@ def score(batch, reward="answer"):
     down, which spreads probability over all 512 tokens instead of onto the ten digits.
     """
     import grading
+    import visualmath
 
+    lucky = [False] * len(batch["texts"])
     if reward == "answer":
         parts = [grading.compute_reward(t, a, c, precision=p)
                  for t, a, c, p in zip(batch["texts"], batch["answers"], batch["choices"], batch["precisions"])]
+        # a right answer from a wrong reading is a lucky guess (VisualMath rows only: they know their perception)
+        lucky = [p["accuracy"] == 1 and bool(seen) and not visualmath.read_right(t, seen)
+                 for p, t, seen in zip(parts, batch["texts"], batch["perceptions"])]
     elif reward == "starts_with":
-        parts = [{"reward": 2.0 * t[:1].isdigit() - 1.0, "accuracy": float(t[:1].isdigit()), "format": 0.0} for t in batch["texts"]]
+        parts = [{"reward": 2.0 * t[:1].isdigit() - 1.0, "accuracy": float(t[:1].isdigit()), "format": 0.0}
+                 for t in batch["texts"]]
     else:
         raise ValueError(f"reward={reward!r}: use 'answer' or 'starts_with'")
     for key, name in (("rewards", "reward"), ("accuracy", "accuracy"), ("format", "format")):
         batch[key] = torch.tensor([p[name] for p in parts], dtype=torch.float32)               # (B,)
-    # a right answer from a wrong reading is a lucky guess (visualmath.read_right; rows without perception: never)
-    import visualmath
-    batch["lucky"] = torch.tensor([acc == 1 and bool(seen) and not visualmath.read_right(text, seen) for acc, text, seen
-                                   in zip(batch["accuracy"].tolist(), batch["texts"], batch["perceptions"])],
-                                  dtype=torch.float32)                                          # (B,)
+    batch["lucky"] = torch.tensor(lucky, dtype=torch.float32)                                   # (B,)
     return batch
 
 

@@ -166,10 +166,8 @@ cli.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n i
     ("min_pixels", cfg.min_pixels >= 28 * 28, "must be >= 784 (28 x 28 pixels: one merged vision token)"),
     ("max_pixels", cfg.max_pixels >= cfg.min_pixels, f"must be >= --min_pixels {cfg.min_pixels}"),
     ("temperature", cfg.temperature > 0, "must be > 0: RL samples its groups (1.0 = the policy itself)"),
-    ("top_p", 0 < cfg.top_p <= 1, "must be in (0, 1]"),
-    ("anchor_frac", 0 < cfg.anchor_frac <= 1, "must be in (0, 1]"),
+    *[(n, 0 < getattr(cfg, n) <= 1, "must be in (0, 1]") for n in ("top_p", "anchor_frac", "vppo_frac", "entropy_frac")],
     ("gain", cfg.gain > 0, "must be > 0 so weights stay positive (1 = no reweighting, default 2)"),
-    *[(n, 0 < getattr(cfg, n) <= 1, "must be in (0, 1]") for n in ("vppo_frac", "entropy_frac")],
     ("vppo_blacken", 0 <= cfg.vppo_blacken <= 1, "must be a probability in [0, 1] (VPPO: 0.5)"),
     ("resolution", cfg.resolution > 0, "must be > 0 (1.0 = standard modularity)"),
     ("sink_outlier_k", cfg.sink_outlier_k > 0, "must be > 0 (default 5)"),
@@ -276,8 +274,7 @@ if cfg.eval_dataset:
     eval_data = data.load_benchmark(cfg.eval_dataset, limit=cfg.eval_size)
 else:  # the synthetic task from a disjoint seed is held out; a real dataset without --eval_dataset gets no eval
     eval_data = visualmath.make(cfg.dataset, cfg.eval_size, seed=cfg.seed + 10_000) if synthetic else None
-if cfg.eval_size == 0:
-    eval_data = None
+eval_data = eval_data if cfg.eval_size else None  # --eval_size 0: no evaluation at all
 image_token_id = model.config.image_token_id
 try:
     probe_layers = list(connectivity.layer_band(cfg.probe_layers, model.config.text_config.num_hidden_layers))
