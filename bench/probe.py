@@ -42,6 +42,7 @@ columns need scoring.
 import common  # first: it puts the repository root on sys.path (see its docstring)
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -161,7 +162,7 @@ def bench(name, text, vision, dtype, device, shapes):
                     sync(device)
                     times[s].append(time.perf_counter() - t0)
                 inside[s].append(timer.seconds)
-        peaks = {s: peak_bytes(lambda: run(model, inputs, response_mask, layers, chunk), device)
+        peaks = {s: peak_bytes(functools.partial(run, model, inputs, response_mask, layers, chunk), device)
                  for s, layers, chunk in settings}
         print(f"\n{name} on {device.type} ({dtype}), B={B} S={S} image tokens={n_image} response tokens<={T}, "
               f"{args.repeats} rounds")
