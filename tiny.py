@@ -28,7 +28,8 @@ teacher, as a calibrated probability (greedy decoding writes the slip, sampling 
 3 times in 10). Its held-out greedy accuracy is about P(no 1, 3 or 5 among four digits) = 0.7^4 = 0.24
 whatever the seed or machine, and the only way up is for RL to move the perception tokens -- what AT-RL is
 about. The figures of a build (greedy accuracy and avg@4 with 95% intervals, right readings, lucky
-guesses) are printed and saved in sft_report.json.
+guesses) are printed and saved in sft_report.json. Measured (2-core VM, one thread, n = 256): seeds 10, 11,
+12 took 175-195 s and gave greedy 0.230, 0.262, 0.246 (read right: the same), avg@4 0.35-0.39, lucky 0%.
 
 Where this departs from a real Qwen2.5-VL:
 1. Sizes are tiny and the tokenizer is ours (vocab 512). Its pre-tokenizer splits digits only, not words,
@@ -189,15 +190,18 @@ def sft_batch(tokenizer, image_processor, examples):
     return enc
 
 
-def lessons(slip=0.7, steps=(100, 100, 400)):
+LESSON_STEPS = (100, 100, 400)  # one number, two numbers, the grid (at 400 the grid's arithmetic has converged)
+
+
+def lessons(slip=0.7, steps=LESSON_STEPS):
     """The SFT curriculum: (name, steps, example(rng) -> dict) per lesson (module docstring)."""
     return [("one number", steps[0], lambda rng: visualmath.slots_example(rng, n_numbers=1)),
             ("two numbers", steps[1], lambda rng: visualmath.slots_example(rng)),
             ("grid", steps[2], lambda rng: visualmath.grid_example(rng, slip=slip))]
 
 
-def build_tiny(out_dir=DEFAULT_DIR, seed=0, lr=1e-3, batch_size=32, slip=0.7, steps=(100, 100, 400), n_eval=256,
-               eval_k=4, log=print):
+def build_tiny(out_dir=DEFAULT_DIR, seed=0, lr=1e-3, batch_size=32, slip=0.7, steps=LESSON_STEPS, n_eval=256,
+               eval_k=4):
     """Random checkpoint + SFT warm start (the lessons above), evaluated on held-out grid questions, saved to out_dir.
 
     Every step draws `batch_size` fresh examples from one seeded rng; the learning rate warms up over the
