@@ -103,10 +103,16 @@ def _checkpoint_step(name):
     return int(m.group(1)) if m else None
 
 
+def checkpoint_steps(out_dir):
+    """Steps of the checkpoint-<step> folders in out_dir, newest first, complete or not ([] if out_dir is missing)."""
+    names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
+    return sorted((s for s in map(_checkpoint_step, names) if s is not None), reverse=True)
+
+
 def newest_checkpoint_name(out_dir):
     """The name of the checkpoint-<step> folder with the largest step in out_dir ('' if none), complete or not."""
-    names = [n for n in os.listdir(out_dir) if _checkpoint_step(n) is not None] if os.path.isdir(out_dir) else []
-    return max(names, key=_checkpoint_step, default="")
+    steps = checkpoint_steps(out_dir)
+    return f"checkpoint-{steps[0]}" if steps else ""
 
 
 def run_files(out_dir):
@@ -128,10 +134,7 @@ def latest_checkpoint(out_dir):
     Complete: config.json, the weights and state.pt are there and state.pt loads with its step. Folders that
     fail are skipped with a note (only a copy made outside this file can leave one: saves rename when done).
     """
-    if not os.path.isdir(out_dir):
-        return None, None
-    steps = sorted((s for s in map(_checkpoint_step, os.listdir(out_dir)) if s is not None), reverse=True)
-    for step in steps:
+    for step in checkpoint_steps(out_dir):
         path = os.path.join(out_dir, f"checkpoint-{step}")
         weights = any(os.path.exists(os.path.join(path, n)) for n in ("model.safetensors", "model.safetensors.index.json"))
         missing = [n for n in ("config.json", "state.pt") if not os.path.exists(os.path.join(path, n))]
@@ -220,11 +223,13 @@ def _fsync(path):
         os.close(fd)
 
 
-def _remove(path):
-    """Rename aside (atomic), then delete: a half-deleted folder never keeps a name resume would read."""
+def _remove(path, step=None):
+    """Rename aside (atomic), then delete: a half-deleted folder never keeps a name resume would read.
+    `step`: the save that prunes it (the test hook checkpoint_pruning:<step> kills between the two)."""
     if os.path.isdir(path):
         aside = path + ".deleting" if not path.endswith(".deleting") else path
         os.replace(path, aside)
+        kill_hook("checkpoint_pruning", step)
         shutil.rmtree(aside, ignore_errors=True)
     elif os.path.exists(path):
         os.remove(path)
@@ -250,12 +255,8 @@ def save_checkpoint(out_dir, step, write_model, state, keep):
     os.replace(tmp, final)  # NOTE: the instant the new checkpoint exists; everything before left the old intact
     _fsync(out_dir)
     kill_hook("checkpoint_renamed", step)
-    steps = sorted((s for s in map(_checkpoint_step, os.listdir(out_dir)) if s is not None), reverse=True)
-    for old in steps[keep:]:
-        aside = os.path.join(out_dir, f"checkpoint-{old}.deleting")
-        os.replace(os.path.join(out_dir, f"checkpoint-{old}"), aside)
-        kill_hook("checkpoint_pruning", step)
-        shutil.rmtree(aside, ignore_errors=True)
+    for old in checkpoint_steps(out_dir)[keep:]:
+        _remove(os.path.join(out_dir, f"checkpoint-{old}"), step)
     for name in os.listdir(out_dir):  # leftovers of killed saves and deletions
         if name.startswith("checkpoint-") and name.endswith((".tmp", ".deleting")):
             shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
@@ -413,13 +414,12 @@ def check_tracker(prog, report_to):
     """Fail up front, in one line, if --report_to names a tracker whose package is missing."""
     if report_to not in TRACKERS:
         config_error(prog, f"--report_to {report_to!r}: use one of {', '.join(TRACKERS)}")
-    package = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(report_to)
-    if package:
+    if report_to != "none":  # the package is named as the tracker
         try:
-            __import__(package)
+            __import__(report_to)
         except ImportError:
-            config_error(prog, f"--report_to {report_to}: the {package} package is not installed; "
-                               f"pip install {package}, or use --report_to none")
+            config_error(prog, f"--report_to {report_to}: the {report_to} package is not installed; "
+                               f"pip install {report_to}, or use --report_to none")
 
 
 def open_tracker(report_to, out_dir, config, start_step):
