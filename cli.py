@@ -120,6 +120,7 @@ def check_data(prog, flag, value, builtin=()):
     """A dataset value must be built in (`builtin`), an existing file/folder, or a hub id (owner/name)."""
     if value in builtin or os.path.exists(value) or _hub_shaped(value):
         return
+    names = [b for b in builtin if b]  # "" (nothing) is allowed but is no name to suggest
     config_error(prog, f"--{flag} {value!r}: no such file or folder, and not a hub id (owner/name): pass "
-                       f"{' or '.join(builtin) + ', ' if builtin else ''}a local .parquet/.json/.jsonl file or folder, "
+                       f"{' or '.join(names) + ', ' if names else ''}a local .parquet/.json/.jsonl file or folder, "
                        "or a hub name like hiyouga/geometry3k")

@@ -393,14 +393,18 @@ def format_table(results, k=0):
 
 def run_accuracy(cfg):
     """The accuracy table: every benchmark in --benchmark, this rank's share of it, counts summed over ranks."""
+    try:  # every benchmark loads before the model and before any result: a bad one stops in one line, losing nothing
+        benchmarks = {name: load_rows(name, cfg) for name in cfg.benchmark.split(",") if name}
+    except ValueError as err:  # data.py's errors name the file, row and field
+        cli.config_error("eval.py", f"--benchmark: {err}")
     rank, world, _, device = runs.setup_distributed()
     model, tokenizer, image_processor = load_model(cfg.model, device, cfg.dtype)
     respond = model_responder(model, tokenizer, image_processor, cfg.max_new_tokens, cfg.top_p,
                               cfg.min_pixels, cfg.max_pixels)
     k = cfg.k if cfg.temperature > 0 else 0  # 0 = no sampled metrics (greedy only)
     results = {}
-    for name in [b for b in cfg.benchmark.split(",") if b]:
-        results[name] = evaluate(load_rows(name, cfg), respond, rank, world, bool(cfg.greedy), k, cfg.temperature,
+    for name, rows in benchmarks.items():
+        results[name] = evaluate(rows, respond, rank, world, bool(cfg.greedy), k, cfg.temperature,
                                  cfg.batch_size, cfg.seed, cfg.show, lambda t: runs.all_reduce(t.to(device)).cpu(),
                                  desc=name[-30:], progress=rank == 0)
     if rank == 0:

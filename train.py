@@ -211,11 +211,9 @@ if synced and (cfg.dynamic_sampling or cfg.eval_size % world):
 random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
 if device.type == "cpu" and cfg.cpu_threads > 0:  # a 1M-parameter model loses more to thread sync than it gains
     torch.set_num_threads(cfg.cpu_threads)
-# The run directory: refuse to overwrite a run, or find the checkpoint to resume, before anything is written
-resume_dir, resume_state = runs.prepare_run_dir("train.py", cfg.out_dir, cfg.resume, cfg.overwrite)  # read-only
-if distributed:
-    dist.barrier()  # every rank has looked before the master writes
-run_lock = runs.claim_run_dir("train.py", cfg.out_dir, cfg.overwrite) if master else None  # held until exit
+# The run directory: refuse to overwrite a run, or find the checkpoint to resume (read-only; claimed below,
+# once the model and the data have loaded, so that a run that cannot start writes nothing)
+resume_dir, resume_state = runs.prepare_run_dir("train.py", cfg.out_dir, cfg.resume, cfg.overwrite)
 autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16))
 
 # --------------------------------------------------------------------------------------------------
@@ -266,20 +264,23 @@ optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, 
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
 
 synthetic = cfg.dataset in visualmath.TASKS
-if synthetic:
-    train_data = visualmath.make(cfg.dataset, cfg.train_size, seed=cfg.seed)
-else:
-    train_data = data.load_benchmark(cfg.dataset)
-if cfg.eval_dataset:
-    eval_data = data.load_benchmark(cfg.eval_dataset, limit=cfg.eval_size)
-else:  # the synthetic task from a disjoint seed is held out; a real dataset without --eval_dataset gets no eval
-    eval_data = visualmath.make(cfg.dataset, cfg.eval_size, seed=cfg.seed + 10_000) if synthetic else None
-eval_data = eval_data if cfg.eval_size else None  # --eval_size 0: no evaluation at all
+try:  # data.py's errors name the file, row and field: one line, no traceback
+    train_data = visualmath.make(cfg.dataset, cfg.train_size, seed=cfg.seed) if synthetic else data.load_benchmark(cfg.dataset)
+    eval_data = None  # --eval_size 0, or a real dataset without --eval_dataset: no evaluation
+    if cfg.eval_size and cfg.eval_dataset:
+        eval_data = data.load_benchmark(cfg.eval_dataset, limit=cfg.eval_size)
+    elif cfg.eval_size and synthetic:  # the synthetic task from a disjoint seed is held out
+        eval_data = visualmath.make(cfg.dataset, cfg.eval_size, seed=cfg.seed + 10_000)
+except ValueError as err:
+    cli.config_error("train.py", f"--dataset {cfg.dataset!r} / --eval_dataset {cfg.eval_dataset!r}: {err}")
 image_token_id = model.config.image_token_id
 try:
     probe_layers = list(connectivity.layer_band(cfg.probe_layers, model.config.text_config.num_hidden_layers))
 except ValueError as err:
     cli.config_error("train.py", f"--probe_layers: {err}")
+if distributed:
+    dist.barrier()  # every rank has loaded before the master writes
+run_lock = runs.claim_run_dir("train.py", cfg.out_dir, cfg.overwrite) if master else None  # held until exit
 use_probe = cfg.weighting in atrl.PROBE_MODES  # GRPO/DAPO and the peer arms (vppo, entropy) need no attention
 probe_context = (connectivity.probe(policy, layers=probe_layers, background=bool(cfg.overlap_weights))
                  if use_probe else contextlib.nullcontext())

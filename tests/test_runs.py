@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import random
+import re
 import signal
 import struct
 import subprocess
@@ -350,6 +351,23 @@ def test_bad_values_stop_with_one_line_and_no_traceback(tmp_path, args, message)
     assert proc.returncode != 0 and proc.stderr.startswith(message), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not os.path.exists(tmp_path / "run")  # nothing written
+
+
+def test_bad_data_stops_with_one_line_and_writes_nothing(random_checkpoint, tmp_path):
+    # a hub-shaped name whose split cannot be guessed, and a local file whose row lacks its answer
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"pid": "1", "question": "What is 2 + 2?", "image": "x.png"}) + "\n")  # MathVista-shaped
+    for args, message in [(["--dataset", "nope"], "--dataset 'nope' / --eval_dataset '': nope: pass split="),
+                          (["--eval_dataset", str(bad)], "--dataset 'visualmath' / --eval_dataset '.*bad.jsonl': .*row 0: .*answer")]:
+        proc = subprocess.run([sys.executable, "train.py", "--model", random_checkpoint, "--out_dir",
+                               str(tmp_path / "run"), *args], cwd=REPO, capture_output=True, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert re.match(f"train.py: error: {message}", last), last
+        assert not os.path.exists(tmp_path / "run")  # the run dir is claimed only once the data has loaded
+    with pytest.raises(SystemExit, match="^eval.py: error: --benchmark: nope: pass split="):
+        ev.run_accuracy(ev.parse_config(["--benchmark", "visualmath,nope", "--limit", "2"]))  # before any model
 
 
 def test_eval_flags_are_checked_up_front(tmp_path):
