@@ -357,9 +357,11 @@ def evaluate(dataset, respond, rank=0, world=1, greedy=True, k=4, temperature=1.
     return {**summarize(dict(zip(COUNT_KEYS, summed.tolist())), greedy, k), "examples": examples}
 
 
-def describe(metrics, k=4):
+def describe(metrics, k=4, prefix=""):
     """One line of evaluate()'s figures, e.g. 'greedy 0.242 [0.19, 0.30] avg@4 0.338 [0.30, 0.38] read 0.24
-    (sampled 0.35) lucky 0% (sampled 1%) (n=256)'; the parts a benchmark lacks are left out."""
+    (sampled 0.35) lucky 0% (sampled 1%) (n=256)'; the parts a benchmark lacks are left out. prefix: the
+    figures are the keys that start with it (train.py logs them as eval_<name>)."""
+    metrics = {key[len(prefix):]: v for key, v in metrics.items() if key.startswith(prefix)}
     ci = lambda v: f" [{v[0]:.2f}, {v[1]:.2f}]" if v else ""  # noqa: E731
     line = f"greedy {metrics['accuracy']:.3f}{ci(metrics.get('accuracy_ci'))}"
     if f"avg@{k}" in metrics:

@@ -489,7 +489,7 @@ if master:  # the log keeps records of steps before the checkpoint only: the oth
 if start_step == 0:
     metrics0 = evaluate()
     if metrics0:
-        print0(f"before RL: held-out {evaluation.describe({k[5:]: v for k, v in metrics0.items()}, cfg.eval_k)}")
+        print0(f"before RL: held-out {evaluation.describe(metrics0, cfg.eval_k, 'eval_')}")
     if master and metrics0:
         runs.append_log(log_path, {"step": -1, **metrics0})
         tracker.log({"step": -1, **metrics0})
@@ -582,8 +582,7 @@ for step in bar:
         tqdm.write(f"step {step:4d} | reward {rec['reward']:.3f} acc {rec['accuracy']:.3f} fmt {rec['format']:.2f} | "
                    f"loss {rec['loss']:+.4f} clip {rec['clip_frac']:.3f} ent {rec['entropy']:.2f} | anchors "
                    f"{rec['anchor_frac']:.2f} clusters {rec['clusters']:.1f} | {rec['time_step']:.1f}s"
-                   + (f" | held-out {evaluation.describe({k[5:]: v for k, v in rec.items() if k.startswith('eval_')}, cfg.eval_k)}"
-                      if "eval_accuracy" in rec else ""))
+                   + (f" | held-out {evaluation.describe(rec, cfg.eval_k, 'eval_')}" if "eval_accuracy" in rec else ""))
     if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
         save_checkpoint(step + 1)
 
