@@ -52,6 +52,7 @@ import time
 
 import torch
 
+import cli
 import eval as evaluation  # the one evaluator (train.py and eval.py use it too)
 import rollout
 import visualmath
@@ -206,8 +207,12 @@ def build_tiny(out_dir=DEFAULT_DIR, seed=0, lr=1e-3, batch_size=32, slip=0.7, st
 
     Every step draws `batch_size` fresh examples from one seeded rng; the learning rate warms up over the
     first 50 steps, stays constant, and decays linearly to lr / 10 over the last lesson. The build is
-    deterministic on one machine for a seed.
+    deterministic on one machine for a seed. A finished build replaces out_dir, so out_dir must be new, empty
+    or an earlier build (it holds sft_report.json): anything else stops with one line and stays as it was.
     """
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.exists(os.path.join(out_dir, "sft_report.json")):
+        cli.config_error("tiny.py", f"--out {out_dir!r} holds files that are not a tiny build (no sft_report.json), "
+                                    "and a build replaces the folder: choose a new or empty folder")
     from tqdm import tqdm
     from transformers import Qwen2_5_VLForConditionalGeneration
 

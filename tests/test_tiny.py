@@ -8,6 +8,7 @@ import json
 import os
 import time
 
+import pytest
 import torch
 
 import visualmath
@@ -146,3 +147,12 @@ def test_a_few_sft_steps_fit_a_batch(random_checkpoint):
 def test_ensure_tiny_model_uses_an_existing_build(tmp_path):
     (tmp_path / "sft_report.json").write_text(json.dumps({"steps": 1}))
     assert tiny.ensure_tiny_model(str(tmp_path)) == str(tmp_path)  # no rebuild: returns at once
+
+
+def test_a_build_never_replaces_a_folder_that_is_not_a_tiny_build(tmp_path):
+    run = tmp_path / "runs-default"  # e.g. a training run given as --out by mistake
+    run.mkdir()
+    (run / "log.jsonl").write_text('{"config": {}}\n')
+    with pytest.raises(SystemExit, match="^tiny.py: error: --out .*runs-default' holds files that are not a tiny build"):
+        tiny.build_tiny(str(run))
+    assert sorted(os.listdir(run)) == ["log.jsonl"] and not os.path.exists(str(run) + ".tmp")
