@@ -20,7 +20,8 @@ Where this departs from the paper: a 1M-parameter model, a synthetic task, minut
 are tested in kind, not in size. Q1/Q2 and C1/C2 use teacher-forced reference responses (their perception
 tokens are known exactly); C2 compares each warm start with its first uniform run's last checkpoint.
 
-Run (results/ is rewritten; warm starts are built into results/warm/ once and reused):
+Run (results/ is rewritten -- --quick writes results/quick/ instead, so it never replaces the full experiment;
+warm starts are built into <out>/warm/ once and reused):
     python experiment.py                  # 3 warm starts x 2 RL seeds x 8 arms, 20 steps each (README: wall time)
     python experiment.py --quick          # 1 warm start x 2 RL seeds x 4 arms (uniform, atrl, vppo, entropy),
                                           # 10 steps: the shape of the answer in ~1/8 of the time, no C4 / ablations
@@ -57,12 +58,13 @@ parser.add_argument("--eval_every", type=int, default=5)
 parser.add_argument("--jobs", type=int, default=2, help="builds / runs in parallel (one thread each)")
 parser.add_argument("--train_args", default="", help="extra train.py flags for every run")
 parser.add_argument("--n_analysis", type=int, default=128, help="held-out questions behind C1, C2, Q1, Q2")
-parser.add_argument("--out", default="results")
+parser.add_argument("--out", default="", help="where runs and tables go (default: results, or results/quick with --quick)")
 parser.add_argument("--quick", action="store_true", help="1 warm start, 4 arms, 10 steps (see the docstring)")
 parser.add_argument("--skip_training", action="store_true")
 args = parser.parse_args()
 if args.quick:
     args.arms, args.warm_seeds, args.steps = ["uniform", "atrl", "vppo", "entropy"], args.warm_seeds[:1], 10
+args.out = args.out or ("results/quick" if args.quick else "results")  # --quick never overwrites the full results
 assert args.arms[0] == "uniform", "--arms must start with uniform: every other arm is compared with it"
 os.makedirs(args.out, exist_ok=True)
 torch.set_num_threads(1)
@@ -174,7 +176,7 @@ json.dump(table, open(os.path.join(args.out, "arms.json"), "w"), indent=1)
 
 
 def perception_mask(tokenizer, inputs, response_mask, P, rows):
-    """(B, T) bool: the response tokens that write a value read off the image (eval.perception_tokens)."""
+    """(B, T) bool: the response tokens that write a value read off the image (report.perception_tokens)."""
     T = int(response_mask.sum(1).max())
     out = torch.zeros(len(rows), T, dtype=torch.bool)
     for b, row in enumerate(rows):
