@@ -346,10 +346,10 @@ def vppo_shaping(dependency, mask, beta_min=0.8):
         factor[valid] = beta_min + s * (1.0 - beta_min) / (s.mean() + 1e-8)
     return factor
 
+
 # --------------------------------------------------------------------------------------------------
 # Weights of every arm
 # --------------------------------------------------------------------------------------------------
-
 
 @torch.no_grad()
 def token_weights_with_stats(patterns, rho, mask, mode="atrl", anchor_frac=0.15, gain=2.0, k=0,
