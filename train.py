@@ -239,8 +239,11 @@ model.to(device)
 tokenizer, image_processor = rollout.load_processor(load_path)
 if cfg.freeze_vision:
     model.model.visual.requires_grad_(False)
-if cfg.grad_checkpointing:
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+if cfg.grad_checkpointing:  # transformers >= 5.23 names it activation_..., older 5.x gradient_... (deprecated there)
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 ref_model = None
 if cfg.kl_coef > 0:  # frozen copy of the starting policy (DAPO/Dr.GRPO drop it; GRPO keeps it)
     ref_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=torch.float32,

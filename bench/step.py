@@ -195,8 +195,11 @@ def prepare_for_training(model):
     """As train.py: train mode, vision tower frozen, optional gradient checkpointing; AdamW at lr 0."""
     model.train()
     model.model.visual.requires_grad_(False)
-    if grad_ckpt:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if grad_ckpt:  # transformers >= 5.23 names it activation_..., older 5.x gradient_... (as train.py)
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = [p for p in model.parameters() if p.requires_grad]
     return params, torch.optim.AdamW(params, lr=0.0)
 

@@ -190,7 +190,9 @@ def test_gradient_checkpointing_captures_once(setup):
         p.arm(query_pos, image_mask)
         model(**inputs)
         reference = p.result()["patterns"]
-    model.activation_checkpointing_enable()
+    # transformers >= 5.23 names it activation_..., older 5.x gradient_... (train.py does the same)
+    new_name = hasattr(model, "activation_checkpointing_enable")
+    (model.activation_checkpointing_enable if new_name else model.gradient_checkpointing_enable)()
     model.train()  # checkpointing only re-runs layers in training mode (dropout is 0 here)
     try:
         with probe(model, [1, 2]) as p:
@@ -201,7 +203,7 @@ def test_gradient_checkpointing_captures_once(setup):
             model(**inputs).logits.float().pow(2).mean().backward()  # backward re-runs every layer
             got = p.result()["patterns"]
     finally:
-        model.activation_checkpointing_disable()
+        (model.activation_checkpointing_disable if new_name else model.gradient_checkpointing_disable)()
         model.eval()
         model.zero_grad(set_to_none=True)
     assert sorted(calls) == [1, 1, 2, 2]  # each selected layer ran twice ...
@@ -230,7 +232,9 @@ def test_decode_steps_and_other_batches_are_not_captured(setup):
         p.arm(query_positions(response_mask), inputs["input_ids"] == IMAGE)
         step = dict(input_ids=out.logits[:, -1:].argmax(-1), position_ids=torch.zeros(3, 3, 1, dtype=torch.long),
                     attention_mask=torch.cat([inputs["attention_mask"], torch.ones(3, 1, dtype=torch.long)], 1))
-        model(**step, cache=out.cache, use_cache=True)  # one decode step: q_len == 1
+        # transformers >= 5.24 calls the KV cache `cache`, older 5.x `past_key_values`
+        name = "cache" if hasattr(out, "cache") else "past_key_values"
+        model(**step, **{name: getattr(out, name)}, use_cache=True)  # one decode step: q_len == 1
         assert p.captures == 0
         model(**make_batch(response_lengths=(2, 2, 2))[0])  # another batch: its S is not the armed one
         assert p.captures == 0
