@@ -60,6 +60,7 @@ import contextlib
 import sys
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -156,6 +157,11 @@ class Probe:
         # background: the rows are read on one worker thread while the forward goes on (see `arm`)
         self._worker = concurrent.futures.ThreadPoolExecutor(1, "atrl-probe") if background else None
         self.captures = 0  # layers captured since the last arm (tests and logs read it)
+        # layers read through whole rows (the kernel gave no log-sum-exp), and of those, how many because the
+        # kernel's log-sum-exp failed its check (counted over the probe's life; tests and bench/probe.py read them)
+        self.row_reads = self.lse_mismatches = 0
+        self._lse_trusted = {}  # (kernel, dtype, device type) -> did its log-sum-exp pass the check
+        self.use_kernel_lse = True  # False: always read whole rows (the reference; bench/probe.py times both)
         self._armed = False
         self._jobs, self._then, self._outcome = [], None, None
 
@@ -209,8 +215,9 @@ class Probe:
                                "forward inside the `with probe(model)` block on exactly the armed (B, S) batch")
         row_valid = (self._query_pos >= 0).to(self._sink.device)  # (B, T)
         image_valid = self.image_valid.to(self._sink.device)  # (B, V)
-        patterns = self._patterns / self.captures * row_valid[:, :, None] * image_valid[:, None, :]  # (B, T, V)
-        sink = self._sink / self.captures * row_valid  # (B, T)
+        n = self.captures * self._heads  # the reads add up every head of every captured layer
+        patterns = self._patterns / n * row_valid[:, :, None] * image_valid[:, None, :]  # (B, T, V)
+        sink = self._sink / n * row_valid  # (B, T)
         return dict(patterns=patterns, sink=sink, image_valid=image_valid)
 
     def outcome(self):
@@ -255,21 +262,25 @@ class Probe:
         first = visible.to(torch.uint8).argmax(dim=-1)  # (B, c) first visible key = first non-pad token
         return hidden, first
 
-    def _capture(self, module, query, key, attention_mask, scaling):
-        """Called by every probed layer's attention: read this layer now (or queue it for the worker) if armed.
-
-        query (B, H, S, D), key (B, Hkv, K, D) post-RoPE, attention_mask as the kernel receives it.
-        """
+    def _wants(self, module, query, key):
+        """Is this attention call one to read? The prefill of the armed batch, each selected layer once: decode
+        steps (S == 1), other batches, cached prefixes and gradient-checkpointing re-runs pass through."""
         B, S, K = query.shape[0], query.shape[2], key.shape[2]
-        # prefill of the armed batch only: decode steps (S == 1), other batches and cached prefixes pass through
-        if (not self._armed or module.layer_idx in self._done or S <= 1 or K != S
-                or S != self._seq_len or B != self._query_pos.shape[0]):
-            return
+        return (self._armed and module.layer_idx not in self._done and S > 1 and K == S
+                and S == self._seq_len and B == self._query_pos.shape[0])
+
+    def _capture(self, module, query, key, attention_mask, scaling, lse=None, kernel=None):
+        """Read one selected layer now (or queue it for the worker); its attention kernel has just run, and
+        `_wants` said this call is one to read.
+
+        query (B, H, S, D), key (B, Hkv, K, D) post-RoPE, attention_mask as the kernel received it, lse (B, H, S')
+        the kernel's row log-sum-exp (S' >= S: some kernels pad it) or None, kernel the name of the aten op.
+        """
         self._done.add(module.layer_idx)  # NOTE: before any work, so a checkpoint re-run is skipped
         self.captures += 1
         # NOTE: detach() shares storage, nothing is copied; the kernel does not write to q or k, and a training
         # forward keeps them for the backward anyway
-        job = (query.detach(), key.detach(), attention_mask, scaling)
+        job = (query.detach(), key.detach(), attention_mask, scaling, None if lse is None else lse.detach(), kernel)
         if self._worker is None:
             self._read(*job)
         else:
@@ -284,21 +295,104 @@ class Probe:
             else:  # runs after the reads: one worker, jobs in order
                 self._outcome = self._worker.submit(_on_device, query.device, self._run_then)
 
-    def _read(self, query, key, attention_mask, scaling):
+    def _read(self, query, key, attention_mask, scaling, lse=None, kernel=None):
         """The armed rows of one layer -> running sums in _patterns / _sink (on the worker if background)."""
         B, H, S, D = query.shape
-        Hkv, K = key.shape[1], key.shape[2]
-        device, G = query.device, H // Hkv
+        device = query.device
         if self._patterns is None:  # first captured layer of this arm: move the armed indices once
             self._query_pos = self._query_pos.to(device)  # (B, T)
             self._image_index = self._image_index.to(device)  # (B, V)
             self._patterns = torch.zeros(self._query_pos.shape + self._image_index.shape[1:], device=device)
             self._sink = torch.zeros(self._query_pos.shape, device=device)  # (B, T) fp32 sums over layers
             self._rows = self._query_pos.clamp(min=0)  # (B, T) rows without a query read row 0, zeroed in result()
+            self._heads = H  # the reads sum over query heads; result() divides
+        scale = scaling if scaling is not None else D**-0.5
+        # all full-attention layers share one mask object: slice its rows once per arm, not once per layer
+        if self._mask_source is not attention_mask:
+            self._mask_source, self._mask_rows = attention_mask, {}
+        # NOTE: autocast off, or a bf16 training step would silently run our "fp32" matmul in bf16
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            if lse is None or not self.use_kernel_lse or not self._read_columns(query, key, attention_mask, scale,
+                                                                                 lse, kernel):
+                self.row_reads += 1
+                self._read_rows(query, key, attention_mask, scale)
+        self._reads += 1
+        if self._reads == len(self.layers):  # all layers read: let the mask and its row slices go
+            self._mask_source, self._mask_rows = _UNSET, {}
+
+    def _read_columns(self, query, key, attention_mask, scale, lse, kernel):
+        """The fast read: score only the V image keys and the sink key of each armed row, and normalise with the
+        row's log-sum-exp that the attention kernel computed anyway:
+
+            p[t, v] = exp(q_t . k_v * scale - lse_t)          (= softmax over the row's visible keys, at key v)
+
+        V + 1 of the row's ~S keys, no softmax pass over the row, no mask (image and sink keys are visible from
+        every response row: they sit in the prompt, after the left padding). The first time the probe meets a
+        kernel (with a dtype), its lse is checked against a whole-row log-sum-exp of our own on one row per
+        rollout (one host sync); if they disagree, nothing is read, False is returned, and that kernel's layers
+        are read through whole rows from then on (`lse_mismatches` counts it)."""
+        B, H, S, D = query.shape
+        Hkv, K, G = key.shape[1], key.shape[2], H // key.shape[1]
+        T, V = self._query_pos.shape[1], self._image_index.shape[1]
+        rows_all, row_valid = self._rows, self._query_pos >= 0  # (B, T), (B, T)
+        if "columns" not in self._mask_rows:  # per arm: the keys to score and the row to check
+            last = rows_all.max(dim=1, keepdim=True).values  # (B, 1) each rollout's last response row
+            hidden, first = self._row_mask(attention_mask, last, K, H, Hkv, G)  # (B, 1|Hkv, 1|G, 1, K), (B, 1)
+            self._mask_rows["columns"] = (torch.cat([self._image_index, first], dim=1), last, hidden)  # (B, V + 1)
+        columns, last, hidden = self._mask_rows["columns"]
+        lse = lse[..., :S].float()  # (B, H, S): some kernels pad the row dimension
+        verdict = (kernel, query.dtype, query.device.type)
+        if verdict not in self._lse_trusted:
+            self._lse_trusted[verdict] = self._lse_agrees(query, key, scale, lse, last, hidden, row_valid)
+            self.lse_mismatches += not self._lse_trusted[verdict]
+        if not self._lse_trusted[verdict]:
+            return False
+        # the log-sum-exp rides in the matmul: [q, -lse] . [k * scale, 1] = q . k * scale - lse, one pass fewer
+        batch = torch.arange(B, device=query.device)[:, None]  # (B, 1); advanced indexing beats gather on CPU
+        keys = key.transpose(1, 2)[batch, columns].float().mul_(scale)  # (B, V + 1, Hkv, D)
+        keys = torch.cat([keys, keys.new_ones(B, V + 1, Hkv, 1)], dim=-1).permute(0, 2, 3, 1)  # (B, Hkv, D + 1, V + 1)
+        lse_rows = lse.transpose(1, 2)[batch, rows_all]  # (B, T, H)
+        # rows without a query read row 0, which left padding can leave fully masked (lse -inf): make them finite
+        lse_rows = lse_rows.masked_fill(~row_valid[:, :, None], 0.0)  # (B, T, H); zeroed again in result()
+        # fp32 scores per chunk. CPU: 2^20 (4 MiB) measured best on the tiny long shape (2^18: +30% time);
+        # GPU: 2^24 (64 MiB), a few chunks per layer at 3B shapes (fewer kernel launches; a guess, unmeasured)
+        budget = self.chunk_elements or (2**24 if query.device.type == "cuda" else 2**20)
+        chunk = max(1, budget // max(1, B * H * (V + 1)))  # rows per chunk: bounds the (.., c, V + 1) scores
+        chunk = -(-T // -(-T // chunk)) if T else 1  # the same number of chunks, evened out (256 = 128 + 128)
+        for t0 in range(0, T, chunk):
+            rows = rows_all[:, t0:t0 + chunk]  # (B, c)
+            c = rows.shape[1]
+            q = query.transpose(1, 2)[batch, rows].float()  # (B, c, H, D)
+            q = torch.cat([q, -lse_rows[:, t0:t0 + c, :, None]], dim=-1).transpose(1, 2)  # (B, H, c, D + 1)
+            # GQA as in _read_rows: (Hkv, G) groups the query heads by their key head
+            scores = torch.matmul(q.reshape(B, Hkv, G * c, D + 1), keys).view(B, H, c, V + 1)  # (B, H, c, V + 1)
+            probs = scores.exp_().sum(dim=1)  # (B, c, V + 1) softmax probabilities at the V + 1 keys, head sum
+            self._patterns[:, t0:t0 + c] += probs[..., :V]  # NOTE: sums over heads; result() divides by H
+            self._sink[:, t0:t0 + c] += probs[..., V]
+        return True
+
+    def _lse_agrees(self, query, key, scale, lse, last, hidden, row_valid):
+        """Does the kernel's lse equal a whole-row log-sum-exp of our own, on each rollout's last row? Guards
+        against a kernel whose lse means something else (another base, layout or padding) on some version."""
+        B, H, S, D = query.shape
+        Hkv, K, G = key.shape[1], key.shape[2], H // key.shape[1]
+        q_last = query.gather(2, last[:, None, :, None].expand(B, H, 1, D)).float().mul_(scale)  # (B, H, 1, D)
+        scores = torch.matmul(q_last.view(B, Hkv, G, D), key.float().transpose(-1, -2)).view(B, Hkv, G, 1, K)
+        scores = scores.masked_fill(hidden, _MASK_MIN) if hidden.dtype == torch.bool else scores + hidden
+        ours = scores.logsumexp(-1).view(B, H)  # (B, H)
+        theirs = lse.gather(2, last[:, None, :].expand(B, H, 1)).squeeze(-1)  # (B, H)
+        close = (ours - theirs).abs() <= 1e-3 + 1e-4 * ours.abs()  # fp32 sums in another order: ~1e-6 apart
+        return bool((close | ~row_valid.any(1)[:, None]).all())  # rollouts without a response row: not checked
+
+    def _read_rows(self, query, key, attention_mask, scale):
+        """The whole-row read (kernels that give no log-sum-exp: eager, math, flash-attn's package): the QK^T and
+        softmax of every armed row over all its keys, then the V + 1 columns we keep."""
+        B, H, S, D = query.shape
+        Hkv, K, G = key.shape[1], key.shape[2], H // key.shape[1]
         T, V = self._query_pos.shape[1], self._image_index.shape[1]
         rows_all = self._rows  # (B, T)
         if self._chunks is None:  # row chunks, the same for every layer of this arm
-            budget = self.chunk_elements or (2**23 if device.type == "cuda" else 2**18)
+            budget = self.chunk_elements or (2**23 if query.device.type == "cuda" else 2**18)
             chunk = max(1, budget // max(1, B * H * K))  # rows per chunk: bounds the (.., c, K) scores
             starts = list(range(0, T, chunk))
             # causal attention: a chunk's rows see no key after its last row, so its keys end there (the image,
@@ -308,36 +402,27 @@ class Probe:
             image_end = self._image_index.max() if V > 0 else rows_all.new_zeros(())
             ends = (torch.stack(ends).clamp(min=image_end) + 1).tolist() if starts else []
             self._chunks = [(t0, min(chunk, T - t0), end) for t0, end in zip(starts, ends)]
-        scale = scaling if scaling is not None else D**-0.5
         keys_t = key.float().transpose(-1, -2)  # (B, Hkv, D, K) one fp32 copy of the keys per layer
-        # all full-attention layers share one mask object: slice its rows once per arm, not once per layer
-        if self._mask_source is not attention_mask:
-            self._mask_source, self._mask_rows = attention_mask, {}
-        # NOTE: autocast off, or a bf16 training step would silently run our "fp32" matmul in bf16
-        with torch.no_grad(), torch.autocast(device.type, enabled=False):
-            for t0, c, K in self._chunks:  # K: keys this chunk can see
-                rows = rows_all[:, t0:t0 + c]  # (B, c)
-                if t0 not in self._mask_rows:
-                    self._mask_rows[t0] = self._row_mask(attention_mask, rows, K, H, Hkv, G)
-                hidden, first = self._mask_rows[t0]  # (B, 1|Hkv, 1|G, c, K), (B, c)
-                q = query.gather(2, rows[:, None, :, None].expand(B, H, c, D)).float()  # (B, H, c, D)
-                # GQA: query head h uses key head h // G (transformers' repeat_kv order), so (Hkv, G) groups
-                # the query heads by their key head and one matmul per key head serves its G query heads
-                q = q.mul_(scale).view(B, Hkv, G * c, D)  # (B, Hkv, G*c, D), scaled here: c*D < c*K numbers
-                scores = torch.matmul(q, keys_t[..., :K]).view(B, Hkv, G, c, K)  # (B, Hkv, G, c, K)
-                if hidden.dtype == torch.bool:
-                    scores.masked_fill_(hidden, _MASK_MIN)
-                else:
-                    scores.add_(hidden)
-                # NOTE: softmax, not exp(s - logsumexp): one fused pass (logsumexp is ~7x slower on CPU).
-                # Head mean first (one reduction), then pick V + 1 columns of (B, c, K): half the time of
-                # picking them from every head.
-                probs = scores.softmax(dim=-1).view(B, H, c, K).mean(dim=1)  # (B, c, K)
-                self._patterns[:, t0:t0 + c] += probs.gather(-1, self._image_index[:, None, :].expand(B, c, V))
-                self._sink[:, t0:t0 + c] += probs.gather(-1, first[:, :, None]).squeeze(-1)  # (B, c)
-        self._reads += 1
-        if self._reads == len(self.layers):  # all layers read: let the mask and its row slices go
-            self._mask_source, self._mask_rows = _UNSET, {}
+        for t0, c, K in self._chunks:  # K: keys this chunk can see
+            rows = rows_all[:, t0:t0 + c]  # (B, c)
+            if t0 not in self._mask_rows:
+                self._mask_rows[t0] = self._row_mask(attention_mask, rows, K, H, Hkv, G)
+            hidden, first = self._mask_rows[t0]  # (B, 1|Hkv, 1|G, c, K), (B, c)
+            q = query.gather(2, rows[:, None, :, None].expand(B, H, c, D)).float()  # (B, H, c, D)
+            # GQA: query head h uses key head h // G (transformers' repeat_kv order), so (Hkv, G) groups
+            # the query heads by their key head and one matmul per key head serves its G query heads
+            q = q.mul_(scale).view(B, Hkv, G * c, D)  # (B, Hkv, G*c, D), scaled here: c*D < c*K numbers
+            scores = torch.matmul(q, keys_t[..., :K]).view(B, Hkv, G, c, K)  # (B, Hkv, G, c, K)
+            if hidden.dtype == torch.bool:
+                scores.masked_fill_(hidden, _MASK_MIN)
+            else:
+                scores.add_(hidden)
+            # NOTE: softmax, not exp(s - logsumexp): one fused pass (logsumexp is ~7x slower on CPU).
+            # Head sum first (one reduction), then pick V + 1 columns of (B, c, K): half the time of
+            # picking them from every head.
+            probs = scores.softmax(dim=-1).view(B, H, c, K).sum(dim=1)  # (B, c, K) head sum, as _read_columns
+            self._patterns[:, t0:t0 + c] += probs.gather(-1, self._image_index[:, None, :].expand(B, c, V))
+            self._sink[:, t0:t0 + c] += probs.gather(-1, first[:, :, None]).squeeze(-1)  # (B, c)
 
 
 def _on_device(device, fn, *args):
@@ -346,6 +431,45 @@ def _on_device(device, fn, *args):
     training thread's stream, so it is ordered after the kernels that produced q and k."""
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         return fn(*args)
+
+
+# torch's fused attention kernels that return each query row's log-sum-exp as their second output, and the
+# argument that asks for it (None: always returned). sdpa picks one of them by device, dtype and mask; the CPU
+# one and the CUDA flash one always compute it, the CUDA efficient and cuDNN ones only when asked (they are
+# asked in training anyway: the backward needs it).
+_LSE_KERNELS = {"_scaled_dot_product_flash_attention_for_cpu": None, "_scaled_dot_product_flash_attention": None,
+                "_scaled_dot_product_efficient_attention": "compute_log_sumexp",
+                "_scaled_dot_product_cudnn_attention": "compute_log_sumexp"}
+
+
+class _KernelLogSumExp(TorchDispatchMode):
+    """Keeps the row log-sum-exp (B, H, S) of the fused attention kernel that runs inside this block.
+
+    A dispatch mode sees the aten ops a call runs, below autograd and autocast: sdpa's own choice of kernel runs
+    with its own arguments and its result is passed back untouched, so the layer's output does not change
+    (tests/test_connectivity.py checks the logits bit for bit); only a kernel that computes the log-sum-exp on
+    request is asked for it. Any other kernel (math, eager, flash-attn's package) leaves `lse` None, and the
+    probe then computes whole rows itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.lse = self.kernel = None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        name = func.overloadpacket.__name__
+        if name in _LSE_KERNELS:
+            flag = _LSE_KERNELS[name]
+            if flag is not None:  # ask for the log-sum-exp, wherever the argument sits
+                index = [a.name for a in func._schema.arguments].index(flag)
+                if index < len(args):
+                    args = args[:index] + (True,) + args[index + 1:]
+                else:
+                    kwargs[flag] = True
+            out = func(*args, **kwargs)
+            self.lse, self.kernel = out[1], name
+            return out
+        return func(*args, **kwargs)
 
 
 def _attention_with_probe(implementation):
@@ -358,21 +482,28 @@ def _attention_with_probe(implementation):
             kernel = sys.modules[type(module).__module__].eager_attention_forward
         # the vision tower keeps its own implementation; unselected layers are not in _ACTIVE
         probe_for_module = _ACTIVE.get(id(module))
-        if probe_for_module is not None:
-            probe_for_module._capture(module, query, key, attention_mask, kwargs.get("scaling"))
-        if "flash" not in implementation:
-            return kernel(module, query, key, value, attention_mask, *args, **kwargs)
-        # NOTE: transformers' flash path picks its kernel package from module.config._attn_implementation,
-        # which reads our name here: show it the original name for the duration of the call.
-        # (Untested: no flash-attn on our CPU machines.)
-        config = module.config
-        ours, config._attn_implementation_internal = config._attn_implementation_internal, implementation
-        try:
-            return kernel(module, query, key, value, attention_mask, *args, **kwargs)
-        finally:
-            config._attn_implementation_internal = ours
+        if probe_for_module is None or not probe_for_module._wants(module, query, key):
+            return _call(kernel, implementation, module, query, key, value, attention_mask, *args, **kwargs)
+        with _KernelLogSumExp() as spy:  # the kernel runs as it would have; its row log-sum-exp is kept
+            out = _call(kernel, implementation, module, query, key, value, attention_mask, *args, **kwargs)
+        probe_for_module._capture(module, query, key, attention_mask, kwargs.get("scaling"), spy.lse, spy.kernel)
+        return out
 
     return attention
+
+
+def _call(kernel, implementation, module, query, key, value, attention_mask, *args, **kwargs):
+    if "flash" not in implementation:
+        return kernel(module, query, key, value, attention_mask, *args, **kwargs)
+    # NOTE: transformers' flash path picks its kernel package from module.config._attn_implementation,
+    # which reads our name here: show it the original name for the duration of the call.
+    # (Untested: no flash-attn on our CPU machines.)
+    config = module.config
+    ours, config._attn_implementation_internal = config._attn_implementation_internal, implementation
+    try:
+        return kernel(module, query, key, value, attention_mask, *args, **kwargs)
+    finally:
+        config._attn_implementation_internal = ours
 
 
 def _set_text_attention(model, text_config, implementation):

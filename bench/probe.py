@@ -42,6 +42,7 @@ columns need scoring.
 import common  # first: it puts the repository root on sys.path (see its docstring)
 
 import argparse
+import contextlib
 import functools
 import statistics
 import time
@@ -89,19 +90,30 @@ def make_batch(config, B, grid_side, prompt_len, response_len, device, dtype):
     return {k: v.to(device) for k, v in inputs.items()}, response_mask.to(device)
 
 
-def run(model, inputs, response_mask, layers, chunk_elements=None):
-    """One forward; with layers, the probe is installed, armed on every response token and read out."""
+def run(model, inputs, response_mask, p=None):
+    """One forward; with an installed probe p, armed on every response token and read out (as train.py: the
+    probe is installed once per run, armed once per forward)."""
     with torch.no_grad():
-        if layers is None:
-            return model(**inputs).logits
-        with probe(model, layers, chunk_elements) as p:
+        if p is not None:
             p.arm(query_positions(response_mask), inputs["input_ids"] == IMAGE)
-            logits = model(**inputs).logits
+        logits = model(**inputs).logits
+        if p is not None:
             p.result()
         return logits
 
 
-def flops(text, vision, B, S, T, n_patches, probe_layers):
+@contextlib.contextmanager
+def installed(model, layers, chunk_elements):
+    """The probe installed on `layers` for the block (None: nothing installed, the plain sdpa model)."""
+    if layers is None:
+        yield None
+    else:
+        with probe(model, layers, None if chunk_elements == "rows" else chunk_elements) as p:
+            p.use_kernel_lse = chunk_elements != "rows"  # "rows": the whole-row read (no kernel log-sum-exp)
+            yield p
+
+
+def flops(text, vision, B, S, T, n_patches, probe_layers, n_image):
     """Analytic matmul FLOPs of one forward and of the probe (2 per multiply-add)."""
     d, I, L, H, Hkv = (text[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                          "num_attention_heads", "num_key_value_heads"))
@@ -115,8 +127,8 @@ def flops(text, vision, B, S, T, n_patches, probe_layers):
     n_full = len(vision["fullatt_block_indexes"])
     vit = depth * n_patches * per_patch + 4 * dv * n_patches * (n_full * n_patches // B + (depth - n_full) * window)
     vit += 2 * (n_patches // 4) * (16 * dv * dv + 4 * dv * vision["out_hidden_size"])  # patch merger MLP
-    # QK^T rows + mask, exp, sum (elementwise); a response row sees ~S - T/2 keys on average (causal chunks)
-    probe_cost = probe_layers * B * T * H * (S - T // 2) * (2 * Dh + 4)
+    # the column read (the kernel's log-sum-exp reused): T rows x (V image keys + the sink) of q.k and exp
+    probe_cost = probe_layers * B * T * H * (n_image + 1) * (2 * (Dh + 1) + 2)
     return decoder + vit, probe_cost
 
 
@@ -144,31 +156,42 @@ def bench(name, text, vision, dtype, device, shapes):
     mid = list(default_layers(L))
     # (name, layers, chunk_elements): the small-chunk row shows the memory/time trade-off of the chunk size
     settings = [("sdpa", None, None), ("probe mid", mid, None), ("probe all", list(range(L)), None),
-                ("probe mid, chunk 2^23", mid, 2**23), ("probe mid, chunk 2^16", mid, 2**16)]
+                ("probe mid, whole rows", mid, "rows"), ("probe mid, chunk 2^23", mid, 2**23),
+                ("probe mid, chunk 2^16", mid, 2**16)]
     for B, side, prompt_len, response_len in shapes:
         inputs, response_mask = make_batch(model.config, B, side, prompt_len, response_len, device, dtype)
         S, T = inputs["input_ids"].shape[1], int(response_mask.sum(1).max())
         n_image = side * side // 4
-        for _, layers, chunk in settings:  # warm-up (allocator, kernels, lazy init)
-            run(model, inputs, response_mask, layers, chunk)
+        print(f"\n{name} on {device.type} ({dtype}), B={B} S={S} image tokens={n_image} response tokens<={T}, "
+              f"{args.repeats} rounds", flush=True)
+        row_reads = {}  # layers read through whole rows (no log-sum-exp from the kernel), per setting
+        for s, layers, chunk in settings:  # warm-up (allocator, kernels, lazy init)
+            with installed(model, layers, chunk) as p:
+                run(model, inputs, response_mask, p)
+                row_reads[s] = "-" if p is None else f"{p.row_reads} of {p.captures}"
         times = {s[0]: [] for s in settings}
         inside = {s[0]: [] for s in settings}  # seconds inside the probe per forward (CPU)
         for r in range(args.repeats):
             for s, layers, chunk in settings[r % len(settings):] + settings[:r % len(settings)]:  # rotate order
-                sync(device)
-                with CaptureTimer() as timer:
-                    t0 = time.perf_counter()
-                    run(model, inputs, response_mask, layers, chunk)
+                with installed(model, layers, chunk) as p:  # installed outside the clock, as train.py does once
                     sync(device)
-                    times[s].append(time.perf_counter() - t0)
-                inside[s].append(timer.seconds)
-        peaks = {s: peak_bytes(functools.partial(run, model, inputs, response_mask, layers, chunk), device)
-                 for s, layers, chunk in settings}
-        print(f"\n{name} on {device.type} ({dtype}), B={B} S={S} image tokens={n_image} response tokens<={T}, "
-              f"{args.repeats} rounds")
+                    with CaptureTimer() as timer:
+                        t0 = time.perf_counter()
+                        run(model, inputs, response_mask, p)
+                        sync(device)
+                        times[s].append(time.perf_counter() - t0)
+                    inside[s].append(timer.seconds)
+            print(f"  round {r + 1}/{args.repeats}: " + ", ".join(
+                f"{s} {1e3 * times[s][-1]:.1f} ms" + ("" if s == "sdpa" else f" ({100 * (times[s][-1] / times['sdpa'][-1] - 1):+.1f}%)")
+                for s, _, _ in settings), flush=True)
+
+        def forward_with(layers, chunk):
+            with installed(model, layers, chunk) as p:
+                return peak_bytes(functools.partial(run, model, inputs, response_mask, p), device)
+        peaks = {s: forward_with(layers, chunk) for s, layers, chunk in settings}
         print("| setting | layers | median ms | overhead (paired median) [min, max] | overhead (best of "
-              "rounds) | time inside probe / sdpa forward | peak MiB | peak vs sdpa |")
-        print("|---|---|---|---|---|---|---|---|")
+              "rounds) | time inside probe / sdpa forward | peak MiB | peak vs sdpa | whole-row reads |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for s, layers, _ in settings:
             ratios = [t / base for t, base in zip(times[s], times["sdpa"])]
             own = [t / base for t, base in zip(inside[s], times["sdpa"])]
@@ -177,7 +200,7 @@ def bench(name, text, vision, dtype, device, shapes):
                   f"{100 * (statistics.median(ratios) - 1):+.2f}% [{100 * (min(ratios) - 1):+.1f}, "
                   f"{100 * (max(ratios) - 1):+.1f}] | {100 * (min(times[s]) / min(times['sdpa']) - 1):+.2f}% | "
                   f"{'n/a (async)' if device.type == 'cuda' else f'{100 * statistics.median(own):.2f}%'} | "
-                  f"{peaks[s] / 2**20:.1f} | {100 * (peaks[s] / peaks['sdpa'] - 1):+.2f}% |")
+                  f"{peaks[s] / 2**20:.1f} | {100 * (peaks[s] / peaks['sdpa'] - 1):+.2f}% | {row_reads[s]} |")
         fixed = []  # install + arm + restore without a forward: the probe's per-step fixed cost
         for _ in range(args.repeats):
             t0 = time.perf_counter()
@@ -186,7 +209,7 @@ def bench(name, text, vision, dtype, device, shapes):
             fixed.append(time.perf_counter() - t0)
         print(f"install + arm + restore (no forward): {1e3 * statistics.median(fixed):.2f} ms "
               f"= {100 * statistics.median(fixed) / statistics.median(times['sdpa']):.2f}% of the sdpa forward")
-        forward, cost = flops(text, vision, B, S, T, B * side * side, len(mid))
+        forward, cost = flops(text, vision, B, S, T, B * side * side, len(mid), n_image)
         print(f"FLOPs: forward {forward / 1e9:.2f} G, probe mid {cost / 1e9:.3f} G "
               f"({100 * cost / forward:.2f}% of the forward)")
     del model
@@ -216,12 +239,12 @@ if args.suite in ("3b", "all"):
     side, T, L = 64, 1024, full_text["num_hidden_layers"]
     S, mid = 64 + side * side // 4 + 2 + T, len(default_layers(L))
     for B_est in (1, 4):
-        forward, cost = flops(full_text, full_vision, B_est, S, T, B_est * side * side, mid)
-        _, cost_all = flops(full_text, full_vision, B_est, S, T, B_est * side * side, L)
-        # the probe's fp32 (c, K) score blocks: written by the matmul, read+written by the mask fill and by
-        # the softmax, read by the head mean -> ~6 passes of 4 bytes over B*H*T*S entries per layer; this
-        # memory traffic, more than the FLOPs, bounds its GPU time
-        traffic = 6 * 4 * B_est * full_text["num_attention_heads"] * T * (S - T // 2) * mid
+        forward, cost = flops(full_text, full_vision, B_est, S, T, B_est * side * side, mid, side * side // 4)
+        _, cost_all = flops(full_text, full_vision, B_est, S, T, B_est * side * side, L, side * side // 4)
+        # the probe's fp32 (c, V + 1) score blocks: written by the matmul, read+written by exp, read by the head
+        # mean -> ~4 passes of 4 bytes over B*H*T*(V+1) entries per layer; this memory traffic, more than the
+        # FLOPs, bounds its GPU time
+        traffic = 4 * 4 * B_est * full_text["num_attention_heads"] * T * (side * side // 4 + 1) * mid
         print(f"\nQwen2.5-VL-3B estimate, B={B_est} S={S} T={T}: forward {forward / 1e12:.2f} TFLOP; "
               f"probe mid third ({mid} layers) {cost / 1e9:.0f} GFLOP = {100 * cost / forward:.2f}%, "
               f"all layers {cost_all / 1e9:.0f} GFLOP = {100 * cost_all / forward:.2f}%; "

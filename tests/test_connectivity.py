@@ -103,6 +103,32 @@ def test_probe_matches_eager_attention(setup, query, layers, chunk_elements):
     assert (got["sink"] - sink).abs().max() <= 1e-5
     assert got["image_valid"].sum(1).tolist() == [6, 4, 9]
     assert got["patterns"].sum() > 0.1  # not vacuous: there is attention on the image
+    # sdpa on CPU runs torch's flash kernel, which hands over its log-sum-exp: every layer took the column read
+    assert p.row_reads == 0 and p.lse_mismatches == 0
+
+
+@pytest.mark.parametrize("corrupt", ["log2", "rows shifted"])
+def test_a_kernel_log_sum_exp_that_means_something_else_is_caught(setup, corrupt, monkeypatch):
+    # a kernel whose lse is in base 2, or laid out differently, must not be trusted: the probe checks it once,
+    # falls back to whole rows for that kernel, and is still exact
+    model, inputs, response_mask, attentions = setup
+    spy = connectivity._KernelLogSumExp.__torch_dispatch__
+
+    def wrong(self, func, types, args=(), kwargs=None):
+        out = spy(self, func, types, args, kwargs)
+        if self.lse is not None:
+            self.lse = self.lse / 0.6931471805599453 if corrupt == "log2" else self.lse.roll(1, dims=-1)
+        return out
+    monkeypatch.setattr(connectivity._KernelLogSumExp, "__torch_dispatch__", wrong)
+    query_pos = query_positions(response_mask)
+    with probe(model, [1, 2]) as p, torch.no_grad():
+        for _ in range(2):  # the verdict is kept: checked once, rows read on every layer of both forwards
+            p.arm(query_pos, inputs["input_ids"] == IMAGE)
+            model(**inputs)
+            got = p.result()
+    assert p.lse_mismatches == 1 and p.row_reads == 4
+    patterns, sink = oracle(attentions, inputs, query_pos, [1, 2])
+    assert (got["patterns"] - patterns).abs().max() <= 1e-5 and (got["sink"] - sink).abs().max() <= 1e-5
 
 
 def test_probe_without_kernel_mask_uses_causal_and_armed_padding(setup):
@@ -139,6 +165,7 @@ def test_probe_wraps_eager_with_its_additive_mask(setup):
         model.set_attn_implementation("sdpa")
     patterns, sink = oracle(attentions, inputs, query_pos, [2])
     assert (got["patterns"] - patterns).abs().max() <= 1e-5 and (got["sink"] - sink).abs().max() <= 1e-5
+    assert p.row_reads == 1  # eager computes its softmax in the model file: no log-sum-exp to reuse
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -197,8 +224,8 @@ def test_gradient_checkpointing_captures_once(setup):
     try:
         with probe(model, [1, 2]) as p:
             calls = []
-            capture = p._capture
-            p._capture = lambda *a: (calls.append(a[0].layer_idx), capture(*a))
+            wants = p._wants  # asked on every call of a selected layer's attention
+            p._wants = lambda module, *a: (calls.append(module.layer_idx), wants(module, *a))[1]
             p.arm(query_pos, image_mask)
             model(**inputs).logits.float().pow(2).mean().backward()  # backward re-runs every layer
             got = p.result()["patterns"]
