@@ -186,6 +186,38 @@ def test_probe_on_cuda_matches_eager(setup, background):
     assert (got["patterns"].cpu() - patterns).abs().max() <= 1e-4 and (got["sink"].cpu() - sink).abs().max() <= 1e-4
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_logits_unchanged_and_the_kernel_log_sum_exp_trusted(setup, dtype):
+    # on CUDA the probe asks sdpa's efficient/cuDNN kernel for its log-sum-exp (a flag it sets only for training
+    # forwards): the layer's output must not change by a bit, with and without grad, and the lse must pass the check
+    model, inputs, response_mask, attentions = setup
+    model.to("cuda", dtype)
+    try:
+        cuda_inputs = {k: v.cuda() for k, v in inputs.items()}
+        cuda_inputs["pixel_values"] = cuda_inputs["pixel_values"].to(dtype)
+        for grad in (False, True):
+            with torch.set_grad_enabled(grad):
+                plain = model(**cuda_inputs).logits
+                with probe(model, [1, 2]) as p:
+                    p.arm(query_positions(response_mask).cuda(), cuda_inputs["input_ids"] == IMAGE)
+                    probed = model(**cuda_inputs).logits
+                    got = p.result()
+            assert torch.equal(plain, probed)
+            assert p.lse_mismatches == 0 and p.row_reads == 0, "the kernel's log-sum-exp was not used"
+        with torch.no_grad(), probe(model, [1, 2]) as p:  # the whole-row read of the same bf16/fp32 q and k
+            p.use_kernel_lse = False
+            p.arm(query_positions(response_mask).cuda(), cuda_inputs["input_ids"] == IMAGE)
+            model(**cuda_inputs)
+            rows = p.result()
+    finally:
+        model.to("cpu", torch.float32)
+    assert (got["patterns"] - rows["patterns"]).abs().max() <= 1e-5 and (got["sink"] - rows["sink"]).abs().max() <= 1e-5
+    if dtype == torch.float32:  # and against eager attention on the CPU
+        patterns, sink = oracle(attentions, inputs, query_positions(response_mask), [1, 2])
+        assert (got["patterns"].cpu() - patterns).abs().max() <= 1e-4
+
+
 def test_logits_identical_with_probe_installed(setup):
     model, inputs, response_mask, _ = setup
     with torch.no_grad():
