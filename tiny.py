@@ -44,6 +44,7 @@ Tests: pytest tests/test_tiny.py (random checkpoints and a few SFT steps only: t
 """
 
 import argparse
+import concurrent.futures
 import json
 import os
 import random
@@ -217,28 +218,42 @@ def build_tiny(out_dir=DEFAULT_DIR, seed=0, lr=1e-3, batch_size=32, slip=0.7, st
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     # NOTE: one thread on purpose. On a shared 2-core box, 2 OpenMP threads collapse when a neighbour
-    # takes a core (we measured 0.23 s/step with 1 thread vs 2.5 s/step with 2 under load).
+    # takes a core (we measured 0.23 s/step with 1 thread vs 2.5 s/step with 2 under load); on a 16-core GPU
+    # box 16 threads were no faster than 1. With a GPU the model trains there (the warm start differs in its
+    # last bits from a CPU build, as any other machine's does; its skill is set by the teacher, not by them).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tmp_dir = out_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     make_random_checkpoint(tmp_dir, seed=seed)
     tokenizer, image_processor = rollout.load_processor(tmp_dir)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_dir, dtype=torch.float32)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_dir, dtype=torch.float32).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
-    rng = random.Random(seed)
     start, step, loss_ema, plan = time.time(), 0, None, lessons(slip, steps)
+
+    rng = random.Random(seed)
+
+    def stream():  # the SFT batches in one fixed order, drawn from one seeded rng
+        for i, (lesson, n_steps, make_example) in enumerate(plan):
+            for j in range(n_steps):
+                yield i, j, lesson, sft_batch(tokenizer, image_processor, [make_example(rng) for _ in range(batch_size)])
+
     bar = tqdm(total=sum(n for _, n, _ in plan), desc="SFT", dynamic_ncols=True)
-    for i, (lesson, n_steps, make_example) in enumerate(plan):
-        for j in range(n_steps):
-            batch = sft_batch(tokenizer, image_processor, [make_example(rng) for _ in range(batch_size)])
+    # one thread draws and encodes the next batch (rendering, tokenizing: ~50 ms) while this one trains
+    with concurrent.futures.ThreadPoolExecutor(1, "sft-data") as pool:
+        batches = stream()
+        ahead = pool.submit(next, batches, None)
+        while (item := ahead.result()) is not None:
+            ahead = pool.submit(next, batches, None)
+            i, j, lesson, batch = item
             # a short linear warm-up (Adam's first updates are noisy), then constant; the last lesson decays
             # linearly to lr / 10, so the build ends converged rather than wherever the last batches pushed it
-            decay = 1.0 - 0.9 * j / n_steps if i == len(plan) - 1 else 1.0
+            decay = 1.0 - 0.9 * j / plan[i][1] if i == len(plan) - 1 else 1.0
             for group in optimizer.param_groups:
                 group["lr"] = lr * min(1.0, (step + 1) / 50) * decay
-            loss = model(**batch).loss  # mean cross-entropy over response tokens (labels -100 elsewhere)
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss  # mean cross-entropy over responses
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -259,7 +274,7 @@ def build_tiny(out_dir=DEFAULT_DIR, seed=0, lr=1e-3, batch_size=32, slip=0.7, st
                   batch_size=batch_size, slip=slip, seed=seed, params=sum(p.numel() for p in model.parameters()),
                   held_out={k: v for k, v in result.items() if k != "examples"},
                   samples=[(ex["greedy"]["response"], ex["answer"]) for ex in result["examples"]])
-    model.save_pretrained(tmp_dir)
+    model.cpu().save_pretrained(tmp_dir)
     with open(os.path.join(tmp_dir, "sft_report.json"), "w") as f:
         json.dump(report, f, indent=1)
     shutil.rmtree(out_dir, ignore_errors=True)

@@ -99,6 +99,9 @@ parser.add_argument("--dataset", default="visualmath", help="the synthetic task 
 parser.add_argument("--probe_layers", default="middle", help="train.py's --probe_layers (early|middle|late|all|4,5,6)")
 parser.add_argument("--grad_checkpointing", type=int, default=-1, help="-1: on for 3b, off for tiny")
 parser.add_argument("--shrink", action="store_true", help="3b: 2 layers and small inputs (a CPU smoke test)")
+parser.add_argument("--recipe", action="store_true",
+                    help="3b: the README's 3B recipe instead (fp32 weights under bf16 autocast, gradient checkpointing, "
+                         "micro-batches of 4, 484 image tokens; uniform and atrl) and the GPUs its peak fits")
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--malloc", default="pinned", choices=["pinned", "default"],
                     help="CPU: pin glibc malloc's mmap/trim thresholds (see pin_malloc) or leave them dynamic")
@@ -137,7 +140,9 @@ if args.config == "3b" and not cuda and not args.shrink:
           "use --shrink to smoke-test the code path on CPU")
     sys.exit(0)
 grad_ckpt = (args.config == "3b") if args.grad_checkpointing < 0 else bool(args.grad_checkpointing)
-dtype = torch.bfloat16 if args.config == "3b" and cuda else torch.float32
+# 3B: built in bf16 (a timing benchmark), or as train.py --bf16 1 runs it with --recipe: fp32 weights, bf16 autocast
+dtype = torch.bfloat16 if args.config == "3b" and cuda and not args.recipe else torch.float32
+AUTOCAST = torch.autocast(device.type, dtype=torch.bfloat16) if args.recipe else None
 PIXELS = None  # an image processor for rollout.blacken_patches (its mean/std and patch sizes); set below
 K_NN, ANCHOR_FRAC, GAIN = 0, 0.15, 2.0  # train.py defaults (--knn: 0 = per response, --anchor_frac, --gain)
 TORCH_THREADS, NUMBA_THREADS = torch.get_num_threads(), numba.get_num_threads()
@@ -279,8 +284,9 @@ def rl_step(model, params, optimizer, batch, adv, loss_mask, variant, micro, see
             logp0, blackened = torch.zeros_like(loss_mask), torch.zeros_like(loss_mask)
             for i in range(0, B, micro):
                 mb = rollout.slice_batch(batch, i, i + micro)
-                logp0[i:i + micro] = rollout.token_logprobs(model, mb, P)[0]
-                blackened[i:i + micro] = rollout.token_logprobs(model, rollout.blacken_patches(mb, PIXELS), P)[0]
+                logp0[i:i + micro] = rollout.token_logprobs(model, mb, P, AUTOCAST)[0]
+                blackened[i:i + micro] = rollout.token_logprobs(model, rollout.blacken_patches(mb, PIXELS), P,
+                                                                AUTOCAST)[0]
             W_all = atrl.token_weights_with_stats(None, None, loss_mask.bool(), "vppo",
                                                   dependency=atrl.visual_dependency(logp0, blackened))[0]
     with contextlib.ExitStack() as stack:
@@ -297,7 +303,7 @@ def rl_step(model, params, optimizer, batch, adv, loss_mask, variant, micro, see
                               mb["input_ids"] == model.config.image_token_id, mb["attention_mask"],
                               then=functools.partial(weights_from_probe, mask=mask, seed=seed))
             with STAGES("forward"):
-                logp, entropy = rollout.token_logprobs(model, mb, P)
+                logp, entropy = rollout.token_logprobs(model, mb, P, AUTOCAST)
             if variant == "vppo":
                 W = W_all[i:i + micro]
             elif variant == "entropy":  # the top 20% by this forward's entropy
@@ -393,7 +399,7 @@ print(f"bench/step.py: config {args.config}{' (shrunk)' if args.shrink else ''} 
       f"numba threading layer {numba.threading_layer()}, malloc thresholds {MALLOC}")
 print(common.machine_line(device))
 
-VARIANTS = ["uniform", "atrl", "atrl, inline", "vppo", "entropy"]
+VARIANTS = ["uniform", "atrl"] if args.recipe else ["uniform", "atrl", "atrl, inline", "vppo", "entropy"]
 step_state = None
 
 if "step" in sections or "memory" in sections:
@@ -408,10 +414,14 @@ if "step" in sections or "memory" in sections:
                 f"in {raw_batch['rollout_seconds']:.1f} s")
     else:
         model_dir = None
+        t0 = time.perf_counter()
         model = build_model()
-        B, n_image, T = (2, 16, 32) if args.shrink else (8, 1024, 1024)
+        common.sync(device)
+        print(f"  built the {args.config} model in {time.perf_counter() - t0:.1f} s", flush=True)
+        B, n_image, T = (2, 16, 32) if args.shrink else (8, 484 if args.recipe else 1024, 1024)
         raw_batch = synthetic_batch(model, B, n_image, T, prompt_text=64, vary=True, seed=args.seed)
-        micro, group_size = (1, 2) if args.shrink else (2, 4)  # 3B: 2 prompts x G 4, 2 rollouts per forward
+        # 3B: 2 prompts x G 4, 2 rollouts per forward (the recipe: --micro_batch_size 4)
+        micro, group_size = (1, 2) if args.shrink else (4 if args.recipe else 2, 4)
         raw_batch["rollout_seconds"] = 0.0
         what = f"{B} synthetic rollouts, {n_image} image tokens, responses of {T // 2}..{T} tokens"
     params, optimizer = prepare_for_training(model)
@@ -425,8 +435,11 @@ if "step" in sections or "memory" in sections:
 if "step" in sections:
     print(f"\n## step: {what}; B={len(adv)} S={S} T={T} (mean response {loss_mask.sum(1).mean():.1f} tokens), "
           f"V={n_image} image tokens, micro-batch {micro}, {args.repeats} interleaved rounds")
-    for v in VARIANTS:  # warm-up: allocator, AdamW state, numba cache, lazy init
+    for v in VARIANTS if not args.shrink else []:  # warm-up: allocator, AdamW state, numba cache, lazy init
+        t0 = time.perf_counter()  # (--shrink is a smoke test of the code path: its times mean nothing)
         rl_step(model, params, optimizer, batch, adv, loss_mask, v, micro, seed=args.seed)
+        common.sync(device)
+        print(f"  warm-up {v}: {time.perf_counter() - t0:.1f} s", flush=True)
     totals = {v: [] for v in VARIANTS}
     cpu = {v: [] for v in VARIANTS}
     faults = {v: [] for v in VARIANTS}
@@ -447,6 +460,9 @@ if "step" in sections:
             stages[v].append(STAGES.seconds)
             if cuda:
                 peaks[v].append(torch.cuda.max_memory_allocated())
+        print(f"  round {r + 1}/{args.repeats}: " + ", ".join(  # each figure as soon as it is measured
+            f"{v} {ms(totals[v][-1])} ms" + ("" if v == "uniform" else f" ({totals[v][-1] / totals['uniform'][-1]:.3f}x)")
+            for v in VARIANTS), flush=True)
     base = totals["uniform"]
     print("| arm | median step ms | ratio vs uniform (paired median) [min, max] | rollout + step ratio "
           "| CPU-time ratio | page faults |" + (" peak GiB | peak ratio |" if cuda else ""))
@@ -461,6 +477,11 @@ if "step" in sections:
         if cuda:
             line += f" {max(peaks[v]) / 2**30:.2f} | {max(peaks[v]) / max(peaks['uniform']):.3f} |"
         print(line)
+    if args.recipe and cuda:  # which GPUs the recipe's training step fits, with ~1 GiB for the CUDA context
+        reserved = torch.cuda.max_memory_reserved() / 2**30
+        fits = ", ".join(f"{gb} GB: {'yes' if reserved + 1 <= gb * 1e9 / 2**30 else 'no'}" for gb in (24, 48, 80))
+        print(f"recipe peak: {max(max(peaks[v]) for v in VARIANTS) / 2**30:.1f} GiB allocated, {reserved:.1f} GiB "
+              f"reserved by torch; fits {fits} (the training step; rollouts add their KV cache, see README)")
     if roll:
         print(f"(rollout + step: adds the {roll:.1f} s it took to sample this batch once, the same for every arm)")
     print("(atrl = train.py: the probe reads its layers and computes W on its worker thread while the forward "

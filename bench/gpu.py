@@ -1,0 +1,204 @@
+"""Benchmark: every GPU figure of the project in one budgeted command, printed as it is measured.
+
+A GPU is lent to this project rarely and briefly, so one command measures everything a GPU can tell us and
+stops in time: each section runs as a subprocess with its own budget, its output is streamed line by line the
+moment it is printed (prefixed with the section and the seconds since the start), a section that runs out of
+time is stopped -- what it printed so far is kept -- and the next one runs. At the end a markdown report (the
+tables each section printed, then every section's whole log) is written to --out.
+
+Sections, in order (budget in seconds on one H100/H200, 540 s in all by default; time a section leaves unused
+goes to the next one):
+
+    tests     40   the CUDA-only tests (pytest -k cuda): probe vs eager attention on CUDA, logits unchanged
+                   and the kernel's log-sum-exp trusted (fp32 and bf16), the decode engine's graph replay
+    probe     70   bench/probe.py --suite 3b: the probe's cost in a no-grad forward at Qwen2.5-VL-3B shapes
+                   (B=4, S=2114, 1024 image and 1024 response tokens), paired rounds
+    step     110   bench/step.py --config 3b --sections step: the RL step for uniform (GRPO), atrl, vppo,
+                   entropy at 3B shapes: time per arm, ratio to uniform, peak memory
+    decode    80   bench/decode.py --config 3b: rollout decoding at batch 16, 64, 256: ms per step and
+                   tokens/s beside the memory-bandwidth floor (weights + KV cache read per step / HBM bandwidth)
+    memory    60   bench/step.py --config 3b --recipe: peak memory of one step of the README's 3B recipe (fp32
+                   weights under bf16 autocast, gradient checkpointing, AdamW, micro-batches of 4) and the GPUs
+                   (24, 48, 80 GB) it fits
+    default  150   `python train.py` with nothing cached (the tiny model is built first, on the GPU), end to
+                   end: the time to its first RL step, the held-out accuracy before and after
+
+Without CUDA it says that nothing was measured and exits 0. With --shrink every section runs its CPU smoke
+variant instead (2-layer 3B-wide models, small inputs, a 2-step train.py on a random tiny checkpoint), so this
+script and everything it calls are tested on machines without a GPU (a few minutes on 2 cores).
+
+Where the figures go: the report (--out, default results/gpu.md; with --shrink results/gpu-shrink.md, which
+git ignores) and the README's "Performance" section, copied from it by hand with the date, GPU and versions.
+
+Run (from the repository root):
+    python bench/gpu.py                          # on a GPU machine: every section, ~9 minutes
+    python bench/gpu.py --sections probe,step    # some sections
+    python bench/gpu.py --budget 300             # a smaller total budget (sections get their share of it)
+    python bench/gpu.py --shrink                 # CPU smoke test of every section
+"""
+
+import common  # first: it puts the repository root on sys.path (see its docstring)
+
+import argparse
+import datetime
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import torch
+
+# ------------------------------------------------------------------------------------------- config
+
+SECTIONS = {"tests": 40, "probe": 70, "step": 110, "decode": 80, "memory": 60, "default": 150}  # seconds
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+parser.add_argument("--sections", default=",".join(SECTIONS), help="comma list of " + ", ".join(SECTIONS))
+parser.add_argument("--budget", type=float, default=0.0,
+                    help="total seconds for all sections, shared in proportion to their budgets above (default 540 "
+                         "= 9 min; with --shrink 900: a CPU is slower at everything)")
+parser.add_argument("--shrink", action="store_true", help="run every section's CPU smoke variant (no GPU needed)")
+parser.add_argument("--out", default="", help="markdown report (default results/gpu.md, results/gpu-shrink.md)")
+args = parser.parse_args()
+
+chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
+unknown = [s for s in chosen if s not in SECTIONS]
+if unknown:
+    parser.error(f"--sections {','.join(unknown)}: use some of {', '.join(SECTIONS)}")
+out_path = args.out or os.path.join(common.REPO, "results", "gpu-shrink.md" if args.shrink else "gpu.md")
+cuda = torch.cuda.is_available()
+if not cuda and not args.shrink:
+    print("bench/gpu.py: no CUDA device here -- nothing was measured. On a GPU machine run `python bench/gpu.py`; "
+          "`python bench/gpu.py --shrink` runs every section's CPU smoke test.")
+    sys.exit(0)
+PY = sys.executable
+SCRATCH = tempfile.mkdtemp(prefix="atrl_gpu_bench_")  # the default run's cache and run folder: nothing cached
+
+
+def commands(section):
+    """The command line(s) of a section, and extra environment variables: (argv, env)."""
+    shrink = args.shrink
+    if section == "tests":  # the CUDA-only tests; on a CPU they collect and skip
+        return [PY, "-m", "pytest", "-q", "-rs", "tests", "-k", "cuda"], {}
+    if section == "probe":
+        return [PY, "bench/probe.py", "--suite", "3b"] + (["--shrink", "--repeats", "1"] if shrink
+                                                            else ["--repeats", "5"]), {}
+    if section == "step":
+        return [PY, "bench/step.py", "--config", "3b", "--sections", "step"] + (
+            ["--shrink", "--repeats", "1"] if shrink else ["--device", "cuda", "--repeats", "3"]), {}
+    if section == "decode":
+        return [PY, "bench/decode.py", "--config", "3b", "--budget_s", str(int(budget_of(section) - 15))] + (
+            ["--shrink"] if shrink else ["--device", "cuda", "--batches", "16,64,256"]), {}
+    if section == "memory":
+        return [PY, "bench/step.py", "--config", "3b", "--recipe", "--sections", "step", "--repeats", "1"] + (
+            ["--shrink"] if shrink else ["--device", "cuda"]), {}
+    if section == "default":  # a fresh cache: the tiny model is built as on a fresh clone
+        env = {"ATRL_CACHE": os.path.join(SCRATCH, "cache"), "TQDM_DISABLE": "1"}
+        run_dir = os.path.join(SCRATCH, "run")
+        if not shrink:
+            return [PY, "train.py", "--out_dir", run_dir], env
+        import tiny  # CPU smoke: a random tiny checkpoint (seconds) instead of the warm-started build (minutes)
+        model = tiny.make_random_checkpoint(os.path.join(SCRATCH, "random"))
+        return [PY, "train.py", "--model", model, "--out_dir", run_dir, "--steps", "2", "--eval_size", "8",
+                "--eval_k", "1", "--prompts_per_step", "4", "--group_size", "2"], env
+    raise ValueError(section)
+
+
+# ------------------------------------------------------------------------------------------- running
+
+
+START = time.perf_counter()
+total = args.budget or (900.0 if args.shrink else 540.0)
+shares = {s: SECTIONS[s] * total / sum(SECTIONS.values()) for s in chosen}  # each section's share
+carry = 0.0  # seconds sections before left unused
+
+
+def budget_of(section):
+    return shares[section] + carry
+
+
+def run_section(section):
+    """Run one section's command, streaming its lines; stop it at its budget. Returns (status, seconds, lines)."""
+    argv, env = commands(section)
+    budget = budget_of(section)
+    print(f"\n=== {section}: {' '.join(argv)} (budget {budget:.0f} s)", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=common.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, start_new_session=True)
+    lines = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] + [lines.put(None)], daemon=True)
+    reader.start()
+    kept, status = [], None
+    while True:
+        left = budget - (time.perf_counter() - t0)
+        try:
+            line = lines.get(timeout=max(left, 0.01))
+        except queue.Empty:  # out of time: stop the whole process group, keep what it printed
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+            status = f"stopped: out of time after {budget:.0f} s"
+            break
+        if line is None:
+            status = "ok" if proc.wait() == 0 else f"failed (exit code {proc.returncode})"
+            break
+        line = line.rstrip("\n")
+        if "it/s]" in line or "s/it]" in line:  # a progress bar's redraw (tqdm writes to stderr, merged here)
+            continue
+        kept.append(line)
+        print(f"[{section} {time.perf_counter() - START:6.1f}s] {line}", flush=True)
+        if section == "default" and re.match(r"step\s+0 \|", line):  # train.py's line after its first RL step
+            note = f"first RL step done {time.perf_counter() - t0:.1f} s after `python train.py` started"
+            kept.append(note + " (nothing cached: the tiny model's build included)")
+            print(f"[{section} {time.perf_counter() - START:6.1f}s] {kept[-1]}", flush=True)
+    seconds = time.perf_counter() - t0
+    print(f"=== {section}: {status}, {seconds:.0f} s", flush=True)
+    return status, seconds, kept
+
+
+def versions():
+    import transformers
+    gpu = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)"
+    return (f"{gpu}; torch {torch.__version__}" + (f" (CUDA {torch.version.cuda})" if cuda else "") +
+            f", transformers {transformers.__version__}, Python {sys.version.split()[0]}")
+
+
+# ------------------------------------------------------------------------------------------- main
+
+header = (f"# bench/gpu.py{' --shrink (CPU smoke test: these are not GPU figures)' if args.shrink else ''}\n\n"
+          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {versions()}\n"
+          f"command: python bench/gpu.py {' '.join(sys.argv[1:])}\n")
+print(header, flush=True)
+results = {}
+for section in chosen:
+    if section == "decode" and not os.path.exists(os.path.join(common.REPO, "bench", "decode.py")):
+        results[section] = ("not run: bench/decode.py is missing", 0.0, [])
+        continue
+    results[section] = run_section(section)
+    carry = max(0.0, budget_of(section) - results[section][1])
+
+# the report: a summary table, the tables each section printed, then its whole log
+report = [header, "| section | status | seconds |", "|---|---|---|"]
+report += [f"| {s} | {status} | {sec:.0f} |" for s, (status, sec, _) in results.items()]
+for section, (status, seconds, lines) in results.items():
+    report += ["", f"## {section} ({status}, {seconds:.0f} s)", ""]
+    report += [line for line in lines if line.startswith("|") or line.startswith("recipe peak")
+               or line.startswith("FLOPs") or line.startswith("install") or "floor" in line
+               or line.startswith("before RL") or line.startswith("first RL step") or line.startswith("done")
+               or line.startswith("tiny Qwen2.5-VL") or line.startswith("held-out")]
+    report += ["", "<details><summary>log</summary>", "", "```", *lines, "```", "", "</details>"]
+os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+with open(out_path, "w") as f:
+    f.write("\n".join(report) + "\n")
+shutil.rmtree(SCRATCH, ignore_errors=True)
+print(f"\nbench/gpu.py: {len(results)} sections in {time.perf_counter() - START:.0f} s -> {out_path}")
+for s, (status, sec, _) in results.items():
+    print(f"  {s:8s} {status} ({sec:.0f} s)")
