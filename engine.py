@@ -25,12 +25,14 @@ GumbelSampler), greedy and sampled, because every op mirrors what transformers r
      u = hash(rollout key, response position, vocab entry), so the noise needs no RNG state and the counter is
      the response position, read from a device tensor.
   2. mRoPE at decode time: a generated token is text, so its temporal/height/width positions are equal and
-     mRoPE is plain RoPE at position (1 + the prompt's last position) + n. An image of h x w merged patches
+     mRoPE is plain RoPE at position (1 + the prompt's last token's) + n. An image of h x w merged patches
      holds h*w tokens but advances the position by only max(h, w): `rope_base` (Qwen2.5-VL report §2.1).
   3. Left padding: prompt columns are masked by the prompt's attention mask; response columns are attended
      by every row up to the current one (finished rows keep decoding pad tokens, as generate does).
-  4. Attention packs the G query heads that share a KV head into one (B, H_kv, G, D) query, as transformers'
-     sdpa path does for a single query token, so K/V are read once and never copied (repeat_kv would copy them).
+  4. Attention: on CPU the engine calls transformers' own sdpa function, as generate does (with no mask when no
+     row is padded, as generate has none then): its numerics depend on the version (5.2x packs the G query heads
+     that share a KV head into one (G, D) query block, 5.4 repeats K/V per head; the two differ in the last bit).
+     On CUDA it always packs the heads (K/V read once, never copied: repeat_kv would copy them G times).
   5. Prefill once per prompt: the K/V and the last hidden state are the same bits as a prefill of G copies
      (tested), but the LM head's GEMM is not (MKL rounds a 4-row and a 12-row product differently), so the
      last hidden state is repeated to the B rows BEFORE the head, which then sees the batch generate gives it.
@@ -105,7 +107,8 @@ def gumbel_scores(scores, keys, position, temperature=1.0, top_p=1.0):
 
 
 def rope_base(attention_mask, image_grid_thw, merge_size):
-    """(P,) position of response token 0 of each prompt = 1 + the prompt's largest mRoPE position.
+    """(P,) position of response token 0 of each prompt = 1 + the mRoPE position of the prompt's last token
+    (text, so its temporal, height and width positions are equal; generate continues from it).
 
     Text tokens advance the position by 1 each; an image of h x w merged patches (h = grid_h / merge) spans
     positions [s, s + max(h, w)) on its height and width axes, so its h*w tokens advance it by max(h, w).
@@ -151,7 +154,8 @@ class _Slot:
         self.pad = torch.zeros(1, **long)
         self.suppress = torch.zeros(vocab, dtype=torch.bool, device=device)  # vision tokens: never sampled
         self.is_eos = torch.zeros(vocab, dtype=torch.bool, device=device)
-        self.graphs = {}                                   # (length, temperature, top_p) -> torch.cuda.CUDAGraph
+        self.dense = False                                 # no mask at all: no padding, no masked column (CPU)
+        self.graphs = {}                                   # (length, temperature, top_p, dense) -> CUDAGraph
         self.pool = torch.cuda.graph_pool_handle() if device.type == "cuda" else None
 
 
@@ -166,9 +170,10 @@ class DecodeEngine:
         1 on CPU (exactly the columns written so far, as generate does).
     check_every: steps between reads of "are all rows done?" (a host sync); default 8 on CUDA, 1 on CPU.
     cuda_graphs: capture and replay step() on CUDA (False: run it eagerly, the reference for the graphs).
+    hf_attention: attend through transformers' sdpa function (generate's bits); default on CPU, off on CUDA.
     """
 
-    def __init__(self, policy, dtype=None, bucket=None, check_every=None, cuda_graphs=True):
+    def __init__(self, policy, dtype=None, bucket=None, check_every=None, cuda_graphs=True, hf_attention=None):
         self.policy = policy
         first = next(policy.parameters())
         self.device = first.device
@@ -177,6 +182,9 @@ class DecodeEngine:
         self.bucket = bucket or (128 if cuda else 1)
         self.check_every = check_every or (8 if cuda else 1)
         self.cuda_graphs = cuda_graphs and cuda
+        self.hf_attention = (not cuda) if hf_attention is None else hf_attention
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        self.sdpa_attention = sdpa_attention_forward  # what the model's sdpa layers call
         sharded = any(hasattr(p, "full_tensor") for p in policy.parameters())  # FSDP2 shards are DTensors
         self.model = policy
         if sharded or self.dtype != first.dtype:  # a plain full copy in the decode dtype, built on the device
@@ -220,6 +228,8 @@ class DecodeEngine:
             s.k[i][:, :, :P].copy_(layer.keys[rows])
             s.v[i][:, :, :P].copy_(layer.values[rows])
         s.valid[:, :P].copy_(enc["attention_mask"][rows].bool())
+        # generate attends without a mask when no prompt is padded: so do we, if no column is masked either
+        s.dense = self.bucket == 1 and bool(enc["attention_mask"].all())
         s.valid[:, P:] = True  # response columns: masked by position in step(), not here
         merge = self.model.config.vision_config.spatial_merge_size
         s.base.copy_(rope_base(enc["attention_mask"], enc["image_grid_thw"], merge)[rows])
@@ -262,7 +272,7 @@ class DecodeEngine:
         cos = torch.cat([freqs.cos(), freqs.cos()], -1).to(x.dtype)[:, None]          # (B, 1, 1, D)
         sin = torch.cat([freqs.sin(), freqs.sin()], -1).to(x.dtype)[:, None]
         # prompt columns by the prompt's mask, response columns up to the one written now
-        mask = (s.valid[:, :length] & (s.columns[:length] <= write))[:, None, None]   # (B, 1, 1, length)
+        mask = None if s.dense else (s.valid[:, :length] & (s.columns[:length] <= write))[:, None, None]  # (B,1,1,L)
         for layer, k_cache, v_cache in zip(lm.layers, s.k, s.v):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
@@ -272,16 +282,20 @@ class DecodeEngine:
             q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
             k_cache.index_copy_(2, write, k)
             v_cache.index_copy_(2, write, v)
-            kv_heads = k.shape[1]
-            # the G query heads of a KV head are one (G, D) query block: K/V are read once, never repeated
-            o = torch.nn.functional.scaled_dot_product_attention(
-                q.reshape(B, kv_heads, -1, attn.head_dim), k_cache[:, :, :length], v_cache[:, :, :length],
-                attn_mask=mask, scale=attn.scaling)                                   # (B, H_kv, G, D)
-            o = o.reshape(B, -1, 1, attn.head_dim).transpose(1, 2).contiguous().reshape(B, 1, -1)
-            x = x + attn.o_proj(o)
+            x = x + attn.o_proj(self._attend(attn, q, k_cache[:, :, :length], v_cache[:, :, :length], mask))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         logits = self.model.lm_head(lm.norm(x))[:, -1]                                # (B, vocab)
         self._emit(s, logits, temperature, top_p)
+
+    def _attend(self, attn, q, keys, values, mask):
+        """Attention of each row's one query (B, H, 1, D) over its cached keys/values (B, H_kv, length, D) -> (B, 1, H*D)."""
+        B, heads, _, head_dim = q.shape
+        if self.hf_attention:  # transformers' own function: generate's bits on every version (note 4)
+            return self.sdpa_attention(attn, q, keys, values, mask, scaling=attn.scaling)[0].reshape(B, 1, -1)
+        # the G query heads of a KV head are one (G, D) query block: K/V are read once, never repeated
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q.reshape(B, keys.shape[1], -1, head_dim), keys, values, attn_mask=mask, scale=attn.scaling)  # (B, H_kv, G, D)
+        return o.reshape(B, heads, 1, head_dim).transpose(1, 2).reshape(B, 1, -1)
 
     def _run_step(self, s, length, temperature, top_p):
         """step() eagerly (CPU, or cuda_graphs=False), or by replaying its graph for this bucket. A bucket's first
@@ -289,7 +303,7 @@ class DecodeEngine:
         then captured; capture records the kernels without running them, so the state advances once."""
         if not self.cuda_graphs:
             return self._step(s, length, temperature, top_p)
-        key = (length, temperature, top_p)
+        key = (length, temperature, top_p, s.dense)
         graph = s.graphs.get(key)
         if graph is not None:
             graph.replay()
@@ -307,13 +321,18 @@ class DecodeEngine:
     # ---------------------------------------------------------------------------------------- the loop
 
     def _slot(self, B, capacity):
-        """The buffers for (B, capacity), made on first use; another capacity for the same B replaces them."""
+        """The buffers for (B, capacity), kept between calls of that shape (its graphs stay valid). One shape at a
+        time: another shape frees them first, so the KV cache held is one batch's (train.py's rollout batch,
+        until an evaluation's batches replace it for a while)."""
         if (B, capacity) not in self.slots:
-            for key in [key for key in self.slots if key[0] == B]:
-                del self.slots[key]
+            self.release()
             vocab = self.model.config.text_config.vocab_size
             self.slots[(B, capacity)] = _Slot(self.model.config, B, capacity, vocab, self.dtype, self.device)
         return self.slots[(B, capacity)]
+
+    def release(self):
+        """Free the KV cache and the graphs (the next call allocates and captures them again)."""
+        self.slots.clear()
 
     @torch.no_grad()
     def generate(self, enc, group_size, max_new_tokens, temperature, top_p, keys, eos_ids, pad_id, suppress_ids):

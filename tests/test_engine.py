@@ -41,21 +41,29 @@ def warm(warm_checkpoint):  # conftest.py: a few seconds of SFT, so responses en
     return model, *rollout.load_processor(warm_checkpoint)
 
 
-def mixed_prompts(tokenizer, image_processor):
-    """Two grid prompts (16 image tokens) and two slot prompts (2 image tokens): left padding of 14 columns."""
-    rows = list(visualmath.make("visualmath", 2, seed=2)) + list(visualmath.make_slots(2, seed=3))
+def mixed_prompts(tokenizer, image_processor, padded=True):
+    """Two grid prompts (16 image tokens) and two slot prompts (2 image tokens): left padding of 14 columns;
+    padded=False: four grid prompts, all of one length (train.py's default task: generate then uses no mask)."""
+    rows = list(visualmath.make("visualmath", 2 + 2 * (not padded), seed=2))
+    rows += list(visualmath.make_slots(2, seed=3)) if padded else []
     return rollout.encode_prompts(tokenizer, image_processor, [r["image"] for r in rows], [r["question"] for r in rows])
 
 
 @contextlib.contextmanager
 def recorded_logits(model, tokenizer):
-    """Every LM-head output, in call order; the vision tokens are made the favourite continuation (+50), so a
-    decoder that did not suppress them would write them."""
+    """Every LM-head output, in call order (one call per token in either decoder), with three edits that make the
+    test independent of what the checkpoint has learnt: the vision tokens are made the favourite (+50), so a
+    decoder that did not suppress them would write them; row b (of 12) ends at token 2 + b % 5 (<|im_end|> +100
+    at that call) unless it ends before; and rows with b % 4 == 3 can never end (EOS ids -100): cut at the budget."""
     vision, seen = rollout.VISION_TOKEN_IDS(tokenizer), []
+    eos = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    rows = torch.arange(12)
 
     def hook(module, inputs, out):
         out = out.clone()
         out[..., vision] += 50.0
+        out[rows[2 + rows % 5 == len(seen)], -1, eos[0]] += 100.0
+        out[rows[rows % 4 == 3][:, None], -1, torch.tensor(eos)[None, :]] -= 100.0
         seen.append(out)
         return out
     handle = model.lm_head.register_forward_hook(hook)
@@ -65,10 +73,11 @@ def recorded_logits(model, tokenizer):
         handle.remove()
 
 
-@pytest.mark.parametrize("temperature, top_p", [(0.0, 1.0), (1.0, 1.0), (1.0, 0.8), (0.7, 1.0)])
-def test_the_engine_decodes_what_generate_decodes(warm, temperature, top_p):
+@pytest.mark.parametrize("temperature, top_p, padded", [(0.0, 1.0, True), (1.0, 1.0, True), (1.0, 0.8, True),
+                                                      (0.7, 1.0, True), (0.0, 1.0, False), (1.0, 1.0, False)])
+def test_the_engine_decodes_what_generate_decodes(warm, temperature, top_p, padded):
     model, tokenizer, image_processor = warm
-    enc = mixed_prompts(tokenizer, image_processor)
+    enc = mixed_prompts(tokenizer, image_processor, padded)
     keys = list(range(40, 52))  # 4 prompts x G 3
     with recorded_logits(model, tokenizer) as reference_logits:
         reference = rollout.generate(model, tokenizer, enc, 13, temperature, top_p, keys, group_size=3)
@@ -78,8 +87,8 @@ def test_the_engine_decodes_what_generate_decodes(warm, temperature, top_p):
     for a, b in zip(reference, ours):  # response ids, masks, truncation flags
         assert torch.equal(a, b)
     response, mask, truncated = ours
-    assert len(set(enc["attention_mask"].sum(1).tolist())) == 2, "no left padding: the test would prove less"
-    assert truncated.any() and not truncated.all(), "need rows that stop early and rows cut at the budget"
+    assert len(set(enc["attention_mask"].sum(1).tolist())) == 1 + padded  # left padding or none
+    assert truncated.any() and (mask.sum(1) < 13).sum() >= 6  # rows cut at the budget, rows that stop early
     assert not torch.isin(response[mask], torch.tensor(rollout.VISION_TOKEN_IDS(tokenizer))).any()
     # the logits of every step, bit for bit: prefill (after repeating the hidden state) and each decode step
     assert len(engine_logits) == len(reference_logits) == mask.shape[1]
@@ -109,22 +118,28 @@ def test_rope_base_is_one_past_the_last_prompt_position(warm, doctest_examples):
     accepted = inspect.signature(model.model.get_rope_index).parameters  # its arguments moved across 5.x
     kwargs = {k: enc[k] for k in ("image_grid_thw", "attention_mask", "mm_token_type_ids") if k in accepted}
     positions, _ = model.model.get_rope_index(enc["input_ids"], **kwargs)                  # (3, P, S)
-    last = positions.masked_fill(enc["attention_mask"][None] == 0, -1).amax((0, 2))         # (P,)
-    assert torch.equal(engine.rope_base(enc["attention_mask"], enc["image_grid_thw"], 2), last + 1)
+    last = positions[:, :, -1]  # the last prompt token (left padding: the last column), text: 3 equal axes
+    assert (last == last[0]).all()
+    assert (last[0] + 1 < enc["attention_mask"].sum(1)).any()  # the grid's 16 image tokens span 4 positions
+    assert torch.equal(engine.rope_base(enc["attention_mask"], enc["image_grid_thw"], 2), last[0] + 1)
     assert doctest_examples(engine, ["rope_base", "gumbel_scores"]) == 3
 
 
-def test_buckets_and_sparse_done_checks_change_no_token(warm):
-    """The CUDA layout: key columns in buckets of 16 (the extra ones masked) and "all done?" read every 4 steps,
-    so the engine runs past the last EOS; the responses are the same (the logits differ in the last bits)."""
+def test_the_cuda_layout_changes_no_token(warm):
+    """What the engine does on CUDA, run on the CPU: key columns in buckets of 16 (the extra ones masked), "all
+    done?" read every 4 steps (so it decodes past the last EOS) and its own attention (the query heads of a KV
+    head packed); the responses are generate's (the logits differ in the last bits)."""
     model, tokenizer, image_processor = warm
-    enc = mixed_prompts(tokenizer, image_processor)
     keys = list(range(12))
-    exact = rollout.generate(model, tokenizer, enc, 13, 1.0, 1.0, keys, group_size=3, engine=engine.DecodeEngine(model))
-    bucketed = rollout.generate(model, tokenizer, enc, 13, 1.0, 1.0, keys, group_size=3,
-                                engine=engine.DecodeEngine(model, bucket=16, check_every=4))
-    for a, b in zip(exact, bucketed):
-        assert torch.equal(a, b)
+    for padded in (True, False):
+        enc = mixed_prompts(tokenizer, image_processor, padded)
+        with recorded_logits(model, tokenizer):
+            reference = rollout.generate(model, tokenizer, enc, 13, 1.0, 1.0, keys, group_size=3)
+        with recorded_logits(model, tokenizer):
+            cuda_like = rollout.generate(model, tokenizer, enc, 13, 1.0, 1.0, keys, group_size=3,
+                                         engine=engine.DecodeEngine(model, bucket=16, check_every=4, hf_attention=False))
+        for a, b in zip(reference, cuda_like):
+            assert torch.equal(a, b)
 
 
 def prefilled(model, tokenizer, image_processor):
