@@ -34,10 +34,12 @@ GumbelSampler), greedy and sampled, because every op mirrors what transformers r
      that share a KV head into one (G, D) query block, 5.4 repeats K/V per head; the two differ in the last bit).
      On CUDA it always packs the heads (K/V read once, never copied: repeat_kv would copy them G times).
   5. Prefill once per prompt: the K/V and the last hidden state are the same bits as a prefill of G copies
-     (tested), but the LM head's GEMM is not (MKL rounds a 4-row and a 12-row product differently), so the
+     (tested), but the LM head's GEMM is not (the CPU's GEMM rounds a 4-row and a 12-row product differently), so the
      last hidden state is repeated to the B rows BEFORE the head, which then sees the batch generate gives it.
-Where it departs from transformers: on CUDA, key lengths are rounded up to buckets of 128 and the extra columns
-masked; graph replay equals the uncaptured step bit for bit (bench/decode.py checks it), not generate.
+Where it departs from transformers: on CUDA, key lengths are rounded up to buckets of 128 (the extra columns
+masked), attention packs the heads itself and "done?" is read every 8 steps -- run on the CPU, that layout decodes
+generate's tokens (tested), not its bits; on the GPU, graph replay equals the uncaptured step bit for bit
+(bench/decode.py checks it).
 
 Weights: the engine decodes from `policy` itself when it can (fp32 training, one process or DDP). With bf16
 training it decodes from a bf16 copy -- the bits autocast gives the training forward's matmuls -- and under
