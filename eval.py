@@ -24,8 +24,9 @@ Where we depart from the benchmarks' official protocols, or guess (each is visib
      with its hints: the policy is evaluated in the format it was trained in.
   3. Sample j of question i draws its noise from key (seed * 1_000_003 + i) * k + j (rollout's counter-based
      Gumbel sampler), so a question's samples do not depend on which rank or batch slot it lands in.
-     NOTE: the sampler also mixes the padded prompt width into the noise, so with prompts of different lengths
-     (real benchmarks) samples still move with --batch_size / world size; VisualMath prompts share one length.
+     NOTE: the noise is keyed by the response position, not the padded width; but a question's logits can
+     differ in their last bits with the batch it shares (a GEMM rounds by row count; left padding), so a
+     near-tie can still flip when --batch_size or the world size changes.
   4. Intervals: 95% Wilson for greedy accuracy (a 0/1 per question), normal over the per-question means for
      avg@k; a "lucky" answer is right with a wrong reading (visualmath.read_right), counted on VisualMath only.
 
