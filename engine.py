@@ -290,13 +290,14 @@ class DecodeEngine:
         self._emit(s, logits, temperature, top_p)
 
     def _attend(self, attn, q, keys, values, mask):
-        """Attention of each row's one query (B, H, 1, D) over its cached keys/values (B, H_kv, length, D) -> (B, 1, H*D)."""
+        """Attention of each row's one query (B, H, 1, D) over its cached keys and values (B, H_kv, length, D),
+        returned as (B, 1, H * D), the input of o_proj."""
         B, heads, _, head_dim = q.shape
         if self.hf_attention:  # transformers' own function: generate's bits on every version (note 4)
             return self.sdpa_attention(attn, q, keys, values, mask, scaling=attn.scaling)[0].reshape(B, 1, -1)
         # the G query heads of a KV head are one (G, D) query block: K/V are read once, never repeated
-        o = torch.nn.functional.scaled_dot_product_attention(
-            q.reshape(B, keys.shape[1], -1, head_dim), keys, values, attn_mask=mask, scale=attn.scaling)  # (B, H_kv, G, D)
+        o = torch.nn.functional.scaled_dot_product_attention(q.reshape(B, keys.shape[1], -1, head_dim), keys, values,
+                                                             attn_mask=mask, scale=attn.scaling)  # (B, H_kv, G, D)
         return o.reshape(B, heads, 1, head_dim).transpose(1, 2).reshape(B, 1, -1)
 
     def _run_step(self, s, length, temperature, top_p):
