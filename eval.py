@@ -24,8 +24,9 @@ Where we depart from the benchmarks' official protocols, or guess (each is visib
      with its hints: the policy is evaluated in the format it was trained in.
   3. Sample j of question i draws its noise from key (seed * 1_000_003 + i) * k + j (rollout's counter-based
      Gumbel sampler), so a question's samples do not depend on which rank or batch slot it lands in.
-     NOTE: the sampler also mixes the padded prompt width into the noise, so with prompts of different lengths
-     (real benchmarks) samples still move with --batch_size / world size; VisualMath prompts share one length.
+     NOTE: the noise is keyed by the response position, not the padded width; but a question's logits can
+     differ in their last bits with the batch it shares (a GEMM rounds by row count; left padding), so a
+     near-tie can still flip when --batch_size or the world size changes.
   4. Intervals: 95% Wilson for greedy accuracy (a 0/1 per question), normal over the per-question means for
      avg@k; a "lucky" answer is right with a wrong reading (visualmath.read_right), counted on VisualMath only.
 
@@ -79,6 +80,7 @@ class EvalConfig:
     k: int = 1                      # samples per question for avg@k / pass@k (needs --temperature > 0)
     temperature: float = 0.0        # sampling temperature of avg@k; 0 = no sampled metrics
     top_p: float = 1.0              # nucleus sampling for avg@k
+    rollout: str = "engine"         # engine: engine.py's decode engine | hf: transformers' generate (the reference it equals)
     max_new_tokens: int = 1024      # response budget; a response without EOS is graded as written
     batch_size: int = 16            # questions per generate call (x k rollouts when sampling)
     min_pixels: int = 0             # image lower bound in pixels; 0 = the checkpoint's image processor's
@@ -125,6 +127,7 @@ def parse_config(argv=None):
          f"use {', '.join(data._DEFAULT_SPLIT)}, or leave it empty to detect it from the columns"),
         ("dtype", cfg.dtype in ("auto", "bfloat16", "float32"), "use auto, bfloat16 or float32"),
         ("top_p", 0 < cfg.top_p <= 1, "must be in (0, 1]"),
+        ("rollout", cfg.rollout in ("engine", "hf"), "use engine (engine.py, the default) or hf (transformers' generate)"),
         *[(n, getattr(cfg, n) >= 1, "must be >= 1") for n in ("max_new_tokens", "batch_size", "n_stats")],
         ("knn", cfg.knn >= 0, "must be >= 0 (0 = round(sqrt(n)) per response, in [2, 10])"),
         ("task", cfg.task in visualmath.TASKS, f"use one of {', '.join(visualmath.TASKS)}"),
@@ -177,15 +180,16 @@ COUNT_KEYS = ("n", "n_choice", "greedy", "greedy_format", "greedy_choice",
 
 
 def model_responder(model, tokenizer, image_processor, max_new_tokens, top_p=1.0, min_pixels=None,
-                    max_pixels=None, synced=False):
+                    max_pixels=None, synced=False, engine=None):
     """respond(rows, keys, k, temperature) -> k response texts per row, from the model.
 
     Temperature 0 decodes greedily (k must be 1); otherwise sample j of row r uses key keys[r] * k + j.
     synced=True keeps every rank generating until all are done (FSDP: each forward is a collective).
+    engine: an engine.DecodeEngine decodes; None = transformers' generate (the same texts, slower).
     """
     def respond(rows, keys, k, temperature):
         batch = rollout.sample_groups(model, tokenizer, image_processor, rows, k, keys, max_new_tokens,
-                                      temperature, top_p, min_pixels or None, max_pixels or None, synced)
+                                      temperature, top_p, min_pixels or None, max_pixels or None, synced, engine)
         return [batch["texts"][r * k:(r + 1) * k] for r in range(len(rows))]
     return respond
 
@@ -401,8 +405,12 @@ def run_accuracy(cfg):
         cli.config_error("eval.py", f"--benchmark: {err}")
     rank, world, _, device = runs.setup_distributed()
     model, tokenizer, image_processor = load_model(cfg.model, device, cfg.dtype)
+    decoder = None
+    if cfg.rollout == "engine":
+        import engine  # engine.py: prefill once, static KV cache, CUDA graphs
+        decoder = engine.DecodeEngine(model)
     respond = model_responder(model, tokenizer, image_processor, cfg.max_new_tokens, cfg.top_p,
-                              cfg.min_pixels, cfg.max_pixels)
+                              cfg.min_pixels, cfg.max_pixels, engine=decoder)
     k = cfg.k if cfg.temperature > 0 else 0  # 0 = no sampled metrics (greedy only)
     results = {}
     for name, rows in benchmarks.items():

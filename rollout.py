@@ -47,6 +47,8 @@ import math
 import torch
 from PIL import Image
 
+from engine import gumbel_scores  # the counter-keyed Gumbel noise, defined once for both decoders
+
 # --------------------------------------------------------------------------------------------------
 # Encoding
 # --------------------------------------------------------------------------------------------------
@@ -332,103 +334,96 @@ def repeat_groups(enc, group_size):
     return out
 
 
-def _signed(c):
-    return c - (1 << 64) if c >= 1 << 63 else c  # a 64-bit odd constant as a torch int64
-
-
-_MIX = [_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)]
-
-
-def _hash_uniform(keys, position, vocab):
-    """Counter-based uniforms in [0, 1): u[b, v] = hash(keys[b], position, v). No RNG state at all, so a
-    rollout's sample depends only on its key -- not on batch size, padding, world size or call order.
-    Mixing is splitmix64's finalizer on int64 (torch wraps on overflow; >> is arithmetic, which still mixes
-    the low 53 bits we keep)."""
-    v = torch.arange(vocab, device=keys.device, dtype=torch.int64)
-    pos = torch.tensor(position, device=keys.device, dtype=torch.int64)
-    x = keys[:, None] * _MIX[0] + pos * _MIX[1] + v[None, :] * _MIX[2]                         # (B, vocab)
-    for mult in (_MIX[1], _MIX[2], _MIX[0]):
-        x = (x ^ (x >> 31)) * mult
-    x = x ^ (x >> 29)
-    return ((x & ((1 << 53) - 1)).double() / float(1 << 53)).clamp(1e-12, 1 - 1e-12)
-
-
 class GumbelSampler:
     """A logits processor that turns greedy decoding into exact sampling (the Gumbel-max trick):
     argmax(logits / temperature + g), g = -log(-log u), is a sample of softmax(logits / temperature).
-    With counter-based u (above) every rollout is reproducible from (seed, prompt, sample index) alone.
+    With counter-based u (engine.hash_uniform) every rollout is reproducible from (seed, prompt, sample index) alone.
     top_p < 1 first masks the tail outside the nucleus (Holtzman et al. 2020)."""
 
     def __init__(self, keys, prompt_width, temperature=1.0, top_p=1.0):
         self.keys, self.prompt_width, self.temperature, self.top_p = keys, prompt_width, temperature, top_p
 
     def __call__(self, input_ids, scores):
-        scores = scores.float() / self.temperature                                     # (B, vocab)
-        if self.top_p < 1.0:
-            sorted_scores, order = scores.sort(-1, descending=True)
-            cum = sorted_scores.softmax(-1).cumsum(-1)
-            drop_sorted = cum - sorted_scores.softmax(-1) > self.top_p                 # keep the first over top_p
-            scores = scores.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
         # NOTE: the counter is the response position, not input_ids.shape[1]: that includes the left padding,
         # which depends on the other prompts of the batch
-        u = _hash_uniform(self.keys.to(scores.device), input_ids.shape[1] - self.prompt_width, scores.shape[-1])
-        return scores - torch.log(-torch.log(u)).float()
+        return gumbel_scores(scores, self.keys, input_ids.shape[1] - self.prompt_width, self.temperature, self.top_p)
+
+
+def _responses(generated, eos, pad_id, vision):
+    """Generated tokens (B, n) -> (response (B, T), response_mask (B, T) bool up to and incl. the first EOS,
+    truncated (B,) bool: no EOS), T = the longest response. Both decoders' tokens go through here; T is the
+    width generate returns (it stops when the last row ends), so a decoder that ran on is cut to it."""
+    is_eos = torch.isin(generated, torch.tensor(eos))
+    n = generated.shape[1]
+    first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full((len(generated),), n))  # (B,)
+    response_mask = torch.arange(n)[None, :] <= first_eos[:, None]                             # (B, n)
+    T = int(response_mask.sum(1).max())
+    response = generated[:, :T].masked_fill(~response_mask[:, :T], pad_id)                     # (B, T)
+    leaked = torch.isin(response, torch.tensor(vision)) & response_mask[:, :T]
+    if leaked.any():  # never let an image placeholder reach the training forward: it would shift image slots
+        b = int(leaked.any(1).nonzero()[0])
+        raise RuntimeError(f"rollout {b} generated a vision special token {response[b][leaked[b]].tolist()} "
+                           "despite suppression; check the tokenizer's special tokens")
+    return response, response_mask[:, :T], ~is_eos.any(1)
 
 
 @torch.no_grad()
-def generate(model, tokenizer, enc, max_new_tokens, temperature=1.0, top_p=1.0, keys=None, synced=False):
-    """Sample (temperature > 0; one int64 key per row) or greedy-decode (temperature 0) left-padded prompts.
+def generate(model, tokenizer, enc, max_new_tokens, temperature=1.0, top_p=1.0, keys=None, synced=False,
+             group_size=1, engine=None):
+    """G = group_size responses to each left-padded prompt of `enc` (encode_prompts' dict, not repeated: rows
+    p*G .. p*G + G - 1 answer prompt p), sampled (temperature > 0; one int64 key per row) or greedy (temperature 0).
 
+    engine: an engine.DecodeEngine decodes them (prefill once per prompt, static KV cache, CUDA graphs); None =
+    transformers' `generate` on G copies of each prompt: the reference, which the engine equals token for token
+    (tests/test_engine.py).
     Returns (response_ids (B, T), response_mask (B, T) bool up to and incl. EOS, truncated (B,) bool).
     NOTE: we pass a fresh GenerationConfig: a hub checkpoint's generation_config.json (Qwen2.5-VL-Instruct
     ships top_k=1, top_p=0.001, repetition_penalty=1.05) would otherwise silently change the sampling
     distribution, and PPO's ratio assumes samples come from pi itself.
-    synced=True (FSDP) keeps every rank stepping until all are done: each forward is a collective there.
+    synced=True (FSDP, generate only) keeps every rank stepping until all are done: each forward is a collective
+    there. The engine needs no such thing: it decodes from a plain copy of the weights.
     """
     from transformers import GenerationConfig, LogitsProcessorList
 
     eos = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    vision = VISION_TOKEN_IDS(tokenizer)  # trap: a sampled <|image_pad|> would become an image slot
+    rows = len(enc["input_ids"]) * group_size
+    if temperature > 0 and (keys is None or len(keys) != rows):
+        raise ValueError("sampling needs one integer key per rollout row (got "
+                         f"{None if keys is None else len(keys)} for {rows} rows)")
+    if engine is not None:
+        generated = engine.generate(enc, group_size, max_new_tokens, temperature, top_p,
+                                    keys if temperature > 0 else None, eos, tokenizer.pad_token_id, vision)
+        return _responses(generated, eos, tokenizer.pad_token_id, vision)
+    enc = repeat_groups(enc, group_size)
     config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                              pad_token_id=tokenizer.pad_token_id,
-                              suppress_tokens=VISION_TOKEN_IDS(tokenizer))  # trap: a sampled <|image_pad|>
+                              pad_token_id=tokenizer.pad_token_id, suppress_tokens=vision)
     processors = LogitsProcessorList()
     if temperature > 0:
-        if keys is None or len(keys) != len(enc["input_ids"]):
-            raise ValueError("sampling needs one integer key per prompt row (got "
-                             f"{None if keys is None else len(keys)} for {len(enc['input_ids'])} rows)")
         processors.append(GumbelSampler(torch.as_tensor(keys, dtype=torch.int64), enc["input_ids"].shape[1],
                                         temperature, top_p))
     device = next(model.parameters()).device
     out = model.generate(**{k: v.to(device) for k, v in enc.items()}, generation_config=config,
                          logits_processor=processors, synced_gpus=synced)
-    response = out[:, enc["input_ids"].shape[1]:].cpu()                                       # (B, T)
-    is_eos = torch.isin(response, torch.tensor(eos))
-    T = response.shape[1]
-    first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full((len(response),), T))  # (B,)
-    response_mask = torch.arange(T)[None, :] <= first_eos[:, None]                             # (B, T)
-    response = response.masked_fill(~response_mask, tokenizer.pad_token_id)
-    leaked = torch.isin(response, torch.tensor(VISION_TOKEN_IDS(tokenizer))) & response_mask
-    if leaked.any():  # never let an image placeholder reach the training forward: it would shift image slots
-        b = int(leaked.any(1).nonzero()[0])
-        raise RuntimeError(f"rollout {b} generated a vision special token {response[b][leaked[b]].tolist()} "
-                           "despite suppression; check the tokenizer's special tokens")
-    return response, response_mask, ~is_eos.any(1)
+    return _responses(out[:, enc["input_ids"].shape[1]:].cpu(), eos, tokenizer.pad_token_id, vision)
 
 
 def sample_groups(model, tokenizer, image_processor, rows, group_size, prompt_keys, max_new_tokens=64,
-                  temperature=1.0, top_p=1.0, min_pixels=None, max_pixels=None, synced=False):
+                  temperature=1.0, top_p=1.0, min_pixels=None, max_pixels=None, synced=False, engine=None):
     """P dataset rows -> a rollout batch of P*G sampled responses (see the layout above).
 
     prompt_keys: one int per row; sample j of prompt p draws its noise from key prompt_keys[p] * G + j, so
     the same (seed, step, global prompt index) gives the same responses on 1 GPU or 8.
+    engine: an engine.DecodeEngine, or None for transformers' generate (see `generate`).
     """
     import data
 
     enc = encode_prompts(tokenizer, image_processor, [r["image"] for r in rows],
                          [data.format_question(r) for r in rows], min_pixels, max_pixels)
-    enc = repeat_groups(enc, group_size)
     keys = [int(k) * group_size + j for k in prompt_keys for j in range(group_size)]
-    response, response_mask, truncated = generate(model, tokenizer, enc, max_new_tokens, temperature, top_p, keys, synced)
+    response, response_mask, truncated = generate(model, tokenizer, enc, max_new_tokens, temperature, top_p, keys,
+                                                  synced, group_size, engine)
+    enc = repeat_groups(enc, group_size)
     B, P = enc["input_ids"].shape
     return {
         "input_ids": torch.cat([enc["input_ids"], response], 1),                                       # (B, S)

@@ -57,6 +57,7 @@ import atrl
 import cli
 import connectivity
 import data
+import engine
 import eval as evaluation  # the one evaluator: greedy accuracy, avg@k, intervals, lucky guesses
 import rollout
 import runs
@@ -84,6 +85,7 @@ class Config:
     max_new_tokens: int = 40        # response budget in tokens; responses without EOS are "truncated" (grid: ~27 used)
     temperature: float = 1.0        # sampling temperature (1.0 = the policy itself, needed for on-policy r)
     top_p: float = 1.0              # nucleus sampling; < 1 makes samples slightly off-policy
+    rollout: str = "engine"         # engine: engine.py (prefill once, static KV cache, CUDA graphs; bf16 with --bf16 1) | hf: transformers' generate, the reference
     mask_truncated: int = 1         # 1 = truncated responses get no loss (DAPO overlong filtering)
     reward: str = "answer"          # answer: 0.9*accuracy + 0.1*format | starts_with: +1 if the response starts with a digit, else -1 (RL sanity test)
     dynamic_sampling: int = 0       # 1 = replace all-equal-reward groups by fresh prompts (DAPO)
@@ -152,6 +154,7 @@ cli.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n i
     ("kl_estimator", cfg.kl_estimator in ("k1", "k2", "k3"), "use k1, k2 or k3"),
     ("anchor_query", cfg.anchor_query in ("predict", "self"), "use predict or self"),
     ("reward", cfg.reward in ("answer", "starts_with"), "use answer (the task's reward) or starts_with (the RL sanity check)"),
+    ("rollout", cfg.rollout in ("engine", "hf"), "use engine (engine.py, the default) or hf (transformers' generate, the reference)"),
     ("probe_layers", cfg.probe_layers in ("early", "middle", "late", "all") or re.fullmatch(r"\d+(,\d+)*", cfg.probe_layers),
      "use early, middle, late, all or a comma list of layer indices like 4,5,6"),
     ("group_size", cfg.group_size >= 2, "group-relative advantages need at least 2 responses per prompt"),
@@ -288,6 +291,8 @@ use_probe = cfg.weighting in atrl.PROBE_MODES  # GRPO/DAPO and the peer arms (vp
 probe_context = (connectivity.probe(policy, layers=probe_layers, background=bool(cfg.overlap_weights))
                  if use_probe else contextlib.nullcontext())
 probe = probe_context.__enter__()  # installed for the whole run; idle (pure delegation) unless armed
+# the decode engine reads the policy itself, or a bf16 (--bf16 1) / gathered (FSDP2) copy that refresh() keeps current
+decode_engine = engine.DecodeEngine(policy, torch.bfloat16 if cfg.bf16 else None) if cfg.rollout == "engine" else None
 print0(f"model {model_path} | {sum(p.numel() for p in params) / 1e6:.2f}M trainable | world {world} | "
        f"B/rank {rollouts_per_rank} = {prompts_per_rank} prompts x G {cfg.group_size} | micro {micro} | device {device}")
 
@@ -331,7 +336,7 @@ def sample(rows, keys):
         return rollout.sample_groups(policy, tokenizer, image_processor, rows, cfg.group_size, keys,
                                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                      top_p=cfg.top_p, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
-                                     synced=synced)
+                                     synced=synced, engine=decode_engine)
 
 
 def arm_probe(mb, mask):
@@ -429,7 +434,7 @@ def evaluate():
     if eval_data is None:
         return {}
     respond = evaluation.model_responder(policy, tokenizer, image_processor, cfg.max_new_tokens, cfg.top_p,
-                                         cfg.min_pixels, cfg.max_pixels, synced)
+                                         cfg.min_pixels, cfg.max_pixels, synced, decode_engine)
     with gathered():
         metrics = evaluation.evaluate(eval_data, respond, rank, world, True, cfg.eval_k, cfg.temperature,
                                       batch_size=64, seed=cfg.seed, reduce=lambda t: all_reduce(t.to(device)).cpu())
@@ -570,6 +575,8 @@ for step in bar:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     scheduler.step()
+    if decode_engine is not None:
+        decode_engine.refresh()  # a copy (bf16 / FSDP2) takes the update; decoding from the policy itself: no-op
     # 7) log: rank-local sums all-reduced into batch means (README: "Logged keys")
     rec = log_record(step, batch, stats, sums, grad_norm, skipped, cfg.ppo_epochs * cfg.mini_batches,
                      {"rollout": t_rollout, **timing, "train": time.perf_counter() - t1 - (timing["weights_wait"] - wait_before),

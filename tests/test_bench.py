@@ -20,7 +20,7 @@ SCRIPTS = sorted(name[:-3] for name in os.listdir(BENCH) if name.endswith(".py")
 
 
 def test_every_bench_script_answers_help_from_the_repo_root():
-    assert {"louvain", "probe", "weights", "step"} <= set(SCRIPTS), SCRIPTS
+    assert {"louvain", "probe", "weights", "step", "decode", "gpu"} <= set(SCRIPTS), SCRIPTS
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = {name: subprocess.Popen([sys.executable, os.path.join("bench", f"{name}.py"), "--help"], cwd=REPO,
                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

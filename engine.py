@@ -1,0 +1,366 @@
+"""engine.py -- a decode engine for Qwen2.5-VL in plain PyTorch: rollouts at the speed of reading the weights.
+
+Sampling one token for B rollouts reads every language-model weight once (a (B, H) x (H, H') matmul per
+projection) plus each rollout's KV cache. At small B that is all a GPU does, so the floor of a decode step is
+
+    t_floor = (bytes of LM weights + bytes of KV cache read) / memory bandwidth       (~1.6 ms for 3B in bf16)
+
+and everything else -- Python, kernel launches, host syncs, copies -- is overhead above it. transformers'
+`generate` pays a lot of it (a host sync every step for its stop check, a cache that concatenates itself,
+a 4-D mask rebuilt per step, ~20 eager kernels of sampling). This engine does what fast decoders do:
+
+    prefill    once per PROMPT, eagerly: the vision tower and the prompt through the model's own forward;
+               its K/V are copied into the G rows of the prompt's group of a static, preallocated cache
+    step()     one token for all B rows, touching only preallocated buffers and with no host sync:
+                 embed the last token -> per layer: RMSNorm, q/k/v, RoPE, write k/v into the cache at
+                 column P + n - 1, attention over the cache's first `length` columns (masked) -> norm ->
+                 LM head -> vision tokens suppressed -> counter-keyed Gumbel noise -> argmax -> EOS bookkeeping
+    the loop   on CUDA, step() is captured once per (batch, length bucket) in a CUDA graph and replayed (one
+               launch per token instead of ~600); "are all rows done?" is read every `check_every` steps.
+               On CPU the same step() runs eagerly and checks every step (a CPU has nothing to wait for).
+
+Exact: on CPU it gives the same tokens, bit for bit, as `rollout.generate` (transformers' generate with our
+GumbelSampler), greedy and sampled, because every op mirrors what transformers runs (tests/test_engine.py):
+  1. Sampling is the same function (`gumbel_scores`, shared with rollout.GumbelSampler): Gumbel-max with
+     u = hash(rollout key, response position, vocab entry), so the noise needs no RNG state and the counter is
+     the response position, read from a device tensor.
+  2. mRoPE at decode time: a generated token is text, so its temporal/height/width positions are equal and
+     mRoPE is plain RoPE at position (1 + the prompt's last token's) + n. An image of h x w merged patches
+     holds h*w tokens but advances the position by only max(h, w): `rope_base` (Qwen2.5-VL report §2.1).
+  3. Left padding: prompt columns are masked by the prompt's attention mask; response columns are attended
+     by every row up to the current one (finished rows keep decoding pad tokens, as generate does).
+  4. Attention: on CPU the engine calls transformers' own sdpa function, as generate does (with no mask when no
+     row is padded, as generate has none then): its numerics depend on the version (5.2x packs the G query heads
+     that share a KV head into one (G, D) query block, 5.4 repeats K/V per head; the two differ in the last bit).
+     On CUDA it always packs the heads (K/V read once, never copied: repeat_kv would copy them G times).
+  5. Prefill once per prompt: the K/V and the last hidden state are the same bits as a prefill of G copies
+     (tested), but the LM head's GEMM is not (the CPU's GEMM rounds a 4-row and a 12-row product differently), so the
+     last hidden state is repeated to the B rows BEFORE the head, which then sees the batch generate gives it.
+Where it departs from transformers: on CUDA, key lengths are rounded up to buckets of 128 (the extra columns
+masked), attention packs the heads itself and "done?" is read every 8 steps -- run on the CPU, that layout decodes
+generate's tokens (tested), not its bits; on the GPU, graph replay equals the uncaptured step bit for bit
+(bench/decode.py checks it).
+
+Weights: the engine decodes from `policy` itself when it can (fp32 training, one process or DDP). With bf16
+training it decodes from a bf16 copy -- the bits autocast gives the training forward's matmuls -- and under
+FSDP2 from a full copy gathered from the shards; `refresh()` (after each optimizer step) updates the copy in
+place, so captured graphs stay valid. Decoding from a plain copy, ranks never wait for each other per token.
+
+References: gpt-fast generate.py (static KV cache, decode step captured as a graph, prefill apart); nano-vllm
+model_runner.py (CUDA graphs per batch-size bucket, sharing one memory pool); nanochat engine.py (prefill
+once, then the KV cache cloned for every sample); transformers generation/utils.py `_sample`,
+integrations/sdpa_attention.py `pack_gqa`, models/qwen2_5_vl `get_rope_index`. The PyTorch docs, "CUDA Graphs".
+Run: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_engine.py`; `python bench/decode.py` (CPU, vs generate),
+`python bench/decode.py --device cuda --config 3b` (GPU, vs the bandwidth floor).
+"""
+import copy
+
+import torch
+
+# --------------------------------------------------------------------------------------------------
+# Counter-based Gumbel-max sampling (shared with rollout.GumbelSampler: one definition of the noise)
+# --------------------------------------------------------------------------------------------------
+
+
+def _signed(c):
+    return c - (1 << 64) if c >= 1 << 63 else c  # a 64-bit odd constant as a torch int64
+
+
+_MIX = [_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)]
+
+
+def hash_uniform(keys, position, vocab):
+    """Counter-based uniforms in [0, 1): u[b, v] = hash(keys[b], position, v). No RNG state at all, so a
+    rollout's sample depends only on its key -- not on batch size, padding, world size or call order.
+    position: an int, or an int64 device tensor (the engine's step counter: reading it would sync the host).
+    Mixing is splitmix64's finalizer on int64 (torch wraps on overflow; >> is arithmetic, which still mixes
+    the low 53 bits we keep)."""
+    v = torch.arange(vocab, device=keys.device, dtype=torch.int64)
+    pos = torch.as_tensor(position, device=keys.device, dtype=torch.int64)
+    x = keys[:, None] * _MIX[0] + pos * _MIX[1] + v[None, :] * _MIX[2]                         # (B, vocab)
+    for mult in (_MIX[1], _MIX[2], _MIX[0]):
+        x = (x ^ (x >> 31)) * mult
+    x = x ^ (x >> 29)
+    return ((x & ((1 << 53) - 1)).double() / float(1 << 53)).clamp(1e-12, 1 - 1e-12)
+
+
+def gumbel_scores(scores, keys, position, temperature=1.0, top_p=1.0):
+    """Scores whose argmax is a sample of softmax(scores / temperature) (the Gumbel-max trick):
+    scores / temperature + g, g = -log(-log u), u = hash_uniform(keys, position). top_p < 1 first masks the
+    tail outside the nucleus (Holtzman et al. 2020): sorted descending, a token is kept while the mass before
+    it is <= top_p, so the first token over top_p is kept.
+
+    >>> s = gumbel_scores(torch.tensor([[0.0, 0.0, 50.0]]), torch.tensor([7]), 0)
+    >>> int(s.argmax())   # almost all the mass is on token 2
+    2
+    """
+    scores = scores.float() / temperature                                              # (B, vocab)
+    if top_p < 1.0:
+        sorted_scores, order = scores.sort(-1, descending=True)
+        cum = sorted_scores.softmax(-1).cumsum(-1)
+        drop_sorted = cum - sorted_scores.softmax(-1) > top_p                           # keep the first over top_p
+        scores = scores.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    u = hash_uniform(keys.to(scores.device), position, scores.shape[-1])
+    return scores - torch.log(-torch.log(u)).float()
+
+# --------------------------------------------------------------------------------------------------
+# Positions: where a response token sits in Qwen2.5-VL's 3-D rotary space
+# --------------------------------------------------------------------------------------------------
+
+
+def rope_base(attention_mask, image_grid_thw, merge_size):
+    """(P,) position of response token 0 of each prompt = 1 + the mRoPE position of the prompt's last token
+    (text, so its temporal, height and width positions are equal; generate continues from it).
+
+    Text tokens advance the position by 1 each; an image of h x w merged patches (h = grid_h / merge) spans
+    positions [s, s + max(h, w)) on its height and width axes, so its h*w tokens advance it by max(h, w).
+    One image per prompt, as rollout.encode_prompts builds them. Equals transformers' get_rope_index (tested).
+
+    >>> rope_base(torch.tensor([[0, 1, 1, 1, 1, 1, 1]]), torch.tensor([[1, 4, 2]]), 2)  # 2 text + 2x1 image + 2 text
+    tensor([6])
+    """
+    if (image_grid_thw[:, 0] != 1).any():
+        raise ValueError("rope_base: one still image per prompt (grid t = 1); videos are not supported")
+    h, w = image_grid_thw[:, 1] // merge_size, image_grid_thw[:, 2] // merge_size                 # (P,) each
+    return attention_mask.sum(1) - h * w + torch.maximum(h, w)                                      # (P,)
+
+# --------------------------------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------------------------------
+
+
+def _round_up(n, multiple):
+    return -(-n // multiple) * multiple
+
+
+class _Slot:
+    """Every buffer of one (batch B, cache capacity C) shape, allocated once and reused by every call of that
+    shape: the CUDA graphs captured for it read and write these very tensors (graphs hold addresses)."""
+
+    def __init__(self, config, B, capacity, vocab, dtype, device):
+        text = config.text_config
+        kv_heads, head_dim = text.num_key_value_heads, text.hidden_size // text.num_attention_heads
+        shape = (B, kv_heads, capacity, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(text.num_hidden_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(text.num_hidden_layers)]
+        long = dict(dtype=torch.long, device=device)
+        self.valid = torch.zeros(B, capacity, dtype=torch.bool, device=device)  # key column attendable (prompt mask)
+        self.columns = torch.arange(capacity, **long)                             # (C,)
+        self.base = torch.zeros(B, **long)                 # rope position of response token 0 (rope_base)
+        self.keys = torch.zeros(B, **long)                 # sampling keys
+        self.last = torch.zeros(B, **long)                 # the token fed to the next step
+        self.out = torch.zeros(B, capacity, **long)        # response tokens, column n = response position n
+        self.unfinished = torch.ones(B, dtype=torch.bool, device=device)
+        self.n = torch.zeros(1, **long)                    # tokens emitted so far = response position of the next
+        self.width = torch.zeros(1, **long)                # P, the prompt's column count (left-padded)
+        self.pad = torch.zeros(1, **long)
+        self.suppress = torch.zeros(vocab, dtype=torch.bool, device=device)  # vision tokens: never sampled
+        self.is_eos = torch.zeros(vocab, dtype=torch.bool, device=device)
+        self.dense = False                                 # no mask at all: no padding, no masked column (CPU)
+        self.graphs = {}                                   # (length, temperature, top_p, dense) -> CUDAGraph
+        self.pool = torch.cuda.graph_pool_handle() if device.type == "cuda" else None
+
+
+class DecodeEngine:
+    """Prefill once per prompt, then one capturable step() per token over a static KV cache (see the module
+    docstring). Build it once per run; call generate() per batch and refresh() after each optimizer step.
+
+    policy: the Qwen2_5_VLForConditionalGeneration being trained (or evaluated).
+    dtype: the dtype to decode in; None = the policy's. A different dtype, or a sharded (FSDP2) policy, makes
+        the engine decode from its own full copy, which refresh() keeps equal to the policy.
+    bucket: key columns are attended in multiples of this (one CUDA graph per bucket); default 128 on CUDA,
+        1 on CPU (exactly the columns written so far, as generate does).
+    check_every: steps between reads of "are all rows done?" (a host sync); default 8 on CUDA, 1 on CPU.
+    cuda_graphs: capture and replay step() on CUDA (False: run it eagerly, the reference for the graphs).
+    hf_attention: attend through transformers' sdpa function (generate's bits); default on CPU, off on CUDA.
+    """
+
+    def __init__(self, policy, dtype=None, bucket=None, check_every=None, cuda_graphs=True, hf_attention=None):
+        self.policy = policy
+        first = next(policy.parameters())
+        self.device = first.device
+        self.dtype = dtype or first.dtype
+        cuda = self.device.type == "cuda"
+        self.bucket = bucket or (128 if cuda else 1)
+        self.check_every = check_every or (8 if cuda else 1)
+        self.cuda_graphs = cuda_graphs and cuda
+        self.hf_attention = (not cuda) if hf_attention is None else hf_attention
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        self.sdpa_attention = sdpa_attention_forward  # what the model's sdpa layers call
+        sharded = any(hasattr(p, "full_tensor") for p in policy.parameters())  # FSDP2 shards are DTensors
+        self.model = policy
+        if sharded or self.dtype != first.dtype:  # a plain full copy in the decode dtype, built on the device
+            with torch.device(self.device):  # (buffers such as RoPE's inv_freq stay fp32, as from_pretrained has them)
+                self.model = type(policy)._from_config(copy.deepcopy(policy.config), dtype=self.dtype,
+                                                       attn_implementation="sdpa")  # not the policy's probe
+            self.model.eval().requires_grad_(False)
+            self.refresh()
+        self.slots = {}
+
+    @torch.no_grad()
+    def refresh(self):
+        """Copy the policy's current weights into the engine's copy, in place (the graphs keep their addresses).
+        A no-op when the engine decodes from the policy itself. Under FSDP2 every rank must call it (it gathers)."""
+        if self.model is self.policy:
+            return
+        mine = dict(self.model.named_parameters())
+        for name, p in self.policy.named_parameters():
+            full = p.full_tensor() if hasattr(p, "full_tensor") else p  # FSDP2: all-gather the shards
+            mine[name].copy_(full)  # casts to the decode dtype: the bits autocast gives a bf16 matmul
+
+    # ---------------------------------------------------------------------------------------- prefill
+
+    @torch.no_grad()
+    def _prefill(self, s, enc, group_size, keys, eos_ids, pad_id, suppress_ids):
+        """The prompts through the model's own forward, once each; their K/V into the G rows of their group."""
+        dev = self.device
+        enc = {k: v.to(dev) for k, v in enc.items()}
+        was_training = self.model.training
+        self.model.eval()  # gradient checkpointing in train mode would turn the cache off
+        try:
+            out = self.model.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                   pixel_values=enc["pixel_values"], image_grid_thw=enc["image_grid_thw"],
+                                   mm_token_type_ids=enc["mm_token_type_ids"], use_cache=True)
+        finally:
+            self.model.train(was_training)
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)  # renamed in transformers 5.x
+        P = enc["input_ids"].shape[1]
+        rows = torch.arange(len(enc["input_ids"]), device=dev).repeat_interleave(group_size)   # (B,) prompt of row
+        for i, layer in enumerate(cache.layers):
+            s.k[i][:, :, :P].copy_(layer.keys[rows])
+            s.v[i][:, :, :P].copy_(layer.values[rows])
+        s.valid[:, :P].copy_(enc["attention_mask"][rows].bool())
+        # generate attends without a mask when no prompt is padded: so do we, if no column is masked either
+        s.dense = self.bucket == 1 and bool(enc["attention_mask"].all())
+        s.valid[:, P:] = True  # response columns: masked by position in step(), not here
+        merge = self.model.config.vision_config.spatial_merge_size
+        s.base.copy_(rope_base(enc["attention_mask"], enc["image_grid_thw"], merge)[rows])
+        s.keys.copy_(torch.as_tensor(keys if keys is not None else [0] * len(rows), dtype=torch.long))
+        s.n.zero_()
+        s.width.fill_(P)
+        s.pad.fill_(pad_id)
+        s.unfinished.fill_(True)
+        s.suppress.zero_()
+        s.suppress[suppress_ids] = True
+        s.is_eos.zero_()
+        s.is_eos[eos_ids] = True
+        # NOTE: repeat the hidden state, not the logits: the LM head then multiplies B rows, as in generate
+        return self.model.lm_head(out.last_hidden_state[rows, -1:])[:, -1]                   # (B, vocab)
+
+    # ---------------------------------------------------------------------------------------- one step
+
+    def _emit(self, s, logits, temperature, top_p):
+        """Logits (B, vocab) -> the next token of every row, written into the buffers (generate's order:
+        suppress vision tokens, Gumbel noise at the response position, argmax, pad the finished rows, EOS)."""
+        scores = logits.float().masked_fill(s.suppress, float("-inf"))
+        if temperature > 0:
+            scores = gumbel_scores(scores, s.keys, s.n, temperature, top_p)
+        token = torch.where(s.unfinished, scores.argmax(-1), s.pad)                            # (B,)
+        s.out.index_copy_(1, s.n, token[:, None])
+        s.unfinished &= ~s.is_eos[token]
+        s.last.copy_(token)
+        s.n += 1
+
+    def _step(self, s, length, temperature, top_p):
+        """Feed each row's last token (response position n - 1), emit token n. Only buffers are touched and
+        nothing is read back to the host, so on CUDA this whole function is captured as one graph.
+        length: key columns attended, >= P + n (the column written now + 1); shapes depend on it alone."""
+        lm, B = self.model.model.language_model, len(s.last)
+        write = s.width + s.n - 1                                                     # (1,) cache column
+        x = lm.embed_tokens(s.last[:, None])                                          # (B, 1, hidden)
+        # RoPE at the token's position: its t/h/w positions are equal, so mRoPE is 1-D RoPE here (note 2)
+        position = (s.base + s.n - 1).float()                                         # (B,)
+        freqs = position[:, None, None] * lm.rotary_emb.inv_freq.float()              # (B, 1, D/2)
+        cos = torch.cat([freqs.cos(), freqs.cos()], -1).to(x.dtype)[:, None]          # (B, 1, 1, D)
+        sin = torch.cat([freqs.sin(), freqs.sin()], -1).to(x.dtype)[:, None]
+        # prompt columns by the prompt's mask, response columns up to the one written now
+        mask = None if s.dense else (s.valid[:, :length] & (s.columns[:length] <= write))[:, None, None]  # (B,1,1,L)
+        for layer, k_cache, v_cache in zip(lm.layers, s.k, s.v):
+            attn = layer.self_attn
+            h = layer.input_layernorm(x)
+            q = attn.q_proj(h).view(B, 1, -1, attn.head_dim).transpose(1, 2)         # (B, H, 1, D)
+            k = attn.k_proj(h).view(B, 1, -1, attn.head_dim).transpose(1, 2)         # (B, H_kv, 1, D)
+            v = attn.v_proj(h).view(B, 1, -1, attn.head_dim).transpose(1, 2)
+            q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+            k_cache.index_copy_(2, write, k)
+            v_cache.index_copy_(2, write, v)
+            x = x + attn.o_proj(self._attend(attn, q, k_cache[:, :, :length], v_cache[:, :, :length], mask))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        logits = self.model.lm_head(lm.norm(x))[:, -1]                                # (B, vocab)
+        self._emit(s, logits, temperature, top_p)
+
+    def _attend(self, attn, q, keys, values, mask):
+        """Attention of each row's one query (B, H, 1, D) over its cached keys and values (B, H_kv, length, D),
+        returned as (B, 1, H * D), the input of o_proj."""
+        B, heads, _, head_dim = q.shape
+        if self.hf_attention:  # transformers' own function: generate's bits on every version (note 4)
+            return self.sdpa_attention(attn, q, keys, values, mask, scaling=attn.scaling)[0].reshape(B, 1, -1)
+        # the G query heads of a KV head are one (G, D) query block: K/V are read once, never repeated
+        o = torch.nn.functional.scaled_dot_product_attention(q.reshape(B, keys.shape[1], -1, head_dim), keys, values,
+                                                             attn_mask=mask, scale=attn.scaling)  # (B, H_kv, G, D)
+        return o.reshape(B, heads, 1, head_dim).transpose(1, 2).reshape(B, 1, -1)
+
+    def _run_step(self, s, length, temperature, top_p):
+        """step() eagerly (CPU, or cuda_graphs=False), or by replaying its graph for this bucket. A bucket's first
+        step runs eagerly on a side stream (the warm-up CUDA graphs need: lazy cuBLAS/attention set-up) and is
+        then captured; capture records the kernels without running them, so the state advances once."""
+        if not self.cuda_graphs:
+            return self._step(s, length, temperature, top_p)
+        key = (length, temperature, top_p, s.dense)
+        graph = s.graphs.get(key)
+        if graph is not None:
+            graph.replay()
+            return
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._step(s, length, temperature, top_p)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=s.pool):
+            self._step(s, length, temperature, top_p)
+        s.graphs[key] = graph
+
+    # ---------------------------------------------------------------------------------------- the loop
+
+    def _slot(self, B, capacity):
+        """The buffers for (B, capacity), kept between calls of that shape (its graphs stay valid). One shape at a
+        time: another shape frees them first, so the KV cache held is one batch's (train.py's rollout batch,
+        until an evaluation's batches replace it for a while)."""
+        if (B, capacity) not in self.slots:
+            self.release()
+            vocab = self.model.config.text_config.vocab_size
+            self.slots[(B, capacity)] = _Slot(self.model.config, B, capacity, vocab, self.dtype, self.device)
+        return self.slots[(B, capacity)]
+
+    def release(self):
+        """Free the KV cache and the graphs (the next call allocates and captures them again)."""
+        self.slots.clear()
+
+    @torch.no_grad()
+    def generate(self, enc, group_size, max_new_tokens, temperature, top_p, keys, eos_ids, pad_id, suppress_ids):
+        """G responses to each of P encoded prompts (rollout.encode_prompts' dict, NOT repeated): rows
+        p*G .. p*G + G - 1 answer prompt p. keys: one int per row (None when temperature is 0: greedy).
+
+        Returns the tokens (B, n) on the CPU, n <= max_new_tokens columns: each row's response up to its first
+        EOS, then pad tokens; rollout.generate turns them into (response, mask, truncated) as it does generate's.
+        """
+        P = enc["input_ids"].shape[1]
+        B = len(enc["input_ids"]) * group_size
+        capacity = _round_up(P + max_new_tokens, self.bucket)
+        s = self._slot(B, capacity)
+        logits = self._prefill(s, enc, group_size, keys, eos_ids, pad_id, suppress_ids)
+        self._emit(s, logits, temperature, top_p)                                       # response token 0
+        emitted = 1
+        while emitted < max_new_tokens:
+            if emitted % self.check_every == 0 and not s.unfinished.any():  # the one host sync
+                break
+            self._run_step(s, min(capacity, _round_up(P + emitted, self.bucket)), temperature, top_p)
+            emitted += 1
+        return s.out[:, :emitted].cpu()
+
+
+def _rotate_half(x):
+    """(x1, x2) -> (-x2, x1) on the last dim: RoPE's rotation by 90 degrees (transformers' rotate_half)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)

@@ -1,0 +1,292 @@
+"""engine.py against its reference, transformers' generate (rollout.generate with engine=None), and the
+properties its speed rests on. CPU, seconds each (the train.py runs: ~15 s each; a CUDA test skips itself).
+
+What is checked:
+- the same response ids, masks and truncation flags as generate -- greedy, sampled, top_p < 1, temperature
+  0.7 -- on left-padded prompts with two image sizes, rows that stop early and rows cut at the budget, with the
+  vision tokens made the favourite continuation (so suppression matters); and the LM head's logits at every
+  step equal bit for bit (so the equality is no luck of the argmax);
+- the invariants it relies on: a prefill of each prompt once gives the K/V and last hidden state of a prefill
+  of its G copies, bit for bit; `rope_base` equals transformers' get_rope_index; key columns in buckets (the
+  CUDA layout) and reading "all done?" every few steps change no token;
+- step() reads nothing back to the host (.item(), .tolist(), bool(), nonzero() ... raise inside it) and
+  torch._dynamo traces it as one graph, with no break: it can be captured as a CUDA graph;
+- bf16 decoding: the engine's copy holds the policy's weights rounded to bf16 (what autocast feeds the
+  matmuls), follows an optimizer step after refresh(), and decodes what generate decodes on a bf16 model;
+- train.py: `--rollout hf` and the engine log the same records (all but time_*), in one process and in two
+  gloo processes (DDP, FSDP2: the engine then decodes from a gathered copy); `--bf16 1` runs; eval.py's
+  responder gives the same texts; a bad --rollout stops in one line.
+Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_engine.py
+"""
+import contextlib
+import inspect
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import engine
+import rollout
+import visualmath
+from conftest import REPO
+from test_train import records, run_train
+
+
+@pytest.fixture(scope="module")
+def warm(warm_checkpoint):  # conftest.py: a few seconds of SFT, so responses end at different lengths
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(warm_checkpoint, dtype=torch.float32,
+                                                               attn_implementation="sdpa").eval()
+    return model, *rollout.load_processor(warm_checkpoint)
+
+
+def mixed_prompts(tokenizer, image_processor, padded=True):
+    """Two grid prompts (16 image tokens) and two slot prompts (2 image tokens): left padding of 14 columns;
+    padded=False: four grid prompts, all of one length (train.py's default task: generate then uses no mask)."""
+    rows = list(visualmath.make("visualmath", 2 + 2 * (not padded), seed=2))
+    rows += list(visualmath.make_slots(2, seed=3)) if padded else []
+    return rollout.encode_prompts(tokenizer, image_processor, [r["image"] for r in rows], [r["question"] for r in rows])
+
+
+@contextlib.contextmanager
+def recorded_logits(model, tokenizer):
+    """Every LM-head output, in call order (one call per token in either decoder), with three edits that make the
+    test independent of what the checkpoint has learnt: the vision tokens are made the favourite (+50), so a
+    decoder that did not suppress them would write them; row b (of 12) ends at token 2 + b % 5 (<|im_end|> +100
+    at that call) unless it ends before; and rows with b % 4 == 3 can never end (EOS ids -100): cut at the budget."""
+    vision, seen = rollout.VISION_TOKEN_IDS(tokenizer), []
+    eos = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    rows = torch.arange(12)
+
+    def hook(module, inputs, out):
+        out = out.clone()
+        out[..., vision] += 50.0
+        out[rows[2 + rows % 5 == len(seen)], -1, eos[0]] += 100.0
+        out[rows[rows % 4 == 3][:, None], -1, torch.tensor(eos)[None, :]] -= 100.0
+        seen.append(out)
+        return out
+    handle = model.lm_head.register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("temperature, top_p, padded", [(0.0, 1.0, True), (1.0, 1.0, True), (1.0, 0.8, True),
+                                                      (0.7, 1.0, True), (0.0, 1.0, False), (1.0, 1.0, False)])
+def test_the_engine_decodes_what_generate_decodes(warm, temperature, top_p, padded):
+    model, tokenizer, image_processor = warm
+    enc = mixed_prompts(tokenizer, image_processor, padded)
+    keys = list(range(40, 52))  # 4 prompts x G 3
+    with recorded_logits(model, tokenizer) as reference_logits:
+        reference = rollout.generate(model, tokenizer, enc, 13, temperature, top_p, keys, group_size=3)
+    with recorded_logits(model, tokenizer) as engine_logits:
+        ours = rollout.generate(model, tokenizer, enc, 13, temperature, top_p, keys, group_size=3,
+                                engine=engine.DecodeEngine(model))
+    for a, b in zip(reference, ours):  # response ids, masks, truncation flags
+        assert torch.equal(a, b)
+    response, mask, truncated = ours
+    assert len(set(enc["attention_mask"].sum(1).tolist())) == 1 + padded  # left padding or none
+    assert truncated.any() and (mask.sum(1) < 13).sum() >= 6  # rows cut at the budget, rows that stop early
+    assert not torch.isin(response[mask], torch.tensor(rollout.VISION_TOKEN_IDS(tokenizer))).any()
+    # the logits of every step, bit for bit: prefill (after repeating the hidden state) and each decode step
+    assert len(engine_logits) == len(reference_logits) == mask.shape[1]
+    for a, b in zip(reference_logits, engine_logits):
+        assert torch.equal(a, b)
+
+
+def test_one_prefill_per_prompt_equals_a_prefill_of_its_copies(warm):
+    """What lets the engine prefill each prompt once: its K/V and last hidden state are the bits a prefill of
+    the G copies gives (the LM head is not: its GEMM rounds by row count, so the engine repeats before it)."""
+    model, tokenizer, image_processor = warm
+    enc = mixed_prompts(tokenizer, image_processor)
+    rows = torch.arange(4).repeat_interleave(3)
+    with torch.no_grad():
+        once = model.model(**enc, use_cache=True)
+        copies = model.model(**rollout.repeat_groups(enc, 3), use_cache=True)
+    assert torch.equal(once.last_hidden_state[rows], copies.last_hidden_state)
+    cache_once = getattr(once, "cache", None) or once.past_key_values
+    cache_copies = getattr(copies, "cache", None) or copies.past_key_values
+    for a, b in zip(cache_once.layers, cache_copies.layers):
+        assert torch.equal(a.keys[rows], b.keys) and torch.equal(a.values[rows], b.values)
+
+
+def test_rope_base_is_one_past_the_last_prompt_position(warm, doctest_examples):
+    model, tokenizer, image_processor = warm
+    enc = mixed_prompts(tokenizer, image_processor)
+    accepted = inspect.signature(model.model.get_rope_index).parameters  # its arguments moved across 5.x
+    kwargs = {k: enc[k] for k in ("image_grid_thw", "attention_mask", "mm_token_type_ids") if k in accepted}
+    positions, _ = model.model.get_rope_index(enc["input_ids"], **kwargs)                  # (3, P, S)
+    last = positions[:, :, -1]  # the last prompt token (left padding: the last column), text: 3 equal axes
+    assert (last == last[0]).all()
+    assert (last[0] + 1 < enc["attention_mask"].sum(1)).any()  # the grid's 16 image tokens span 4 positions
+    assert torch.equal(engine.rope_base(enc["attention_mask"], enc["image_grid_thw"], 2), last[0] + 1)
+    assert doctest_examples(engine, ["rope_base", "gumbel_scores"]) == 3
+
+
+def test_the_cuda_layout_changes_no_token(warm):
+    """What the engine does on CUDA, run on the CPU: key columns in buckets of 16 (the extra ones masked), "all
+    done?" read every 4 steps (so it decodes past the last EOS) and its own attention (the query heads of a KV
+    head packed); the responses are generate's (the logits differ in the last bits)."""
+    model, tokenizer, image_processor = warm
+    keys = list(range(12))
+    for padded in (True, False):
+        enc = mixed_prompts(tokenizer, image_processor, padded)
+        with recorded_logits(model, tokenizer):
+            reference = rollout.generate(model, tokenizer, enc, 13, 1.0, 1.0, keys, group_size=3)
+        with recorded_logits(model, tokenizer):
+            cuda_like = rollout.generate(model, tokenizer, enc, 13, 1.0, 1.0, keys, group_size=3,
+                                         engine=engine.DecodeEngine(model, bucket=16, check_every=4, hf_attention=False))
+        for a, b in zip(reference, cuda_like):
+            assert torch.equal(a, b)
+
+
+def prefilled(model, tokenizer, image_processor):
+    """An engine and its buffers right after the prefill of the mixed prompts (G = 2), ready for step()."""
+    decoder = engine.DecodeEngine(model)
+    enc = mixed_prompts(tokenizer, image_processor)
+    s = decoder._slot(8, enc["input_ids"].shape[1] + 8)
+    logits = decoder._prefill(s, enc, 2, list(range(8)), [tokenizer.convert_tokens_to_ids("<|im_end|>")],
+                              tokenizer.pad_token_id, rollout.VISION_TOKEN_IDS(tokenizer))
+    decoder._emit(s, logits, 1.0, 1.0)
+    return decoder, s, enc["input_ids"].shape[1]
+
+
+SYNCS = [(torch.Tensor, name) for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__",
+                                           "nonzero", "cpu", "numpy")] + [(torch, "nonzero")]
+
+
+@contextlib.contextmanager
+def host_syncs_raise():
+    """Every way Python code reads a tensor's value back to the host raises while this is on."""
+    saved = [(owner, name, getattr(owner, name)) for owner, name in SYNCS]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host sync inside step()")
+    try:
+        for owner, name, _ in saved:
+            setattr(owner, name, refuse)
+        yield
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
+
+def test_step_never_reads_a_tensor_back_to_the_host(warm):
+    model, tokenizer, image_processor = warm
+    decoder, s, P = prefilled(model, tokenizer, image_processor)
+    with host_syncs_raise():
+        with pytest.raises(AssertionError):  # the guard bites
+            s.n.item()
+        with torch.no_grad():
+            for n in range(1, 5):
+                decoder._step(s, P + n, 1.0, 0.9)  # top_p < 1: the sort/scatter path too
+    assert s.n.tolist() == [5]
+
+
+def test_step_traces_as_one_graph_without_breaks(warm):
+    """torch._dynamo breaks a graph at anything data-dependent (a host read, a shape from values, nonzero):
+    none in step(), so it is capturable as a CUDA graph (bench/decode.py replays it against eager on a GPU)."""
+    model, tokenizer, image_processor = warm
+    decoder, s, P = prefilled(model, tokenizer, image_processor)
+    with torch.no_grad():
+        explained = torch._dynamo.explain(decoder._step)(s, P + 1, 1.0, 1.0)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+
+
+def test_bf16_decoding_uses_a_refreshed_bf16_copy(warm, tmp_path):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    model, tokenizer, image_processor = warm
+    policy = type(model)(model.config).eval()
+    policy.load_state_dict(model.state_dict())  # a private fp32 copy: the test updates its weights
+    decoder = engine.DecodeEngine(policy, torch.bfloat16)
+    assert decoder.model is not policy and next(decoder.model.parameters()).dtype == torch.bfloat16
+    for name, p in decoder.model.named_parameters():
+        assert torch.equal(p, dict(policy.named_parameters())[name].to(torch.bfloat16)), name
+    with torch.no_grad():  # an "optimizer step"
+        for p in policy.parameters():
+            p.add_(torch.randn_like(p) * 1e-2)
+    decoder.refresh()
+    for name, p in decoder.model.named_parameters():
+        assert torch.equal(p, dict(policy.named_parameters())[name].to(torch.bfloat16)), name
+    # and it decodes what generate decodes on the policy loaded in bf16 (as eval.py loads a model on a GPU)
+    policy.save_pretrained(tmp_path)
+    reference_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16,
+                                                                         attn_implementation="sdpa").eval()
+    enc = mixed_prompts(tokenizer, image_processor)
+    reference = rollout.generate(reference_model, tokenizer, enc, 10, 1.0, 1.0, list(range(8)), group_size=2)
+    ours = rollout.generate(policy, tokenizer, enc, 10, 1.0, 1.0, list(range(8)), group_size=2, engine=decoder)
+    for a, b in zip(reference, ours):
+        assert torch.equal(a, b)
+
+
+def test_eval_responder_gives_the_same_texts(warm):
+    import eval as ev
+    model, tokenizer, image_processor = warm
+    rows = list(visualmath.make_slots(3, seed=5))
+    decoder = engine.DecodeEngine(model)
+    for k, temperature in ((1, 0.0), (2, 1.0)):
+        reference = ev.model_responder(model, tokenizer, image_processor, 12)(rows, [7, 8, 9], k, temperature)
+        ours = ev.model_responder(model, tokenizer, image_processor, 12, engine=decoder)(rows, [7, 8, 9], k, temperature)
+        assert ours == reference
+
+
+def strip_times(recs):
+    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in recs]
+
+
+def test_train_logs_the_same_records_with_the_engine_and_with_generate(warm_checkpoint, tmp_path):
+    run_train(warm_checkpoint, tmp_path / "hf", "--steps", "2", "--rollout", "hf")
+    run_train(warm_checkpoint, tmp_path / "engine", "--steps", "2")
+    hf, ours = records(tmp_path / "hf"), records(tmp_path / "engine")
+    assert strip_times(hf) == strip_times(ours)
+    assert 0 < ours[0]["reward"] and "eval_accuracy" in ours[-1]  # rollouts were scored, the eval ran
+
+
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_gloo_processes_with_the_engine_match_one_with_generate(warm_checkpoint, tmp_path, sharding):
+    """Under FSDP2 the engine decodes from a full copy gathered after each update (no collective per token)."""
+    common = ["--steps", "2", "--micro_batch_size", "2", "--adam_eps", "1e-2"]
+    run_train(warm_checkpoint, tmp_path / "one", *common, "--rollout", "hf")
+    run_train(warm_checkpoint, tmp_path / "two", *common, "--fsdp", str(int(sharding == "fsdp")), torchrun=2)
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    assert [r["step"] for r in two] == [0, 1] and "eval_avg@4" in two[1]
+    for a, b in zip(one, two):  # step 1 rolls out with the updated policy: the copy was refreshed
+        assert a.keys() == b.keys()
+        for key in ("reward", "accuracy", "response_len", "truncated", "eval_accuracy", "eval_avg@4"):
+            if key in a:  # (eval: at the last step only)
+                assert b[key] == pytest.approx(a[key], rel=1e-6), key
+
+
+def test_bf16_training_runs_with_the_engine(warm_checkpoint, tmp_path):
+    run_train(warm_checkpoint, tmp_path, "--steps", "2", "--bf16", "1")
+    recs = records(tmp_path)
+    assert [r["step"] for r in recs] == [0, 1] and all(r["skipped"] == 0 for r in recs)
+    assert 0 < recs[0]["response_len"] and "eval_accuracy" in recs[-1]
+
+
+@pytest.mark.parametrize("script", ["train.py", "eval.py"])
+def test_a_bad_rollout_value_stops_in_one_line(script):
+    proc = subprocess.run([sys.executable, script, "--rollout", "vllm"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0
+    assert f"{script}: error: --rollout 'vllm': use engine" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_replay_decodes_what_the_eager_step_decodes(warm):
+    """Each step replayed from its captured graph gives the bits the same step gives eagerly (same buckets)."""
+    model, tokenizer, image_processor = warm
+    model = type(model)(model.config).eval()
+    model.load_state_dict(warm[0].state_dict())
+    model.to("cuda")
+    enc = mixed_prompts(tokenizer, image_processor)
+    eager, graphed = engine.DecodeEngine(model, cuda_graphs=False), engine.DecodeEngine(model)
+    runs = [rollout.generate(model, tokenizer, enc, 13, 1.0, 1.0, list(range(12)), group_size=3, engine=decoder)
+            for decoder in (eager, graphed, graphed)]
+    assert graphed.slots and all(s.graphs for s in graphed.slots.values())
+    for a, b, c in zip(*runs):  # the third call replays the graphs the second one captured
+        assert torch.equal(a, b) and torch.equal(a, c)
