@@ -185,12 +185,16 @@ def tiny_side_by_side():
 
 
 class SyntheticTokens:
-    """What rollout.generate asks of a tokenizer, for the synthetic 3B batches: EOS ids (Qwen's), the pad id
-    and the vision special tokens (bench/common.py's ids), so the hf and engine paths run exactly as in training."""
-    pad_token_id = 151643
+    """What rollout.generate asks of a tokenizer, for the synthetic 3B batches: EOS ids (Qwen's; the top two ids
+    of a --shrink model's smaller vocabulary), the pad id and the vision special tokens (bench/common.py's ids), so
+    the hf and engine paths run exactly as in training."""
+
+    def __init__(self, vocab_size):
+        self.ids = {"<|im_end|>": min(151645, vocab_size - 1), "<|endoftext|>": min(151643, vocab_size - 2)}
+        self.pad_token_id = self.ids["<|endoftext|>"]
 
     def convert_tokens_to_ids(self, token):
-        return {"<|im_end|>": 151645, "<|endoftext|>": 151643}[token]
+        return self.ids[token]
 
     def get_vocab(self):
         return {"<|vision_start|>": common.V_START, "<|vision_end|>": common.V_END, "<|image_pad|>": common.IMAGE}
@@ -229,9 +233,9 @@ def decode_3b():
         (text["hidden_size"] // text["num_attention_heads"]) * torch.finfo(dtype).bits // 8
     bandwidth = args.bandwidth_gbs or measure_bandwidth()
     prompt = args.image_side ** 2 + 2
-    tokens = SyntheticTokens()
+    tokens = SyntheticTokens(text["vocab_size"])
     print(common.machine_line(device))
-    print(f"Qwen2.5-VL-3B config{' (shrunk: 2 layers)' if args.shrink else ''}, random {str(dtype)[6:]} weights; "
+    print(f"Qwen2.5-VL-3B config{' (shrunk: 2 layers, 16k vocabulary)' if args.shrink else ''}, random {str(dtype)[6:]} weights; "
           f"LM weights {weight_bytes / 1e9:.2f} GB read per step; KV cache {kv_per_token / 1e3:.1f} kB per token; "
           f"prompt {prompt} tokens ({args.image_side ** 2} image), G {args.group_size}; bandwidth {bandwidth:.0f} GB/s "
           f"({'given' if args.bandwidth_gbs else 'measured: device-to-device copy'})", flush=True)

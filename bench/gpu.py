@@ -6,10 +6,10 @@ moment it is printed (prefixed with the section and the seconds since the start)
 time is stopped -- what it printed so far is kept -- and the next one runs. At the end a markdown report (the
 tables each section printed, then every section's whole log) is written to --out.
 
-Sections, in order (budget in seconds on one H100/H200, 540 s in all by default; time a section leaves unused
-goes to the next one):
+Sections, in order (budget in seconds on one H100/H200; 540 s in all by default, shared in these proportions;
+time a section leaves unused goes to the next one):
 
-    tests     40   the CUDA-only tests (pytest -k cuda): probe vs eager attention on CUDA, logits unchanged
+    tests     60   the CUDA-only tests (pytest -k cuda): probe vs eager attention on CUDA, logits unchanged
                    and the kernel's log-sum-exp trusted (fp32 and bf16), the decode engine's graph replay
     probe     70   bench/probe.py --suite 3b: the probe's cost in a no-grad forward at Qwen2.5-VL-3B shapes
                    (B=4, S=2114, 1024 image and 1024 response tokens), paired rounds
@@ -20,7 +20,7 @@ goes to the next one):
     memory    60   bench/step.py --config 3b --recipe: peak memory of one step of the README's 3B recipe (fp32
                    weights under bf16 autocast, gradient checkpointing, AdamW, micro-batches of 4) and the GPUs
                    (24, 48, 80 GB) it fits
-    default  150   `python train.py` with nothing cached (the tiny model is built first, on the GPU), end to
+    default  140   `python train.py` with nothing cached (the tiny model is built first, on the GPU), end to
                    end: the time to its first RL step, the held-out accuracy before and after
 
 Without CUDA it says that nothing was measured and exits 0. With --shrink every section runs its CPU smoke
@@ -41,6 +41,7 @@ import common  # first: it puts the repository root on sys.path (see its docstri
 
 import argparse
 import datetime
+import importlib.util
 import os
 import queue
 import re
@@ -56,7 +57,7 @@ import torch
 
 # ------------------------------------------------------------------------------------------- config
 
-SECTIONS = {"tests": 40, "probe": 70, "step": 110, "decode": 80, "memory": 60, "default": 150}  # seconds
+SECTIONS = {"tests": 60, "probe": 70, "step": 110, "decode": 80, "memory": 60, "default": 140}  # seconds
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--sections", default=",".join(SECTIONS), help="comma list of " + ", ".join(SECTIONS))
@@ -77,6 +78,11 @@ if not cuda and not args.shrink:
     print("bench/gpu.py: no CUDA device here -- nothing was measured. On a GPU machine run `python bench/gpu.py`; "
           "`python bench/gpu.py --shrink` runs every section's CPU smoke test.")
     sys.exit(0)
+missing = [name for name in ("datasets", "numba", "PIL", "tqdm", "pytest") if importlib.util.find_spec(name) is None]
+if missing:  # fail in seconds, not after minutes of a lent GPU's time
+    print(f"bench/gpu.py: missing {', '.join(missing)}: pip install -r requirements.txt (on a lent machine without "
+          "network, carry their wheels)")
+    sys.exit(1)
 PY = sys.executable
 SCRATCH = tempfile.mkdtemp(prefix="atrl_gpu_bench_")  # the default run's cache and run folder: nothing cached
 
