@@ -526,7 +526,8 @@ def probe(model, layers=None, chunk_elements=None, background=False):
     None picks a per-device default (see Probe). background=True reads the rows (and runs arm's `then`) on a
     worker thread, overlapping the rest of the forward; the numbers are the same bit for bit.
 
-    The model's attention implementation is restored on exit, also after an exception.
+    The model's attention implementation is restored on exit, also after an exception; a probe never exited
+    (entered by hand with __enter__) is left alone when the interpreter finalises it at exit.
     """
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module
@@ -556,10 +557,13 @@ def probe(model, layers=None, chunk_elements=None, background=False):
     try:
         yield result
     finally:
-        for m in modules:
-            _ACTIVE.pop(id(m), None)
-        _set_text_attention(model, text_config, original)
-        result.close()
+        # NOTE: _ACTIVE is None only when interpreter teardown finalises a probe that nobody exited (module
+        # globals are cleared by then): the process is ending, and there is nothing left to restore
+        if _ACTIVE is not None:
+            for m in modules:
+                _ACTIVE.pop(id(m), None)
+            _set_text_attention(model, text_config, original)
+            result.close()
 
 
 # ----------------------------------------------------------------------------- sink debiasing

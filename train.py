@@ -37,14 +37,17 @@ Run it:
 
 The run directory (runs.py): a second run into an out_dir that holds one refuses unless --resume 1 or
 --overwrite 1; checkpoints are out_dir/checkpoint-<step>/ (from_pretrained dirs + state.pt), written so that a
-kill -9 at any instant leaves a complete one; each step is logged once to out_dir/log.jsonl.
+kill -9 at any instant leaves a complete one; each step is logged once to out_dir/log.jsonl. A full disk, a
+corrupt checkpoint and SIGTERM/SIGINT each end in one line and lose nothing complete (runs.py, rules 7-9).
 """
+import atexit
 import contextlib
 import dataclasses
 import functools
 import os
 import random
 import re
+import sys
 import time
 from dataclasses import dataclass
 
@@ -291,6 +294,7 @@ use_probe = cfg.weighting in atrl.PROBE_MODES  # GRPO/DAPO and the peer arms (vp
 probe_context = (connectivity.probe(policy, layers=probe_layers, background=bool(cfg.overlap_weights))
                  if use_probe else contextlib.nullcontext())
 probe = probe_context.__enter__()  # installed for the whole run; idle (pure delegation) unless armed
+atexit.register(probe_context.__exit__, None, None, None)  # removed on any way out (a no-op after the cleanup)
 # the decode engine reads the policy itself, or a bf16 (--bf16 1) / gathered (FSDP2) copy that refresh() keeps current
 decode_engine = engine.DecodeEngine(policy, torch.bfloat16 if cfg.bf16 else None) if cfg.rollout == "engine" else None
 print0(f"model {model_path} | {sum(p.numel() for p in params) / 1e6:.2f}M trainable | world {world} | "
@@ -501,6 +505,7 @@ if start_step == 0:
     if master and metrics0:
         runs.append_log(log_path, {"step": -1, **metrics0})
         tracker.log({"step": -1, **metrics0})
+preemption, stop = runs.Preemption(), 0  # from here SIGTERM/SIGINT stop the run after the step in flight (runs.py)
 bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, disable=not master, desc="RL")
 for step in bar:
     t0 = time.perf_counter()
@@ -593,8 +598,12 @@ for step in bar:
                    f"loss {rec['loss']:+.4f} clip {rec['clip_frac']:.3f} ent {rec['entropy']:.2f} | anchors "
                    f"{rec['anchor_frac']:.2f} clusters {rec['clusters']:.1f} | {rec['time_step']:.1f}s"
                    + (f" | held-out {evaluation.describe(rec, cfg.eval_k, 'eval_')}" if "eval_accuracy" in rec else ""))
-    if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
+    # a signal to any rank stops every rank after this step, saved (an all-reduce: every rank asks here)
+    stop = preemption.requested(device) if step + 1 < cfg.steps else 0
+    if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps or stop:
         save_checkpoint(step + 1)
+    if stop:
+        break
 
 # --------------------------------------------------------------------------------------------------
 # Cleanup
@@ -602,7 +611,13 @@ for step in bar:
 
 probe_context.__exit__(None, None, None)  # restore the model's own attention implementation
 tracker.close()
-print0(f"done: {cfg.steps} steps, log in {log_path}, checkpoint in "
-       f"{os.path.join(cfg.out_dir, runs.newest_checkpoint_name(cfg.out_dir))}")
-if distributed:
+if not stop:
+    print0(f"done: {cfg.steps} steps, log in {log_path}, checkpoint in "
+           f"{os.path.join(cfg.out_dir, runs.newest_checkpoint_name(cfg.out_dir))}")
+elif master:
+    print(runs.stopped_line(stop, step, cfg.out_dir), file=sys.stderr)
+if distributed:  # NOTE: the ranks leave together: once one exits non-zero (a stop), torchrun kills the others
+    dist.barrier()  # -- the master may still be writing the checkpoint
     dist.destroy_process_group()
+if stop:
+    sys.exit(128 + stop)  # what a shell reports for a process the signal ended (143 SIGTERM, 130 SIGINT): runs.py rule 9
