@@ -111,11 +111,17 @@ def setup_distributed():
 
 
 def all_reduce(t):
-    """Sum a tensor over ranks (in place; on the rank's device for nccl); a no-op on one process."""
+    """Sum a tensor over ranks, in place; a no-op on one process. NOTE: nccl reduces CUDA tensors only, so a CPU
+    tensor (the loop's counts, log sums and skip flag) makes the round trip through this rank's GPU."""
     import torch.distributed as dist
 
     if dist.is_initialized():
-        dist.all_reduce(t)
+        if t.device.type != "cuda" and dist.get_backend() == "nccl":
+            on_gpu = t.cuda()
+            dist.all_reduce(on_gpu)
+            t.copy_(on_gpu)
+        else:
+            dist.all_reduce(t)
     return t
 
 # --------------------------------------------------------------------------------------------------

@@ -384,3 +384,15 @@ def test_eval_flags_are_checked_up_front(tmp_path):
     fake_checkpoint(str(tmp_path), 40)
     with pytest.raises(SystemExit, match="holds no config.json; did you mean .*checkpoint-40"):
         ev.parse_config(["--model", str(tmp_path)])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nccl)")
+def test_all_reduce_takes_cpu_tensors_under_nccl_on_cuda():
+    # the loop all-reduces CPU tensors (counts, log sums, the skip flag); nccl alone refuses them
+    import torch.distributed as dist
+    dist.init_process_group("nccl", init_method="tcp://127.0.0.1:29931", rank=0, world_size=1)
+    try:
+        t = torch.tensor([1.0, 2.0], dtype=torch.float64)
+        assert runs.all_reduce(t) is t and t.tolist() == [1.0, 2.0] and t.device.type == "cpu"
+    finally:
+        dist.destroy_process_group()
