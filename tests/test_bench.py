@@ -4,7 +4,9 @@ from the repository root, the way the README runs them.
 Benchmarks are scripts, not timed tests (STYLE.md 14), so nothing else of them runs here; but a script no
 test imports breaks silently when a module it imports moves or a helper in bench/common.py is renamed. With
 --help each script gets through all its imports (bench/common.py first: it puts the root on sys.path) and
-its argparse, and stops before any measurement. Seconds: the scripts start in parallel.
+its argparse, and stops before any measurement. Seconds: the scripts start in parallel. bench/gpu.py's own
+machinery is checked too, since a lent GPU's minutes depend on it: without CUDA it says that nothing was
+measured and exits 0, and a section that runs past its budget is stopped while the next one still runs.
 Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_bench.py
 """
 import doctest
@@ -13,9 +15,18 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 BENCH = os.path.join(REPO, "bench")
+
+
+def torch_cuda_available():
+    import torch
+    return torch.cuda.is_available()
+
+
 SCRIPTS = sorted(name[:-3] for name in os.listdir(BENCH) if name.endswith(".py") and name != "common.py")
 
 
@@ -44,3 +55,24 @@ def test_common_docstring_examples():
     spec.loader.exec_module(common)  # not put in sys.modules: the test session's `common` stays free
     result = doctest.testmod(common)
     assert result.attempted >= 2 and result.failed == 0
+
+
+def test_gpu_bench_without_cuda_says_nothing_was_measured():
+    if torch_cuda_available():
+        pytest.skip("a GPU is here: bench/gpu.py would measure")
+    proc = subprocess.run([sys.executable, os.path.join("bench", "gpu.py")], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "nothing was measured" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_gpu_bench_stops_a_section_at_its_budget_and_runs_the_next(tmp_path):
+    # a 4 s budget over two sections: the CUDA tests' pytest (which takes longer just to collect) is stopped at its
+    # share, what it printed is kept, the default run gets what is left, and the report says what happened to each
+    out = tmp_path / "gpu.md"
+    proc = subprocess.run([sys.executable, os.path.join("bench", "gpu.py"), "--shrink", "--sections", "tests,default",
+                           "--budget", "4", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "=== tests: stopped: out of time" in proc.stdout and "=== default:" in proc.stdout
+    report = out.read_text()
+    assert "| tests | stopped: out of time" in report and "| default |" in report and "<summary>log</summary>" in report
