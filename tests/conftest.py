@@ -13,7 +13,7 @@ Helpers (imported: `from conftest import png_bytes`; tests/ is on sys.path, as t
 test_train shows):
     REPO                        the repository root (cwd of every script run as a subprocess)
     png_bytes(mode, size, colour)   a one-colour PNG file's bytes, for image columns of benchmark fixtures
-    torchrun_command(nproc, port)   the command prefix that starts a script under torchrun with nproc processes
+    torchrun_command(nproc)         the command prefix that starts a script under torchrun with nproc processes
     dense_from_csr(csr, n)      a CSR triple (indptr, indices, weights) as a dense (n, n) float64 tensor
 
 Run: `python -m pytest -q tests` (this file is loaded by pytest, never run by itself).
@@ -22,6 +22,7 @@ import doctest
 import io
 import os
 import shutil
+import socket
 import sys
 
 import PIL.Image
@@ -30,6 +31,8 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # the tests import the repository's modules (atrl, rollout, ...) by name
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one of pytest.ini's parallel workers: one core's worth of threads each
+    torch.set_num_threads(1)
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -44,13 +47,15 @@ def png_bytes(mode="RGB", size=(6, 4), colour=0):
     return buf.getvalue()
 
 
-def torchrun_command(nproc, port):
+def torchrun_command(nproc):
     """[python, -m, torch.distributed.run, ...]: append the script and its arguments.
 
-    The master port is `port` plus this process's pid mod 1000, so that two test sessions on one machine
-    (two CI jobs, or a developer's run beside CI) do not both take the same port."""
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port",
-            str(port + os.getpid() % 1000)]
+    The master port is one the OS has free right now, so that torchrun tests running at once (pytest-xdist's
+    workers, two CI jobs, a developer's run beside CI) never meet on one port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port", str(port)]
 
 
 def dense_from_csr(csr, n):

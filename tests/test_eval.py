@@ -184,7 +184,7 @@ def test_real_generation_in_process_equals_torchrun_with_two_ranks(warm_checkpoi
     # the CLI under torchrun: 2 gloo ranks, rows strided, counts all-reduced -> the same numbers
     out = tmp_path / "results.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([*torchrun_command(2, 29700), "eval.py", "--model", warm_checkpoint, "--benchmark",
+    proc = subprocess.run([*torchrun_command(2), "eval.py", "--model", warm_checkpoint, "--benchmark",
                            f"visualmath,{bench_files['mathvista']}", "--limit", "4", "--k", "2", "--temperature",
                            "1.0", "--max_new_tokens", "8", "--batch_size", "4", "--out", str(out)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -221,7 +221,7 @@ def test_under_torchrun_a_signal_to_one_rank_stops_every_rank_after_the_same_ste
     for a rank that has left, and no checkpoint of the stop would be written. (Resuming a torchrun run exactly
     is test_train's test_fsdp_resume_continues_exactly.)"""
     out, err = tmp_path / "run", open(tmp_path / "run.err", "w")
-    proc = subprocess.Popen([*torchrun_command(2, 29900), "train.py", "--model", warm_checkpoint, "--out_dir", str(out),
+    proc = subprocess.Popen([*torchrun_command(2), "train.py", "--model", warm_checkpoint, "--out_dir", str(out),
                              *SMALL, "--steps", "6", "--save_every", "100", "--micro_batch_size", "2"], cwd=REPO,
                             env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"), stdout=subprocess.DEVNULL,
                             stderr=err)

@@ -31,7 +31,7 @@ EXACT = ["--adam_eps", "1e-2"]  # see the module docstring
 def run_train(ckpt, out_dir, *args, torchrun=0, check=True):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     if torchrun:
-        cmd = [*torchrun_command(torchrun, 29500), "train.py"]
+        cmd = [*torchrun_command(torchrun), "train.py"]
     else:
         cmd = [sys.executable, "train.py"]
     cmd += ["--model", ckpt, "--out_dir", str(out_dir), *SMALL, *args]
