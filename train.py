@@ -138,7 +138,7 @@ class Config:
 
 cfg = cli.parse_config(Config, __doc__.split("\n")[0], "train.py")  # --help: every field with its comment
 # Every value is checked before anything is loaded or written: one line naming the value and what to do.
-cli.check_model("train.py", "model", cfg.model)
+runs.check_model("train.py", "model", cfg.model)
 cli.check_data("train.py", "dataset", cfg.dataset, builtin=visualmath.TASKS)
 cli.check_data("train.py", "eval_dataset", cfg.eval_dataset, builtin=("",))
 runs.check_tracker("train.py", cfg.report_to)
