@@ -138,6 +138,31 @@ def piece_classes(pieces):
 # Labelling any text from the grammar
 # --------------------------------------------------------------------------------------------------
 
+def _any(options):
+    return "(?:" + "|".join(re.escape(o) for o in options) + ")"
+
+
+_SHAPE = rf"a {_any(COLOURS)} {_any(KINDS)}"
+_STEP_RE = r"\d+\+\d+=\d+"
+_GRAMMAR = re.compile(
+    rf"<think>{_any(SLOTS['opener'])} {_any(SLOTS['read'])} \d(?:, \d)*\. "
+    rf"(?:{_any(SLOTS['shape'])} {_SHAPE}(?: {SECOND_SHAPE} {_SHAPE})?\. )?{_any(SLOTS['transition'])} "
+    rf"(?:{_any(FORKS)} )?{_STEP_RE}(?:{_any(SLOTS['link'])}{_STEP_RE})*\. {_any(SLOTS['check'])} "
+    rf"{_any(SLOTS['closing'])} (\d+)\.</think><answer>\1</answer>")
+
+
+def on_grammar(text):
+    """Could the teacher have written `text`, up to its numbers? (A sample that leaves the grammar has "derailed":
+    a token from the tail of a distribution, and usually a few confused ones after it.)
+
+    >>> on_grammar(teacher_chain([3, 5], [("red", "circle")], random.Random(2))[0])
+    True
+    >>> on_grammar("<think>Okay. I see 3, 5. There is a oranglue circle. Sum: 3+5=8. Done. Answer: 8.</think><answer>8</answer>")
+    False
+    """
+    return _GRAMMAR.fullmatch(text or "") is not None
+
+
 _READ = re.compile(r"(?:" + "|".join(re.escape(v) for v in SLOTS["read"]) + r") (\d+(?:, \d+){0,11})\.")
 _STEP = re.compile(r"(?<![\d.])(\d+)\+(\d+)=(\d+)")
 _NUMBER = re.compile(r"(?<!\d)\d+(?!\d)")
@@ -217,13 +242,24 @@ def token_char_spans(tokenizer, ids):
     return [(ends[t - 1] if t else 0, ends[t]) for t in range(len(ids))]
 
 
-def token_classes(char_classes, spans):
+def token_classes(char_classes, spans, text=None):
     """One class per token: the highest-priority (lowest) class among its characters; OTHER for an empty span.
+    Given the text, a token that is only whitespace takes the class of the token after it: BPE writes
+    " green" as " " + "green " when " green" is no merge, and then the space token carries part of the choice of
+    the colour (in 512 samples of v3's warm start, 234 of the 280 "other" tokens above 0.3 nats were such spaces).
 
     >>> token_classes([FILLER, OTHER, GROUNDED, COPY], [(0, 1), (1, 3), (3, 4), (4, 4)])
     [5, 1, 4, 6]
+    >>> token_classes([OTHER, OTHER, GROUNDED], [(0, 1), (1, 2), (2, 3)], text="a r")
+    [6, 1, 1]
     """
-    return [min(char_classes[a:b], default=OTHER) for a, b in spans]
+    classes = [min(char_classes[a:b], default=OTHER) for a, b in spans]
+    if text is not None:
+        for t in range(len(spans) - 2, -1, -1):                     # right to left: a run of spaces takes the word's
+            a, b = spans[t]
+            if b > a and text[a:b].isspace():
+                classes[t] = classes[t + 1]
+    return classes
 
 
 def label_batch(tokenizer, batch):
@@ -236,7 +272,7 @@ def label_batch(tokenizer, batch):
     for b, ids in enumerate(batch["input_ids"][:, P:].cpu()):
         ids = ids[mask[b].cpu()].tolist()
         text = tokenizer.decode(ids, skip_special_tokens=True)
-        out[b, :len(ids)] = torch.tensor(token_classes(label_text(text), token_char_spans(tokenizer, ids)))
+        out[b, :len(ids)] = torch.tensor(token_classes(label_text(text), token_char_spans(tokenizer, ids), text))
     return out
 
 

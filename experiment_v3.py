@@ -85,55 +85,74 @@ G, P = 8, 16  # train.py's group size and prompts per step: gate 0 measures the 
 
 
 def measure(warm, task):
-    """{census: per class share / entropy / rho / dependency / picked-by-selector, snr: per group noise and signal}."""
+    """{census: per class share / entropy / rho / dependency / picked-by-selector, snr: per group noise and signal}.
+
+    Groups: each token class; "derailed", every token of the samples that left the grammar (chains.on_grammar);
+    "noise_clean", the filler and descriptions of the samples that did not; and sums of those: all (uniform's
+    gradient), noise (filler + grounded), kept (all - noise: what the oracle mask trains on), clean (all -
+    derailed), kept_clean (clean - noise_clean). Noise is also measured on the trunk alone (every trainable
+    parameter but the embedding matrix, which is tied to the LM head and holds one row per token)."""
     cpu = torch.device("cpu")
     model, tokenizer, image_processor = eval_py.load_model(warm, cpu, "float32")
     model.model.visual.requires_grad_(False)                        # as train.py (--freeze_vision 1)
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    trunk = torch.cat([torch.full((p.numel(),), "embed_tokens" not in n) for n, p in named])  # (N,) bool
     rows = visualmath.make(task, P * args.snr_batches, seed=0)      # train.py's training split of RL seed 0
     layers = list(connectivity.layer_band("middle", model.config.text_config.num_hidden_layers))
-    groups = {name: c for c, name in enumerate(chains.CLASSES)}
-    sums = {g: None for g in [*groups, "all", "noise", "kept"]}     # running sum of g, and of |g|^2, per group
-    squares, projections, census, direction = dict.fromkeys(sums, 0.0), {g: [] for g in sums}, [], None
+    groups = [*chains.CLASSES, "derailed", "noise_clean", "all", "noise", "kept", "clean", "kept_clean"]
+    sums = {g: {"full": 0.0, "trunk": 0.0} for g in groups}         # running sums of g, per group and part
+    squares = {g: {"full": [], "trunk": []} for g in groups}        # |g|^2 of every batch
+    projections, census, direction, derailed_share = {g: [] for g in groups}, [], None, []
     n_direction = args.snr_batches // 3
     for k in range(args.snr_batches):
         chunk = [rows[i] for i in range(k * P, (k + 1) * P)]
         batch = rollout.score(rollout.sample_groups(model, tokenizer, image_processor, chunk, G,
                                                     [10_000 + k * P + i for i in range(P)], args.max_new_tokens, 1.0))
         classes = chains.label_batch(tokenizer, batch)                                   # (B, T)
+        derailed = torch.tensor([not chains.on_grammar(t) for t in batch["texts"]])      # (B,)
         adv = atrl.group_advantages(batch["rewards"], G)                                 # (B,)
         mask = batch["response_mask"] & ~batch["truncated"][:, None]                     # (B, T) as --mask_truncated 1
         model.eval()
         logp, entropy = rollout.token_logprobs(model, batch, batch["prompt_len"])       # (B, T) with grad
         n_tokens = mask.sum().clamp_min(1)
+        selections = {name: mask & (classes == c) for c, name in enumerate(chains.CLASSES)}
+        selections["derailed"] = mask & derailed[:, None]
+        selections["noise_clean"] = mask & chains.is_noise(classes) & ~derailed[:, None]
         grads = {}
-        for name, c in groups.items():
-            sel = mask & (classes == c)
-            if sel.any():
-                loss = -(adv[:, None] * logp * sel).sum() / n_tokens                    # class c's share of the loss
-                grads[name] = torch.cat([g.flatten() for g in torch.autograd.grad(loss, params, retain_graph=True)])
-            else:
-                grads[name] = torch.zeros(sum(p.numel() for p in params))
-        grads["all"] = sum(grads[n] for n in groups)
+        for name, sel in selections.items():  # each group's share of the loss -sum A log pi / N_tokens
+            loss = -(adv[:, None] * logp * sel).sum() / n_tokens
+            grads[name] = torch.cat([g.flatten() for g in torch.autograd.grad(loss, params, retain_graph=True,
+                                                                              allow_unused=False)])
+        grads["all"] = sum(grads[n] for n in chains.CLASSES)
         grads["noise"] = grads["filler"] + grads["grounded"]
         grads["kept"] = grads["all"] - grads["noise"]
+        grads["clean"] = grads["all"] - grads["derailed"]
+        grads["kept_clean"] = grads["clean"] - grads["noise_clean"]
         for g, vec in grads.items():
-            sums[g] = vec.clone() if sums[g] is None else sums[g] + vec
-            squares[g] += float(vec @ vec)
+            for part, v in (("full", vec), ("trunk", vec[trunk])):
+                sums[g][part] = sums[g][part] + v
+                squares[g][part].append(float(v @ v))
             if direction is not None:
                 projections[g].append(float(vec @ direction))
         if k + 1 == n_direction:  # the useful direction, from batches the projections never see
-            direction = sums["all"] / sums["all"].norm().clamp_min(1e-30)
+            direction = sums["all"]["full"] / sums["all"]["full"].norm().clamp_min(1e-30)
+        derailed_share.append(float(derailed.float().mean()))
+        print(f"{warm}: batch {k + 1}/{args.snr_batches}, reward {float(batch['rewards'].mean()):.3f}, derailed "
+              f"{derailed_share[-1]:.1%}", flush=True)
         if k < args.census_batches:
             census.append(census_batch(model, image_processor, batch, classes, mask, entropy.detach(), logp.detach(), layers))
     K = args.snr_batches
     snr = {}
-    for g in sums:
-        noise = (squares[g] - float(sums[g] @ sums[g]) / K) / (K - 1)  # tr Cov, unbiased
+    for g in groups:
+        # tr Cov over batches, unbiased: (sum |g_k|^2 - |sum g_k|^2 / K) / (K - 1)
+        noise = {part: (sum(squares[g][part]) - float(sums[g][part] @ sums[g][part]) / K) / (K - 1)
+                 for part in ("full", "trunk")}
         mean, half = trials.interval(projections[g])
-        snr[g] = {"noise": noise, "signal": mean, "signal_ci": [mean - half, mean + half]}
+        snr[g] = {"noise": noise["full"], "noise_trunk": noise["trunk"], "squared_norms": squares[g]["full"],
+                  "signal": mean, "signal_ci": [mean - half, mean + half]}
     return {"warm": warm, "task": task, "snr": snr, "census": merge_census(census), "batches": K,
-            "direction_batches": n_direction}
+            "direction_batches": n_direction, "derailed_share": statistics.mean(derailed_share)}
 
 
 @torch.no_grad()
@@ -404,11 +423,11 @@ def census_table(keys):
     rows = ["| class | share | entropy (nats) | share of tokens >0.5 nats | rho | VPPO dependency | anchors "
             "| entropy top 20% | VPPO top 40% | atrl W (gain 2 / 4) | gradient noise | signal [95% CI] |",
             "|---|" + "---|" * 11]
-    for name in [*chains.CLASSES, "noise"]:
-        if name != "noise" and not all(name in gate0[k]["census"]["classes"] for k in keys):
+    for name in [*chains.CLASSES, "noise", "derailed"]:
+        if name in chains.CLASSES and not all(name in gate0[k]["census"]["classes"] for k in keys):
             continue
-        if name == "noise":
-            cells = ["filler + grounded", *["-"] * 9]
+        if name not in chains.CLASSES:
+            cells = ["filler + grounded" if name == "noise" else "derailed samples (any class)", *["-"] * 9]
         else:
             c = lambda key: mean(lambda m: m["census"]["classes"][name][key])  # noqa: E731
             cells = [name, f"{c('share'):.3f}", f"{c('entropy'):.3f}", f"{c('high_entropy_share'):.3f}",
@@ -446,9 +465,15 @@ if v3_measured:
               "of uniform's projection on the useful direction:", "", *census_table(v3_measured), ""]
     for k in gate0:
         ok, share, removed, sig = gate0_verdict(gate0[k])
-        ap = gate0[k]["census"]["anchor_precision"]
+        ap, snr = gate0[k]["census"]["anchor_precision"], gate0[k]["snr"]
+        trunk = 1 - snr["kept"]["noise_trunk"] / snr["all"]["noise_trunk"]
+        clean = 1 - snr["kept_clean"]["noise"] / snr["clean"]["noise"]
         lines.append(f"- {k}: filler + grounded carry {share:.1%} of uniform's noise on their own; masking them "
-                     f"removes {removed:.1%} of it; their signal is {sig:+.1%} of uniform's (95% CI "
+                     f"removes {removed:.1%} of it ({trunk:.1%} on the trunk without the embedding matrix; "
+                     f"{clean:.1%} of the noise of the {1 - gate0[k]['derailed_share']:.0%} of samples that stay on "
+                     f"the grammar, while the {gate0[k]['derailed_share']:.1%} that derail carry "
+                     f"{snr['derailed']['noise'] / snr['all']['noise']:.0%} of all noise); "
+                     f"their signal is {sig:+.1%} of uniform's (95% CI "
                      f"[{gate0[k]['snr']['noise']['signal_ci'][0] / gate0[k]['snr']['all']['signal']:+.0%}, "
                      f"{gate0[k]['snr']['noise']['signal_ci'][1] / gate0[k]['snr']['all']['signal']:+.0%}]); tokens "
                      f"below 0.01 nats {gate0[k]['census']['low_entropy_share']:.1%}, above 0.5 "

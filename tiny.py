@@ -31,6 +31,11 @@ about. The figures of a build (greedy accuracy and avg@4 with 95% intervals, rig
 guesses) are printed and saved in sft_report.json. Measured (2-core VM, one thread, n = 256): seeds 10, 11,
 12 took 175-195 s and gave greedy 0.230, 0.262, 0.246 (read right: the same), avg@4 0.35-0.39, lucky 0%.
 
+`--task visualmath-v3` (or -fixed, -fork; chains.py) makes lesson 3 the v3 chain, for 800 steps (at 400 the
+chain's copies still re-read the image: 15% of first steps disagreed with the read list and 30% of sampled
+right answers were lucky), with a tokenizer that also learns v3's text. Seed 0 (2-core VM shared with other
+work, load ~4: 1,247 s): greedy 0.234, avg@4 0.384, read right 0.23 (sampled 0.39), lucky 0% (sampled 5%).
+
 Where this departs from a real Qwen2.5-VL:
 1. Sizes are tiny and the tokenizer is ours (vocab 512). Its pre-tokenizer splits digits only, not words,
    so recurring phrases become single tokens: a grid prompt is ~45 tokens with its 16 image tokens, a
@@ -40,6 +45,7 @@ Where this departs from a real Qwen2.5-VL:
 
 Run:  python tiny.py                       # builds cache/tiny-qwen2.5-vl (skips if present), prints its figures
       python tiny.py --seed 3 --out D      # another warm start;  --force rebuilds;  ATRL_CACHE=dir moves cache/
+      python tiny.py --task visualmath-v3 --out D   # a v3 warm start (experiment_v3.py builds its own)
 Tests: pytest tests/test_tiny.py (random checkpoints and a few SFT steps only: the full build is not run there).
 """
 

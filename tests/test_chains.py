@@ -102,6 +102,19 @@ def test_token_classes_with_the_v3_tokenizer(v3_tokenizer):
                 assert c == chains.GROUNDED
 
 
+def test_a_lone_space_token_takes_the_class_of_the_word_after_it(v3_tokenizer):
+    found = 0
+    for ex in visualmath.make("visualmath-v3", 60, seed=9):
+        ids = v3_tokenizer(ex["response"], add_special_tokens=False)["input_ids"]
+        spans = chains.token_char_spans(v3_tokenizer, ids)
+        classes = chains.token_classes(chains.label_text(ex["response"]), spans, ex["response"])
+        for t, (a, b) in enumerate(spans[:-1]):
+            if ex["response"][a:b] == " ":
+                found += 1
+                assert classes[t] == classes[t + 1] == chains.GROUNDED, ex["response"]  # " " + "green ": a colour
+    assert found > 5                                                     # the tokenizer does split some colours
+
+
 def test_label_batch_pads_with_minus_one_and_follows_each_response(v3_tokenizer):
     texts = [ex["response"] for ex in visualmath.make("visualmath-v3", 3, seed=6)] + ["<answer>7</answer>"]
     ids = [v3_tokenizer(t + "<|im_end|>", add_special_tokens=False)["input_ids"] for t in texts]
@@ -114,7 +127,7 @@ def test_label_batch_pads_with_minus_one_and_follows_each_response(v3_tokenizer)
     classes = chains.label_batch(v3_tokenizer, {"input_ids": input_ids, "response_mask": mask, "prompt_len": P})
     assert classes.shape == (4, T) and ((classes == -1) == ~mask).all()
     for b, text in enumerate(texts):
-        expected = chains.token_classes(chains.label_text(text), chains.token_char_spans(v3_tokenizer, ids[b]))
+        expected = chains.token_classes(chains.label_text(text), chains.token_char_spans(v3_tokenizer, ids[b]), text)
         assert classes[b, :len(ids[b])].tolist() == expected
     assert classes[3, :len(ids[3])].tolist().count(chains.ARITHMETIC) == 1 and classes[3, len(ids[3]) - 1] == chains.OTHER
 

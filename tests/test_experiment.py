@@ -86,8 +86,12 @@ def gate0_json(removed, signal_ci):
     snr["all"] = {"noise": 10.0, "signal": 1.0, "signal_ci": [0.8, 1.2]}
     snr["kept"] = {"noise": 10.0 * (1 - removed), "signal": 1.0, "signal_ci": [0.8, 1.2]}
     snr["noise"] = {"noise": 10.0 * removed, "signal": sum(signal_ci) / 2, "signal_ci": signal_ci}
-    return {"snr": snr, "census": {"tokens": 100, "low_entropy_share": 0.5, "high_entropy_share": 0.2,
-                                   "classes": classes, "anchor_precision": {"perception": 0.5, "grounded": 0.6}}}
+    for name in ("derailed", "noise_clean", "clean", "kept_clean"):
+        snr[name] = {"noise": 5.0, "signal": 0.5, "signal_ci": [0.4, 0.6]}
+    for v in snr.values():
+        v["noise_trunk"] = v["noise"] / 2
+    return {"snr": snr, "derailed_share": 0.1, "census": {"tokens": 100, "low_entropy_share": 0.5,
+            "high_entropy_share": 0.2, "classes": classes, "anchor_precision": {"perception": 0.5, "grounded": 0.6}}}
 
 
 def v3_run(tmp_path, name, curve):
