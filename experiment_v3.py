@@ -41,9 +41,8 @@ import time
 
 import torch
 
-import atrl
 import chains
-import connectivity
+import dilution  # gate 0's measurement
 import eval as eval_py  # model loading, train.py logs
 import rollout
 import trials
@@ -79,126 +78,10 @@ torch.set_num_threads(1)
 TASKS = {"v3": "visualmath-v3", "fixed": "visualmath-v3-fixed", "fork": "visualmath-v3-fork"}
 G, P = 8, 16  # train.py's group size and prompts per step: gate 0 measures the batches RL would see
 
-# --------------------------------------------------------------------------------------------------
-# Gate 0: the census and the per-class gradient noise of one warm start (run as a subprocess per warm start)
-# --------------------------------------------------------------------------------------------------
-
-
-def measure(warm, task):
-    """{census: per class share / entropy / rho / dependency / picked-by-selector, snr: per group noise and signal}.
-
-    Groups: each token class; "derailed", every token of the samples that left the grammar (chains.on_grammar);
-    "noise_clean", the filler and descriptions of the samples that did not; and sums of those: all (uniform's
-    gradient), noise (filler + grounded), kept (all - noise: what the oracle mask trains on), clean (all -
-    derailed), kept_clean (clean - noise_clean). Noise is also measured on the trunk alone (every trainable
-    parameter but the embedding matrix, which is tied to the LM head and holds one row per token)."""
-    cpu = torch.device("cpu")
-    model, tokenizer, image_processor = eval_py.load_model(warm, cpu, "float32")
-    model.model.visual.requires_grad_(False)                        # as train.py (--freeze_vision 1)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    params = [p for _, p in named]
-    trunk = torch.cat([torch.full((p.numel(),), "embed_tokens" not in n) for n, p in named])  # (N,) bool
-    rows = visualmath.make(task, P * args.snr_batches, seed=0)      # train.py's training split of RL seed 0
-    layers = list(connectivity.layer_band("middle", model.config.text_config.num_hidden_layers))
-    groups = [*chains.CLASSES, "derailed", "noise_clean", "all", "noise", "kept", "clean", "kept_clean"]
-    sums = {g: {"full": 0.0, "trunk": 0.0} for g in groups}         # running sums of g, per group and part
-    squares = {g: {"full": [], "trunk": []} for g in groups}        # |g|^2 of every batch
-    projections, census, direction, derailed_share = {g: [] for g in groups}, [], None, []
-    n_direction = args.snr_batches // 3
-    for k in range(args.snr_batches):
-        chunk = [rows[i] for i in range(k * P, (k + 1) * P)]
-        batch = rollout.score(rollout.sample_groups(model, tokenizer, image_processor, chunk, G,
-                                                    [10_000 + k * P + i for i in range(P)], args.max_new_tokens, 1.0))
-        classes = chains.label_batch(tokenizer, batch)                                   # (B, T)
-        derailed = torch.tensor([not chains.on_grammar(t) for t in batch["texts"]])      # (B,)
-        adv = atrl.group_advantages(batch["rewards"], G)                                 # (B,)
-        mask = batch["response_mask"] & ~batch["truncated"][:, None]                     # (B, T) as --mask_truncated 1
-        model.eval()
-        logp, entropy = rollout.token_logprobs(model, batch, batch["prompt_len"])       # (B, T) with grad
-        n_tokens = mask.sum().clamp_min(1)
-        selections = {name: mask & (classes == c) for c, name in enumerate(chains.CLASSES)}
-        selections["derailed"] = mask & derailed[:, None]
-        selections["noise_clean"] = mask & chains.is_noise(classes) & ~derailed[:, None]
-        grads = {}
-        for name, sel in selections.items():  # each group's share of the loss -sum A log pi / N_tokens
-            loss = -(adv[:, None] * logp * sel).sum() / n_tokens
-            grads[name] = torch.cat([g.flatten() for g in torch.autograd.grad(loss, params, retain_graph=True,
-                                                                              allow_unused=False)])
-        grads["all"] = sum(grads[n] for n in chains.CLASSES)
-        grads["noise"] = grads["filler"] + grads["grounded"]
-        grads["kept"] = grads["all"] - grads["noise"]
-        grads["clean"] = grads["all"] - grads["derailed"]
-        grads["kept_clean"] = grads["clean"] - grads["noise_clean"]
-        for g, vec in grads.items():
-            for part, v in (("full", vec), ("trunk", vec[trunk])):
-                sums[g][part] = sums[g][part] + v
-                squares[g][part].append(float(v @ v))
-            if direction is not None:
-                projections[g].append(float(vec @ direction))
-        if k + 1 == n_direction:  # the useful direction, from batches the projections never see
-            direction = sums["all"]["full"] / sums["all"]["full"].norm().clamp_min(1e-30)
-        derailed_share.append(float(derailed.float().mean()))
-        print(f"{warm}: batch {k + 1}/{args.snr_batches}, reward {float(batch['rewards'].mean()):.3f}, derailed "
-              f"{derailed_share[-1]:.1%}", flush=True)
-        if k < args.census_batches:
-            census.append(census_batch(model, image_processor, batch, classes, mask, entropy.detach(), logp.detach(), layers))
-    K = args.snr_batches
-    snr = {}
-    for g in groups:
-        # tr Cov over batches, unbiased: (sum |g_k|^2 - |sum g_k|^2 / K) / (K - 1)
-        noise = {part: (sum(squares[g][part]) - float(sums[g][part] @ sums[g][part]) / K) / (K - 1)
-                 for part in ("full", "trunk")}
-        mean, half = trials.interval(projections[g])
-        snr[g] = {"noise": noise["full"], "noise_trunk": noise["trunk"], "squared_norms": squares[g]["full"],
-                  "signal": mean, "signal_ci": [mean - half, mean + half]}
-    return {"warm": warm, "task": task, "snr": snr, "census": merge_census(census), "batches": K,
-            "direction_batches": n_direction, "derailed_share": statistics.mean(derailed_share)}
-
-
-@torch.no_grad()
-def census_batch(model, image_processor, batch, classes, mask, entropy, logp, layers):
-    """Per-token tensors of one batch, flattened over its valid tokens: class, entropy, rho, VPPO dependency, and
-    which tokens each selector picks (AT-RL's anchors, entropy's top 20%, VPPO's top 40%) and W of atrl at gain 2, 4."""
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")}
-    patterns, rho = connectivity.image_attention(model, inputs, batch["full_response_mask"], layers=layers)
-    T = classes.shape[1]
-    patterns, rho = patterns[:, :T].float(), rho[:, :T].float()                          # (B, T, V), (B, T)
-    perturbed = rollout.token_logprobs(model, rollout.blacken_patches(batch, image_processor), batch["prompt_len"])[0]
-    dependency = atrl.visual_dependency(logp, perturbed)                                 # (B, T)
-    keys = batch["keys"].tolist()
-    out = {"class": classes[mask], "entropy": entropy[mask], "rho": rho[mask], "dependency": dependency[mask],
-           "anchor": atrl.select_anchors(rho, mask, 0.15)[mask],
-           "entropy_top": atrl.top_fraction(entropy, mask, 0.2)[mask],
-           "vppo_top": atrl.top_fraction(dependency, mask, 0.4)[mask]}
-    for gain in (2.0, 4.0):
-        out[f"w_atrl{gain:g}"] = atrl.token_weights(patterns, rho, mask, "atrl", gain=gain, seed=keys)[mask]
-    return out
-
-
-def merge_census(parts):
-    """Per class: share of tokens, mean entropy / rho / dependency / atrl W, share picked by each selector; plus
-    the precision of AT-RL's anchors against the perception tokens and against every grounded token."""
-    cat = {k: torch.cat([p[k].float() for p in parts]) for k in parts[0]}
-    n = len(cat["class"])
-    out = {"tokens": n, "low_entropy_share": float((cat["entropy"] < 0.01).float().mean()),
-           "high_entropy_share": float((cat["entropy"] > 0.5).float().mean()), "classes": {}}
-    for c, name in enumerate(chains.CLASSES):
-        sel = cat["class"] == c
-        if sel.any():
-            out["classes"][name] = {"share": float(sel.float().mean()), "high_entropy_share": float(
-                ((cat["entropy"] > 0.5) & sel).float().sum() / n),
-                **{k: float(cat[k][sel].mean()) for k in ("entropy", "rho", "dependency", "w_atrl2", "w_atrl4")},
-                **{f"picked_{k}": float(cat[k][sel].mean()) for k in ("anchor", "entropy_top", "vppo_top")}}
-    anchors, cls = cat["anchor"].bool(), cat["class"]
-    grounded = (cls == chains.PERCEPTION) | (cls == chains.GROUNDED)
-    out["anchor_precision"] = {"perception": float((cls[anchors] == chains.PERCEPTION).float().mean()),
-                               "grounded": float(grounded[anchors].float().mean())}
-    return out
-
-
-if args.measure:
+if args.measure:  # gate 0 of one warm start (dilution.py), as its own process so that two run side by side
     os.makedirs(os.path.join(args.out, "gate0"), exist_ok=True)
-    json.dump(measure(*args.measure), open(os.path.join(args.out, "gate0", os.path.basename(args.measure[0]) + ".json"), "w"), indent=1)
+    result = dilution.measure(*args.measure, args.snr_batches, args.census_batches, args.max_new_tokens, P, G)
+    json.dump(result, open(os.path.join(args.out, "gate0", os.path.basename(args.measure[0]) + ".json"), "w"), indent=1)
     sys.exit(0)
 
 # --------------------------------------------------------------------------------------------------
@@ -232,7 +115,7 @@ def run_grid(specs, warm_seeds, rl_seeds):
     jobs = [train_job(s, w, r) for s in specs for w in warm_seeds for r in rl_seeds
             if not trials.finished(run_dir(s, w, r), args.steps)]
     print(f"{len(jobs)} runs to do ({len(specs) * len(warm_seeds) * len(rl_seeds) - len(jobs)} finished)", flush=True)
-    trials.run_all(jobs, args.jobs)
+    started.extend(trials.run_all(jobs, args.jobs))
 
 
 def records(spec, w, r):
@@ -283,27 +166,28 @@ def arm_table(specs, pairs, base):
 # 0) Warm starts; Gate 0
 # --------------------------------------------------------------------------------------------------
 
-began = time.time()
+began, started = time.time(), []  # started: the jobs this invocation ran (none: every table from disk)
 os.makedirs(os.path.join(args.out, "gate0"), exist_ok=True)
 
 
 def build(pairs):
     """tiny.py --task ... for each (task, warm seed), skipping finished builds (tiny.py skips them itself too)."""
-    trials.run_all([(f"warm start {t} {w}", [sys.executable, "tiny.py", "--task", TASKS[t], "--seed", str(w), "--out",
-                                             warm_dir(t, w)], warm_dir(t, w) + ".txt") for t, w in pairs
-                    if not os.path.exists(os.path.join(warm_dir(t, w), "sft_report.json"))], args.jobs)
+    jobs = [(f"warm start {t} {w}", [sys.executable, "tiny.py", "--task", TASKS[t], "--seed", str(w), "--out",
+                                     warm_dir(t, w)], warm_dir(t, w) + ".txt")
+            for t, w in pairs if not os.path.exists(os.path.join(warm_dir(t, w), "sft_report.json"))]
+    started.extend(trials.run_all(jobs, args.jobs))
 
 
 # gate 0 measures every v3 warm start, and the first warm start of the two controls (not gated)
 measured = [("v3", w) for w in args.warm_seeds] + [("fixed", args.warm_seeds[0]), ("fork", args.warm_seeds[0])]
 if not args.skip_training:
     build(measured)
-    todo = [(t, w) for t, w in measured if not os.path.exists(os.path.join(args.out, "gate0", f"{t}-{w}.json"))]
-    trials.run_all([(f"gate 0 {t} {w}", [sys.executable, "experiment_v3.py", "--out", args.out, "--snr_batches",
-                                         str(args.snr_batches), "--census_batches", str(args.census_batches),
-                                         "--max_new_tokens", str(args.max_new_tokens), "--measure", warm_dir(t, w),
-                                         TASKS[t]], os.path.join(args.out, "gate0", f"{t}-{w}.txt")) for t, w in todo],
-                   args.jobs)
+    jobs = [(f"gate 0 {t} {w}", [sys.executable, "experiment_v3.py", "--out", args.out, "--snr_batches",
+                                 str(args.snr_batches), "--census_batches", str(args.census_batches), "--max_new_tokens",
+                                 str(args.max_new_tokens), "--measure", warm_dir(t, w), TASKS[t]],
+             os.path.join(args.out, "gate0", f"{t}-{w}.txt"))
+            for t, w in measured if not os.path.exists(os.path.join(args.out, "gate0", f"{t}-{w}.json"))]
+    started.extend(trials.run_all(jobs, args.jobs))
 gate0 = {f[:-5]: json.load(open(os.path.join(args.out, "gate0", f))) for f in sorted(os.listdir(os.path.join(args.out, "gate0")))
          if f.endswith(".json")}
 sft = {f"{t}-{w}": json.load(open(os.path.join(warm_dir(t, w), "sft_report.json"))) for t in ("v3", "fixed", "fork")
@@ -379,7 +263,7 @@ for spec in G1_V3 + G1_FIXED + MAIN:
         name, ckpt = os.path.basename(run_dir(spec, w, r)), os.path.join(run_dir(spec, w, r), f"checkpoint-{args.steps}")
         if name not in drift and os.path.isdir(ckpt):
             drift[name] = class_entropy(ckpt, TASKS[spec[0]])
-        if f"warm-{spec[0]}-{w}" not in drift and os.path.isdir(warm_dir(spec[0], w)):
+        if name in drift and f"warm-{spec[0]}-{w}" not in drift and os.path.isdir(warm_dir(spec[0], w)):
             drift[f"warm-{spec[0]}-{w}"] = class_entropy(warm_dir(spec[0], w), TASKS[spec[0]])
 json.dump(drift, open(drift_path, "w"), indent=1)
 
@@ -444,7 +328,8 @@ def census_table(keys):
 
 lines = ["# Does AT-RL work where credit is diluted? VisualMath v3", "",
          f"Command: `python experiment_v3.py {' '.join(sys.argv[1:])}`"
-         + (" -- tables rebuilt from what is on disk." if args.skip_training else f"; wall time {minutes:.0f} min."), "",
+         + (f"; wall time {minutes:.0f} min." if started else " -- every build, measurement and run was on disk: "
+            "tables only (README: what each took)."), "",
          f"Fixed before any run: warm starts {args.warm_seeds} per task (tiny.py --task ...), gate 1 RL seeds "
          f"{args.rl_seeds} ({len(pairs1)} pairs), main RL seeds {args.main_rl_seeds} ({len(pairs2)} pairs), {args.steps} "
          f"steps, evaluation every {args.eval_every} steps on {args.eval_size} held-out questions (greedy, avg@4 at "
@@ -484,7 +369,7 @@ if v3_measured:
               "grounded removes >= 50% of uniform's gradient noise, and their signal's interval holds 0)."]
 lines += ["", "## Gate 1: can perfect selection use it? (the positive control)", ""]
 if gate1_pass is None:
-    lines.append("Not run (gate 0 failed, or stopped before)." if not gate0_pass else "Not run yet.")
+    lines.append("Not run: gate 0 failed, so there is no dilution for an oracle to use." if not gate0_pass else "Not run yet.")
 else:
     plot(G1_V3 + G1_FIXED, pairs1, os.path.join(args.out, "gate1_curves.png"), "gate 1")
     lines += ["With filler (v3), every run against uniform at 1x:", "", *arm_table(G1_V3, pairs1, G1_V3[0]), "",
@@ -502,7 +387,8 @@ else:
 lines += ["", "## The main comparison", ""]
 main_done = [s for s in MAIN if any(records(s, w, r) for w, r in pairs2)]
 if not gate1_pass or not main_done:
-    lines.append("Not run: gate 1 did not pass." if gate1_pass is False else "Not run yet.")
+    lines.append("Not run: gate 1 did not pass." if gate1_pass is False else
+                 "Not run: gate 0 failed." if not gate0_pass else "Not run yet.")
 else:
     plot(MAIN, pairs2, os.path.join(args.out, "main_curves.png"), "main")
     atrl_spec = MAIN[2]

@@ -13,7 +13,8 @@ import chains
 import tiny
 import visualmath
 
-NAMES = ["teacher_chain", "piece_classes", "read_list_spans", "label_text", "token_classes", "class_means"]
+NAMES = ["teacher_chain", "piece_classes", "read_list_spans", "label_text", "token_classes", "class_means",
+         "on_grammar"]
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,7 @@ def test_label_text_agrees_with_the_teacher_on_every_character():
         text, pieces = chains.teacher_chain(values, shapes, rng, chains.VARIANTS[i % 3], pair_slip=0.5)
         assert text == "".join(p for p, _ in pieces)
         assert chains.label_text(text) == chains.piece_classes(pieces), text
+        assert chains.on_grammar(text) == (len(values) >= 1 and len(shapes) <= 3), text  # the teacher never derails
 
 
 def test_every_class_is_where_the_grammar_puts_it():

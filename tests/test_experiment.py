@@ -140,3 +140,23 @@ def test_v3_gates_from_synthetic_measurements_and_logs(tmp_path):
     # a filler that carries too little noise fails gate 0 (on one warm start is enough)
     (tmp_path / "gate0" / "v3-1.json").write_text(json.dumps(gate0_json(0.4, [-0.05, 0.04])))
     assert "**Gate 0: FAIL**" in run_v3(tmp_path)
+
+
+# --- dilution.py: gate 0's measurement on a real (tiny) policy --------------------------------------------------
+
+def test_gradient_parts_add_up_and_noise_is_a_variance(warm_checkpoint):
+    """On the v1-warmed fixture asked v3 questions (its samples never follow v3's grammar): the class parts of
+    the gradient add up to uniform's, every noise is >= 0, and a second measurement gives the same numbers."""
+    import dilution
+    kwargs = dict(batches=3, census_batches=1, max_new_tokens=16, prompts=2, group=4)
+    m = dilution.measure(warm_checkpoint, "visualmath-v3", **kwargs)
+    snr = m["snr"]
+    close = lambda a, b: abs(a - b) <= 1e-5 * max(1e-3, abs(b))  # noqa: E731  (sums in another order)
+    assert m["derailed_share"] == 1.0                                   # all of it: one group, measured twice
+    assert close(snr["derailed"]["signal"], snr["all"]["signal"]) and close(snr["derailed"]["noise"], snr["all"]["noise"])
+    assert all(v["noise"] >= 0 and v["noise_trunk"] >= 0 for v in snr.values())
+    parts = sum(snr[c]["signal"] for c in ("perception", "grounded", "fork", "arithmetic", "copy", "filler", "other"))
+    assert close(parts, snr["all"]["signal"]) and close(snr["kept"]["signal"] + snr["noise"]["signal"], parts)
+    assert len(snr["all"]["squared_norms"]) == 3 and snr["all"]["noise"] > 0
+    assert abs(sum(c["share"] for c in m["census"]["classes"].values()) - 1) < 1e-6
+    assert dilution.measure(warm_checkpoint, "visualmath-v3", **kwargs)["snr"] == snr
