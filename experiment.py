@@ -21,7 +21,8 @@ are tested in kind, not in size. Q1/Q2 and C1/C2 use teacher-forced reference re
 tokens are known exactly); C2 compares each warm start with its first uniform run's last checkpoint.
 
 Run (results/ is rewritten -- --quick writes results/quick/ instead, so it never replaces the full experiment;
-warm starts are built into <out>/warm/ once and reused):
+warm starts are built into <out>/warm/ once and reused, and a run whose log holds its last evaluation is skipped,
+so an interrupted experiment continues where it stopped: trials.py):
     python experiment.py                  # 3 warm starts x 2 RL seeds x 8 arms, 20 steps each (README: wall time)
     python experiment.py --quick          # 1 warm start x 2 RL seeds x 4 arms (uniform, atrl, vppo, entropy),
                                           # 10 steps: the shape of the answer in ~1/8 of the time, no C4 / ablations

@@ -265,7 +265,8 @@ for spec in G1_V3 + G1_FIXED + MAIN:
             drift[name] = class_entropy(ckpt, TASKS[spec[0]])
         if name in drift and f"warm-{spec[0]}-{w}" not in drift and os.path.isdir(warm_dir(spec[0], w)):
             drift[f"warm-{spec[0]}-{w}"] = class_entropy(warm_dir(spec[0], w), TASKS[spec[0]])
-json.dump(drift, open(drift_path, "w"), indent=1)
+if drift:
+    json.dump(drift, open(drift_path, "w"), indent=1)
 
 
 def drift_of(spec, pairs, cls="filler"):
@@ -304,7 +305,7 @@ def census_table(keys):
     share of uniform's gradient noise and of its signal (with the signal's interval, as a share too)."""
     def mean(get):
         return statistics.mean(get(gate0[k]) for k in keys)
-    rows = ["| class | share | entropy (nats) | share of tokens >0.5 nats | rho | VPPO dependency | anchors "
+    rows = ["| class | share | entropy (nats) | >0.5 nats (share of all tokens) | rho | VPPO dependency | anchors "
             "| entropy top 20% | VPPO top 40% | atrl W (gain 2 / 4) | gradient noise | signal [95% CI] |",
             "|---|" + "---|" * 11]
     for name in [*chains.CLASSES, "noise", "derailed"]:
@@ -348,7 +349,7 @@ if v3_measured:
               f"{gate0[v3_measured[0]]['census']['tokens']} tokens each); 'anchors' etc. = share of the class each "
               "selector picks; gradient noise = the class's share of tr Cov of uniform's gradient, signal = its share "
               "of uniform's projection on the useful direction:", "", *census_table(v3_measured), ""]
-    for k in gate0:
+    for k in sorted(gate0, key=lambda k: (not k.startswith("v3-"), k)):  # the gated warm starts first
         ok, share, removed, sig = gate0_verdict(gate0[k])
         ap, snr = gate0[k]["census"]["anchor_precision"], gate0[k]["snr"]
         trunk = 1 - snr["kept"]["noise_trunk"] / snr["all"]["noise_trunk"]
@@ -362,11 +363,13 @@ if v3_measured:
                      f"[{gate0[k]['snr']['noise']['signal_ci'][0] / gate0[k]['snr']['all']['signal']:+.0%}, "
                      f"{gate0[k]['snr']['noise']['signal_ci'][1] / gate0[k]['snr']['all']['signal']:+.0%}]); tokens "
                      f"below 0.01 nats {gate0[k]['census']['low_entropy_share']:.1%}, above 0.5 "
-                     f"{gate0[k]['census']['high_entropy_share']:.1%}; AT-RL's anchors hit perception "
-                     f"{ap['perception']:.2f}, any grounded token {ap['grounded']:.2f}" + ("" if k.startswith("v3") else
-                                                                                      " (control, not gated)"))
+                     f"{gate0[k]['census']['high_entropy_share']:.1%}; AT-RL's anchors (15% of tokens) are perception "
+                     f"tokens {ap['perception']:.0%} of the time, grounded ones (perception or description) "
+                     f"{ap['grounded']:.0%}" + ("" if k.startswith("v3") else " (control, not gated)"))
     lines += ["", f"**Gate 0: {'PASS' if gate0_pass else 'FAIL'}** (needs, on every v3 warm start: masking filler + "
               "grounded removes >= 50% of uniform's gradient noise, and their signal's interval holds 0)."]
+    for k in (k for k in gate0 if not k.startswith("v3-")):
+        lines += ["", f"Control {k} ({gate0[k]['task']}, not gated):", "", *census_table([k])]
 lines += ["", "## Gate 1: can perfect selection use it? (the positive control)", ""]
 if gate1_pass is None:
     lines.append("Not run: gate 0 failed, so there is no dilution for an oracle to use." if not gate0_pass else "Not run yet.")
