@@ -18,7 +18,7 @@ Three tasks, one schema (data.UNIFIED_FEATURES):
     visualmath-v3   v2's grid, question and answer; the chain lists the digits it reads, computes with copies
                     of them and wraps that in free-form filler and a useless shape description (chains.py):
                     <think>Okay. I see 3, 5, 2, 7. There is a red circle. Adding up: 3+5=8; then ...
-                    perception = 4 of ~60 tokens (~7%); -fixed (no filler noise) and -fork (a strategy that
+                    perception = 4 of ~54 tokens (~7%); -fixed (no filler noise) and -fork (a strategy that
                     matters) are its controls
 
 The teacher (SFT only, tiny.py). `grid_example(..., slip=p)` writes the reference response of an
