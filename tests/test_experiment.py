@@ -90,7 +90,7 @@ def gate0_json(removed, signal_ci):
         snr[name] = {"noise": 5.0, "signal": 0.5, "signal_ci": [0.4, 0.6]}
     for v in snr.values():
         v["noise_trunk"] = v["noise"] / 2
-    return {"snr": snr, "derailed_share": 0.1, "census": {"tokens": 100, "low_entropy_share": 0.5,
+    return {"task": "visualmath-v3", "snr": snr, "derailed_share": 0.1, "census": {"tokens": 100, "low_entropy_share": 0.5,
             "high_entropy_share": 0.2, "classes": classes, "anchor_precision": {"perception": 0.5, "grounded": 0.6}}}
 
 
