@@ -65,6 +65,18 @@ Where we guess, because the paper is silent (the defaults are ours; most are arg
      image with half its patches blackened, and scales each response's advantage by its mean dependency
      (min-max normalised over the batch, mean factor 1); `entropy` keeps the top 20% by the policy's entropy.
      Both count ceil(frac * n) tokens, as their code does.
+ 10. Oracle arms (ours, for VisualMath v3 where every token's class is known, chains.py): `oracle_mask` zeroes
+     the tokens known not to change the answer (`noise`: filler, useless descriptions), `oracle_up` lifts the
+     perception tokens by gain (`tokens` with perfect anchors), `oracle` does both; `random_mask` zeroes as many
+     tokens as oracle_mask at random places (the `noise` mask shuffled). All rescaled to mean 1 like atrl, so
+     they bound what a selector of perception tokens can gain at the same update size.
+     >>> mask, perception = torch.ones(1, 4, dtype=torch.bool), torch.tensor([[True, False, False, False]])
+     >>> noise = torch.tensor([[False, True, True, False]])
+     >>> for mode in ("oracle_mask", "oracle_up", "oracle"):
+     ...     print(mode, token_weights(None, None, mask, mode, perception=perception, noise=noise))
+     oracle_mask tensor([[2., 0., 0., 2.]])
+     oracle_up tensor([[1.6000, 0.8000, 0.8000, 0.8000]])
+     oracle tensor([[2.6667, 0.0000, 0.0000, 1.3333]])
 
 References: AT-RL, arXiv 2602.11455 (A_AT = W(C_k) A); GRPO, Shao et al. 2024 (DeepSeekMath, outcome supervision);
 VPPO, Huang et al. 2025, arXiv 2510.09285 (github.com/huaixuheqing/VPPO-RL, verl/workers/actor/dp_actor.py);
@@ -78,8 +90,10 @@ import torch
 
 import clustering
 
-MODES = ("uniform", "atrl", "tokens", "anchor_only", "low_only", "random", "vppo", "entropy")
+MODES = ("uniform", "atrl", "tokens", "anchor_only", "low_only", "random", "vppo", "entropy",
+         "oracle", "oracle_mask", "oracle_up", "random_mask")
 PROBE_MODES = ("atrl", "tokens", "anchor_only", "low_only", "random")  # the arms whose W needs the attention probe
+CLASS_MODES = ("oracle", "oracle_mask", "oracle_up", "random_mask")    # the arms whose W needs known token classes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -354,12 +368,13 @@ def vppo_shaping(dependency, mask, beta_min=0.8):
 @torch.no_grad()
 def token_weights_with_stats(patterns, rho, mask, mode="atrl", anchor_frac=0.15, gain=2.0, k=0,
                              resolution=1.0, seed=0, entropy=None, dependency=None, select_frac=None,
-                             beta_min=0.8):
+                             beta_min=0.8, perception=None, noise=None):
     """token_weights plus a dict of floats for logging (anchor_frac, clusters, W_mean, W_max, W_anchor_mean).
 
     The peer arms take their own signal instead of the probe's (patterns and rho may be None): `entropy`
     (B, T) the policy's per-token entropy (mode "entropy"), `dependency` (B, T) visual_dependency (mode
-    "vppo"); select_frac = the share of tokens they keep (None: their papers' 0.2 and 0.4).
+    "vppo"); select_frac = the share of tokens they keep (None: their papers' 0.2 and 0.4). The oracle arms
+    (CLASS_MODES) take the known classes: `perception` and `noise` bool (B, T) (guess 10 above).
     clusters = mean number of clusters per non-empty response (0 for modes that do not cluster);
     anchor_frac = the share of tokens selected (anchors, or the peer arms' kept tokens);
     W_anchor_mean = mean W over those tokens (how much they are lifted).
@@ -374,6 +389,10 @@ def token_weights_with_stats(patterns, rho, mask, mode="atrl", anchor_frac=0.15,
         anchors = top_fraction(entropy, mask, 0.2 if select_frac is None else select_frac)  # (B, T)
     elif mode == "vppo":
         anchors = top_fraction(dependency, mask, 0.4 if select_frac is None else select_frac)  # (B, T)
+    elif mode in CLASS_MODES:
+        if perception is None or noise is None:
+            raise ValueError(f"mode={mode!r} needs the token classes: perception and noise (B, T) bool masks")
+        anchors, noise = perception.bool() & mask, noise.bool() & mask  # the tokens the oracle knows matter
     elif mode == "uniform" and rho is None:
         anchors = torch.zeros_like(mask)                             # plain GRPO needs no probe at all
     else:
@@ -411,6 +430,18 @@ def token_weights_with_stats(patterns, rho, mask, mode="atrl", anchor_frac=0.15,
         # High-entropy minority (arXiv 2506.01939; TRL's top_entropy_quantile): only the top 20% of each
         # response's tokens by the policy's entropy carry the gradient, unrescaled.
         W = anchors.float()
+    elif mode == "oracle_mask":
+        # Oracle control (ours): no gradient through the tokens known not to change the answer.
+        W = _mean_one((~noise).float(), maskf)
+    elif mode == "oracle_up":
+        # Oracle control (ours): `tokens` with perfect anchors -- the perception tokens lifted by gain.
+        W = _mean_one(1.0 + (gain - 1.0) * anchors.float(), maskf)
+    elif mode == "oracle":
+        # Oracle control (ours): both -- what a perfect selector of the perception tokens could do.
+        W = _mean_one((1.0 + (gain - 1.0) * anchors.float()) * (~noise).float(), maskf)
+    elif mode == "random_mask":
+        # Control for oracle_mask (ours): as many tokens masked, at random places -- which tokens, or how many?
+        W = _mean_one(1.0 - _shuffle_within(noise.float(), mask, seed), maskf)
     valid = W[mask]
     on_anchors = W[anchors]
     stats = dict(anchor_frac=float(anchors.sum() / mask.sum().clamp_min(1)), clusters=n_clusters,
@@ -420,14 +451,16 @@ def token_weights_with_stats(patterns, rho, mask, mode="atrl", anchor_frac=0.15,
     return W, stats
 
 
-def token_weights(patterns, rho, mask, mode="atrl", anchor_frac=0.15, gain=2.0, k=0, resolution=1.0, seed=0):
-    """Per-token weight W (B, T) for each mode in MODES; padding gets 0. See the module docstring.
+def token_weights(patterns, rho, mask, mode="atrl", anchor_frac=0.15, gain=2.0, k=0, resolution=1.0, seed=0,
+                  perception=None, noise=None):
+    """Per-token weight W (B, T) for each mode in MODES but vppo / entropy; padding gets 0. See the module docstring.
 
     patterns (B, T, V) attention rows over image keys, rho (B, T) density, mask (B, T) valid response
     tokens. Every non-empty response's W has mean 1 over its valid tokens (except low_only when all its
     clusters hold anchors: then 0). Clustering runs on CPU; the result is on patterns.device.
     """
-    return token_weights_with_stats(patterns, rho, mask, mode, anchor_frac, gain, k, resolution, seed)[0]
+    return token_weights_with_stats(patterns, rho, mask, mode, anchor_frac, gain, k, resolution, seed,
+                                    perception=perception, noise=noise)[0]
 
 
 def token_advantages(adv, W):

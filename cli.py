@@ -14,8 +14,9 @@ and a bad one stops the program with one line in argparse's style, never a trace
 
     train.py: error: --lr -1.0: must be > 0 (1e-4 for the tiny model, ~1e-6 for 3B)
 
-Paths must exist or look like a hub id (owner/name) -- checked here, before a 30-second network retry could
-tell the user less. Run: `python train.py --help`, `python eval.py --help`; tests: tests/test_runs.py.
+Paths must exist or look like a hub id (owner/name) -- checked here (a --model in runs.check_model, which knows
+run folders), before a 30-second network retry could tell the user less. Run: `python train.py --help`,
+`python eval.py --help`; tests: tests/test_runs.py.
 """
 import argparse
 import ast
@@ -26,6 +27,10 @@ import os
 import re
 import textwrap
 import tokenize
+
+# Where --model "" points: the embedded default model, built by tiny.py (and by the first `python train.py`)
+TINY_MODEL_DIR = os.path.join(os.environ.get("ATRL_CACHE", os.path.join(os.path.dirname(os.path.abspath(__file__)), "cache")),
+                              "tiny-qwen2.5-vl")
 
 # --------------------------------------------------------------------------------------------------
 # argparse from a config dataclass, help from its comments, one-line errors
@@ -95,30 +100,15 @@ def check(prog, cfg, rules):
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
-def _hub_shaped(value):
+def hub_shaped(value):
     """True if `value` can only be a hub id: owner/name shape, not a data file, no local folder it starts in."""
     return (_HUB_ID.fullmatch(value) is not None and not value.endswith((".parquet", ".json", ".jsonl"))
             and not os.path.isdir(value.split("/")[0]))
 
 
-def check_model(prog, flag, value):
-    """A --model value must be "" (the tiny default), a from_pretrained dir (with config.json), or a hub id."""
-    if not value:
-        return
-    if os.path.isdir(value):
-        if not os.path.exists(os.path.join(value, "config.json")):
-            import runs  # a run folder? point at its newest checkpoint (runs imports this file: import here)
-            newest = runs.newest_checkpoint_name(value)
-            hint = f"did you mean {os.path.join(value, newest)}?" if newest else "pass a from_pretrained checkpoint dir"
-            config_error(prog, f"--{flag} {value!r}: the folder holds no config.json; {hint}")
-    elif not _hub_shaped(value):
-        config_error(prog, f"--{flag} {value!r}: no such folder, and not a hub id (owner/name): pass a checkpoint "
-                           "dir holding config.json (runs/default/checkpoint-40) or e.g. Qwen/Qwen2.5-VL-3B-Instruct")
-
-
 def check_data(prog, flag, value, builtin=()):
     """A dataset value must be built in (`builtin`), an existing file/folder, or a hub id (owner/name)."""
-    if value in builtin or os.path.exists(value) or _hub_shaped(value):
+    if value in builtin or os.path.exists(value) or hub_shaped(value):
         return
     names = [b for b in builtin if b]  # "" (nothing) is allowed but is no name to suggest
     config_error(prog, f"--{flag} {value!r}: no such file or folder, and not a hub id (owner/name): pass "

@@ -69,7 +69,7 @@ import visualmath
 @dataclass
 class EvalConfig:
     # What to evaluate
-    model: str = ""                 # checkpoint dir or hub id; "" = the embedded tiny model (tiny.DEFAULT_DIR)
+    model: str = ""                 # checkpoint dir or hub id; "" = the embedded tiny model (built by tiny.py)
     benchmark: str = "visualmath"   # comma-separated: visualmath | hub dataset | local .parquet/.json/.jsonl/folder
     schema: str = ""                # geometry3k | mathvista | mathverse | virl39k; "" = detect from the columns
     split: str = ""                 # hub split (or file-name filter in a folder); "" = the benchmark's default
@@ -110,7 +110,7 @@ def parse_config(argv=None):
     """EvalConfig from the command line (cli.parse_config: --help lines are the comments above), every value
     checked up front; a bad one stops with one line naming it and what to do."""
     cfg = cli.parse_config(EvalConfig, __doc__.split("\n")[0], "eval.py", argv)
-    cli.check_model("eval.py", "model", cfg.model)
+    runs.check_model("eval.py", "model", cfg.model)
     for name in cfg.benchmark.split(",") if not (cfg.report or cfg.curves) else ():
         cli.check_data("eval.py", "benchmark", name, builtin=visualmath.TASKS)
     for path in cfg.curves.split(",") if cfg.curves else ():
@@ -155,9 +155,11 @@ def load_model(path, device, dtype="auto"):
     """(model in eval mode with sdpa attention -- the probe wraps it --, tokenizer, image_processor)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    if not path:
-        import tiny
-        path = tiny.ensure_tiny_model()
+    if not path:  # the embedded default (built by tiny.py, which measures itself with this file: no import here)
+        path = cli.TINY_MODEL_DIR
+        if not os.path.exists(os.path.join(path, "sft_report.json")):
+            cli.config_error("eval.py", f"--model '': the embedded tiny model is not built yet ({path}); run "
+                                        "python tiny.py first (~3 min), or pass --model")
     if dtype == "auto":
         dtype = "bfloat16" if device.type == "cuda" else "float32"
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, dtype),

@@ -21,7 +21,8 @@ are tested in kind, not in size. Q1/Q2 and C1/C2 use teacher-forced reference re
 tokens are known exactly); C2 compares each warm start with its first uniform run's last checkpoint.
 
 Run (results/ is rewritten -- --quick writes results/quick/ instead, so it never replaces the full experiment;
-warm starts are built into <out>/warm/ once and reused):
+warm starts are built into <out>/warm/ once and reused, and a run whose log holds its last evaluation is skipped,
+so an interrupted experiment continues where it stopped: trials.py):
     python experiment.py                  # 3 warm starts x 2 RL seeds x 8 arms, 20 steps each (README: wall time)
     python experiment.py --quick          # 1 warm start x 2 RL seeds x 4 arms (uniform, atrl, vppo, entropy),
                                           # 10 steps: the shape of the answer in ~1/8 of the time, no C4 / ablations
@@ -32,7 +33,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -43,6 +43,7 @@ import connectivity
 import eval as eval_py  # model loading and train.py logs
 import report  # token alignment, precision/recall, Otsu split, the teacher-forced batch
 import rollout
+import trials  # the grid of runs (skipping finished ones), paired intervals
 import visualmath
 
 # --------------------------------------------------------------------------------------------------
@@ -50,7 +51,8 @@ import visualmath
 # --------------------------------------------------------------------------------------------------
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-parser.add_argument("--arms", nargs="+", default=list(atrl.MODES), help="--weighting arms (uniform first)")
+parser.add_argument("--arms", nargs="+", default=[m for m in atrl.MODES if m not in atrl.CLASS_MODES],
+                    help="--weighting arms (uniform first; the oracle arms need v3: experiment_v3.py)")
 parser.add_argument("--warm_seeds", nargs="+", type=int, default=[0, 1, 2], help="tiny.py --seed of each warm start")
 parser.add_argument("--rl_seeds", nargs="+", type=int, default=[0, 1], help="train.py --seed of each run")
 parser.add_argument("--steps", type=int, default=20, help="RL steps per run (uniform leaves its start within 10)")
@@ -68,8 +70,6 @@ args.out = args.out or ("results/quick" if args.quick else "results")  # --quick
 assert args.arms[0] == "uniform", "--arms must start with uniform: every other arm is compared with it"
 os.makedirs(args.out, exist_ok=True)
 torch.set_num_threads(1)
-T_95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 11: 2.20,
-        12: 2.18, 13: 2.16, 14: 2.14, 15: 2.13, 20: 2.09, 30: 2.04}  # Student t, two-sided 95%, by degrees of freedom
 
 
 def warm_dir(seed):
@@ -80,20 +80,6 @@ def run_dir(arm, warm, rl):
     return os.path.join(args.out, "runs", f"{arm}-w{warm}-r{rl}")
 
 
-def run_all(commands):
-    """Run (name, argv, log path) jobs, `--jobs` at a time, one thread each; returns when all have exited."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
-    pending, running, t0 = list(commands), [], time.time()
-    while pending or running:
-        while pending and len(running) < args.jobs:
-            name, argv, log = pending.pop(0)
-            os.makedirs(os.path.dirname(log), exist_ok=True)
-            running.append((name, subprocess.Popen(argv, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)))
-        time.sleep(2)
-        for name, proc in list(running):
-            if proc.poll() is not None:
-                running.remove((name, proc))
-                print(f"[{time.time() - t0:6.0f}s] {name}: exit {proc.returncode}", flush=True)
 
 # --------------------------------------------------------------------------------------------------
 # 1) Warm starts and training runs
@@ -103,13 +89,16 @@ def run_all(commands):
 cells = [(arm, w, r) for arm in args.arms for w in args.warm_seeds for r in args.rl_seeds]
 began = time.time()
 if not args.skip_training:
-    run_all([(f"warm start {w}", [sys.executable, "tiny.py", "--seed", str(w), "--out", warm_dir(w)],
-              os.path.join(args.out, "warm", f"seed-{w}.txt")) for w in args.warm_seeds])
-    run_all([(f"{arm} warm {w} rl {r}",
-              [sys.executable, "train.py", "--model", warm_dir(w), "--seed", str(r), "--weighting", arm,
-               "--steps", str(args.steps), "--eval_every", str(args.eval_every), "--out_dir", run_dir(arm, w, r),
-               "--overwrite", "1", "--keep_checkpoints", "1", *args.train_args.split()],
-              os.path.join(run_dir(arm, w, r) + ".txt")) for arm, w, r in cells])
+    # tiny.py skips a finished build; a run whose log holds its last evaluation is skipped (trials.finished), so an
+    # interrupted experiment continues where it stopped
+    trials.run_all([(f"warm start {w}", [sys.executable, "tiny.py", "--seed", str(w), "--out", warm_dir(w)],
+                     os.path.join(args.out, "warm", f"seed-{w}.txt")) for w in args.warm_seeds], args.jobs)
+    trials.run_all([(f"{arm} warm {w} rl {r}",
+                     [sys.executable, "train.py", "--model", warm_dir(w), "--seed", str(r), "--weighting", arm,
+                      "--steps", str(args.steps), "--eval_every", str(args.eval_every), "--out_dir", run_dir(arm, w, r),
+                      "--overwrite", "1", "--keep_checkpoints", "1", *args.train_args.split()],
+                     os.path.join(run_dir(arm, w, r) + ".txt")) for arm, w, r in cells
+                    if not trials.finished(run_dir(arm, w, r), args.steps)], args.jobs)
 train_minutes = (time.time() - began) / 60
 
 
@@ -131,15 +120,6 @@ METRICS = {"greedy": "eval_accuracy", "avg@4": "eval_avg@4"}
 def evals(recs, key):
     """[(step, value)] of one run's evaluations, the one before RL at step 0."""
     return [(r["step"] + 1, r[key]) for r in recs if key in r]
-
-
-def interval(values):
-    """(mean, half-width of the 95% t-interval) of a list of values."""
-    if len(values) < 2:
-        return (values[0] if values else float("nan")), float("nan")
-    df = len(values) - 1
-    t = T_95.get(df) or T_95[max(k for k in T_95 if k <= df)]
-    return statistics.mean(values), t * statistics.stdev(values) / len(values) ** 0.5
 
 
 table = {}
@@ -283,7 +263,7 @@ def mean_sd(values):
 def paired(diffs):
     if not diffs:
         return "- | -"
-    mean, half = interval(diffs)
+    mean, half = trials.interval(diffs)
     return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] | {sum(d > 0 for d in diffs)}/{len(diffs)}"
 
 

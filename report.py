@@ -137,8 +137,7 @@ def report_batch(model, tokenizer, image_processor, rows, responses, max_new_tok
         batch = rollout.sample_groups(model, tokenizer, image_processor, rows, 1, list(range(len(rows))),
                                       max_new_tokens, temperature=0.0)
     else:
-        import tiny  # the SFT batch is exactly prompt + reference response + EOS, right-padded
-        batch = tiny.sft_batch(tokenizer, image_processor, rows)
+        batch = rollout.sft_batch(tokenizer, image_processor, rows)  # prompt + reference response + EOS, right-padded
         labelled = batch.pop("labels") != -100  # (B, S) response tokens
         P = int(labelled.float().argmax(1).min())
         batch["full_response_mask"] = labelled  # every prompt ends at column P, so the response starts there

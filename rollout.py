@@ -218,6 +218,30 @@ def encode_prompts(tokenizer, image_processor, images, questions, min_pixels=Non
                 pixel_values=vision["pixel_values"], image_grid_thw=grid)
 
 
+def sft_batch(tokenizer, image_processor, examples):
+    """Prompt (left-padded, from encode_prompts) + reference response + <|im_end|> (right-padded): tiny.py's SFT
+    batch, and the teacher-forced responses report.py and the experiments probe.
+
+    Returns the encode_prompts dict with input_ids/attention_mask/mm_token_type_ids extended to (B, P + R)
+    and labels (B, P + R): the response token ids, -100 on prompt and padding (loss on the response only).
+    """
+    enc = encode_prompts(tokenizer, image_processor, [e["image"] for e in examples], [e["question"] for e in examples])
+    responses = [tokenizer(e["response"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+                 for e in examples]
+    B, R = len(responses), max(len(r) for r in responses)
+    resp_ids = torch.full((B, R), tokenizer.pad_token_id, dtype=torch.long)  # (B, R)
+    resp_mask = torch.zeros((B, R), dtype=torch.long)  # (B, R)
+    for b, r in enumerate(responses):
+        resp_ids[b, :len(r)] = torch.tensor(r)
+        resp_mask[b, :len(r)] = 1
+    labels = torch.cat([torch.full_like(enc["input_ids"], -100), resp_ids.masked_fill(resp_mask == 0, -100)], 1)
+    enc["input_ids"] = torch.cat([enc["input_ids"], resp_ids], 1)  # (B, P + R)
+    enc["attention_mask"] = torch.cat([enc["attention_mask"], resp_mask], 1)  # (B, P + R)
+    enc["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(resp_ids)], 1)
+    enc["labels"] = labels  # (B, P + R); the model shifts labels by one internally
+    return enc
+
+
 # --------------------------------------------------------------------------------------------------
 # Sampling
 # --------------------------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ import uuid
 import numpy as np
 import torch
 
-from cli import config_error
+from cli import config_error, hub_shaped
 
 # --------------------------------------------------------------------------------------------------
 # Ranks: torchrun's environment variables -> a process group (no accelerate, no DeepSpeed)
@@ -667,6 +667,21 @@ class WandbTracker:
 
     def close(self):
         self.run.finish()
+
+
+def check_model(prog, flag, value):
+    """A --model value must be "" (the tiny default), a from_pretrained dir (with config.json), or a hub id; a run
+    folder gets its newest checkpoint suggested. (Here, not in cli.py, which this file imports: no circle.)"""
+    if not value:
+        return
+    if os.path.isdir(value):
+        if not os.path.exists(os.path.join(value, "config.json")):
+            newest = newest_checkpoint_name(value)
+            hint = f"did you mean {os.path.join(value, newest)}?" if newest else "pass a from_pretrained checkpoint dir"
+            config_error(prog, f"--{flag} {value!r}: the folder holds no config.json; {hint}")
+    elif not hub_shaped(value):
+        config_error(prog, f"--{flag} {value!r}: no such folder, and not a hub id (owner/name): pass a checkpoint "
+                           "dir holding config.json (runs/default/checkpoint-40) or e.g. Qwen/Qwen2.5-VL-3B-Instruct")
 
 
 def check_tracker(prog, report_to):

@@ -31,6 +31,11 @@ about. The figures of a build (greedy accuracy and avg@4 with 95% intervals, rig
 guesses) are printed and saved in sft_report.json. Measured (2-core VM, one thread, n = 256): seeds 10, 11,
 12 took 175-195 s and gave greedy 0.230, 0.262, 0.246 (read right: the same), avg@4 0.35-0.39, lucky 0%.
 
+`--task visualmath-v3` (or -fixed, -fork; chains.py) makes lesson 3 the v3 chain, for 800 steps (at 400 the
+chain's copies still re-read the image: 15% of first steps disagreed with the read list and 30% of sampled
+right answers were lucky), with a tokenizer that also learns v3's text. Seed 0 (2-core VM shared with other
+work, load ~4: 1,247 s): greedy 0.234, avg@4 0.384, read right 0.23 (sampled 0.39), lucky 0% (sampled 5%).
+
 Where this departs from a real Qwen2.5-VL:
 1. Sizes are tiny and the tokenizer is ours (vocab 512). Its pre-tokenizer splits digits only, not words,
    so recurring phrases become single tokens: a grid prompt is ~45 tokens with its 16 image tokens, a
@@ -40,6 +45,7 @@ Where this departs from a real Qwen2.5-VL:
 
 Run:  python tiny.py                       # builds cache/tiny-qwen2.5-vl (skips if present), prints its figures
       python tiny.py --seed 3 --out D      # another warm start;  --force rebuilds;  ATRL_CACHE=dir moves cache/
+      python tiny.py --task visualmath-v3 --out D   # a v3 warm start (experiment_v3.py builds its own)
 Tests: pytest tests/test_tiny.py (random checkpoints and a few SFT steps only: the full build is not run there).
 """
 
@@ -53,6 +59,7 @@ import time
 
 import torch
 
+import chains
 import cli
 import eval as evaluation  # the one evaluator (train.py and eval.py use it too)
 import rollout
@@ -62,9 +69,7 @@ import visualmath
 # Paths and sizes
 # --------------------------------------------------------------------------------------------------
 
-_REPO = os.path.dirname(os.path.abspath(__file__))
-CACHE_ROOT = os.environ.get("ATRL_CACHE", os.path.join(_REPO, "cache"))
-DEFAULT_DIR = os.path.join(CACHE_ROOT, "tiny-qwen2.5-vl")
+DEFAULT_DIR = cli.TINY_MODEL_DIR  # cache/tiny-qwen2.5-vl, or $ATRL_CACHE/tiny-qwen2.5-vl
 
 SPECIAL_TOKENS = [  # Qwen2.5-VL's special tokens, same strings (ids differ: ours start at 0)
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -72,6 +77,7 @@ SPECIAL_TOKENS = [  # Qwen2.5-VL's special tokens, same strings (ids differ: our
     "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 ]
 VOCAB_SIZE = 512  # BPE target size; 256 byte symbols + specials + merges of frequent task words
+V3_VOCAB_SIZE = 600  # v3's chains hold more phrases: 600 gives ~53 tokens per response (512: ~75, 640: ~50)
 MIN_PIXELS, MAX_PIXELS = 28 * 28, 28 * 28 * 256  # image processor bounds saved with the checkpoint
 
 TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
@@ -87,39 +93,50 @@ VISION = dict(depth=2, hidden_size=64, intermediate_size=256, num_heads=4, in_ch
 # --------------------------------------------------------------------------------------------------
 
 
-def _tokenizer_corpus(n=400, seed=0):
-    """Texts the tokenizer is trained on: chat-formatted prompts and responses of both tasks over many knobs."""
+def _tokenizer_corpus(n=400, seed=0, task="visualmath"):
+    """Texts the tokenizer is trained on: chat-formatted prompts and responses of the v2 and v1 tasks over many
+    knobs, and for a v3 task as many v3 chains again (all three variants, so they share one tokenizer)."""
     rng = random.Random(seed)
-    texts = []
+    examples = []
     for i in range(n):
         if i % 2:
-            ex = visualmath.grid_example(rng, n_digits=rng.randint(2, 8), n_shapes=rng.randint(0, 8))
+            examples.append(visualmath.grid_example(rng, n_digits=rng.randint(2, 8), n_shapes=rng.randint(0, 8)))
         else:
-            ex = visualmath.slots_example(rng, n_numbers=rng.randint(1, 4), digits=rng.randint(1, 3),
-                                          ops=tuple(rng.sample(["+", "-", "*"], rng.randint(1, 3))))
+            examples.append(visualmath.slots_example(rng, n_numbers=rng.randint(1, 4), digits=rng.randint(1, 3),
+                                                     ops=tuple(rng.sample(["+", "-", "*"], rng.randint(1, 3)))))
+    if task in chains.VARIANTS:  # NOTE: after the v2 stream, so v2's tokenizer does not depend on v3's existence
+        examples += [visualmath.v3_example(rng, chains.VARIANTS[i % 3], 0.7, 0.5) for i in range(n)]
+    texts = []
+    for ex in examples:
         prompt = rollout.build_messages(ex["question"])[0]["content"][1]["text"]
         texts.append("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
                      f"{prompt}<|im_end|>\n<|im_start|>assistant\n{ex['response']}<|im_end|>\n")
     return texts
 
 
-def make_tokenizer(vocab_size=VOCAB_SIZE):
-    """Byte-level BPE trained on the task's text, Qwen's special tokens, wrapped as a HF fast tokenizer."""
+def make_tokenizer(vocab_size=None, task="visualmath"):
+    """Byte-level BPE trained on the task's text, Qwen's special tokens, wrapped as a HF fast tokenizer.
+    vocab_size None: VOCAB_SIZE, or V3_VOCAB_SIZE for a v3 task."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     # Unlike Qwen's pre-tokenizer we split only digits (one token per digit, as in Qwen, so arithmetic is
     # digit by digit), not words: BPE then merges whole recurring phrases ("</think><answer>", the format
     # instruction) into single tokens, which makes prompts ~3x shorter and CPU training ~3x cheaper.
+    # v3 also splits after ". ", so a merge never spans two sentences: each free-form slot's choice then sits on
+    # its own token (without it BPE merges e.g. the check and the closing phrase into one 9-way token).
+    v3 = task in chains.VARIANTS
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(". ", behavior="merged_with_previous")] * v3 + [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    vocab_size = vocab_size or (V3_VOCAB_SIZE if v3 else VOCAB_SIZE)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     # Special tokens are added to the trainer, so the corpus must not contain them as text to learn from.
-    corpus = [t for text in _tokenizer_corpus() for t in text.replace("<|im_start|>", "\n").split("<|im_end|>")]
+    corpus = [t for text in _tokenizer_corpus(task=task) for t in text.replace("<|im_start|>", "\n").split("<|im_end|>")]
     tok.train_from_iterator(corpus, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    padding_side="left", chat_template=rollout.QWEN_CHAT_TEMPLATE,
@@ -153,9 +170,9 @@ def make_model(tokenizer, seed=0):
     return model
 
 
-def make_random_checkpoint(out_dir, seed=0):
+def make_random_checkpoint(out_dir, seed=0, task="visualmath"):
     """Tokenizer + image processor + random tiny model, saved with save_pretrained into `out_dir` (~seconds)."""
-    tokenizer = make_tokenizer()
+    tokenizer = make_tokenizer(task=task)
     model = make_model(tokenizer, seed=seed)
     os.makedirs(out_dir, exist_ok=True)
     tokenizer.save_pretrained(out_dir)
@@ -168,42 +185,23 @@ def make_random_checkpoint(out_dir, seed=0):
 # --------------------------------------------------------------------------------------------------
 
 
-def sft_batch(tokenizer, image_processor, examples):
-    """Prompt (left-padded, from rollout.encode_prompts) + reference response + <|im_end|> (right-padded).
-
-    Returns the encode_prompts dict with input_ids/attention_mask/mm_token_type_ids extended to (B, P + R)
-    and labels (B, P + R): the response token ids, -100 on prompt and padding (loss on the response only).
-    """
-    enc = rollout.encode_prompts(tokenizer, image_processor, [e["image"] for e in examples],
-                                 [e["question"] for e in examples])
-    responses = [tokenizer(e["response"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-                 for e in examples]
-    B, R = len(responses), max(len(r) for r in responses)
-    resp_ids = torch.full((B, R), tokenizer.pad_token_id, dtype=torch.long)  # (B, R)
-    resp_mask = torch.zeros((B, R), dtype=torch.long)  # (B, R)
-    for b, r in enumerate(responses):
-        resp_ids[b, :len(r)] = torch.tensor(r)
-        resp_mask[b, :len(r)] = 1
-    labels = torch.cat([torch.full_like(enc["input_ids"], -100), resp_ids.masked_fill(resp_mask == 0, -100)], 1)
-    enc["input_ids"] = torch.cat([enc["input_ids"], resp_ids], 1)  # (B, P + R)
-    enc["attention_mask"] = torch.cat([enc["attention_mask"], resp_mask], 1)  # (B, P + R)
-    enc["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(resp_ids)], 1)
-    enc["labels"] = labels  # (B, P + R); the model shifts labels by one internally
-    return enc
-
-
 LESSON_STEPS = (100, 100, 400)  # one number, two numbers, the grid (at 400 the grid's arithmetic has converged)
+V3_LESSON_STEPS = (100, 100, 800)  # v3: at 400 the chain's copies still re-read the image (15% differ from the list)
+MAX_NEW_TOKENS = {"visualmath": 40, **dict.fromkeys(chains.VARIANTS, 96)}  # held-out answers' budget (v2 ~27, v3 ~53 tokens)
 
 
-def lessons(slip=0.7, steps=LESSON_STEPS):
-    """The SFT curriculum: (name, steps, example(rng) -> dict) per lesson (module docstring)."""
+def lessons(slip=0.7, steps=LESSON_STEPS, task="visualmath", pair_slip=0.5):
+    """The SFT curriculum: (name, steps, example(rng) -> dict) per lesson (module docstring); the last lesson is
+    the grid of `task` (v2, or a v3 chain whose fork variant's pair strategy slips with pair_slip)."""
+    grid = (lambda rng: visualmath.grid_example(rng, slip=slip)) if task == "visualmath" else \
+        (lambda rng: visualmath.example(task, rng, slip, pair_slip))
     return [("one number", steps[0], lambda rng: visualmath.slots_example(rng, n_numbers=1)),
             ("two numbers", steps[1], lambda rng: visualmath.slots_example(rng)),
-            ("grid", steps[2], lambda rng: visualmath.grid_example(rng, slip=slip))]
+            ("grid", steps[2], grid)]
 
 
-def build_tiny(out_dir=DEFAULT_DIR, seed=0, lr=1e-3, batch_size=32, slip=0.7, steps=LESSON_STEPS, n_eval=256,
-               eval_k=4):
+def build_tiny(out_dir=DEFAULT_DIR, seed=0, lr=1e-3, batch_size=32, slip=0.7, steps=None, n_eval=256,
+               eval_k=4, task="visualmath"):
     """Random checkpoint + SFT warm start (the lessons above), evaluated on held-out grid questions, saved to out_dir.
 
     Every step draws `batch_size` fresh examples from one seeded rng; the learning rate warms up over the
@@ -226,19 +224,20 @@ def build_tiny(out_dir=DEFAULT_DIR, seed=0, lr=1e-3, batch_size=32, slip=0.7, st
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tmp_dir = out_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    make_random_checkpoint(tmp_dir, seed=seed)
+    make_random_checkpoint(tmp_dir, seed=seed, task=task)
     tokenizer, image_processor = rollout.load_processor(tmp_dir)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_dir, dtype=torch.float32).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
-    start, step, loss_ema, plan = time.time(), 0, None, lessons(slip, steps)
-
     rng = random.Random(seed)
+    steps = steps or (LESSON_STEPS if task == "visualmath" else V3_LESSON_STEPS)
+    start, step, loss_ema, plan = time.time(), 0, None, lessons(slip, steps, task)
 
     def stream():  # the SFT batches in one fixed order, drawn from one seeded rng
         for i, (lesson, n_steps, make_example) in enumerate(plan):
             for j in range(n_steps):
-                yield i, j, lesson, sft_batch(tokenizer, image_processor, [make_example(rng) for _ in range(batch_size)])
+                examples = [make_example(rng) for _ in range(batch_size)]
+                yield i, j, lesson, rollout.sft_batch(tokenizer, image_processor, examples)
 
     bar = tqdm(total=sum(n for _, n, _ in plan), desc="SFT", dynamic_ncols=True)
     # one thread draws and encodes the next batch (rendering, tokenizing: ~50 ms) while this one trains
@@ -266,12 +265,12 @@ def build_tiny(out_dir=DEFAULT_DIR, seed=0, lr=1e-3, batch_size=32, slip=0.7, st
     sft_seconds = time.time() - start
     # the figures: the unified evaluator on held-out grid questions (a seed no training stream uses)
     model.eval()
-    respond = evaluation.model_responder(model, tokenizer, image_processor, max_new_tokens=40)
-    result = evaluation.evaluate(visualmath.make("visualmath", n_eval, seed=seed + 30_000), respond, k=eval_k,
+    respond = evaluation.model_responder(model, tokenizer, image_processor, max_new_tokens=MAX_NEW_TOKENS[task])
+    result = evaluation.evaluate(visualmath.make(task, n_eval, seed=seed + 30_000), respond, k=eval_k,
                                  temperature=1.0, seed=seed, show=4)
     report = dict(steps=step, lessons={name: n for name, n, _ in plan}, sft_seconds=round(sft_seconds, 1),
                   eval_seconds=round(time.time() - start - sft_seconds, 1), final_loss=round(loss_ema, 4), lr=lr,
-                  batch_size=batch_size, slip=slip, seed=seed, params=sum(p.numel() for p in model.parameters()),
+                  batch_size=batch_size, slip=slip, seed=seed, task=task, params=sum(p.numel() for p in model.parameters()),
                   held_out={k: v for k, v in result.items() if k != "examples"},
                   samples=[(ex["greedy"]["response"], ex["answer"]) for ex in result["examples"]])
     model.cpu().save_pretrained(tmp_dir)
@@ -310,10 +309,12 @@ if __name__ == "__main__":
     parser.add_argument("--force", action="store_true", help="rebuild even if the checkpoint exists")
     parser.add_argument("--seed", type=int, default=0, help="seeds the init, the SFT stream and the evaluation")
     parser.add_argument("--slip", type=float, default=0.7, help="probability that the teacher misreads 1, 3, 5")
+    parser.add_argument("--task", default="visualmath", choices=["visualmath", *chains.VARIANTS],
+                        help="the grid task of the last lesson (and of the tokenizer's text): v2 or a v3 variant")
     args = parser.parse_args()
     began = time.time()
     if args.force or not os.path.exists(os.path.join(args.out, "sft_report.json")):
-        build_tiny(args.out, seed=args.seed, slip=args.slip)
+        build_tiny(args.out, seed=args.seed, slip=args.slip, task=args.task)
     else:
         print(f"{args.out} exists (use --force to rebuild); its build report:")
     with open(os.path.join(args.out, "sft_report.json")) as f:

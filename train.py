@@ -57,6 +57,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import atrl
+import chains
 import cli
 import connectivity
 import data
@@ -94,7 +95,7 @@ class Config:
     dynamic_sampling: int = 0       # 1 = replace all-equal-reward groups by fresh prompts (DAPO)
     max_refills: int = 2            # bound on dynamic-sampling refill rounds per step
     # AT-RL
-    weighting: str = "atrl"         # uniform (=GRPO/DAPO) | atrl | tokens | anchor_only | low_only | random | vppo | entropy
+    weighting: str = "atrl"         # uniform (=GRPO/DAPO) | atrl | tokens | anchor_only | low_only | random | vppo | entropy | oracle | oracle_mask | oracle_up | random_mask (v3 only)
     anchor_frac: float = 0.15       # fraction of each response's tokens called anchors (paper: ~15%)
     gain: float = 2.0               # W of an all-anchor cluster relative to an anchor-free one, before normalising
     knn: int = 0                    # k of the symmetric kNN token graph; 0 = per response, round(sqrt(n)) in [2, 10]
@@ -143,7 +144,7 @@ class Config:
 
 cfg = cli.parse_config(Config, __doc__.split("\n")[0], "train.py")  # --help: every field with its comment
 # Every value is checked before anything is loaded or written: one line naming the value and what to do.
-cli.check_model("train.py", "model", cfg.model)
+runs.check_model("train.py", "model", cfg.model)
 cli.check_data("train.py", "dataset", cfg.dataset, builtin=visualmath.TASKS)
 cli.check_data("train.py", "eval_dataset", cfg.eval_dataset, builtin=("",))
 runs.check_tracker("train.py", cfg.report_to)
@@ -151,6 +152,8 @@ switches = ("mask_truncated", "dynamic_sampling", "sink_debias", "overlap_weight
             "bf16", "fsdp", "resume", "overwrite")
 cli.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n in switches] + [
     ("weighting", cfg.weighting in atrl.MODES, f"use one of {', '.join(atrl.MODES)}"),
+    ("weighting", cfg.weighting not in atrl.CLASS_MODES or cfg.dataset in chains.VARIANTS,
+     f"the oracle arms need known token classes: --dataset one of {', '.join(chains.VARIANTS)}"),
     ("loss_agg", cfg.loss_agg in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
      "use token_mean (DAPO), seq_mean_token_mean (GRPO) or seq_mean_token_sum_norm (Dr.GRPO)"),
     ("scale_rewards", cfg.scale_rewards in ("group", "batch", "none"), "use group, batch or none"),
@@ -368,9 +371,17 @@ def weights_from_probe(captured, mask, keys):
     return W.to(mask.device), st, time.perf_counter() - t
 
 
-def collect_weights(mask, stats, timing, entropy):
-    """W (b, T) for the micro-batch whose forward just ran: from the probe (AT-RL's arms; waits for it), from the
-    forward's per-token entropy (entropy arm), or the mask itself (uniform)."""
+def collect_weights(mask, stats, timing, entropy, i):
+    """W (b, T) for the micro-batch (rows i, i + 1, ...) whose forward just ran: from the probe (AT-RL's arms; waits
+    for it), from the forward's per-token entropy (entropy arm), from the known token classes (oracle arms), or
+    the mask itself (uniform)."""
+    if cfg.weighting in atrl.CLASS_MODES:
+        rows = classes[i:i + len(mask)]                                                      # (b, T)
+        W, st = atrl.token_weights_with_stats(None, None, mask.bool(), cfg.weighting, gain=cfg.gain,
+                                              seed=batch["keys"][i:i + len(mask)].tolist(),
+                                              perception=rows == chains.PERCEPTION, noise=chains.is_noise(rows))
+        stats.append(st)
+        return W
     if cfg.weighting == "entropy":
         W, st = atrl.token_weights_with_stats(None, None, mask.bool(), "entropy", entropy=entropy,
                                               select_frac=cfg.entropy_frac)
@@ -401,7 +412,7 @@ def old_policy_pass(batch, loss_mask, P, stats, timing):
                 perturbed = rollout.blacken_patches(mb, image_processor, cfg.vppo_blacken)
                 perturbed_logp[i:i + micro] = rollout.token_logprobs(policy, perturbed, P, autocast)[0]
             else:
-                W[i:i + micro] = collect_weights(mask, stats, timing, entropy)
+                W[i:i + micro] = collect_weights(mask, stats, timing, entropy, i)
     if cfg.weighting == "vppo":
         W, st = atrl.token_weights_with_stats(None, None, loss_mask.bool(), "vppo", select_frac=cfg.vppo_frac,
                                               dependency=atrl.visual_dependency(old_logp, perturbed_logp))
@@ -520,6 +531,8 @@ for step in bar:
         extra = prompts_for_step(cfg.steps + step * cfg.max_refills + refill, n_flat)  # slots no step uses
         batch = rollout.concat(batch, rollout.score(sample(*extra), cfg.reward), tokenizer.pad_token_id)
     batch = rollout.to_device(batch, device)
+    # VisualMath v3: every response token's class, read off its text (chains.py), for the oracle arms and the log
+    classes = chains.label_batch(tokenizer, batch).to(device) if cfg.dataset in chains.VARIANTS else None   # (B, T)
     t_rollout = time.perf_counter() - t0
     # 3) group advantages A[i] (zero for all-equal groups: they carry no signal)
     adv = atrl.group_advantages(batch["rewards"], cfg.group_size, scale=cfg.scale_rewards)     # (B,)
@@ -552,7 +565,7 @@ for step in bar:
                 logp, entropy = rollout.token_logprobs(train_model, mb, P, autocast)
                 if first:  # on-policy single pass: pi_old = pi (ratio 1) and W from this very forward
                     old_logp[i:i + micro] = logp.detach()
-                    W[i:i + micro] = collect_weights(mask, stats, timing, entropy)
+                    W[i:i + micro] = collect_weights(mask, stats, timing, entropy, i)
                     have_weights[i:i + micro] = [True] * micro
                 adv_tok = atrl.token_advantages(adv[i:i + micro], W[i:i + micro])          # (b, T) = W * A
                 pg_tok, clipped = atrl.ppo_clip_loss(logp, old_logp[i:i + micro], adv_tok, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
@@ -586,6 +599,7 @@ for step in bar:
     rec = log_record(step, batch, stats, sums, grad_norm, skipped, cfg.ppo_epochs * cfg.mini_batches,
                      {"rollout": t_rollout, **timing, "train": time.perf_counter() - t1 - (timing["weights_wait"] - wait_before),
                       "step": time.perf_counter() - t0})
+    rec.update(chains.class_means(W, loss_mask, classes) if classes is not None else {})  # realised W per class (v3)
     # 8) eval / checkpoint. NOTE: the record is on disk before the checkpoint: a kill in between redoes the step
     #    on resume (its record is dropped, then written again) instead of losing the record (runs.py, rule 3)
     if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:

@@ -5,7 +5,7 @@ An image shows digits; the question asks for arithmetic over them; the answer is
 model writes for them are the "anchor" tokens that attend to the image (DESIGN §5 q2), and whether a
 rewarded answer was read right or guessed (the lucky-guess share, `read_right`).
 
-Two tasks, one schema (data.UNIFIED_FEATURES):
+Three tasks, one schema (data.UNIFIED_FEATURES):
 
     visualmath      (v2, the default) a 4x4 grid of 28-px cells = 16 merged Qwen2.5-VL vision tokens.
                     4 cells hold a digit, 3 hold a coloured shape (distractors), the rest are empty.
@@ -15,6 +15,11 @@ Two tasks, one schema (data.UNIFIED_FEATURES):
                     (computed from the text), so 4 of ~27 response tokens need the image (~15%).
     visualmath-v1   (today's named option) two one-digit numbers in fixed 28-px slots, 2 vision tokens,
                     "What is a + b?", <think>3+4=7</think><answer>7</answer>          (~12 tokens)
+    visualmath-v3   v2's grid, question and answer; the chain lists the digits it reads, computes with copies
+                    of them and wraps that in free-form filler and a useless shape description (chains.py):
+                    <think>Okay. I see 3, 5, 2, 7. There is a red circle. Adding up: 3+5=8; then ...
+                    perception = 4 of ~54 tokens (~7%); -fixed (no filler noise) and -fork (a strategy that
+                    matters) are its controls
 
 The teacher (SFT only, tiny.py). `grid_example(..., slip=p)` writes the reference response of an
 imperfect annotator: a digit in TEACHER_SLIPS (1, 3, 5) is read as its look-alike (7, 8, 6) with
@@ -45,9 +50,10 @@ import re
 import PIL.Image
 from PIL import ImageDraw, ImageFont
 
+import chains
 import data
 
-TASKS = ("visualmath", "visualmath-v1")    # --dataset names of the synthetic tasks (v2 first: the default)
+TASKS = ("visualmath", "visualmath-v1", *chains.VARIANTS)  # --dataset names of the synthetic tasks (v2 first: the default)
 TEACHER_SLIPS = {1: 7, 3: 8, 5: 6}         # digit -> the look-alike an imperfect teacher writes for it
 _OPS = ("+", "-", "*")
 _LETTERS = "abcdefgh"
@@ -72,7 +78,8 @@ def _render_number(text, fg, scale):
 
 
 def _draw_shape(draw, box, rng):
-    """One filled circle, square or triangle of a random colour inside `box` (left, top, right, bottom)."""
+    """One filled circle, square or triangle of a random colour inside `box` (left, top, right, bottom);
+    returns its (colour name, kind) for v3's descriptions (chains.COLOURS names _SHAPE_COLOURS in order)."""
     colour = rng.choice(_SHAPE_COLOURS)
     kind = rng.choice(["circle", "square", "triangle"])
     if kind == "circle":
@@ -81,6 +88,7 @@ def _draw_shape(draw, box, rng):
         draw.rectangle(box, fill=colour)
     else:
         draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) // 2, box[1])], fill=colour)
+    return chains.COLOURS[_SHAPE_COLOURS.index(colour)], kind
 
 
 def _add_noise(img, noise, rng):
@@ -121,6 +129,16 @@ def grid_example(rng, n_digits=4, n_shapes=3, grid=4, cell=28, noise=0.02, slip=
     >>> ex["image"].size, len(ex["perception"]), ex["response"] == sum_chain([int(v) for v in ex["perception"]])[0]
     ((112, 112), 4, True)
     """
+    img, values, _ = _grid_image(rng, n_digits, n_shapes, grid, cell, noise, slip)
+    _, answer = sum_chain(values)
+    seen = _teacher_reading(values, slip, rng)
+    return dict(image=img, question=_grid_question(n_digits), answer=str(answer), choices=[],
+                perception=[str(v) for v in values], response=sum_chain(seen)[0], precision=None, unit="",
+                source="visualmath")
+
+
+def _grid_image(rng, n_digits, n_shapes, grid, cell, noise, slip):
+    """(image, digit values in reading order, shapes as (cell, colour name, kind) in reading order)."""
     if not 2 <= n_digits <= 8 or n_shapes < 0 or n_digits + n_shapes > grid * grid or not 0 <= slip <= 1:
         raise ValueError(f"bad knobs n_digits={n_digits} n_shapes={n_shapes} grid={grid} slip={slip}: need "
                          f"2..8 digits, >= 0 shapes, digits + shapes <= grid**2, slip in [0, 1]")
@@ -134,19 +152,24 @@ def grid_example(rng, n_digits=4, n_shapes=3, grid=4, cell=28, noise=0.02, slip=
         r, c = divmod(pos, grid)
         tile = _render_number(str(v), fg, scale)
         img.paste(tile, (c * cell + (cell - tile.width) // 2, r * cell + (cell - tile.height) // 2), tile)
-    draw = ImageDraw.Draw(img)
+    draw, shapes = ImageDraw.Draw(img), []
     for pos in cells[n_digits:]:
         r, c = divmod(pos, grid)
         m = rng.randrange(3, 7)  # margin: shapes of several sizes
-        _draw_shape(draw, (c * cell + m, r * cell + m, (c + 1) * cell - m, (r + 1) * cell - m), rng)
+        shapes.append((pos, *_draw_shape(draw, (c * cell + m, r * cell + m, (c + 1) * cell - m, (r + 1) * cell - m), rng)))
     _add_noise(img, noise, rng)
-    question = (f"The grid shows {_WORDS[n_digits]} digits among shapes. Add them up in reading order "
-                f"(left to right, top to bottom). What is their sum?")
-    _, answer = sum_chain(values)
-    # NOTE: slips are drawn last, so the image, question and answer do not depend on `slip`.
-    seen = [TEACHER_SLIPS[v] if v in TEACHER_SLIPS and slip and rng.random() < slip else v for v in values]
-    return dict(image=img, question=question, answer=str(answer), choices=[], perception=[str(v) for v in values],
-                response=sum_chain(seen)[0], precision=None, unit="", source="visualmath")
+    return img, values, sorted(shapes)
+
+
+def _grid_question(n_digits):
+    return (f"The grid shows {_WORDS[n_digits]} digits among shapes. Add them up in reading order "
+            f"(left to right, top to bottom). What is their sum?")
+
+
+def _teacher_reading(values, slip, rng):
+    """The digits as the imperfect teacher reads them. NOTE: drawn after the image, so the image, question and
+    answer do not depend on `slip`."""
+    return [TEACHER_SLIPS[v] if v in TEACHER_SLIPS and slip and rng.random() < slip else v for v in values]
 
 
 def make_grid(n, seed=0, **knobs):
@@ -158,6 +181,29 @@ def make_grid(n, seed=0, **knobs):
     """
     rng = random.Random(seed)
     return _dataset([grid_example(rng, **knobs) for _ in range(n)], seed)
+
+# --------------------------------------------------------------------------------------------------
+# v3: the v2 grid with a chain shaped like a real one (chains.py: the teacher, token classes)
+# --------------------------------------------------------------------------------------------------
+
+
+def v3_example(rng, variant="visualmath-v3", slip=0.0, pair_slip=0.0, noise=0.02):
+    """One v3 example: v2's grid, digits, question and answer; the response is chains.teacher_chain's, reading
+    the digits with the teacher's slips and describing the first one or two shapes in reading order. pair_slip:
+    how often the fork variant's pair strategy adds wrong (tiny.py's teacher: 0.5; the rows' reference: 0).
+
+    >>> ex = v3_example(random.Random(0))
+    >>> ex["image"].size, read_values(ex["response"]) == ex["perception"], ex["response"].endswith(f"<answer>{ex['answer']}</answer>")
+    ((112, 112), True, True)
+    """
+    img, values, shapes = _grid_image(rng, 4, 3, 4, 28, noise, slip)
+    seen = _teacher_reading(values, slip, rng)
+    # one draw seeds the chain's choices, so every variant of a seed has the same images, questions and answers
+    chain_rng = random.Random(rng.getrandbits(64))
+    response, _ = chains.teacher_chain(seen, [s[1:] for s in shapes[:2]], chain_rng, variant, pair_slip)
+    return dict(image=img, question=_grid_question(4), answer=str(sum(values)), choices=[],
+                perception=[str(v) for v in values], response=response, precision=None, unit="", source="visualmath")
+
 
 # --------------------------------------------------------------------------------------------------
 # v1: numbers in fixed slots (today's task, kept as a named option and as tiny.py's first lesson)
@@ -272,15 +318,20 @@ def make(name, n, seed=0):
         return make_grid(n, seed)
     elif name == "visualmath-v1":
         return make_slots(n, seed)
+    elif name in chains.VARIANTS:
+        rng = random.Random(seed)
+        return _dataset([v3_example(rng, name) for _ in range(n)], seed)
     raise ValueError(f"unknown synthetic task {name!r}: use one of {TASKS}")
 
 
-def example(name, rng, slip=0.0):
-    """One example of task `name` from `rng` as a plain dict (tiny.py's SFT stream; slip: grid task only)."""
+def example(name, rng, slip=0.0, pair_slip=0.0):
+    """One example of task `name` from `rng` as a plain dict (tiny.py's SFT stream; slips: grid tasks only)."""
     if name == "visualmath":
         return grid_example(rng, slip=slip)
     elif name == "visualmath-v1":
         return slots_example(rng)
+    elif name in chains.VARIANTS:
+        return v3_example(rng, name, slip, pair_slip)
     raise ValueError(f"unknown synthetic task {name!r}: use one of {TASKS}")
 
 
@@ -294,7 +345,13 @@ def read_spans(text):
     >>> text = "<think>3+5=8, 8+8=16</think><answer>16</answer>"
     >>> [text[a:b] for a, b in read_spans(text)], read_spans(text)[2]
     (['3', '5', '8'], (16, 17))
+
+    A v3 response says what it read before it computes ("I see 3, 5, 8."): its read list is what it read
+    (chains.read_list_spans); v2 and v1 responses never have one.
     """
+    listed = chains.read_list_spans(text)
+    if listed is not None:
+        return listed
     m = re.search(r"<think>(.{0,400}?)</think>", text or "", re.S)
     if m is None:
         return None

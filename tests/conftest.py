@@ -81,6 +81,7 @@ def warm_checkpoint(random_checkpoint, tmp_path_factory):
     import tiny
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    import rollout
     from rollout import load_processor
 
     path = str(tmp_path_factory.mktemp("warm"))
@@ -93,7 +94,7 @@ def warm_checkpoint(random_checkpoint, tmp_path_factory):
     model.train()
     for step in range(40):
         rows = [examples[(step * 16 + i) % len(examples)] for i in range(16)]
-        loss = model(**tiny.sft_batch(tokenizer, image_processor, rows)).loss
+        loss = model(**rollout.sft_batch(tokenizer, image_processor, rows)).loss
         loss.backward()
         opt.step()
         opt.zero_grad()

@@ -333,3 +333,55 @@ def test_vppo_and_entropy_arms_keep_their_top_tokens_unrescaled():
     assert torch.equal(W > 0, kept)
     for b in range(3):  # one factor per response: VPPO scales the response's advantage, then filters its tokens
         assert torch.allclose(W[b][kept[b]], atrl.vppo_shaping(signal, mask)[b].expand(int(kept[b].sum())))
+
+
+# --- the oracle arms (VisualMath v3: every token's class is known) -------------------------------------------
+
+def classes_batch(seed=6):
+    """Random perception / noise masks (disjoint) over a padded batch; response 3 is empty."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.arange(20)[None, :] < torch.tensor([20, 14, 9, 0])[:, None]
+    kind = torch.randint(0, 4, (4, 20), generator=g)              # 0 perception, 1 noise, 2-3 the rest
+    return mask, (kind == 0) & mask, (kind == 1) & mask
+
+
+@pytest.mark.parametrize("mode", atrl.CLASS_MODES)
+def test_every_oracle_arm_has_mean_one_and_zero_padding(mode):
+    mask, perception, noise = classes_batch()
+    W = atrl.token_weights(None, None, mask, mode, perception=perception, noise=noise, seed=[1, 2, 3, 4])
+    assert torch.isfinite(W).all() and (W >= 0).all() and (W[~mask] == 0).all()
+    means = W.sum(1)[:3] / mask.sum(1)[:3]
+    assert torch.allclose(means, torch.ones(3), atol=1e-5)
+
+
+def test_oracle_arms_zero_the_noise_and_lift_the_perception_tokens():
+    mask, perception, noise = classes_batch()
+    masked = atrl.token_weights(None, None, mask, "oracle_mask", perception=perception, noise=noise)
+    lifted = atrl.token_weights(None, None, mask, "oracle_up", gain=3.0, perception=perception, noise=noise)
+    both = atrl.token_weights(None, None, mask, "oracle", gain=3.0, perception=perception, noise=noise)
+    rest = mask & ~noise & ~perception
+    for b in range(3):
+        assert (masked[b][noise[b]] == 0).all() and (masked[b][mask[b] & ~noise[b]] == masked[b][rest[b]][0]).all()
+        assert torch.allclose(lifted[b][perception[b]], 3 * lifted[b][rest[b]][0].expand(int(perception[b].sum())))
+        assert (both[b][noise[b]] == 0).all()
+        assert torch.allclose(both[b][perception[b]], 3 * both[b][rest[b]][0].expand(int(perception[b].sum())))
+
+
+def test_random_mask_zeroes_as_many_tokens_as_the_oracle_elsewhere():
+    mask, perception, noise = classes_batch()
+    W = atrl.token_weights(None, None, mask, "random_mask", perception=perception, noise=noise, seed=[5, 6, 7, 8])
+    zeroed = mask & (W == 0)
+    assert torch.equal(zeroed.sum(1), noise.sum(1))                  # the same size, response by response
+    assert not torch.equal(zeroed, noise)                            # other places
+    again = atrl.token_weights(None, None, mask, "random_mask", perception=perception, noise=noise, seed=[5, 6, 7, 8])
+    other = atrl.token_weights(None, None, mask, "random_mask", perception=perception, noise=noise, seed=[9, 6, 7, 8])
+    assert torch.equal(W, again) and not torch.equal(W[0], other[0]) and torch.equal(W[1:], other[1:])
+
+
+def test_oracle_arms_refuse_to_run_without_classes():
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="needs the token classes"):
+        atrl.token_weights(None, None, mask, "oracle")
+    W, stats = atrl.token_weights_with_stats(None, None, mask, "oracle", perception=torch.tensor([[1, 0, 0, 0]]).bool(),
+                                             noise=torch.zeros(1, 4, dtype=torch.bool))
+    assert stats["anchor_frac"] == 0.25 and stats["W_anchor_mean"] == pytest.approx(1.6)  # selected = perception

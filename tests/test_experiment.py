@@ -48,3 +48,115 @@ def test_tables_from_logs(tmp_path):
     assert f"| atrl | 0.250 | {statistics.mean(f[0] for k, f in finals.items() if k[0] == 'atrl'):.3f} ± " in summary
     assert f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] | 2/4" in summary, summary
     assert (tmp_path / "curves.png").exists()
+
+
+# --- trials.py: the statistics both experiments share, and the skip rule -------------------------------------
+
+def test_t_quantiles_match_the_table_and_holm_is_monotone():
+    import trials
+    for df, t in trials.T_95.items():
+        assert abs(trials.t_quantile(0.975, df) - t) < 0.006, df            # the table is rounded to 2 decimals
+    assert abs(trials.t_cdf(1.0, 1) - 0.75) < 1e-6                        # Cauchy: 1/2 + atan(1)/pi
+    assert trials.paired_p([0.1, -0.1, 0.05, -0.05]) == 1.0
+    assert trials.paired_p([0.02, 0.03, 0.025, 0.035]) < 0.01 < trials.paired_p([0.02, -0.01, 0.03, 0.0])
+    p = [0.001, 0.2, 0.015, 0.04]
+    adjusted = trials.holm(p)
+    assert adjusted == [0.004, 0.2, 0.045, 0.08]                          # 4p, max(2p, prev), 3p, max(2p, prev)
+    assert all(a >= b for a, b in zip(adjusted, p))
+
+
+def test_a_run_counts_as_finished_only_with_its_last_evaluation(tmp_path):
+    import trials
+    write_log(tmp_path / "done", (0.9, 0.8), 0.0)
+    assert trials.finished(str(tmp_path / "done"), 4) and not trials.finished(str(tmp_path / "done"), 5)
+    lines = (tmp_path / "done" / "log.jsonl").read_text().splitlines()
+    (tmp_path / "done" / "log.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # killed before its last step
+    assert not trials.finished(str(tmp_path / "done"), 4) and not trials.finished(str(tmp_path / "none"), 4)
+
+
+# --- experiment_v3.py: the gates' verdicts from synthetic logs and gate-0 measurements --------------------------
+
+def gate0_json(removed, signal_ci):
+    """A gate-0 measurement whose filler + grounded carry `removed` of uniform's noise and a signal interval."""
+    classes = {n: {"share": 0.1, "high_entropy_share": 0.01, "entropy": 0.1, "rho": 0.1, "dependency": 0.1,
+                   "w_atrl2": 1.0, "w_atrl4": 1.0, "picked_anchor": 0.1, "picked_entropy_top": 0.1,
+                   "picked_vppo_top": 0.1} for n in ("perception", "filler", "grounded", "copy", "other")}
+    snr = {n: {"noise": 1.0, "signal": 0.1, "signal_ci": [0.0, 0.2]} for n in ("perception", "grounded", "fork",
+                                                                             "arithmetic", "copy", "filler", "other")}
+    snr["all"] = {"noise": 10.0, "signal": 1.0, "signal_ci": [0.8, 1.2]}
+    snr["kept"] = {"noise": 10.0 * (1 - removed), "signal": 1.0, "signal_ci": [0.8, 1.2]}
+    snr["noise"] = {"noise": 10.0 * removed, "signal": sum(signal_ci) / 2, "signal_ci": signal_ci}
+    for name in ("derailed", "noise_clean", "clean", "kept_clean"):
+        snr[name] = {"noise": 5.0, "signal": 0.5, "signal_ci": [0.4, 0.6]}
+    for v in snr.values():
+        v["noise_trunk"] = v["noise"] / 2
+    return {"task": "visualmath-v3", "snr": snr, "derailed_share": 0.1, "census": {"tokens": 100, "low_entropy_share": 0.5,
+            "high_entropy_share": 0.2, "classes": classes, "anchor_precision": {"perception": 0.5, "grounded": 0.6}}}
+
+
+def v3_run(tmp_path, name, curve):
+    """A finished v3 run of 4 steps whose avg@4 after RL is `curve` (two evaluations)."""
+    path = tmp_path / "runs" / name
+    os.makedirs(path, exist_ok=True)
+    recs = [{"config": {}}, {"step": -1, "eval_accuracy": 0.3, "eval_avg@4": 0.3}]
+    for step in range(4):
+        rec = {"step": step, "clip_frac": 0.01, "w_perception": 1.0, "w_filler": 1.0}
+        if step in (1, 3):
+            rec.update({"eval_accuracy": 0.5, "eval_avg@4": curve[step // 2]})
+        recs.append(rec)
+    (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def run_v3(tmp_path):
+    proc = subprocess.run([sys.executable, "experiment_v3.py", "--skip_training", "--out", str(tmp_path),
+                           "--warm_seeds", "0", "1", "--rl_seeds", "0", "1", "--steps", "4", "--eval_every", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return (tmp_path / "summary.md").read_text()
+
+
+def test_v3_gates_from_synthetic_measurements_and_logs(tmp_path):
+    os.makedirs(tmp_path / "gate0")
+    for w in (0, 1):
+        (tmp_path / "gate0" / f"v3-{w}.json").write_text(json.dumps(gate0_json(0.6, [-0.05, 0.04])))
+    (tmp_path / "gate0" / "fixed-0.json").write_text(json.dumps(gate0_json(0.1, [-0.01, 0.01])))
+    assert "**Gate 0: PASS**" in run_v3(tmp_path) and "Not run yet." in run_v3(tmp_path)
+    gain = {(0, 0): 0.05, (0, 1): 0.04, (1, 0): 0.06, (1, 1): 0.045}      # oracle - uniform on v3, per pair
+    for (w, r), g in gain.items():
+        for arm in ("uniform", "uniform-lr0.5x", "uniform-lr2x", "oracle_mask", "oracle_up", "random_mask"):
+            v3_run(tmp_path, f"v3-{arm}-w{w}-r{r}", (0.5, 0.6))
+        v3_run(tmp_path, f"v3-oracle-w{w}-r{r}", (0.5 + g, 0.6 + g))
+        for arm in ("uniform", "oracle", "uniform-lr2x"):
+            v3_run(tmp_path, f"fixed-{arm}-w{w}-r{r}", (0.5, 0.6 + (0.01 if arm == "oracle" else 0)))
+    summary = run_v3(tmp_path)
+    diffs = list(gain.values())
+    mean, half = statistics.mean(diffs), 3.18 * statistics.stdev(diffs) / 2
+    assert f"oracle - uniform: v3 {mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] (4/4 pairs above)" in summary
+    assert "**Gate 1: PASS: a dilution effect**" in summary, summary
+    # the same gain on v3-fixed: no longer a tie, so no dilution effect
+    for w, r in gain:
+        v3_run(tmp_path, f"fixed-oracle-w{w}-r{r}", (0.55, 0.65))
+    assert "**Gate 1: FAIL: no dilution effect at this scale**" in run_v3(tmp_path)
+    # a filler that carries too little noise fails gate 0 (on one warm start is enough)
+    (tmp_path / "gate0" / "v3-1.json").write_text(json.dumps(gate0_json(0.4, [-0.05, 0.04])))
+    assert "**Gate 0: FAIL**" in run_v3(tmp_path)
+
+
+# --- dilution.py: gate 0's measurement on a real (tiny) policy --------------------------------------------------
+
+def test_gradient_parts_add_up_and_noise_is_a_variance(warm_checkpoint):
+    """On the v1-warmed fixture asked v3 questions (its samples never follow v3's grammar): the class parts of
+    the gradient add up to uniform's, every noise is >= 0, and a second measurement gives the same numbers."""
+    import dilution
+    kwargs = dict(batches=3, census_batches=1, max_new_tokens=16, prompts=2, group=4)
+    m = dilution.measure(warm_checkpoint, "visualmath-v3", **kwargs)
+    snr = m["snr"]
+    close = lambda a, b: abs(a - b) <= 1e-5 * max(1e-3, abs(b))  # noqa: E731  (sums in another order)
+    assert m["derailed_share"] == 1.0                                   # all of it: one group, measured twice
+    assert close(snr["derailed"]["signal"], snr["all"]["signal"]) and close(snr["derailed"]["noise"], snr["all"]["noise"])
+    assert all(v["noise"] >= 0 and v["noise_trunk"] >= 0 for v in snr.values())
+    parts = sum(snr[c]["signal"] for c in ("perception", "grounded", "fork", "arithmetic", "copy", "filler", "other"))
+    assert close(parts, snr["all"]["signal"]) and close(snr["kept"]["signal"] + snr["noise"]["signal"], parts)
+    assert len(snr["all"]["squared_norms"]) == 3 and snr["all"]["noise"] > 0
+    assert abs(sum(c["share"] for c in m["census"]["classes"].values()) - 1) < 1e-6
+    assert dilution.measure(warm_checkpoint, "visualmath-v3", **kwargs)["snr"] == snr

@@ -115,7 +115,7 @@ def test_lessons_end_on_the_grid_task_with_the_teacher_slips():
 def test_sft_batch_supervises_exactly_the_response(random_checkpoint):
     tokenizer, image_processor = rollout.load_processor(random_checkpoint)
     examples = list(visualmath.make_slots(3, seed=4, n_numbers=3, digits=2))  # different response lengths
-    batch = tiny.sft_batch(tokenizer, image_processor, examples)
+    batch = rollout.sft_batch(tokenizer, image_processor, examples)
     B, S = batch["input_ids"].shape
     assert batch["labels"].shape == batch["attention_mask"].shape == batch["mm_token_type_ids"].shape == (B, S)
     for b, ex in enumerate(examples):
@@ -132,7 +132,7 @@ def test_a_few_sft_steps_fit_a_batch(random_checkpoint):
 
     tokenizer, image_processor = rollout.load_processor(random_checkpoint)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(random_checkpoint, dtype=torch.float32).train()
-    batch = tiny.sft_batch(tokenizer, image_processor, list(visualmath.make_slots(8, seed=5)))
+    batch = rollout.sft_batch(tokenizer, image_processor, list(visualmath.make_slots(8, seed=5)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(15):

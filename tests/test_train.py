@@ -144,11 +144,26 @@ def test_two_runs_with_one_seed_give_the_same_numbers(warm_checkpoint, tmp_path)
     (["--micro_batch_size", "3"], "--micro_batch_size 3"),
     (["--anchor_frac", "0"], "--anchor_frac 0"),
     (["--loss_agg", "mean"], "--loss_agg 'mean'"),
+    (["--weighting", "oracle"], "--weighting 'oracle': the oracle arms need known token classes"),  # on v1
 ])
 def test_bad_config_stops_with_a_clear_message(warm_checkpoint, tmp_path, args, message):
     proc = run_train(warm_checkpoint, tmp_path, "--steps", "1", *args, check=False)
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_v3_runs_log_the_realised_weight_of_each_token_class(warm_checkpoint, tmp_path):
+    """On VisualMath v3 every response token gets a class (chains.label_batch) and the log the mean W per class:
+    exactly 1 everywhere under uniform; the oracle arms run and keep the token-mean of W at 1."""
+    for arm in ("uniform", "oracle", "random_mask"):
+        run_train(warm_checkpoint, tmp_path / arm, "--steps", "1", "--weighting", arm, "--dataset", "visualmath-v3",
+                  "--eval_size", "0")
+        rec = records(tmp_path / arm)[0]
+        per_class = {k: v for k, v in rec.items() if k[2:] in ("perception", "grounded", "fork", "arithmetic", "copy",
+                                                               "filler", "other") and k.startswith("w_")}
+        assert per_class and all(v == v for v in per_class.values()), rec
+        if arm == "uniform":
+            assert set(per_class.values()) == {1.0}, per_class
 
 
 def test_non_finite_loss_skips_the_update_and_is_logged(warm_checkpoint, tmp_path):

@@ -6,8 +6,8 @@ import pytest
 
 import visualmath
 
-SYNTHETIC = ["slots_example", "make_slots", "grid_example", "make_grid", "sum_chain", "read_spans", "read_values",
-             "read_right", "locate_perception"]
+SYNTHETIC = ["slots_example", "make_slots", "grid_example", "make_grid", "v3_example", "sum_chain", "read_spans",
+             "read_values", "read_right", "locate_perception"]
 
 
 @pytest.mark.parametrize("name", SYNTHETIC)
@@ -228,5 +228,5 @@ def test_grid_bad_knobs_and_unknown_task():
     with pytest.raises(ValueError, match="slip"):
         visualmath.grid_example(random.Random(0), slip=1.5)
     with pytest.raises(ValueError, match="visualmath-v1"):
-        visualmath.make("visualmath-v3", 1)
+        visualmath.make("visualmath-v4", 1)
     assert len(visualmath.make("visualmath", 2)) == 2 and visualmath.make("visualmath-v1", 2)[0]["image"].size == (56, 28)
