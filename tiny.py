@@ -61,6 +61,7 @@ import torch
 
 import chains
 import cli
+import engine
 import eval as evaluation  # the one evaluator (train.py and eval.py use it too)
 import rollout
 import visualmath
@@ -265,7 +266,8 @@ def build_tiny(out_dir=DEFAULT_DIR, seed=0, lr=1e-3, batch_size=32, slip=0.7, st
     sft_seconds = time.time() - start
     # the figures: the unified evaluator on held-out grid questions (a seed no training stream uses)
     model.eval()
-    respond = evaluation.model_responder(model, tokenizer, image_processor, max_new_tokens=MAX_NEW_TOKENS[task])
+    respond = evaluation.model_responder(model, tokenizer, image_processor, max_new_tokens=MAX_NEW_TOKENS[task],
+                                         engine=engine.DecodeEngine(model))  # generate's tokens, faster (engine.py)
     result = evaluation.evaluate(visualmath.make(task, n_eval, seed=seed + 30_000), respond, k=eval_k,
                                  temperature=1.0, seed=seed, show=4)
     report = dict(steps=step, lessons={name: n for name, n, _ in plan}, sft_seconds=round(sft_seconds, 1),
