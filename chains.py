@@ -41,7 +41,6 @@ the read list and the chain keep v2's arithmetic; shape descriptions name colour
 reading order. Run: `python -m pytest -q tests/test_chains.py`.
 """
 
-import random
 import re
 
 CLASSES = ("perception", "grounded", "fork", "arithmetic", "copy", "filler", "other")  # by priority

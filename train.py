@@ -38,7 +38,8 @@ Run it:
 The run directory (runs.py): a second run into an out_dir that holds one refuses unless --resume 1 or
 --overwrite 1; checkpoints are out_dir/checkpoint-<step>/ (from_pretrained dirs + state.pt), written so that a
 kill -9 at any instant leaves a complete one; each step is logged once to out_dir/log.jsonl. A full disk, a
-corrupt checkpoint and SIGTERM/SIGINT each end in one line and lose nothing complete (runs.py, rules 7-9).
+corrupt checkpoint and SIGTERM/SIGINT each end in one line and lose nothing complete (runs.py and
+checkpoints.py, rules 7-9).
 """
 import atexit
 import contextlib
@@ -58,6 +59,7 @@ from tqdm import tqdm
 
 import atrl
 import chains
+import checkpoints
 import cli
 import connectivity
 import data
@@ -460,7 +462,7 @@ def evaluate():
 
 def save_checkpoint(step):
     """out_dir/checkpoint-<step>/: model + processor (a normal from_pretrained dir) + optimizer/scheduler/RNG
-    state (state.pt, tensors and plain values only). runs.save_checkpoint writes it under a temp name, renames
+    state (state.pt, tensors and plain values only). checkpoints.save_checkpoint writes it under a temp name, renames
     it into place and then deletes the old ones, so a kill at any instant leaves a complete checkpoint."""
     model_state, optim_state = None, optimizer.state_dict()
     if distributed and cfg.fsdp:  # gather full (unsharded) tensors on every rank, written by rank 0
@@ -479,20 +481,20 @@ def save_checkpoint(step):
         tokenizer.save_pretrained(path)
         image_processor.save_pretrained(path)
     state = {"step": step, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
-             "config": dataclasses.asdict(cfg), "rng": runs.rng_state()}
-    runs.save_checkpoint(cfg.out_dir, step, write_model, state, keep=cfg.keep_checkpoints)
+             "config": dataclasses.asdict(cfg), "rng": checkpoints.rng_state()}
+    checkpoints.save_checkpoint(cfg.out_dir, step, write_model, state, keep=cfg.keep_checkpoints)
 
 
 start_step = 0
 log_path = os.path.join(cfg.out_dir, "log.jsonl")
 if resume_dir:
-    state = resume_state  # loaded with weights_only=True by runs.latest_checkpoint
+    state = resume_state  # loaded with weights_only=True by checkpoints.latest_checkpoint
     if distributed and cfg.fsdp:  # the saved state is full; each rank keeps its shard
         set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
     else:
         optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    runs.set_rng_state(state["rng"])
+    checkpoints.set_rng_state(state["rng"])
     start_step = state["step"]
     changed = {k: (v, getattr(cfg, k)) for k, v in state["config"].items()
                if k not in ("steps", "resume", "overwrite", "report_to") and getattr(cfg, k, v) != v}
@@ -627,7 +629,7 @@ probe_context.__exit__(None, None, None)  # restore the model's own attention im
 tracker.close()
 if not stop:
     print0(f"done: {cfg.steps} steps, log in {log_path}, checkpoint in "
-           f"{os.path.join(cfg.out_dir, runs.newest_checkpoint_name(cfg.out_dir))}")
+           f"{os.path.join(cfg.out_dir, checkpoints.newest_checkpoint_name(cfg.out_dir))}")
 elif master:
     print(runs.stopped_line(stop, step, cfg.out_dir), file=sys.stderr)
 if distributed:  # NOTE: the ranks leave together: once one exits non-zero (a stop), torchrun kills the others

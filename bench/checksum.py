@@ -1,4 +1,4 @@
-"""What verifying a checkpoint costs: runs.file_digests (sha256 of 64 MiB pieces on up to 8 threads, the hash in
+"""What verifying a checkpoint costs: checkpoints.file_digests (sha256 of 64 MiB pieces on up to 8 threads, the hash in
 every checkpoint's manifest.json) beside one-thread sha256 of the whole file (what `sha256sum` does), zlib's
 crc32 (a cheaper checksum that still catches any flipped bit) and a plain read (the floor), on one file in the
 page cache -- as a save finds the files it just wrote. Prints GB/s, the ratio to one-thread sha256, and what a
@@ -22,7 +22,8 @@ import zlib
 
 import torch
 
-import runs
+import checkpoints
+
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--gib", type=float, default=1.0, help="size of the file hashed, GiB")
@@ -59,7 +60,7 @@ with open(path, "wb") as f:
 methods = {"read only (the floor)": lambda: read_all(path, len),
            "sha256, one thread (sha256sum)": lambda: sha256_one_thread(path),
            "crc32, one thread": lambda: crc32_one_thread(path),
-           f"runs.file_digests ({min(8, os.cpu_count() or 1)} threads)": lambda: runs.file_digests(folder, ["weights.bin"])}
+           f"checkpoints.file_digests ({min(8, os.cpu_count() or 1)} threads)": lambda: checkpoints.file_digests(folder, ["weights.bin"])}
 read_all(path, len)  # warm the page cache
 best = {name: float("inf") for name in methods}
 for _ in range(args.repeat):  # interleaved rounds: the machine's load hits every method alike

@@ -150,6 +150,12 @@ class CaptureTimer:
         connectivity.Probe._capture = self._inner
 
 
+def peak_of(model, inputs, response_mask, layers, chunk, device):
+    """Peak memory of one forward with the probe installed on `layers` (installed outside the measurement)."""
+    with installed(model, layers, chunk) as p:
+        return peak_bytes(functools.partial(run, model, inputs, response_mask, p), device)
+
+
 def bench(name, text, vision, dtype, device, shapes):
     model = build_model(text, vision, dtype, device).eval()  # in place, in dtype, tied embeddings (common.py)
     L = text["num_hidden_layers"]
@@ -185,10 +191,7 @@ def bench(name, text, vision, dtype, device, shapes):
                 f"{s} {1e3 * times[s][-1]:.1f} ms" + ("" if s == "sdpa" else f" ({100 * (times[s][-1] / times['sdpa'][-1] - 1):+.1f}%)")
                 for s, _, _ in settings), flush=True)
 
-        def forward_with(layers, chunk):
-            with installed(model, layers, chunk) as p:
-                return peak_bytes(functools.partial(run, model, inputs, response_mask, p), device)
-        peaks = {s: forward_with(layers, chunk) for s, layers, chunk in settings}
+        peaks = {s: peak_of(model, inputs, response_mask, layers, chunk, device) for s, layers, chunk in settings}
         print("| setting | layers | median ms | overhead (paired median) [min, max] | overhead (best of "
               "rounds) | time inside probe / sdpa forward | peak MiB | peak vs sdpa | whole-row reads |")
         print("|---|---|---|---|---|---|---|---|---|")

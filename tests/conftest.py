@@ -78,7 +78,6 @@ def random_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def warm_checkpoint(random_checkpoint, tmp_path_factory):
     import visualmath
-    import tiny
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     import rollout

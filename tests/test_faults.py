@@ -2,7 +2,7 @@
 no completed step beyond the one in flight, and resuming afterwards gives the run that never met them.
 
 Each fault is made for real or injected where it happens: OSError(ENOSPC) in the middle of a checkpoint save and
-of a log line (ATRL_TEST_HOOK=<point>:<step>:full, runs.fault_hook) and, where user namespaces allow mounting
+of a log line (ATRL_TEST_HOOK=<point>:<step>:full, checkpoints.fault_hook) and, where user namespaces allow mounting
 one, a real tmpfs that fills up; a real SIGTERM to train.py, to one rank of a 2-process torchrun run, and a
 second signal; a truncated model.safetensors and a flipped bit in state.pt (one that torch.load does not
 notice). After each, `--resume 1` must give log records equal, in every key but time_*, to an uninterrupted run.
@@ -23,7 +23,7 @@ import torch
 from test_runs import logged_steps, snapshot, start_train, stderr_tail, strip_times
 from test_train import REPO, SMALL, records, run_train, weights
 
-import runs
+import checkpoints
 from conftest import torchrun_command
 
 STEPS = ["--steps", "6", "--save_every", "1", "--keep_checkpoints", "2"]
@@ -58,7 +58,7 @@ def assert_one_clear_line(proc, line):
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-3000:]
 
 
-def checkpoints(out_dir):
+def checkpoint_names(out_dir):
     return sorted(n for n in os.listdir(out_dir) if n.startswith("checkpoint"))
 
 
@@ -79,7 +79,7 @@ def test_a_full_disk_stops_with_one_line_and_resume_gives_the_uninterrupted_run(
     assert_one_clear_line(proc, f"train.py: error: no space left on device while writing {out}/checkpoint-3.tmp; the "
                                 f"newest complete checkpoint is {out}/checkpoint-2 (step 2); free space, then continue "
                                 "with --resume 1")
-    assert proc.returncode == 1 and checkpoints(out) == ["checkpoint-1", "checkpoint-2"]  # the partial one removed
+    assert proc.returncode == 1 and checkpoint_names(out) == ["checkpoint-1", "checkpoint-2"]  # the partial one removed
     assert logged_steps(out) == [0, 1, 2]
 
     # resumed, the disk fills up half way through step 4's record: the log is cut back to whole records
@@ -140,7 +140,7 @@ def tmpfs_works():
 @pytest.mark.skipif(not tmpfs_works(), reason="needs `unshare -r -m` (user namespaces) to mount a small tmpfs")
 def test_a_real_full_disk_with_the_tracker_on_ends_in_one_line(warm_checkpoint, straight, tmp_path):
     """out_dir on a 22 MiB tmpfs: checkpoints of ~9 MiB, --keep_checkpoints 2, so the third save runs out of space
-    (in state.pt, written by torch.save: the error torch raises is not an OSError, runs.write_errno finds it)."""
+    (in state.pt, written by torch.save: the error torch raises is not an OSError, checkpoints.write_errno finds it)."""
     disk, copy = tmp_path / "disk", tmp_path / "copy"
     disk.mkdir()
     cmd = [sys.executable, "train.py", "--model", warm_checkpoint, "--out_dir", str(disk / "run"), *SMALL, *STEPS,
@@ -152,7 +152,7 @@ def test_a_real_full_disk_with_the_tracker_on_ends_in_one_line(warm_checkpoint, 
     assert_one_clear_line(proc, f"train.py: error: no space left on device while writing {disk}/run/checkpoint-3.tmp; "
                                 f"the newest complete checkpoint is {disk}/run/checkpoint-2 (step 2); free space, then "
                                 "continue with --resume 1")
-    assert checkpoints(copy) == ["checkpoint-1", "checkpoint-2"] and logged_steps(copy) == [0, 1, 2]
+    assert checkpoint_names(copy) == ["checkpoint-1", "checkpoint-2"] and logged_steps(copy) == [0, 1, 2]
     proc = train(warm_checkpoint, copy, *STEPS, "--resume", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_run(straight, copy)
@@ -171,7 +171,7 @@ def test_sigterm_finishes_the_step_saves_it_and_resume_repeats_nothing(warm_chec
     assert proc.wait(timeout=300) == 128 + signal.SIGTERM, stderr_tail(out)  # 143 from exit(), not killed (-15)
     last = logged_steps(out)[-1]
     assert logged_steps(out) == list(range(last + 1)) and 1 <= last < 5
-    assert checkpoints(out) == [f"checkpoint-{last + 1}"]  # the step in flight was finished and saved
+    assert checkpoint_names(out) == [f"checkpoint-{last + 1}"]  # the step in flight was finished and saved
     assert last_line(stderr_tail(out)) == (f"train.py: stopped by SIGTERM after step {last}; its checkpoint is "
                                            f"{out}/checkpoint-{last + 1}; continue with --resume 1")
     assert "Traceback" not in stderr_tail(out)
@@ -232,13 +232,13 @@ def test_under_torchrun_a_signal_to_one_rank_stops_every_rank_after_the_same_ste
     stderr = open(tmp_path / "run.err").read()
     last = logged_steps(out)[-1]
     assert logged_steps(out) == list(range(last + 1)) and last < 5, stderr[-3000:]
-    assert checkpoints(out) == [f"checkpoint-{last + 1}"], stderr[-3000:]  # rank 0 stopped after the same step
+    assert checkpoint_names(out) == [f"checkpoint-{last + 1}"], stderr[-3000:]  # rank 0 stopped after the same step
     assert f"train.py: stopped by SIGTERM after step {last}; its checkpoint is {out}/checkpoint-{last + 1}" in stderr
     assert "exitcode  : 143" in stderr  # torchrun's report: a rank ended by exit(143), not killed by the signal
     # no traceback through the project's files (torchrun's report of a stop has its own, from its package, which
     # may sit under REPO too: CI's venv is REPO/.venv)
     assert not re.search(rf'File "{re.escape(REPO)}/[^/"]+\.py"', stderr), stderr[-3000:]
-    assert runs.latest_checkpoint(str(out))[1]["step"] == last + 1
+    assert checkpoints.latest_checkpoint(str(out))[1]["step"] == last + 1
 
 # --------------------------------------------------------------------------------------------------
 # A corrupt checkpoint
@@ -260,7 +260,7 @@ def flip_a_bit_in_a_tensor(state_pt):
 def test_a_corrupt_checkpoint_is_never_loaded_and_resume_falls_back(warm_checkpoint, straight, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(straight, out)  # a finished run: checkpoint-5 and checkpoint-6
-    assert checkpoints(out) == ["checkpoint-5", "checkpoint-6"]
+    assert checkpoint_names(out) == ["checkpoint-5", "checkpoint-6"]
 
     # a truncated model.safetensors (a crash of the storage layer, a half copy): resume takes checkpoint-5
     model = out / "checkpoint-6" / "model.safetensors"
@@ -304,12 +304,12 @@ def test_a_checkpoint_from_before_manifests_is_checked_by_its_lengths(tmp_path, 
         (path / "config.json").write_text("{}")
         save_file({"w": torch.arange(1000.0)}, path / "model.safetensors")
         torch.save({"step": step}, path / "state.pt")
-    assert runs.latest_checkpoint(str(tmp_path))[:2] == (str(tmp_path / "checkpoint-2"), {"step": 2})
+    assert checkpoints.latest_checkpoint(str(tmp_path))[:2] == (str(tmp_path / "checkpoint-2"), {"step": 2})
     assert "checkpoint-2: has no manifest.json (written before checkpoints carried one): checking file lengths only" \
         in capsys.readouterr().out
     size = os.path.getsize(tmp_path / "checkpoint-2" / "model.safetensors")
     os.truncate(tmp_path / "checkpoint-2" / "model.safetensors", size - 1)
-    path, state, skipped = runs.latest_checkpoint(str(tmp_path))
+    path, state, skipped = checkpoints.latest_checkpoint(str(tmp_path))
     assert path == str(tmp_path / "checkpoint-1")
     assert skipped == [f"checkpoint-2: model.safetensors has {size - 1:,} bytes where its header says {size:,} (truncated?)"]
 
@@ -322,7 +322,7 @@ def test_a_save_removes_the_newer_checkpoints_resume_skipped_and_keeps_the_good_
     def write_model(path):
         for name in ("config.json", "model.safetensors"):
             open(os.path.join(path, name), "w").write("{}")
-    runs.save_checkpoint(out, 2, write_model, {"step": 2}, keep=1)
+    checkpoints.save_checkpoint(out, 2, write_model, {"step": 2}, keep=1)
     os.makedirs(os.path.join(out, "checkpoint-9"))  # what resume skipped (empty: no manifest, no files)
-    runs.save_checkpoint(out, 3, write_model, {"step": 3}, keep=1)
-    assert checkpoints(out) == ["checkpoint-3"]
+    checkpoints.save_checkpoint(out, 3, write_model, {"step": 3}, keep=1)
+    assert checkpoint_names(out) == ["checkpoint-3"]

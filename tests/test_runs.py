@@ -1,7 +1,7 @@
 """runs.py: a run is never lost, survives kill -9 at any instant, is tracked, and bad flags stop with one line.
 
 The centrepiece is a fault-injection test: train.py as a subprocess is killed with SIGKILL at named points
-inside a checkpoint save and in the middle of a log write (ATRL_TEST_HOOK, runs.fault_hook) and at random
+inside a checkpoint save and in the middle of a log write (ATRL_TEST_HOOK, checkpoints.fault_hook) and at random
 moments, resumed after each kill, and must end with every step logged exactly once and the same rewards,
 losses and weights as an uninterrupted run -- and so must the TensorBoard events. Around it: the run-dir
 guard (re-run refuses, --resume without a checkpoint refuses and changes nothing, --overwrite), checkpoint
@@ -27,6 +27,7 @@ import pytest
 import torch
 from test_train import REPO, SMALL, records, run_train, weights
 
+import checkpoints
 import cli
 import eval as ev
 import runs
@@ -47,14 +48,14 @@ def snapshot(folder):
 
 
 def fake_checkpoint(out_dir, step, state=None):
-    """A checkpoint-<step>/ with the files runs.latest_checkpoint looks for (tiny stand-ins for the weights) and,
+    """A checkpoint-<step>/ with the files checkpoints.latest_checkpoint looks for (tiny stand-ins for the weights) and,
     as a save writes it, their manifest."""
     path = os.path.join(out_dir, f"checkpoint-{step}")
     os.makedirs(path, exist_ok=True)
     for name in ("config.json", "model.safetensors"):
         open(os.path.join(path, name), "w").write("{}")
     torch.save(state if state is not None else {"step": step}, os.path.join(path, "state.pt"))
-    runs.write_manifest(path, step)
+    checkpoints.write_manifest(path, step)
     return path
 
 
@@ -99,7 +100,7 @@ def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_run(warm_checkpoint
     proc = start_train(warm_checkpoint, out, *common, *tracking, hook="checkpoint_model_written:1")
     assert proc.wait(timeout=300) == -signal.SIGKILL, stderr_tail(out)
     print("\nkill at checkpoint_model_written:1 ->", sorted(os.listdir(out)), "logged", logged_steps(out))
-    assert runs.latest_checkpoint(str(out))[:2] == (None, None) and logged_steps(out) == [0]
+    assert checkpoints.latest_checkpoint(str(out))[:2] == (None, None) and logged_steps(out) == [0]
     before = snapshot(out)
     proc = run_train(warm_checkpoint, out, *common, "--resume", "1", check=False)
     assert proc.returncode != 0 and "no complete checkpoint" in proc.stderr, proc.stderr[-2000:]
@@ -129,7 +130,7 @@ def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_run(warm_checkpoint
             time.sleep(rng.uniform(0.0, 0.4))
             proc.send_signal(signal.SIGKILL)
         rc = proc.wait(timeout=300)
-        path, state, _ = runs.latest_checkpoint(str(out))
+        path, state, _ = checkpoints.latest_checkpoint(str(out))
         print(f"kill at {point or 'none (to the end)'} -> exit {rc}, newest complete {os.path.basename(path)}, "
               f"on disk {sorted(n for n in os.listdir(out) if n.startswith('checkpoint'))}, logged {logged_steps(out)}")
         assert rc == (0 if not point else -signal.SIGKILL) or (point.startswith("random") and rc == 0), stderr_tail(out)
@@ -190,7 +191,7 @@ def test_resume_takes_the_newest_complete_checkpoint_and_never_runs_its_code(tmp
     fake_checkpoint(out, 6)
     os.remove(os.path.join(out, "checkpoint-6", "model.safetensors"))                 # no weights
     os.makedirs(os.path.join(out, "checkpoint-7.tmp"))                                # a save in progress
-    path, state, _ = runs.latest_checkpoint(out)
+    path, state, _ = checkpoints.latest_checkpoint(out)
     assert path == os.path.join(out, "checkpoint-2") and state == {"step": 2}
     assert not os.path.exists(marker), "torch.load ran code from a checkpoint"
 
@@ -229,18 +230,18 @@ def test_save_keeps_the_newest_checkpoints_and_clears_leftovers(tmp_path):
         for name in ("config.json", "model.safetensors"):
             open(os.path.join(path, name), "w").write("{}")
     for step in range(1, 5):
-        runs.save_checkpoint(out, step, write_model, {"step": step, "rng": runs.rng_state()}, keep=2)
+        checkpoints.save_checkpoint(out, step, write_model, {"step": step, "rng": checkpoints.rng_state()}, keep=2)
     assert sorted(os.listdir(out)) == ["checkpoint-3", "checkpoint-4"]
-    assert runs.latest_checkpoint(out)[1]["step"] == 4
+    assert checkpoints.latest_checkpoint(out)[1]["step"] == 4
 
 
 def test_rng_state_round_trips_through_a_weights_only_load(tmp_path):
     import numpy as np
 
     torch.manual_seed(1); random.seed(2); np.random.seed(3); np.random.randn()  # noqa: E702  (a cached gaussian too)
-    torch.save({"rng": runs.rng_state()}, tmp_path / "state.pt")
+    torch.save({"rng": checkpoints.rng_state()}, tmp_path / "state.pt")
     first = (torch.rand(3), random.random(), np.random.randn(2))
-    runs.set_rng_state(torch.load(tmp_path / "state.pt", weights_only=True)["rng"])
+    checkpoints.set_rng_state(torch.load(tmp_path / "state.pt", weights_only=True)["rng"])
     again = (torch.rand(3), random.random(), np.random.randn(2))
     assert torch.equal(first[0], again[0]) and first[1] == again[1] and (first[2] == again[2]).all()
 
@@ -259,7 +260,7 @@ def test_resumed_log_keeps_only_steps_before_the_checkpoint(tmp_path):
 
 
 def test_docstring_examples(doctest_examples):
-    assert doctest_examples(cli, ("field_comments",)) + doctest_examples(runs, ("read_log", "write_errno")) == 6
+    assert doctest_examples(cli, ("field_comments",)) + doctest_examples(runs, ("read_log",)) + doctest_examples(checkpoints, ("write_errno",)) == 6
 
 # --------------------------------------------------------------------------------------------------
 # Tracking

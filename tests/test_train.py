@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import runs
+import checkpoints
 from conftest import REPO, torchrun_command
 
 SMALL = ["--prompts_per_step", "2", "--group_size", "4", "--max_new_tokens", "12", "--eval_size", "4",
@@ -38,7 +38,7 @@ def run_train(ckpt, out_dir, *args, torchrun=0, check=True):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     if check:
         # judge by results too: some torch builds abort at exit after a clean run, so also require the log
-        assert proc.returncode == 0 or runs.newest_checkpoint_name(str(out_dir)), proc.stderr[-3000:]
+        assert proc.returncode == 0 or checkpoints.newest_checkpoint_name(str(out_dir)), proc.stderr[-3000:]
     return proc
 
 
@@ -50,7 +50,7 @@ def records(out_dir):
 
 def weights(out_dir):
     """The weights of out_dir's newest checkpoint-<step>/."""
-    return load_file(os.path.join(out_dir, runs.newest_checkpoint_name(str(out_dir)), "model.safetensors"))
+    return load_file(os.path.join(out_dir, checkpoints.newest_checkpoint_name(str(out_dir)), "model.safetensors"))
 
 
 def assert_same_weights(a, b, atol=2.4e-7):
