@@ -66,6 +66,8 @@ parser.add_argument("--snr_batches", type=int, default=24, help="gate 0: rollout
 parser.add_argument("--census_batches", type=int, default=4, help="gate 0: batches behind the per-class census")
 parser.add_argument("--jobs", type=int, default=2, help="builds / runs / measurements in parallel (one thread each)")
 parser.add_argument("--stop_after", default="main", choices=["gate0", "gate1", "main"])
+parser.add_argument("--force_gate1", action="store_true", help="run gate 1 even where gate 0 failed: the positive "
+                    "control says whether an oracle can use what dilution there is (the main comparison stays gated)")
 parser.add_argument("--quick", action="store_true", help="1 warm start, 1 RL seed, 10 steps: the shape in minutes")
 parser.add_argument("--skip_training", action="store_true", help="tables from what is on disk; start nothing")
 parser.add_argument("--measure", nargs=2, metavar=("WARM_DIR", "TASK"), help=argparse.SUPPRESS)  # gate 0 of one warm start
@@ -112,7 +114,8 @@ def train_job(spec, w, r):
 
 
 def run_grid(specs, warm_seeds, rl_seeds):
-    jobs = [train_job(s, w, r) for s in specs for w in warm_seeds for r in rl_seeds
+    """Every (arm, pair) run not finished yet, pair by pair: a grid stopped part-way leaves whole pairs behind."""
+    jobs = [train_job(s, w, r) for w in warm_seeds for r in rl_seeds for s in specs
             if not trials.finished(run_dir(s, w, r), args.steps)]
     print(f"{len(jobs)} runs to do ({len(specs) * len(warm_seeds) * len(rl_seeds) - len(jobs)} finished)", flush=True)
     started.extend(trials.run_all(jobs, args.jobs))
@@ -181,7 +184,7 @@ def build(pairs):
 # gate 0 measures every v3 warm start, and the first warm start of the two controls (not gated)
 measured = [("v3", w) for w in args.warm_seeds] + [("fixed", args.warm_seeds[0]), ("fork", args.warm_seeds[0])]
 if not args.skip_training:
-    build(measured)
+    build([(t, w) for t, w in measured if not os.path.exists(os.path.join(args.out, "gate0", f"{t}-{w}.json"))])
     jobs = [(f"gate 0 {t} {w}", [sys.executable, "experiment_v3.py", "--out", args.out, "--snr_batches",
                                  str(args.snr_batches), "--census_batches", str(args.census_batches), "--max_new_tokens",
                                  str(args.max_new_tokens), "--measure", warm_dir(t, w), TASKS[t]],
@@ -213,12 +216,14 @@ gate0_pass = bool(v3_measured) and all(gate0_verdict(gate0[k])[0] for k in v3_me
 G1_V3 = [("v3", "uniform", 2.0, 1.0), ("v3", "uniform", 2.0, 0.5), ("v3", "uniform", 2.0, 2.0), ("v3", "oracle", 2.0, 1.0),
          ("v3", "oracle_mask", 2.0, 1.0), ("v3", "oracle_up", 2.0, 1.0), ("v3", "random_mask", 2.0, 1.0)]
 G1_FIXED = [("fixed", "uniform", 2.0, 1.0), ("fixed", "oracle", 2.0, 1.0), ("fixed", "uniform", 2.0, 2.0)]
+VERDICT = [G1_V3[0], G1_V3[3], G1_FIXED[0], G1_FIXED[1]]  # the four arms gate 1's verdict reads
 pairs1 = [(w, r) for w in args.warm_seeds for r in args.rl_seeds]
 gate1_pass, best_lr = None, 1.0
-if gate0_pass or args.skip_training:
+if gate0_pass or args.force_gate1 or args.skip_training:
     if args.stop_after != "gate0" and not args.skip_training:
-        build([("fixed", w) for w in args.warm_seeds])
-        run_grid(G1_V3 + G1_FIXED, args.warm_seeds, args.rl_seeds)
+        build([(t, w) for t in ("v3", "fixed") for w in args.warm_seeds])
+        run_grid(VERDICT, args.warm_seeds, args.rl_seeds)  # the verdict first, then the controls that explain it
+        run_grid([s for s in G1_V3 + G1_FIXED if s not in VERDICT], args.warm_seeds, args.rl_seeds)
     d_v3, d_fixed = paired(G1_V3[3], G1_V3[0], pairs1), paired(G1_FIXED[1], G1_FIXED[0], pairs1)
     if len(d_v3) >= 2 and len(d_fixed) >= 2:
         (m3, h3), (mf, _) = trials.interval(d_v3), trials.interval(d_fixed)
@@ -233,7 +238,7 @@ if gate0_pass or args.skip_training:
 MAIN = [("v3", arm, gain, best_lr) for arm, gain in (("uniform", 2.0), ("oracle", 2.0), ("atrl", 2.0), ("atrl", 4.0),
                                                      ("tokens", 2.0), ("vppo", 2.0), ("entropy", 2.0), ("random", 2.0))]
 pairs2 = [(w, r) for w in args.warm_seeds for r in args.main_rl_seeds]
-if gate1_pass and args.stop_after == "main" and not args.skip_training:
+if gate0_pass and gate1_pass and args.stop_after == "main" and not args.skip_training:
     run_grid(MAIN, args.warm_seeds, args.main_rl_seeds)
 minutes = (time.time() - began) / 60
 
@@ -375,6 +380,13 @@ if gate1_pass is None:
     lines.append("Not run: gate 0 failed, so there is no dilution for an oracle to use." if not gate0_pass else "Not run yet.")
 else:
     plot(G1_V3 + G1_FIXED, pairs1, os.path.join(args.out, "gate1_curves.png"), "gate 1")
+    done = sum(bool(records(s, w, r)) for s in G1_V3 + G1_FIXED for w, r in pairs1)
+    if not gate0_pass:
+        lines += ["Run although gate 0 failed (`--force_gate1`): the positive control says whether perfect selection "
+                  "can use what dilution v3 has; the main comparison stays gated on gate 0.", ""]
+    if done < len(G1_V3 + G1_FIXED) * len(pairs1):
+        lines += [f"**Incomplete: {done} of {len(G1_V3 + G1_FIXED) * len(pairs1)} runs finished** (the verdict's "
+                  "four arms first, pair by pair; `python experiment_v3.py --force_gate1` continues where it stopped).", ""]
     lines += ["With filler (v3), every run against uniform at 1x:", "", *arm_table(G1_V3, pairs1, G1_V3[0]), "",
               "Without filler noise (v3-fixed):", "", *arm_table(G1_FIXED, pairs1, G1_FIXED[0]), "",
               f"- oracle - uniform: v3 {fmt(d_v3)[0]} ({fmt(d_v3)[1]} pairs above), v3-fixed {fmt(d_fixed)[0]}; "
@@ -382,7 +394,7 @@ else:
               f"- step size: oracle - uniform at 2x {fmt(paired(G1_V3[3], G1_V3[2], pairs1))[0]}; the best uniform "
               f"learning rate is {best_lr:g}x",
               f"- which tokens, or how many: oracle_mask - random_mask {fmt(paired(G1_V3[4], G1_V3[6], pairs1))[0]}",
-              f"- filler entropy drift (warm start -> end): " + ", ".join(
+              "- filler entropy drift (warm start -> end): " + ", ".join(
                   f"{run_name(*s)} {drift_of(s, pairs1)}" for s in G1_V3), "",
               f"**Gate 1: {'PASS: a dilution effect' if gate1_pass else 'FAIL: no dilution effect at this scale'}** "
               "(needs oracle - uniform >= +0.03 with its interval above 0 on v3, and |oracle - uniform| < 0.03 on "
