@@ -2,6 +2,7 @@
 lucky-guess shares are recomputed here by hand from synthetic logs. No model is built or trained."""
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -139,7 +140,13 @@ def test_v3_gates_from_synthetic_measurements_and_logs(tmp_path):
     assert "**Gate 1: FAIL: no dilution effect at this scale**" in run_v3(tmp_path)
     # a filler that carries too little noise fails gate 0 (on one warm start is enough)
     (tmp_path / "gate0" / "v3-1.json").write_text(json.dumps(gate0_json(0.4, [-0.05, 0.04])))
-    assert "**Gate 0: FAIL**" in run_v3(tmp_path)
+    summary = run_v3(tmp_path)
+    assert "**Gate 0: FAIL**" in summary and "Incomplete" not in summary
+    # gate 1 run anyway (--force_gate1) and stopped part-way: the summary says both, and counts what finished
+    assert "Run although gate 0 failed" in summary
+    shutil.rmtree(tmp_path / "runs" / "v3-random_mask-w1-r1")
+    summary = run_v3(tmp_path)
+    assert "**Incomplete: 39 of 40 runs finished**" in summary and "**Gate 1: FAIL" in summary
 
 
 # --- dilution.py: gate 0's measurement on a real (tiny) policy --------------------------------------------------
