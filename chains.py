@@ -87,6 +87,7 @@ def teacher_chain(values, shapes, rng, variant="visualmath-v3", pair_slip=0.5):
     describing `shapes` ((colour, kind) names in reading order). pieces = [(text, class)] in order; their texts
     joined are the response. Every random choice is drawn from `rng`.
 
+    >>> import random
     >>> text, pieces = teacher_chain([3, 5, 2, 7], [("red", "circle")], random.Random(0), "visualmath-v3-fixed")
     >>> text
     '<think>Okay. I see 3, 5, 2, 7. There is a red circle. Adding up: 3+5=8; then 8+2=10; then 10+7=17. Looks right. The total is 17.</think><answer>17</answer>'
@@ -156,6 +157,7 @@ def on_grammar(text):
     """Could the teacher have written `text`, up to its numbers? (A sample that leaves the grammar has "derailed":
     a token from the tail of a distribution, and usually a few confused ones after it.)
 
+    >>> import random
     >>> on_grammar(teacher_chain([3, 5], [("red", "circle")], random.Random(2))[0])
     True
     >>> on_grammar("<think>Okay. I see 3, 5. There is a oranglue circle. Sum: 3+5=8. Done. Answer: 8.</think><answer>8</answer>")
