@@ -20,7 +20,7 @@ import zipfile
 
 import pytest
 import torch
-from test_runs import logged_steps, snapshot, start_train, stderr_tail, strip_times
+from test_runs import logged_steps, snapshot, start_train, stderr_tail, strip_times, train_env
 from test_train import REPO, SMALL, records, run_train, weights
 
 import checkpoints
@@ -39,12 +39,8 @@ def straight(warm_checkpoint, tmp_path_factory):
 
 def train(ckpt, out_dir, *args, hook=None):
     """train.py to its end (or its fault), ATRL_TEST_HOOK=hook; the finished process (stdout, stderr captured)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("ATRL_TEST_HOOK", None)
-    if hook:
-        env["ATRL_TEST_HOOK"] = hook
     return subprocess.run([sys.executable, "train.py", "--model", ckpt, "--out_dir", str(out_dir), *SMALL, *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=train_env(hook), capture_output=True, text=True, timeout=600)
 
 
 def last_line(text):
@@ -223,8 +219,7 @@ def test_under_torchrun_a_signal_to_one_rank_stops_every_rank_after_the_same_ste
     out, err = tmp_path / "run", open(tmp_path / "run.err", "w")
     proc = subprocess.Popen([*torchrun_command(2), "train.py", "--model", warm_checkpoint, "--out_dir", str(out),
                              *SMALL, "--steps", "6", "--save_every", "100", "--micro_batch_size", "2"], cwd=REPO,
-                            env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"), stdout=subprocess.DEVNULL,
-                            stderr=err)
+                            env=train_env(), stdout=subprocess.DEVNULL, stderr=err)
     while proc.poll() is None and len(logged_steps(out)) < 2:
         time.sleep(0.02)
     os.kill(children(proc.pid)[1], signal.SIGTERM)

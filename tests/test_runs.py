@@ -59,15 +59,20 @@ def fake_checkpoint(out_dir, step, state=None):
     return path
 
 
-def start_train(ckpt, out_dir, *args, hook=None):
-    """train.py in the background (stderr to out_dir's sibling .err file); ATRL_TEST_HOOK=hook if given."""
+def train_env(hook=None):
+    """The environment of a train.py under test: one thread, unbuffered, ATRL_TEST_HOOK=hook (or none)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("ATRL_TEST_HOOK", None)
     if hook:
         env["ATRL_TEST_HOOK"] = hook
+    return env
+
+
+def start_train(ckpt, out_dir, *args, hook=None):
+    """train.py in the background (stderr to out_dir's sibling .err file); ATRL_TEST_HOOK=hook if given."""
     err = open(f"{out_dir}.err", "w")
     return subprocess.Popen([sys.executable, "train.py", "--model", ckpt, "--out_dir", str(out_dir), *SMALL, *args],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
+                            cwd=REPO, env=train_env(hook), stdout=subprocess.DEVNULL, stderr=err)
 
 
 def stderr_tail(out_dir):
