@@ -193,8 +193,6 @@ if not args.skip_training:
     started.extend(trials.run_all(jobs, args.jobs))
 gate0 = {f[:-5]: json.load(open(os.path.join(args.out, "gate0", f))) for f in sorted(os.listdir(os.path.join(args.out, "gate0")))
          if f.endswith(".json")}
-sft = {f"{t}-{w}": json.load(open(os.path.join(warm_dir(t, w), "sft_report.json"))) for t in ("v3", "fixed", "fork")
-       for w in args.warm_seeds if os.path.exists(os.path.join(warm_dir(t, w), "sft_report.json"))}
 
 
 def gate0_verdict(m):
@@ -331,6 +329,10 @@ def census_table(keys):
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
+
+# the warm starts' reports, read after every build (gate 1 builds the fixed ones)
+sft = {f"{t}-{w}": json.load(open(os.path.join(warm_dir(t, w), "sft_report.json"))) for t in ("v3", "fixed", "fork")
+       for w in args.warm_seeds if os.path.exists(os.path.join(warm_dir(t, w), "sft_report.json"))}
 
 lines = ["# Does AT-RL work where credit is diluted? VisualMath v3", "",
          f"Command: `python experiment_v3.py {' '.join(sys.argv[1:])}`"
