@@ -29,6 +29,7 @@ the curve), paired by (warm start, RL seed) with trials.py's t-intervals; greedy
 Run (warm starts build into <out>/warm/ once; finished runs are skipped, so an interrupted run continues):
     python experiment_v3.py                      # gate 0, then gate 1 if it passes, then main if that passes
     python experiment_v3.py --stop_after gate0   # the cheap gate only
+    python experiment_v3.py --force_gate1 --stop_after gate1   # the positive control even where gate 0 failed
     python experiment_v3.py --quick              # 1 warm start, 1 RL seed, 10 steps, few batches: the shape, minutes
     python experiment_v3.py --skip_training      # every table again from <out>/runs/*/log.jsonl and <out>/gate0/*.json
 """
