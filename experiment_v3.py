@@ -394,7 +394,7 @@ else:
               "Without filler noise (v3-fixed):", "", *arm_table(G1_FIXED, pairs1, G1_FIXED[0]), "",
               f"- oracle - uniform: v3 {fmt(d_v3)[0]} ({fmt(d_v3)[1]} pairs above), v3-fixed {fmt(d_fixed)[0]}; "
               f"with filler minus without (paired by index) {fmt([a - b for a, b in zip(d_v3, d_fixed)])[0]}",
-              f"- step size: oracle - uniform at 2x {fmt(paired(G1_V3[3], G1_V3[2], pairs1))[0]}; the best uniform "
+              f"- step size: oracle at 1x - uniform at 2x {fmt(paired(G1_V3[3], G1_V3[2], pairs1))[0]}; the best uniform "
               f"learning rate is {best_lr:g}x",
               f"- which tokens, or how many: oracle_mask - random_mask {fmt(paired(G1_V3[4], G1_V3[6], pairs1))[0]}",
               "- filler entropy drift (warm start -> end): " + ", ".join(
