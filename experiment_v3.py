@@ -185,12 +185,12 @@ def build(pairs):
 # gate 0 measures every v3 warm start, and the first warm start of the two controls (not gated)
 measured = [("v3", w) for w in args.warm_seeds] + [("fixed", args.warm_seeds[0]), ("fork", args.warm_seeds[0])]
 if not args.skip_training:
-    build([(t, w) for t, w in measured if not os.path.exists(os.path.join(args.out, "gate0", f"{t}-{w}.json"))])
+    unmeasured = [(t, w) for t, w in measured if not os.path.exists(os.path.join(args.out, "gate0", f"{t}-{w}.json"))]
+    build(unmeasured)  # a warm start already measured is not rebuilt: gate 0 reads it no more
     jobs = [(f"gate 0 {t} {w}", [sys.executable, "experiment_v3.py", "--out", args.out, "--snr_batches",
                                  str(args.snr_batches), "--census_batches", str(args.census_batches), "--max_new_tokens",
                                  str(args.max_new_tokens), "--measure", warm_dir(t, w), TASKS[t]],
-             os.path.join(args.out, "gate0", f"{t}-{w}.txt"))
-            for t, w in measured if not os.path.exists(os.path.join(args.out, "gate0", f"{t}-{w}.json"))]
+             os.path.join(args.out, "gate0", f"{t}-{w}.txt")) for t, w in unmeasured]
     started.extend(trials.run_all(jobs, args.jobs))
 gate0 = {f[:-5]: json.load(open(os.path.join(args.out, "gate0", f))) for f in sorted(os.listdir(os.path.join(args.out, "gate0")))
          if f.endswith(".json")}

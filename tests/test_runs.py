@@ -265,7 +265,8 @@ def test_resumed_log_keeps_only_steps_before_the_checkpoint(tmp_path):
 
 
 def test_docstring_examples(doctest_examples):
-    assert doctest_examples(cli, ("field_comments",)) + doctest_examples(runs, ("read_log",)) + doctest_examples(checkpoints, ("write_errno",)) == 6
+    found = doctest_examples(cli, ("field_comments",)) + doctest_examples(runs, ("read_log",))
+    assert found + doctest_examples(checkpoints, ("write_errno",)) == 6
 
 # --------------------------------------------------------------------------------------------------
 # Tracking
