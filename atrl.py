@@ -65,7 +65,7 @@ Where we guess, because the paper is silent (the defaults are ours; most are arg
      image with half its patches blackened, and scales each response's advantage by its mean dependency
      (min-max normalised over the batch, mean factor 1); `entropy` keeps the top 20% by the policy's entropy.
      Both count ceil(frac * n) tokens, as their code does.
- 10. Oracle arms (ours, for VisualMath v3 where every token's class is known, chains.py): `oracle_mask` zeroes
+ 10. Oracle arms (ours, for VisualMath v3 where every token's class is known, tasks/chains.py): `oracle_mask` zeroes
      the tokens known not to change the answer (`noise`: filler, useless descriptions), `oracle_up` lifts the
      perception tokens by gain (`tokens` with perfect anchors), `oracle` does both; `random_mask` zeroes as many
      tokens as oracle_mask at random places (the `noise` mask shuffled). All rescaled to mean 1 like atrl, so

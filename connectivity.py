@@ -15,7 +15,9 @@ How: transformers 5.x routes every decoder attention through `AttentionInterface
 kernel unchanged and, on the selected decoder layers, recomputes only the armed rows from the post-RoPE q/k
 it is handed: fp32, `no_grad`, chunked over rows, grouped-query heads as (kv_heads, groups) so repeated keys
 are never materialised. Only (B, T, V) sums are kept, never a (B, H, S, S) map -- `output_attentions=True`
-would keep layers x heads x S^2 floats, tens of GiB at 7B.
+would keep layers x heads x S^2 floats, tens of GiB at 7B. Usually only the V + 1 columns kept are scored,
+normalised by the log-sum-exp the kernel computed anyway; the arithmetic of both reads is in
+ops/attention_rows.py, this file decides which rows and layers are read, and when.
 
 Where we depart from / guess at the paper (each is a knob):
   1. Layers: the middle third of decoder depth by default (`layers=`); the paper does not say which.
@@ -60,13 +62,13 @@ import contextlib
 import sys
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from ops import attention_rows  # the arithmetic of the reads: column read with the kernel's lse, whole rows
+
 PREFIX = "atrl_probe_"  # our implementation name is PREFIX + the model's own, e.g. atrl_probe_sdpa
-_MASK_MIN = torch.finfo(torch.float32).min  # "minus infinity" that keeps fully-masked rows finite (no NaN)
 _UNSET = object()  # "no mask seen yet" (None is a valid mask: sdpa's is_causal path)
 _ACTIVE = {}  # id(attention module) -> Probe, for the selected decoder layers of every installed probe
 
@@ -231,37 +233,6 @@ class Probe:
         with torch.no_grad(), torch.autocast(self._sink.device.type, enabled=False):
             return self._then(self.result())
 
-    def _row_mask(self, attention_mask, rows, K, H, Hkv, G):
-        """The kernel's mask for the armed rows -> (hidden, first).
-
-        hidden broadcasts to scores (B, Hkv, G, c, K): bool "hidden" for sdpa/flash masks, or eager's additive
-        float mask (0 visible, dtype-min hidden); first (B, c) is each row's first visible key.
-        """
-        B, c = rows.shape
-        if attention_mask is not None and attention_mask.dim() == 4:
-            # sdpa/eager: the exact mask the kernel uses, (B or 1, 1 or H, S, K); take our rows only
-            Hm = attention_mask.shape[1]
-            mask = attention_mask[..., :K].expand(B, Hm, -1, K)  # (B, Hm, S, K), a view
-            batch = torch.arange(B, device=rows.device)[:, None]  # (B, 1)
-            # advanced indexing, not gather: ~25x faster on CPU for this shape
-            picked = mask.transpose(1, 2)[batch, rows].transpose(1, 2)  # (B, Hm, c, K)
-            picked = picked.reshape(B, Hkv, G, c, K) if Hm == H else picked.reshape(B, 1, 1, c, K)
-            if picked.dtype == torch.bool:
-                visible, hidden = picked[:, 0, 0], ~picked  # (B, c, K), (B, 1|Hkv, 1|G, c, K)
-            else:
-                visible, hidden = picked[:, 0, 0] == 0, picked.float().clamp(min=_MASK_MIN)
-        else:
-            # sdpa's is_causal path (no padding, mask None) or flash-attention's 2-D padding mask:
-            # causal (key k visible from row i iff k <= i) and padding keys hidden
-            keys = torch.arange(K, device=rows.device)  # (K,)
-            visible = keys[None, None, :] <= rows[:, :, None]  # (B, c, K)
-            key_valid = attention_mask if attention_mask is not None else self._key_valid  # (B, K) or None
-            if key_valid is not None:
-                visible = visible & key_valid.to(rows.device).bool()[:, None, :K]
-            hidden = ~visible.view(B, 1, 1, c, K)
-        first = visible.to(torch.uint8).argmax(dim=-1)  # (B, c) first visible key = first non-pad token
-        return hidden, first
-
     def _wants(self, module, query, key):
         """Is this attention call one to read? The prefill of the armed batch, each selected layer once: decode
         steps (S == 1), other batches, cached prefixes and gradient-checkpointing re-runs pass through."""
@@ -321,108 +292,45 @@ class Probe:
             self._mask_source, self._mask_rows = _UNSET, {}
 
     def _read_columns(self, query, key, attention_mask, scale, lse, kernel):
-        """The fast read: score only the V image keys and the sink key of each armed row, and normalise with the
-        row's log-sum-exp that the attention kernel computed anyway:
-
-            p[t, v] = exp(q_t . k_v * scale - lse_t)          (= softmax over the row's visible keys, at key v)
-
-        V + 1 of the row's ~S keys, no softmax pass over the row, no mask (image and sink keys are visible from
-        every response row: they sit in the prompt, after the left padding). The first time the probe meets a
-        kernel (with a dtype), its lse is checked against a whole-row log-sum-exp of our own on one row per
-        rollout (one host sync); if they disagree, nothing is read, False is returned, and that kernel's layers
-        are read through whole rows from then on (`lse_mismatches` counts it)."""
+        """The fast read (attention_rows.read_columns), if the kernel's log-sum-exp is trusted: the first time the
+        probe meets a kernel (with a dtype), its lse is checked against a whole-row log-sum-exp of our own on one
+        row per rollout (one host sync); if they disagree, nothing is read, False is returned, and that kernel's
+        layers are read through whole rows from then on (`lse_mismatches` counts it)."""
         B, H, S, D = query.shape
-        Hkv, K, G = key.shape[1], key.shape[2], H // key.shape[1]
-        T, V = self._query_pos.shape[1], self._image_index.shape[1]
-        rows_all, row_valid = self._rows, self._query_pos >= 0  # (B, T), (B, T)
+        Hkv, K = key.shape[1], key.shape[2]
+        row_valid = self._query_pos >= 0  # (B, T)
         if "columns" not in self._mask_rows:  # per arm: the keys to score and the row to check
-            last = rows_all.max(dim=1, keepdim=True).values  # (B, 1) each rollout's last response row
-            hidden, first = self._row_mask(attention_mask, last, K, H, Hkv, G)  # (B, 1|Hkv, 1|G, 1, K), (B, 1)
+            last = self._rows.max(dim=1, keepdim=True).values  # (B, 1) each rollout's last response row
+            hidden, first = attention_rows.row_mask(attention_mask, last, K, H, Hkv, H // Hkv, self._key_valid)
             self._mask_rows["columns"] = (torch.cat([self._image_index, first], dim=1), last, hidden)  # (B, V + 1)
         columns, last, hidden = self._mask_rows["columns"]
         lse = lse[..., :S].float()  # (B, H, S): some kernels pad the row dimension
         verdict = (kernel, query.dtype, query.device.type)
         if verdict not in self._lse_trusted:
-            self._lse_trusted[verdict] = self._lse_agrees(query, key, scale, lse, last, hidden, row_valid)
+            self._lse_trusted[verdict] = attention_rows.lse_agrees(query, key, scale, lse, last, hidden, row_valid)
             self.lse_mismatches += not self._lse_trusted[verdict]
         if not self._lse_trusted[verdict]:
             return False
-        # the log-sum-exp rides in the matmul: [q, -lse] . [k * scale, 1] = q . k * scale - lse, one pass fewer
-        batch = torch.arange(B, device=query.device)[:, None]  # (B, 1); advanced indexing beats gather on CPU
-        keys = key.transpose(1, 2)[batch, columns].float().mul_(scale)  # (B, V + 1, Hkv, D)
-        keys = torch.cat([keys, keys.new_ones(B, V + 1, Hkv, 1)], dim=-1).permute(0, 2, 3, 1)  # (B, Hkv, D + 1, V + 1)
-        lse_rows = lse.transpose(1, 2)[batch, rows_all]  # (B, T, H)
-        # rows without a query read row 0, which left padding can leave fully masked (lse -inf): make them finite
-        lse_rows = lse_rows.masked_fill(~row_valid[:, :, None], 0.0)  # (B, T, H); zeroed again in result()
         # fp32 scores per chunk. CPU: 2^20 (4 MiB) measured best on the tiny long shape (2^18: +30% time);
         # GPU: 2^24 (64 MiB), a few chunks per layer at 3B shapes (fewer kernel launches; a guess, unmeasured)
         budget = self.chunk_elements or (2**24 if query.device.type == "cuda" else 2**20)
-        chunk = max(1, budget // max(1, B * H * (V + 1)))  # rows per chunk: bounds the (.., c, V + 1) scores
-        chunk = -(-T // -(-T // chunk)) if T else 1  # the same number of chunks, evened out (256 = 128 + 128)
-        for t0 in range(0, T, chunk):
-            rows = rows_all[:, t0:t0 + chunk]  # (B, c)
-            c = rows.shape[1]
-            q = query.transpose(1, 2)[batch, rows].float()  # (B, c, H, D)
-            q = torch.cat([q, -lse_rows[:, t0:t0 + c, :, None]], dim=-1).transpose(1, 2)  # (B, H, c, D + 1)
-            # GQA as in _read_rows: (Hkv, G) groups the query heads by their key head
-            scores = torch.matmul(q.reshape(B, Hkv, G * c, D + 1), keys).view(B, H, c, V + 1)  # (B, H, c, V + 1)
-            probs = scores.exp_().sum(dim=1)  # (B, c, V + 1) softmax probabilities at the V + 1 keys, head sum
-            self._patterns[:, t0:t0 + c] += probs[..., :V]  # NOTE: sums over heads; result() divides by H
-            self._sink[:, t0:t0 + c] += probs[..., V]
+        attention_rows.read_columns(query, key, scale, lse, self._rows, row_valid, columns, budget, self._patterns,
+                                    self._sink)
         return True
 
-    def _lse_agrees(self, query, key, scale, lse, last, hidden, row_valid):
-        """Does the kernel's lse equal a whole-row log-sum-exp of our own, on each rollout's last row? Guards
-        against a kernel whose lse means something else (another base, layout or padding) on some version."""
-        B, H, S, D = query.shape
-        Hkv, K, G = key.shape[1], key.shape[2], H // key.shape[1]
-        q_last = query.gather(2, last[:, None, :, None].expand(B, H, 1, D)).float().mul_(scale)  # (B, H, 1, D)
-        scores = torch.matmul(q_last.view(B, Hkv, G, D), key.float().transpose(-1, -2)).view(B, Hkv, G, 1, K)
-        scores = scores.masked_fill(hidden, _MASK_MIN) if hidden.dtype == torch.bool else scores + hidden
-        ours = scores.logsumexp(-1).view(B, H)  # (B, H)
-        theirs = lse.gather(2, last[:, None, :].expand(B, H, 1)).squeeze(-1)  # (B, H)
-        close = (ours - theirs).abs() <= 1e-3 + 1e-4 * ours.abs()  # fp32 sums in another order: ~1e-6 apart
-        return bool((close | ~row_valid.any(1)[:, None]).all())  # rollouts without a response row: not checked
-
     def _read_rows(self, query, key, attention_mask, scale):
-        """The whole-row read (kernels that give no log-sum-exp: eager, math, flash-attn's package): the QK^T and
-        softmax of every armed row over all its keys, then the V + 1 columns we keep."""
-        B, H, S, D = query.shape
-        Hkv, K, G = key.shape[1], key.shape[2], H // key.shape[1]
-        T, V = self._query_pos.shape[1], self._image_index.shape[1]
-        rows_all = self._rows  # (B, T)
-        if self._chunks is None:  # row chunks, the same for every layer of this arm
+        """The whole-row read (attention_rows.read_rows); its row chunks and their masks are the same for every
+        layer of this arm, so they are made once."""
+        H, Hkv, K = query.shape[1], key.shape[1], key.shape[2]
+        if self._chunks is None:
             budget = self.chunk_elements or (2**23 if query.device.type == "cuda" else 2**18)
-            chunk = max(1, budget // max(1, B * H * K))  # rows per chunk: bounds the (.., c, K) scores
-            starts = list(range(0, T, chunk))
-            # causal attention: a chunk's rows see no key after its last row, so its keys end there (the image,
-            # in the prompt, comes before): ~1/4 fewer scores when the response is half the sequence.
-            # NOTE: relies on causality, which probe() checks (module.is_causal); one host sync per arm.
-            ends = [rows_all[:, t0:t0 + chunk].max() for t0 in starts]
-            image_end = self._image_index.max() if V > 0 else rows_all.new_zeros(())
-            ends = (torch.stack(ends).clamp(min=image_end) + 1).tolist() if starts else []
-            self._chunks = [(t0, min(chunk, T - t0), end) for t0, end in zip(starts, ends)]
-        keys_t = key.float().transpose(-1, -2)  # (B, Hkv, D, K) one fp32 copy of the keys per layer
-        for t0, c, K in self._chunks:  # K: keys this chunk can see
-            rows = rows_all[:, t0:t0 + c]  # (B, c)
+            self._chunks = attention_rows.row_chunks(self._rows, self._image_index, H, K, budget)
+        for t0, c, K in self._chunks:
             if t0 not in self._mask_rows:
-                self._mask_rows[t0] = self._row_mask(attention_mask, rows, K, H, Hkv, G)
-            hidden, first = self._mask_rows[t0]  # (B, 1|Hkv, 1|G, c, K), (B, c)
-            q = query.gather(2, rows[:, None, :, None].expand(B, H, c, D)).float()  # (B, H, c, D)
-            # GQA: query head h uses key head h // G (transformers' repeat_kv order), so (Hkv, G) groups
-            # the query heads by their key head and one matmul per key head serves its G query heads
-            q = q.mul_(scale).view(B, Hkv, G * c, D)  # (B, Hkv, G*c, D), scaled here: c*D < c*K numbers
-            scores = torch.matmul(q, keys_t[..., :K]).view(B, Hkv, G, c, K)  # (B, Hkv, G, c, K)
-            if hidden.dtype == torch.bool:
-                scores.masked_fill_(hidden, _MASK_MIN)
-            else:
-                scores.add_(hidden)
-            # NOTE: softmax, not exp(s - logsumexp): one fused pass (logsumexp is ~7x slower on CPU).
-            # Head sum first (one reduction), then pick V + 1 columns of (B, c, K): half the time of
-            # picking them from every head.
-            probs = scores.softmax(dim=-1).view(B, H, c, K).sum(dim=1)  # (B, c, K) head sum, as _read_columns
-            self._patterns[:, t0:t0 + c] += probs.gather(-1, self._image_index[:, None, :].expand(B, c, V))
-            self._sink[:, t0:t0 + c] += probs.gather(-1, first[:, :, None]).squeeze(-1)  # (B, c)
+                self._mask_rows[t0] = attention_rows.row_mask(attention_mask, self._rows[:, t0:t0 + c], K, H, Hkv,
+                                                              H // Hkv, self._key_valid)
+        attention_rows.read_rows(query, key, scale, self._rows, self._image_index, self._chunks, self._mask_rows,
+                                 self._patterns, self._sink)
 
 
 def _on_device(device, fn, *args):
@@ -431,45 +339,6 @@ def _on_device(device, fn, *args):
     training thread's stream, so it is ordered after the kernels that produced q and k."""
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         return fn(*args)
-
-
-# torch's fused attention kernels that return each query row's log-sum-exp as their second output, and the
-# argument that asks for it (None: always returned). sdpa picks one of them by device, dtype and mask; the CPU
-# one and the CUDA flash one always compute it, the CUDA efficient and cuDNN ones only when asked (they are
-# asked in training anyway: the backward needs it).
-_LSE_KERNELS = {"_scaled_dot_product_flash_attention_for_cpu": None, "_scaled_dot_product_flash_attention": None,
-                "_scaled_dot_product_efficient_attention": "compute_log_sumexp",
-                "_scaled_dot_product_cudnn_attention": "compute_log_sumexp"}
-
-
-class _KernelLogSumExp(TorchDispatchMode):
-    """Keeps the row log-sum-exp (B, H, S) of the fused attention kernel that runs inside this block.
-
-    A dispatch mode sees the aten ops a call runs, below autograd and autocast: sdpa's own choice of kernel runs
-    with its own arguments and its result is passed back untouched, so the layer's output does not change
-    (tests/test_connectivity.py checks the logits bit for bit); only a kernel that computes the log-sum-exp on
-    request is asked for it. Any other kernel (math, eager, flash-attn's package) leaves `lse` None, and the
-    probe then computes whole rows itself."""
-
-    def __init__(self):
-        super().__init__()
-        self.lse = self.kernel = None
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
-        name = func.overloadpacket.__name__
-        if name in _LSE_KERNELS:
-            flag = _LSE_KERNELS[name]
-            if flag is not None:  # ask for the log-sum-exp, wherever the argument sits
-                index = [a.name for a in func._schema.arguments].index(flag)
-                if index < len(args):
-                    args = args[:index] + (True,) + args[index + 1:]
-                else:
-                    kwargs[flag] = True
-            out = func(*args, **kwargs)
-            self.lse, self.kernel = out[1], name
-            return out
-        return func(*args, **kwargs)
 
 
 def _attention_with_probe(implementation):
@@ -484,7 +353,7 @@ def _attention_with_probe(implementation):
         probe_for_module = _ACTIVE.get(id(module))
         if probe_for_module is None or not probe_for_module._wants(module, query, key):
             return _call(kernel, implementation, module, query, key, value, attention_mask, *args, **kwargs)
-        with _KernelLogSumExp() as spy:  # the kernel runs as it would have; its row log-sum-exp is kept
+        with attention_rows.KernelLogSumExp() as spy:  # the kernel runs as it would have; its row log-sum-exp is kept
             out = _call(kernel, implementation, module, query, key, value, attention_mask, *args, **kwargs)
         probe_for_module._capture(module, query, key, attention_mask, kwargs.get("scaling"), spy.lse, spy.kernel)
         return out

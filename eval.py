@@ -1,6 +1,6 @@
-"""eval.py -- how well a checkpoint answers visual math questions: the one evaluator of train.py, tiny.py and this CLI.
+"""eval.py -- how well a checkpoint answers visual math questions: the one evaluator of train.py, models/tiny.py and this CLI.
 
-Three modes, one script:
+Two modes, one script:
 
 1. **Accuracy** (default). For N questions x_i with gold answers and a grader g (grading.compute_reward):
 
@@ -10,10 +10,8 @@ Three modes, one script:
 
    per benchmark, split into multiple-choice and free-form questions, printed as a table and saved as JSON
    with a few graded examples. Benchmarks: the synthetic VisualMath held-out split, or any file / hub
-   dataset data.load_benchmark reads (MathVista testmini with `precision` and `unit`, MathVerse, Geometry3K).
-2. **Connectivity report** (`--report`): which response tokens look at the image, anchors and clusters marked,
-   anchor precision against the perception tokens -- report.py.
-3. **Training curves** (`--curves runs/X/log.jsonl[,runs/Y/log.jsonl]`): reward, accuracy, held-out accuracy
+   dataset benchmarks.load_benchmark reads (MathVista testmini with `precision` and `unit`, MathVerse, Geometry3K).
+2. **Training curves** (`--curves runs/X/log.jsonl[,runs/Y/log.jsonl]`): reward, accuracy, held-out accuracy
    and anchor statistics of train.py runs, overlaid, as curves.png.
 
 Where we depart from the benchmarks' official protocols, or guess (each is visible below):
@@ -40,26 +38,23 @@ Run it:
     torchrun --nproc_per_node 8 eval.py --model runs/default/checkpoint-40 --benchmark AI4Math/MathVista \
         --split testmini --max_new_tokens 2048 --max_pixels 1003520 --out runs/default/mathvista_testmini.json
     python eval.py --model Qwen/Qwen2.5-VL-3B-Instruct --benchmark /data/MathVista/testmini.json,/data/g3k/test.parquet
-    python eval.py --report --model runs/default/checkpoint-40 --out_dir runs/default/report
     python eval.py --curves runs/atrl/log.jsonl,runs/uniform/log.jsonl --out_dir runs/compare
 Tests: OMP_NUM_THREADS=1 python -m pytest -q tests/test_eval.py
 """
 import dataclasses
 import json
 import os
-import re
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-import cli
-import data
-import grading
 import rollout
-import runs
-import visualmath
+from infra import cli, runs
+from models import family
+from tasks import benchmarks, grading, visualmath
 
 # --------------------------------------------------------------------------------------------------
 # Config: one flat dataclass; every field becomes a --flag (booleans are plain switches).
@@ -69,7 +64,7 @@ import visualmath
 @dataclass
 class EvalConfig:
     # What to evaluate
-    model: str = ""                 # checkpoint dir or hub id; "" = the embedded tiny model (built by tiny.py)
+    model: str = ""                 # checkpoint dir or hub id; "" = the embedded tiny model (built by models/tiny.py)
     benchmark: str = "visualmath"   # comma-separated: visualmath | hub dataset | local .parquet/.json/.jsonl/folder
     schema: str = ""                # geometry3k | mathvista | mathverse | virl39k; "" = detect from the columns
     split: str = ""                 # hub split (or file-name filter in a folder); "" = the benchmark's default
@@ -89,21 +84,9 @@ class EvalConfig:
     seed: int = 0                   # sampling keys (see the docstring, guess 3)
     show: int = 3                   # graded examples per benchmark kept in the JSON
     out: str = "runs/eval/results.json"  # accuracy table as JSON
-    # Connectivity report and curves
-    report: bool = False            # write the connectivity report to --out_dir instead of accuracy
+    # Training curves
     curves: str = ""                # comma-separated train.py log.jsonl files -> --out_dir/curves.png
-    out_dir: str = "runs/eval/report"  # where report.html / curves.png and their PNGs go
-    task: str = "visualmath"        # the VisualMath task the report draws its questions from (visualmath | visualmath-v1)
-    responses: str = "generated"    # report on greedy "generated" responses or teacher-forced "reference" ones
-    n_show: int = 4                 # responses drawn token by token in the report
-    n_stats: int = 64               # responses behind the histogram and precision/recall
-    anchor_query: str = "predict,self"  # attention row(s) of token t: predict (query t-1), self (query t)
-    anchor_frac: float = 0.15       # anchors = top fraction of each response's tokens by rho (train.py's default)
-    probe_layers: str = "middle"    # early|middle|late third, all, or "4,5,6" (as train.py)
-    sink_debias: int = 1            # 1 = drop the first-token sink and outlier image keys, renormalise
-    sink_outlier_k: float = 5.0     # an image key is a sink if its mean attention > k x the median key's
-    knn: int = 0                    # k of the kNN token graph that is clustered; 0 = round(sqrt(n)) in [2, 10] (as train.py)
-    resolution: float = 1.0         # Louvain resolution
+    out_dir: str = "runs/eval"      # where curves.png goes
 
 
 def parse_config(argv=None):
@@ -111,7 +94,7 @@ def parse_config(argv=None):
     checked up front; a bad one stops with one line naming it and what to do."""
     cfg = cli.parse_config(EvalConfig, __doc__.split("\n")[0], "eval.py", argv)
     runs.check_model("eval.py", "model", cfg.model)
-    for name in cfg.benchmark.split(",") if not (cfg.report or cfg.curves) else ():
+    for name in cfg.benchmark.split(",") if not cfg.curves else ():
         cli.check_data("eval.py", "benchmark", name, builtin=visualmath.TASKS)
     for path in cfg.curves.split(",") if cfg.curves else ():
         if not os.path.isfile(path):
@@ -123,26 +106,16 @@ def parse_config(argv=None):
          f"--k {cfg.k} at temperature 0 would repeat one greedy answer k times; pass --temperature > 0 (e.g. 1.0) for avg@k"),
         ("greedy", cfg.greedy in (0, 1), "use 0 or 1"),
         ("greedy", cfg.greedy or cfg.temperature > 0, "--greedy 0 and --temperature 0: nothing to measure"),
-        ("schema", cfg.schema in ("", *data._DEFAULT_SPLIT),  # the schemas data.load_benchmark knows
-         f"use {', '.join(data._DEFAULT_SPLIT)}, or leave it empty to detect it from the columns"),
+        ("schema", cfg.schema in ("", *benchmarks._DEFAULT_SPLIT),  # the schemas benchmarks.load_benchmark knows
+         f"use {', '.join(benchmarks._DEFAULT_SPLIT)}, or leave it empty to detect it from the columns"),
         ("dtype", cfg.dtype in ("auto", "bfloat16", "float32"), "use auto, bfloat16 or float32"),
         ("top_p", 0 < cfg.top_p <= 1, "must be in (0, 1]"),
         ("rollout", cfg.rollout in ("engine", "hf"), "use engine (engine.py, the default) or hf (transformers' generate)"),
-        *[(n, getattr(cfg, n) >= 1, "must be >= 1") for n in ("max_new_tokens", "batch_size", "n_stats")],
-        ("knn", cfg.knn >= 0, "must be >= 0 (0 = round(sqrt(n)) per response, in [2, 10])"),
-        ("task", cfg.task in visualmath.TASKS, f"use one of {', '.join(visualmath.TASKS)}"),
-        *[(n, getattr(cfg, n) >= 0, "must be >= 0") for n in ("limit", "visualmath_seed", "seed", "show", "n_show")],
+        *[(n, getattr(cfg, n) >= 1, "must be >= 1") for n in ("max_new_tokens", "batch_size")],
+        *[(n, getattr(cfg, n) >= 0, "must be >= 0") for n in ("limit", "visualmath_seed", "seed", "show")],
         ("min_pixels", cfg.min_pixels == 0 or cfg.min_pixels >= 28 * 28, "use 0 (the checkpoint's) or >= 784 (28 x 28)"),
         ("max_pixels", cfg.max_pixels == 0 or cfg.max_pixels >= max(cfg.min_pixels, 28 * 28),
          "use 0 (the checkpoint's) or a value >= --min_pixels and 784"),
-        ("responses", cfg.responses in ("generated", "reference"), "use 'generated' or 'reference'"),
-        ("anchor_query", set(cfg.anchor_query.split(",")) <= {"predict", "self"}, "a comma-separated subset of predict,self"),
-        ("anchor_frac", 0 < cfg.anchor_frac <= 1, "must be in (0, 1]"),
-        ("probe_layers", cfg.probe_layers in ("early", "middle", "late", "all") or re.fullmatch(r"\d+(,\d+)*", cfg.probe_layers),
-         "use early, middle, late, all or a comma list of layer indices like 4,5,6"),
-        ("sink_debias", cfg.sink_debias in (0, 1), "use 0 or 1"),
-        ("sink_outlier_k", cfg.sink_outlier_k > 0, "must be > 0 (default 5)"),
-        ("resolution", cfg.resolution > 0, "must be > 0 (1.0 = standard modularity)"),
     ])
     return cfg
 
@@ -152,19 +125,20 @@ def parse_config(argv=None):
 
 
 def load_model(path, device, dtype="auto"):
-    """(model in eval mode with sdpa attention -- the probe wraps it --, tokenizer, image_processor)."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    if not path:  # the embedded default (built by tiny.py, which measures itself with this file: no import here)
+    """(model in eval mode with sdpa attention -- the probe wraps it --, tokenizer, image_processor); a checkpoint
+    of a family the project does not support, or one whose weights do not all match, stops in one line."""
+    if not path:  # the embedded default (built by models/tiny.py, which measures itself with this file: no import here)
         path = cli.TINY_MODEL_DIR
         if not os.path.exists(os.path.join(path, "sft_report.json")):
             cli.config_error("eval.py", f"--model '': the embedded tiny model is not built yet ({path}); run "
-                                        "python tiny.py first (~3 min), or pass --model")
+                                        "python models/tiny.py first (~3 min), or pass --model")
     if dtype == "auto":
         dtype = "bfloat16" if device.type == "cuda" else "float32"
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, dtype),
-                                                               attn_implementation="sdpa")
-    tokenizer, image_processor = rollout.load_processor(path)
+    try:
+        model = family.load_model(path, getattr(torch, dtype))
+    except (OSError, ValueError) as err:
+        cli.config_error("eval.py", f"--model {str(err).splitlines()[0][:400]}")
+    tokenizer, image_processor = family.load_processor(path)
     return model.to(device).eval(), tokenizer, image_processor
 
 # --------------------------------------------------------------------------------------------------
@@ -334,7 +308,7 @@ def evaluate_rows(dataset, index, respond, greedy=True, k=0, temperature=0.0, ba
         for key, value in tally(rows, greedy_texts, sampled_texts).items():
             counts[key] += value
         for r, row in enumerate(rows[:max(0, show - len(examples))]):
-            ex = {"id": row["id"], "question": data.format_question(row), "answer": row["answer"],
+            ex = {"id": row["id"], "question": benchmarks.format_question(row), "answer": row["answer"],
                   "precision": row.get("precision"), "unit": row.get("unit")}
             if greedy_texts is not None:
                 ex["greedy"] = graded(row, greedy_texts[r])
@@ -346,7 +320,7 @@ def evaluate_rows(dataset, index, respond, greedy=True, k=0, temperature=0.0, ba
 
 def evaluate(dataset, respond, rank=0, world=1, greedy=True, k=4, temperature=1.0, batch_size=64, seed=0, show=0,
              reduce=None, desc="eval", progress=False):
-    """The one evaluator of train.py, tiny.py and eval.py: greedy accuracy and avg@k (k = 0: none) of `dataset`.
+    """The one evaluator of train.py, models/tiny.py and eval.py: greedy accuracy and avg@k (k = 0: none) of `dataset`.
 
     Each rank scores questions rank, rank + world, ...; `reduce` sums a float64 tensor over ranks (None on
     one process). Returns summarize()'s metrics plus the graded examples of this rank under "examples".
@@ -380,10 +354,10 @@ def describe(metrics, k=4, prefix=""):
 
 
 def load_rows(name, cfg):
-    """One benchmark as a unified-schema Dataset: a VisualMath held-out split (visualmath.TASKS) or data.load_benchmark."""
+    """One benchmark as a unified-schema Dataset: a VisualMath held-out split (visualmath.TASKS) or benchmarks.load_benchmark."""
     if name in visualmath.TASKS:
         return visualmath.make(name, cfg.limit or 500, seed=cfg.visualmath_seed)
-    return data.load_benchmark(name, split=cfg.split or None, schema=cfg.schema or None, limit=cfg.limit or None)
+    return benchmarks.load_benchmark(name, split=cfg.split or None, schema=cfg.schema or None, limit=cfg.limit or None)
 
 
 def format_table(results, k=0):
@@ -403,7 +377,7 @@ def run_accuracy(cfg):
     """The accuracy table: every benchmark in --benchmark, this rank's share of it, counts summed over ranks."""
     try:  # every benchmark loads before the model and before any result: a bad one stops in one line, losing nothing
         benchmarks = {name: load_rows(name, cfg) for name in cfg.benchmark.split(",") if name}
-    except ValueError as err:  # data.py's errors name the file, row and field
+    except ValueError as err:  # tasks/benchmarks.py's errors name the file, row and field
         cli.config_error("eval.py", f"--benchmark: {err}")
     rank, world, _, device = runs.setup_distributed()
     model, tokenizer, image_processor = load_model(cfg.model, device, cfg.dtype)
@@ -482,13 +456,12 @@ def plot_curves(paths, out_path):
 
 
 def main(argv=None):
+    if "--report" in (sys.argv[1:] if argv is None else argv):  # the report has its own command now
+        cli.config_error("eval.py", "--report moved: python experiments/report.py --model ... --out_dir ... "
+                                    "(the same flags)")
     cfg = parse_config(argv)
     if cfg.curves:
         print(f"wrote {plot_curves(cfg.curves.split(','), os.path.join(cfg.out_dir, 'curves.png'))}")
-    elif cfg.report:
-        import report  # the connectivity report (report.py)
-        device = runs.setup_distributed()[3]
-        report.run_report(cfg, *load_model(cfg.model, device, cfg.dtype))
     else:
         run_accuracy(cfg)
 

@@ -19,7 +19,7 @@ Encoding, for a batch of B prompts:
 
 Where this departs from the stock `Qwen2_5_VLProcessor`:
 1. We use the image processor and the tokenizer directly (no `AutoProcessor`), so the same code serves a
-   hub checkpoint and our own tiny checkpoint (tiny.py), and no torchvision is needed: the image processor
+   hub checkpoint and our own tiny checkpoint (models/tiny.py), and no torchvision is needed: the image processor
    is transformers' PIL backend (`Qwen2VLImageProcessorPil`).
 2. Images are resized by us (`prepare_image`), with explicit min/max pixel bounds, and odd inputs are made
    valid first: grayscale/RGBA/palette -> RGB on white, tiny images upscaled to at least one 28x28 merged
@@ -59,7 +59,7 @@ FORMAT_INSTRUCTION = (
 )
 
 # Qwen2.5-VL's chat template reduced to what we use (text and images in user turns). Used only when a
-# tokenizer ships without a template; tiny.py saves this same template with its tokenizer.
+# tokenizer ships without a template; models/tiny.py saves this same template with its tokenizer.
 QWEN_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}"
@@ -79,22 +79,6 @@ QWEN_CHAT_TEMPLATE = (
 IMAGE_TOKEN = "<|image_pad|>"
 # Every token that only makes sense inside a prompt's image/video slot.
 _VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
-
-
-def load_processor(path):
-    """(tokenizer, image_processor) of a checkpoint dir or hub name; the image processor is the PIL one.
-
-    NOTE: tokenizers are left-padded here once and for all (generation appends on the right).
-    """
-    from transformers import AutoTokenizer
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:  # Qwen uses <|endoftext|> as pad
-        tokenizer.pad_token = "<|endoftext|>"
-    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
-    return tokenizer, image_processor
 
 
 def _target_size(height, width, factor, min_pixels, max_pixels):
@@ -219,8 +203,8 @@ def encode_prompts(tokenizer, image_processor, images, questions, min_pixels=Non
 
 
 def sft_batch(tokenizer, image_processor, examples):
-    """Prompt (left-padded, from encode_prompts) + reference response + <|im_end|> (right-padded): tiny.py's SFT
-    batch, and the teacher-forced responses report.py and the experiments probe.
+    """Prompt (left-padded, from encode_prompts) + reference response + <|im_end|> (right-padded): models/tiny.py's SFT
+    batch, and the teacher-forced responses experiments/report.py and the experiments probe.
 
     Returns the encode_prompts dict with input_ids/attention_mask/mm_token_type_ids extended to (B, P + R)
     and labels (B, P + R): the response token ids, -100 on prompt and padding (loss on the response only).
@@ -440,10 +424,10 @@ def sample_groups(model, tokenizer, image_processor, rows, group_size, prompt_ke
     the same (seed, step, global prompt index) gives the same responses on 1 GPU or 8.
     engine: an engine.DecodeEngine, or None for transformers' generate (see `generate`).
     """
-    import data
+    from tasks import benchmarks
 
     enc = encode_prompts(tokenizer, image_processor, [r["image"] for r in rows],
-                         [data.format_question(r) for r in rows], min_pixels, max_pixels)
+                         [benchmarks.format_question(r) for r in rows], min_pixels, max_pixels)
     keys = [int(k) * group_size + j for k in prompt_keys for j in range(group_size)]
     response, response_mask, truncated = generate(model, tokenizer, enc, max_new_tokens, temperature, top_p, keys,
                                                   synced, group_size, engine)
@@ -473,8 +457,8 @@ def score(batch, reward="answer"):
     rewards of +-1 make a missing baseline fatal: without one, every losing rollout pushes its own first token
     down, which spreads probability over all 512 tokens instead of onto the ten digits.
     """
-    import grading
-    import visualmath
+    from tasks import grading
+    from tasks import visualmath
 
     lucky = [False] * len(batch["texts"])
     if reward == "answer":

@@ -35,11 +35,11 @@ Run it:
     python train.py --resume 1                          # continue exactly where out_dir's newest checkpoint stopped
     python train.py --overwrite 1 --report_to tensorboard   # replace out_dir's run; watch: tensorboard --logdir runs
 
-The run directory (runs.py): a second run into an out_dir that holds one refuses unless --resume 1 or
+The run directory (infra/runs.py): a second run into an out_dir that holds one refuses unless --resume 1 or
 --overwrite 1; checkpoints are out_dir/checkpoint-<step>/ (from_pretrained dirs + state.pt), written so that a
 kill -9 at any instant leaves a complete one; each step is logged once to out_dir/log.jsonl. A full disk, a
-corrupt checkpoint and SIGTERM/SIGINT each end in one line and lose nothing complete (runs.py and
-checkpoints.py, rules 7-9).
+corrupt checkpoint and SIGTERM/SIGINT each end in one line and lose nothing complete (infra/runs.py and
+infra/checkpoints.py, rules 7-9).
 """
 import atexit
 import contextlib
@@ -58,16 +58,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import atrl
-import chains
-import checkpoints
-import cli
 import connectivity
-import data
 import engine
 import eval as evaluation  # the one evaluator: greedy accuracy, avg@k, intervals, lucky guesses
 import rollout
-import runs
-import visualmath
+from infra import checkpoints, cli, runs
+from models import family
+from tasks import benchmarks, chains, visualmath
 
 # --------------------------------------------------------------------------------------------------
 # Config: one flat dataclass; every field becomes a --flag of the same name.
@@ -77,7 +74,7 @@ import visualmath
 @dataclass
 class Config:
     # Model and data
-    model: str = ""                 # HF id or local checkpoint dir; "" = embedded tiny Qwen2.5-VL (tiny.py)
+    model: str = ""                 # HF id or local checkpoint dir; "" = embedded tiny Qwen2.5-VL (models/tiny.py)
     dataset: str = "visualmath"     # synthetic "visualmath" (v2 grid) | "visualmath-v1" (2 slots) | hub name / local file
     eval_dataset: str = ""          # "" = a held-out split of the synthetic task (none for a real dataset)
     train_size: int = 2048          # VisualMath examples generated for training (ignored for real data)
@@ -191,7 +188,7 @@ cli.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n i
 ])
 
 # --------------------------------------------------------------------------------------------------
-# Setup: torchrun/DDP from environment variables, devices, seeds, the run directory (runs.py).
+# Setup: torchrun/DDP from environment variables, devices, seeds, the run directory (infra/runs.py).
 # --------------------------------------------------------------------------------------------------
 
 rank, world, local_rank, device = runs.setup_distributed()  # torchrun's environment variables -> process group
@@ -231,58 +228,39 @@ autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf
 # Model, processor, data
 # --------------------------------------------------------------------------------------------------
 
-from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: E402  (after torchrun setup)
-
 if cfg.model:
     model_path = cfg.model
 else:
-    import tiny  # the embedded default: builds (once) and caches a warm-started tiny Qwen2.5-VL
+    from models import tiny  # the embedded default: builds (once) and caches a warm-started tiny Qwen2.5-VL
     model_path = tiny.ensure_tiny_model() if master else tiny.DEFAULT_DIR
     if distributed:
         dist.barrier()  # other ranks wait for rank 0 to build the cache
 load_path = resume_dir or model_path
-try:
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(load_path, dtype=torch.float32, attn_implementation="sdpa")
-except OSError as err:  # a hub id that does not exist or cannot be reached (the shape was checked above)
-    cli.config_error("train.py", f"--model {load_path!r}: cannot load it ({str(err).splitlines()[0][:200]}); "
-                                 "check the name, the network, or pass a local checkpoint dir")
-model.to(device)
-tokenizer, image_processor = rollout.load_processor(load_path)
+try:  # models/family.py: the checkpoint's family read first, every weight matched (never a half-random model)
+    model = family.load_model(load_path).to(device)
+    ref_model = family.load_model(model_path).to(device).eval() if cfg.kl_coef > 0 else None  # frozen pi_ref (GRPO)
+except (OSError, ValueError) as err:
+    cli.config_error("train.py", f"--model {str(err).splitlines()[0][:400]}")
+tokenizer, image_processor = family.load_processor(load_path)
 if cfg.freeze_vision:
     model.model.visual.requires_grad_(False)
-if cfg.grad_checkpointing:  # transformers >= 5.23 names it activation_..., older 5.x gradient_... (deprecated there)
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-ref_model = None
-if cfg.kl_coef > 0:  # frozen copy of the starting policy (DAPO/Dr.GRPO drop it; GRPO keeps it)
-    ref_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=torch.float32,
-                                                                    attn_implementation="sdpa").to(device).eval()
+if cfg.grad_checkpointing:
+    family.checkpoint_activations(model)
+if ref_model is not None:  # DAPO/Dr.GRPO drop the reference model (kl_coef 0, the default)
     ref_model.requires_grad_(False)
 policy = model  # the bare module: generate, the probe and save_pretrained use it; `train_model` is wrapped
-if distributed and cfg.fsdp:  # FSDP2: each decoder layer is a unit, the root (vision, embeddings, head) another
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict, set_optimizer_state_dict)
-    from torch.distributed.fsdp import fully_shard
-    for layer in model.model.language_model.layers:
-        fully_shard(layer)
-    train_model = fully_shard(model)
-elif distributed:
-    train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
-else:
-    train_model = model
+train_model = runs.wrap_for_training(model, bool(cfg.fsdp), device, local_rank)  # DDP, FSDP2, or the model itself
 
 params = [p for p in model.parameters() if p.requires_grad]
 optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
 
 synthetic = cfg.dataset in visualmath.TASKS
-try:  # data.py's errors name the file, row and field: one line, no traceback
-    train_data = visualmath.make(cfg.dataset, cfg.train_size, seed=cfg.seed) if synthetic else data.load_benchmark(cfg.dataset)
+try:  # tasks/benchmarks.py's errors name the file, row and field: one line, no traceback
+    train_data = visualmath.make(cfg.dataset, cfg.train_size, seed=cfg.seed) if synthetic else benchmarks.load_benchmark(cfg.dataset)
     eval_data = None  # --eval_size 0, or a real dataset without --eval_dataset: no evaluation
     if cfg.eval_size and cfg.eval_dataset:
-        eval_data = data.load_benchmark(cfg.eval_dataset, limit=cfg.eval_size)
+        eval_data = benchmarks.load_benchmark(cfg.eval_dataset, limit=cfg.eval_size)
     elif cfg.eval_size and synthetic:  # the synthetic task from a disjoint seed is held out
         eval_data = visualmath.make(cfg.dataset, cfg.eval_size, seed=cfg.seed + 10_000)
 except ValueError as err:
@@ -327,21 +305,8 @@ def prompts_for_step(step, n):
     return rows, keys
 
 
-@contextlib.contextmanager
-def gathered():
-    """Under FSDP, generate calls the vision tower outside the root's forward: gather the root's parameters
-    for the duration (decoder layers gather themselves in their own forward). A no-op otherwise."""
-    if synced:
-        train_model.unshard()
-    try:
-        yield
-    finally:
-        if synced:
-            train_model.reshard()
-
-
 def sample(rows, keys):
-    with gathered():
+    with runs.gathered(train_model, synced):
         return rollout.sample_groups(policy, tokenizer, image_processor, rows, cfg.group_size, keys,
                                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                      top_p=cfg.top_p, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
@@ -452,7 +417,7 @@ def evaluate():
         return {}
     respond = evaluation.model_responder(policy, tokenizer, image_processor, cfg.max_new_tokens, cfg.top_p,
                                          cfg.min_pixels, cfg.max_pixels, synced, decode_engine)
-    with gathered():
+    with runs.gathered(train_model, synced):
         metrics = evaluation.evaluate(eval_data, respond, rank, world, True, cfg.eval_k, cfg.temperature,
                                       batch_size=64, seed=cfg.seed, reduce=lambda t: all_reduce(t.to(device)).cpu())
     keep = ("n", "accuracy", "accuracy_ci", "format", "read", "lucky", f"avg@{cfg.eval_k}", f"avg@{cfg.eval_k}_ci",
@@ -464,15 +429,8 @@ def save_checkpoint(step):
     """out_dir/checkpoint-<step>/: model + processor (a normal from_pretrained dir) + optimizer/scheduler/RNG
     state (state.pt, tensors and plain values only). checkpoints.save_checkpoint writes it under a temp name, renames
     it into place and then deletes the old ones, so a kill at any instant leaves a complete checkpoint."""
-    model_state, optim_state = None, optimizer.state_dict()
-    if distributed and cfg.fsdp:  # gather full (unsharded) tensors on every rank, written by rank 0
-        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model_state = get_model_state_dict(model, options=full)
-        # tied weights (lm_head = embeddings) come back as separate copies: keep one name, as save_pretrained does
-        unique = {name for name, _ in model.named_parameters()}
-        model_state = {k: v for k, v in model_state.items()
-                       if k in unique or k not in dict(model.named_parameters(remove_duplicate=False))}
-        optim_state = get_optimizer_state_dict(model, optimizer, options=full)
+    # under FSDP2 every rank gathers the full (unsharded) tensors, and rank 0 writes them
+    model_state, optim_state = checkpoints.training_state(model, optimizer, sharded=distributed and cfg.fsdp)
     if not master:
         return
 
@@ -489,22 +447,13 @@ start_step = 0
 log_path = os.path.join(cfg.out_dir, "log.jsonl")
 if resume_dir:
     state = resume_state  # loaded with weights_only=True by checkpoints.latest_checkpoint
-    if distributed and cfg.fsdp:  # the saved state is full; each rank keeps its shard
-        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
-    else:
-        optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    checkpoints.set_rng_state(state["rng"])
-    start_step = state["step"]
+    start_step = checkpoints.restore(state, model, optimizer, scheduler, sharded=distributed and cfg.fsdp)
     changed = {k: (v, getattr(cfg, k)) for k, v in state["config"].items()
                if k not in ("steps", "resume", "overwrite", "report_to") and getattr(cfg, k, v) != v}
     print0(f"resumed from {resume_dir} at step {start_step}" + (f"; changed settings (old, new): {changed}" if changed else ""))
 tracker = runs.NoTracker()
-if master:  # the log keeps records of steps before the checkpoint only: the others are redone (runs.py, rule 3)
-    kept = runs.start_log(log_path, {"config": dataclasses.asdict(cfg), "world": world}, start_step)
-    logged = {r["step"] for r in kept if r.get("step", -1) >= 0}
-    if len(logged) != start_step:  # only if the log was deleted or edited by hand: say so, carry on
-        print0(f"note: {log_path} holds records of {len(logged)} of the {start_step} steps before the checkpoint")
+if master:  # the log keeps records of steps before the checkpoint only: the others are redone (infra/runs.py, rule 3)
+    runs.start_log(log_path, {"config": dataclasses.asdict(cfg), "world": world}, start_step)
     tracker = runs.open_tracker(cfg.report_to, cfg.out_dir, dataclasses.asdict(cfg), start_step)
 
 # --------------------------------------------------------------------------------------------------
@@ -518,7 +467,7 @@ if start_step == 0:
     if master and metrics0:
         runs.append_log(log_path, {"step": -1, **metrics0})
         tracker.log({"step": -1, **metrics0})
-preemption, stop = runs.Preemption(), 0  # from here SIGTERM/SIGINT stop the run after the step in flight (runs.py)
+preemption, stop = runs.Preemption(), 0  # from here SIGTERM/SIGINT stop the run after the step in flight (infra/runs.py)
 bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, disable=not master, desc="RL")
 for step in bar:
     t0 = time.perf_counter()
@@ -533,7 +482,7 @@ for step in bar:
         extra = prompts_for_step(cfg.steps + step * cfg.max_refills + refill, n_flat)  # slots no step uses
         batch = rollout.concat(batch, rollout.score(sample(*extra), cfg.reward), tokenizer.pad_token_id)
     batch = rollout.to_device(batch, device)
-    # VisualMath v3: every response token's class, read off its text (chains.py), for the oracle arms and the log
+    # VisualMath v3: every response token's class, read off its text (tasks/chains.py), for the oracle arms and the log
     classes = chains.label_batch(tokenizer, batch).to(device) if cfg.dataset in chains.VARIANTS else None   # (B, T)
     t_rollout = time.perf_counter() - t0
     # 3) group advantages A[i] (zero for all-equal groups: they carry no signal)
@@ -603,7 +552,7 @@ for step in bar:
                       "step": time.perf_counter() - t0})
     rec.update(chains.class_means(W, loss_mask, classes) if classes is not None else {})  # realised W per class (v3)
     # 8) eval / checkpoint. NOTE: the record is on disk before the checkpoint: a kill in between redoes the step
-    #    on resume (its record is dropped, then written again) instead of losing the record (runs.py, rule 3)
+    #    on resume (its record is dropped, then written again) instead of losing the record (infra/runs.py, rule 3)
     if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:
         rec.update(evaluate())
     if master:
@@ -636,4 +585,4 @@ if distributed:  # NOTE: the ranks leave together: once one exits non-zero (a st
     dist.barrier()  # -- the master may still be writing the checkpoint
     dist.destroy_process_group()
 if stop:
-    sys.exit(128 + stop)  # what a shell reports for a process the signal ended (143 SIGTERM, 130 SIGINT): runs.py rule 9
+    sys.exit(128 + stop)  # what a shell reports for a process the signal ended (143 SIGTERM, 130 SIGINT): infra/runs.py rule 9

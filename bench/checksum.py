@@ -22,7 +22,7 @@ import zlib
 
 import torch
 
-import checkpoints
+from infra import checkpoints
 
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -2,11 +2,11 @@
 
 The benchmarks compare arms side by side on one machine, so the parts every arm stands on live here once:
 
-    model_sizes(name)   (text, vision) config dicts: "tiny" = tiny.py's model, "3b" = Qwen2.5-VL-3B-Instruct's
+    model_sizes(name)   (text, vision) config dicts: "tiny" = models/tiny.py's model, "3b" = Qwen2.5-VL-3B-Instruct's
                         published config.json (shrink: 2 decoder layers and 1 vision block, a CPU smoke test)
     build_model(...)    a random Qwen2.5-VL from those sizes, built in place on the device and in the dtype
                         (the 3B model in bf16 never exists as a 15 GB fp32 copy on the host), embeddings tied
-                        as in the real checkpoint and in tiny.py
+                        as in the real checkpoint and in models/tiny.py
     sync(device)        wait for the GPU's queue before reading a clock (a no-op on CPU)
     peak_bytes(fn, dev) torch's allocation high-water mark during fn(): torch.cuda.max_memory_allocated on GPU,
                         the profiler's memory events replayed in time order on CPU (torch has no CPU peak counter)
@@ -48,7 +48,7 @@ IMAGE, V_START, V_END = 60, 58, 59  # token ids of synthetic batches: distinct, 
 
 
 def model_sizes(name, shrink=False, windowed_vision=False):
-    """(text, vision) size dicts of a named model: "tiny" (tiny.py) or "3b" (Qwen2.5-VL-3B-Instruct).
+    """(text, vision) size dicts of a named model: "tiny" (models/tiny.py) or "3b" (Qwen2.5-VL-3B-Instruct).
 
     shrink (3b): the real attention shapes (hidden 2048, 16 query / 2 key-value heads of 128, the mRoPE
     sections) with 2 decoder layers, 1 (full-attention) vision block, a quarter of the MLP width and a 16k
@@ -62,7 +62,7 @@ def model_sizes(name, shrink=False, windowed_vision=False):
     (2, 1, 2048, 16384)
     """
     if name == "tiny":
-        import tiny
+        from models import tiny
         text, vision = dict(tiny.TEXT, vocab_size=tiny.VOCAB_SIZE), dict(tiny.VISION)
     elif name == "3b":
         text, vision = dict(QWEN3B_TEXT), dict(QWEN3B_VISION)
@@ -78,7 +78,7 @@ def model_sizes(name, shrink=False, windowed_vision=False):
 
 def build_model(text, vision, dtype, device, seed=0):
     """A random Qwen2.5-VL from size dicts, built in place in `dtype` on `device` (synthetic batches use the
-    IMAGE / V_START / V_END ids above). Embeddings are tied, as in Qwen2.5-VL-3B and tiny.py."""
+    IMAGE / V_START / V_END ids above). Embeddings are tied, as in Qwen2.5-VL-3B and models/tiny.py."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     config = Qwen2_5_VLConfig(text_config=dict(text), vision_config=dict(vision), image_token_id=IMAGE,
                               vision_start_token_id=V_START, vision_end_token_id=V_END, tie_word_embeddings=True,

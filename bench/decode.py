@@ -55,7 +55,8 @@ import torch
 
 import engine
 import rollout
-import visualmath
+from models import family
+from tasks import visualmath
 
 # ------------------------------------------------------------------------------------------- config
 
@@ -125,14 +126,14 @@ def report(lines):
 
 def tiny_side_by_side():
     """hf vs engine at train.py's rollout shape, interleaved rounds, paired ratios, identical responses."""
-    import tiny
+    from models import tiny
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     model_dir = args.model or (tiny.DEFAULT_DIR if os.path.exists(os.path.join(tiny.DEFAULT_DIR, "sft_report.json"))
                                else tiny.make_random_checkpoint(tempfile.mkdtemp(prefix="decode-bench-")))
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32,
                                                                attn_implementation="sdpa").to(device).eval()
-    tokenizer, image_processor = rollout.load_processor(model_dir)
+    tokenizer, image_processor = family.load_processor(model_dir)
     rows = visualmath.make("visualmath", args.prompts, seed=args.seed)
     rows = [rows[i] for i in range(args.prompts)]
     prompt_keys = [(args.seed + 1) * 1_000_000_007 + j for j in range(args.prompts)]  # as train.py's

@@ -27,7 +27,7 @@ Without CUDA it says that nothing was measured and exits 0. With --shrink every 
 variant instead (2-layer 3B-wide models, small inputs, a 2-step train.py on a random tiny checkpoint), so this
 script and everything it calls are tested on machines without a GPU (a few minutes on 2 cores).
 
-Where the figures go: the report (--out, default results/gpu.md; with --shrink results/gpu-shrink.md, which
+Where the figures go: the report (--out, default bench/results/gpu.md; with --shrink bench/results/gpu-shrink.md, which
 git ignores) and the README's "Performance" section, copied from it by hand with the date, GPU and versions.
 
 Run (from the repository root):
@@ -65,14 +65,14 @@ parser.add_argument("--budget", type=float, default=0.0,
                     help="total seconds for all sections, shared in proportion to their budgets above (default 540 "
                          "= 9 min; with --shrink 900: a CPU is slower at everything)")
 parser.add_argument("--shrink", action="store_true", help="run every section's CPU smoke variant (no GPU needed)")
-parser.add_argument("--out", default="", help="markdown report (default results/gpu.md, results/gpu-shrink.md)")
+parser.add_argument("--out", default="", help="markdown report (default bench/results/gpu.md, bench/results/gpu-shrink.md)")
 args = parser.parse_args()
 
 chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
 unknown = [s for s in chosen if s not in SECTIONS]
 if unknown:
     parser.error(f"--sections {','.join(unknown)}: use some of {', '.join(SECTIONS)}")
-out_path = args.out or os.path.join(common.REPO, "results", "gpu-shrink.md" if args.shrink else "gpu.md")
+out_path = args.out or os.path.join(common.REPO, "bench", "results", "gpu-shrink.md" if args.shrink else "gpu.md")
 cuda = torch.cuda.is_available()
 if not cuda and not args.shrink:
     print("bench/gpu.py: no CUDA device here -- nothing was measured. On a GPU machine run `python bench/gpu.py`; "
@@ -109,7 +109,7 @@ def commands(section):
         run_dir = os.path.join(SCRATCH, "run")
         if not shrink:
             return [PY, "train.py", "--out_dir", run_dir], env
-        import tiny  # CPU smoke: a random tiny checkpoint (seconds) instead of the warm-started build (minutes)
+        from models import tiny  # CPU smoke: a random tiny checkpoint (seconds) instead of the warm-started build (minutes)
         model = tiny.make_random_checkpoint(os.path.join(SCRATCH, "random"))
         return [PY, "train.py", "--model", model, "--out_dir", run_dir, "--steps", "2", "--eval_size", "8",
                 "--eval_k", "1", "--prompts_per_step", "4", "--group_size", "2"], env

@@ -13,7 +13,7 @@ own code, which is the least noisy of the three.
 Peak memory is measured once per setting: torch.cuda.max_memory_allocated on GPU; on CPU the high-water
 mark of torch's own allocations during the forward, replayed from the profiler's memory events.
 
-Models: the tiny Qwen2.5-VL of tiny.py (random weights, fp32, CPU) and, when CUDA is present, the
+Models: the tiny Qwen2.5-VL of models/tiny.py (random weights, fp32, CPU) and, when CUDA is present, the
 Qwen2.5-VL-3B-Instruct config with random weights in bf16 (~1k image tokens, ~1k response tokens).
 Without a GPU the 3B case prints an analytic FLOP estimate (probe vs forward) instead.
 
@@ -225,8 +225,8 @@ print(common.machine_line(device))
 
 if args.suite in ("tiny", "all"):
     # (B, image grid side in patches, prompt text tokens, response tokens):
-    # the default task (2x1 slots ~ a few image tokens, short answers) and a long case at tiny.py's max_pixels
-    bench("tiny Qwen2.5-VL (tiny.py sizes)", *model_sizes("tiny"), torch.float32, torch.device("cpu"),
+    # the default task (2x1 slots ~ a few image tokens, short answers) and a long case at models/tiny.py's max_pixels
+    bench("tiny Qwen2.5-VL (models/tiny.py sizes)", *model_sizes("tiny"), torch.float32, torch.device("cpu"),
           [(8, 4, 40, 32), (4, 32, 40, 256)])
 
 if args.suite in ("3b", "all"):

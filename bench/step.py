@@ -79,7 +79,8 @@ import atrl
 import clustering
 import connectivity
 import rollout
-import visualmath
+from models import family
+from tasks import visualmath
 
 # ------------------------------------------------------------------------------------------- config
 
@@ -190,7 +191,7 @@ if not cuda:  # the probe's reading of a layer (on GPU it is queued, not run, so
 
 
 def build_model():
-    """The random synthetic-batch model: tiny.py's sizes or Qwen2.5-VL-3B's (--shrink: 2 layers); the tiny
+    """The random synthetic-batch model: models/tiny.py's sizes or Qwen2.5-VL-3B's (--shrink: 2 layers); the tiny
     vision tower runs windowed attention only (common.model_sizes), so a 4096-token image stays affordable."""
     text, vision = common.model_sizes(args.config, args.shrink, windowed_vision=args.config == "tiny")
     return common.build_model(text, vision, dtype, device, seed=args.seed)
@@ -201,10 +202,7 @@ def prepare_for_training(model):
     model.train()
     model.model.visual.requires_grad_(False)
     if grad_ckpt:  # transformers >= 5.23 names it activation_..., older 5.x gradient_... (as train.py)
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        family.checkpoint_activations(model)
     params = [p for p in model.parameters() if p.requires_grad]
     return params, torch.optim.AdamW(params, lr=0.0)
 
@@ -240,7 +238,7 @@ def sampled_rollouts(model_dir):
     from transformers import Qwen2_5_VLForConditionalGeneration
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32,
                                                                attn_implementation="sdpa").to(device)
-    tokenizer, image_processor = rollout.load_processor(model_dir)
+    tokenizer, image_processor = family.load_processor(model_dir)
     rows = visualmath.make(args.dataset, args.prompts, seed=args.seed)
     rows = [rows[i] for i in range(args.prompts)]
     keys = [(args.seed + 1) * 1_000_000_007 + j for j in range(args.prompts)]  # as train.py's prompt keys
@@ -405,7 +403,7 @@ step_state = None
 if "step" in sections or "memory" in sections:
     # ---- the rollout batch every arm trains on
     if args.config == "tiny":
-        import tiny
+        from models import tiny
         model_dir = args.model or (tiny.DEFAULT_DIR if os.path.exists(os.path.join(tiny.DEFAULT_DIR, "config.json"))
                                    else tiny.make_random_checkpoint(tempfile.mkdtemp(prefix="bench_step_")))
         model, raw_batch = sampled_rollouts(model_dir)
@@ -427,7 +425,7 @@ if "step" in sections or "memory" in sections:
     params, optimizer = prepare_for_training(model)
     batch, adv, loss_mask = prepare_batch(raw_batch, group_size)
     S, T = batch["input_ids"].shape[1], loss_mask.shape[1]
-    import tiny
+    from models import tiny
     PIXELS = tiny.make_image_processor()  # Qwen's CLIP mean/std, patch 14, temporal 2: the 3B's too
     n_image = int((batch["input_ids"][0] == model.config.image_token_id).sum())
     step_state = dict(model_dir=model_dir, batch=raw_batch)

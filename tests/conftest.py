@@ -71,13 +71,13 @@ def dense_from_csr(csr, n):
 
 @pytest.fixture(scope="session")
 def random_checkpoint(tmp_path_factory):
-    import tiny
+    from models import tiny
     return tiny.make_random_checkpoint(str(tmp_path_factory.mktemp("random")), seed=0)
 
 
 @pytest.fixture(scope="session")
 def warm_checkpoint(random_checkpoint, tmp_path_factory):
-    import visualmath
+    from tasks import visualmath
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     import rollout

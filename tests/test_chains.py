@@ -1,4 +1,4 @@
-"""VisualMath v3's chains (chains.py) and tasks (visualmath.v3_example): token classes from the grammar.
+"""VisualMath v3's chains (tasks/chains.py) and tasks (visualmath.v3_example): token classes from the grammar.
 
 The teacher knows the class of each piece it writes; label_text recovers classes from text alone. The two are
 independent codes for one grammar, so their agreement on thousands of teacher texts (slips, all variants, two
@@ -9,9 +9,8 @@ import random
 import pytest
 import torch
 
-import chains
-import tiny
-import visualmath
+from models import tiny
+from tasks import chains, visualmath
 
 NAMES = ["teacher_chain", "piece_classes", "read_list_spans", "label_text", "token_classes", "class_means",
          "on_grammar"]

@@ -12,6 +12,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 import connectivity
 from connectivity import debias_sinks, image_attention, probe, query_positions
+from ops import attention_rows
 
 # token ids inside the tiny vocab (64): vision specials at the top, text ids below
 VISION_START, VISION_END, IMAGE, VIDEO, PAD = 58, 59, 60, 61, 0
@@ -112,14 +113,14 @@ def test_a_kernel_log_sum_exp_that_means_something_else_is_caught(setup, corrupt
     # a kernel whose lse is in base 2, or laid out differently, must not be trusted: the probe checks it once,
     # falls back to whole rows for that kernel, and is still exact
     model, inputs, response_mask, attentions = setup
-    spy = connectivity._KernelLogSumExp.__torch_dispatch__
+    spy = attention_rows.KernelLogSumExp.__torch_dispatch__
 
     def wrong(self, func, types, args=(), kwargs=None):
         out = spy(self, func, types, args, kwargs)
         if self.lse is not None:
             self.lse = self.lse / 0.6931471805599453 if corrupt == "log2" else self.lse.roll(1, dims=-1)
         return out
-    monkeypatch.setattr(connectivity._KernelLogSumExp, "__torch_dispatch__", wrong)
+    monkeypatch.setattr(attention_rows.KernelLogSumExp, "__torch_dispatch__", wrong)
     query_pos = query_positions(response_mask)
     with probe(model, [1, 2]) as p, torch.no_grad():
         for _ in range(2):  # the verdict is kept: checked once, rows read on every layer of both forwards

@@ -7,13 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-import visualmath
 import rollout
+from models import family
+from tasks import visualmath
 
 
 @pytest.fixture(scope="module")
 def processor(random_checkpoint):  # random_checkpoint: conftest.py
-    return rollout.load_processor(random_checkpoint)
+    return family.load_processor(random_checkpoint)
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,8 @@ import torch
 
 import engine
 import rollout
-import visualmath
+from models import family
+from tasks import visualmath
 from conftest import REPO
 from test_train import records, run_train
 
@@ -38,7 +39,7 @@ def warm(warm_checkpoint):  # conftest.py: a few seconds of SFT, so responses en
     from transformers import Qwen2_5_VLForConditionalGeneration
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(warm_checkpoint, dtype=torch.float32,
                                                                attn_implementation="sdpa").eval()
-    return model, *rollout.load_processor(warm_checkpoint)
+    return model, *family.load_processor(warm_checkpoint)
 
 
 def mixed_prompts(tokenizer, image_processor, padded=True):

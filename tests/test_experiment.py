@@ -1,4 +1,4 @@
-"""experiment.py's tables from logs alone (--skip_training): the paired differences, their 95% t-intervals and the
+"""experiments/v2.py's tables from logs alone (--skip_training): the paired differences, their 95% t-intervals and the
 lucky-guess shares are recomputed here by hand from synthetic logs. No model is built or trained."""
 import json
 import os
@@ -30,7 +30,7 @@ def test_tables_from_logs(tmp_path):
               ("atrl", 1, 0): (0.90, 0.70), ("atrl", 1, 1): (0.90, 0.80)}
     for (arm, w, r), f in finals.items():
         write_log(tmp_path / "runs" / f"{arm}-w{w}-r{r}", f, lucky=0.1 if arm == "atrl" else 0.0)
-    proc = subprocess.run([sys.executable, "experiment.py", "--skip_training", "--out", str(tmp_path), "--arms",
+    proc = subprocess.run([sys.executable, "experiments/v2.py", "--skip_training", "--out", str(tmp_path), "--arms",
                            "uniform", "atrl", "--warm_seeds", "0", "1", "--steps", "4", "--eval_every", "2"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -51,10 +51,10 @@ def test_tables_from_logs(tmp_path):
     assert (tmp_path / "curves.png").exists()
 
 
-# --- trials.py: the statistics both experiments share, and the skip rule -------------------------------------
+# --- experiments/trials.py: the statistics both experiments share, and the skip rule -------------------------------------
 
 def test_t_quantiles_match_the_table_and_holm_is_monotone():
-    import trials
+    from experiments import trials
     for df, t in trials.T_95.items():
         assert abs(trials.t_quantile(0.975, df) - t) < 0.006, df            # the table is rounded to 2 decimals
     assert abs(trials.t_cdf(1.0, 1) - 0.75) < 1e-6                        # Cauchy: 1/2 + atan(1)/pi
@@ -67,7 +67,7 @@ def test_t_quantiles_match_the_table_and_holm_is_monotone():
 
 
 def test_a_run_counts_as_finished_only_with_its_last_evaluation(tmp_path):
-    import trials
+    from experiments import trials
     write_log(tmp_path / "done", (0.9, 0.8), 0.0)
     assert trials.finished(str(tmp_path / "done"), 4) and not trials.finished(str(tmp_path / "done"), 5)
     lines = (tmp_path / "done" / "log.jsonl").read_text().splitlines()
@@ -75,7 +75,7 @@ def test_a_run_counts_as_finished_only_with_its_last_evaluation(tmp_path):
     assert not trials.finished(str(tmp_path / "done"), 4) and not trials.finished(str(tmp_path / "none"), 4)
 
 
-# --- experiment_v3.py: the gates' verdicts from synthetic logs and gate-0 measurements --------------------------
+# --- experiments/v3.py: the gates' verdicts from synthetic logs and gate-0 measurements --------------------------
 
 def gate0_json(removed, signal_ci):
     """A gate-0 measurement whose filler + grounded carry `removed` of uniform's noise and a signal interval."""
@@ -109,7 +109,7 @@ def v3_run(tmp_path, name, curve):
 
 
 def run_v3(tmp_path):
-    proc = subprocess.run([sys.executable, "experiment_v3.py", "--skip_training", "--out", str(tmp_path),
+    proc = subprocess.run([sys.executable, "experiments/v3.py", "--skip_training", "--out", str(tmp_path),
                            "--warm_seeds", "0", "1", "--rl_seeds", "0", "1", "--steps", "4", "--eval_every", "2"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -149,12 +149,12 @@ def test_v3_gates_from_synthetic_measurements_and_logs(tmp_path):
     assert "**Incomplete: 39 of 40 runs finished**" in summary and "**Gate 1: FAIL" in summary
 
 
-# --- dilution.py: gate 0's measurement on a real (tiny) policy --------------------------------------------------
+# --- experiments/dilution.py: gate 0's measurement on a real (tiny) policy --------------------------------------------------
 
 def test_gradient_parts_add_up_and_noise_is_a_variance(warm_checkpoint):
     """On the v1-warmed fixture asked v3 questions (its samples never follow v3's grammar): the class parts of
     the gradient add up to uniform's, every noise is >= 0, and a second measurement gives the same numbers."""
-    import dilution
+    from experiments import dilution
     kwargs = dict(batches=3, census_batches=1, max_new_tokens=16, prompts=2, group=4)
     m = dilution.measure(warm_checkpoint, "visualmath-v3", **kwargs)
     snr = m["snr"]

@@ -23,7 +23,7 @@ import torch
 from test_runs import logged_steps, snapshot, start_train, stderr_tail, strip_times, train_env
 from test_train import REPO, SMALL, records, run_train, weights
 
-import checkpoints
+from infra import checkpoints
 from conftest import torchrun_command
 
 STEPS = ["--steps", "6", "--save_every", "1", "--keep_checkpoints", "2"]
@@ -111,7 +111,8 @@ def test_a_full_disk_under_tensorboard_is_one_line_too(tmp_path):
     traceback besides the one line (the run's own writes are injected with ATRL_TEST_HOOK; this one by hand)."""
     pytest.importorskip("tensorboard", reason="tensorboard is in requirements.txt; --report_to tensorboard needs it")
     script = f"""if 1:
-        import errno, os, runs
+        import errno, os
+        from infra import runs
         from tensorboard.summary.writer import record_writer
         tracker = runs.TensorBoardTracker({str(tmp_path)!r}, {{}}, 0)
         tracker.log({{"step": 0, "reward": 1.0}})
@@ -180,7 +181,8 @@ def test_sigterm_finishes_the_step_saves_it_and_resume_repeats_nothing(warm_chec
 
 def test_a_second_signal_stops_at_once_and_a_copy_within_a_second_does_not():
     script = """if 1:
-        import os, signal, time, torch, runs
+        import os, signal, time, torch
+        from infra import runs
         stop = runs.Preemption()
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested(torch.device("cpu")) == signal.SIGINT

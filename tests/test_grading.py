@@ -1,4 +1,4 @@
-"""Answer grading and rewards (grading.py): extraction, matching, reward, robustness.
+"""Answer grading and rewards (tasks/grading.py): extraction, matching, reward, robustness.
 
 Each case table is an oracle written by hand: (input, expected). The robustness tests feed the
 grader what a policy early in RL really emits -- nothing, megabytes, stray tags, unbalanced braces,
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-import grading
+from tasks import grading
 
 # --- extraction -----------------------------------------------------------------------------------
 

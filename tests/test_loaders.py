@@ -1,4 +1,4 @@
-"""Benchmark loaders (data.py §Loaders): each schema from small fixture files written here.
+"""Benchmark loaders (tasks/benchmarks.py §Loaders): each schema from small fixture files written here.
 
 Fixtures mimic the real column layouts (Geometry3K as in hiyouga/geometry3k's parquet, MathVista's
 testmini.json {pid: row}, MathVerse rows with choices inside the question, ViRL39K rows with
@@ -14,9 +14,7 @@ import pyarrow
 import pyarrow.parquet
 import pytest
 
-import data
-import grading
-import visualmath
+from tasks import benchmarks, grading, visualmath
 from conftest import png_bytes
 
 
@@ -46,8 +44,8 @@ def test_geometry3k_parquet_with_image_bytes(tmp_path):
         {"images": [{"bytes": png_bytes("RGBA"), "path": None}], "problem": "<image>Find y.",
          "answer": "60", "id": 8, "choices": ["30", "45", "60", "90"], "ground_truth": "C"},
     ]
-    ds = data.load_benchmark(str(write_parquet(tmp_path / "test-00000.parquet", rows)))
-    assert len(ds) == 2 and list(ds.features) == list(data.UNIFIED_FEATURES)
+    ds = benchmarks.load_benchmark(str(write_parquet(tmp_path / "test-00000.parquet", rows)))
+    assert len(ds) == 2 and list(ds.features) == list(benchmarks.UNIFIED_FEATURES)
     ex = ds[0]
     assert ex["id"] == "7" and ex["question"] == "Find x." and ex["answer"] == "3\\sqrt{3}"
     assert ex["choices"] == ["3", "3\\sqrt{3}", "6", "9"] and ex["source"] == "geometry3k"
@@ -73,12 +71,12 @@ def test_mathvista_json_dict_with_relative_image_paths(tmp_path):
               "answer_type": "text", "query": "..."},
     }
     (tmp_path / "testmini.json").write_text(json.dumps(rows), encoding="utf-8")
-    ds = data.load_benchmark(str(tmp_path / "testmini.json"))
+    ds = benchmarks.load_benchmark(str(tmp_path / "testmini.json"))
     a, b = ds[0], ds[1]
     assert (a["id"], a["precision"], a["unit"], a["choices"], a["source"]) == ("1", 1, "cm", [], "mathvista")
     assert a["image"].mode == "P" and b["image"].mode == "RGB"
     assert b["answer"] == "equal to" and b["choices"][1] == "equal to"
-    assert data.format_question(b).endswith("\nChoices:\nA. larger than\nB. equal to\nC. smaller than")
+    assert benchmarks.format_question(b).endswith("\nChoices:\nA. larger than\nB. equal to\nC. smaller than")
     # precision flows into the reward: 1.24 rounds to the gold 1.2
     reward = grading.compute_reward("<answer>1.24</answer>", a["answer"], precision=a["precision"])
     assert reward["accuracy"] == 1.0
@@ -90,7 +88,7 @@ def test_mathvista_parquet_prefers_decoded_image(tmp_path):
              "decoded_image": {"bytes": png_bytes("RGB"), "path": None}, "choices": None,
              "precision": None, "unit": "", "answer": "4", "question_type": "free_form",
              "answer_type": "integer", "query": "How many?"}]
-    ds = data.load_benchmark(str(write_parquet(tmp_path / "mv.parquet", rows)), schema="mathvista")
+    ds = benchmarks.load_benchmark(str(write_parquet(tmp_path / "mv.parquet", rows)), schema="mathvista")
     assert ds[0]["image"].size == (6, 4) and ds[0]["answer"] == "4"
 
 
@@ -104,7 +102,7 @@ def test_mathverse_jsonl_splits_inline_choices(tmp_path):
          "question": "Find the area.", "image": "img/a.png", "answer": "12",
          "question_type": "free-form"},
     ]
-    ds = data.load_benchmark(str(write_jsonl(tmp_path / "testmini.jsonl", rows)))
+    ds = benchmarks.load_benchmark(str(write_jsonl(tmp_path / "testmini.jsonl", rows)))
     assert ds[0]["question"] == "As shown in the figure, find the angle."
     assert ds[0]["choices"] == ["30°", "45°", "60°", "90°"] and ds[0]["source"] == "mathverse"
     assert ds[1]["choices"] == [] and ds[1]["question"] == "Find the area."
@@ -124,7 +122,7 @@ def test_virl39k_unwraps_boxed_answers_and_takes_first_image(tmp_path):
          "image": ["images/q2.png"], "category": "Tables", "source": "x",
          "PassRate_32BTrained": 1.0, "PassRate_7BUntrained": 0.25},
     ]
-    ds = data.load_benchmark(str(write_parquet(tmp_path / "39Krelease.parquet", rows)))
+    ds = benchmarks.load_benchmark(str(write_parquet(tmp_path / "39Krelease.parquet", rows)))
     assert ds[0]["answer"] == "B" and ds[0]["choices"] == ["circle", "square", "triangle"]
     assert ds[0]["question"] == "Which shape is largest?" and ds[0]["image"].mode == "L"
     assert ds[1]["answer"] == "17^\\circ" and ds[1]["source"] == "virl39k"
@@ -137,9 +135,9 @@ def test_limit_and_split_folder_selection(tmp_path):
                  "answer": str(i)} for i in range(n)]
     write_parquet(tmp_path / "train-00000.parquet", rows(5, "train"))
     write_parquet(tmp_path / "test-00000.parquet", rows(3, "test"))
-    ds = data.load_benchmark(str(tmp_path), split="test")
+    ds = benchmarks.load_benchmark(str(tmp_path), split="test")
     assert len(ds) == 3 and ds[0]["question"] == "test 0"
-    assert len(data.load_benchmark(str(tmp_path), split="train", limit=2)) == 2
+    assert len(benchmarks.load_benchmark(str(tmp_path), split="train", limit=2)) == 2
 
 
 # --- errors name the row and the field -----------------------------------------------------------
@@ -162,7 +160,7 @@ def test_bad_row_raises_naming_row_and_field(tmp_path, row_change, must_mention)
     rows = [good_row(tmp_path), {**good_row(tmp_path), **row_change}]
     path = write_jsonl(tmp_path / "bench.jsonl", rows)
     with pytest.raises(ValueError) as err:
-        data.load_benchmark(str(path), schema="mathvista")
+        benchmarks.load_benchmark(str(path), schema="mathvista")
     for text in must_mention:
         assert text in str(err.value)
 
@@ -170,27 +168,27 @@ def test_bad_row_raises_naming_row_and_field(tmp_path, row_change, must_mention)
 def test_corrupt_image_bytes_and_files_are_reported(tmp_path):
     rows = [{"images": [{"bytes": b"not a png", "path": None}], "problem": "p", "answer": "1"}]
     with pytest.raises(ValueError, match=r"row 0: field 'images' .*not an image"):
-        data.load_benchmark(str(write_parquet(tmp_path / "g.parquet", rows)))
+        benchmarks.load_benchmark(str(write_parquet(tmp_path / "g.parquet", rows)))
     (tmp_path / "fake.png").write_text("hello")
     row = {**good_row(tmp_path), "image": "fake.png"}
     with pytest.raises(ValueError, match=r"row 0: image file .*fake.png.*not an image"):
-        data.load_benchmark(str(write_jsonl(tmp_path / "b.jsonl", [row])))
+        benchmarks.load_benchmark(str(write_jsonl(tmp_path / "b.jsonl", [row])))
 
 
 def test_unknown_schema_and_bad_inputs_explain_themselves(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", [{"text": "hi", "label": 1}])
     with pytest.raises(ValueError, match="schema="):
-        data.load_benchmark(str(path))
+        benchmarks.load_benchmark(str(path))
     with pytest.raises(ValueError, match="unknown"):
-        data.load_benchmark(str(path), schema="mmmu")
+        benchmarks.load_benchmark(str(path), schema="mmmu")
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(ValueError, match="unsupported file type"):
-        data.load_benchmark(str(tmp_path / "x.csv"))
+        benchmarks.load_benchmark(str(tmp_path / "x.csv"))
     with pytest.raises(ValueError, match="not found"):
-        data.load_benchmark(str(tmp_path / "absent.parquet"))
+        benchmarks.load_benchmark(str(tmp_path / "absent.parquet"))
     (tmp_path / "broken.jsonl").write_text('{"pid": 1}\n{oops\n')
     with pytest.raises(ValueError, match="line 2"):
-        data.load_benchmark(str(tmp_path / "broken.jsonl"))
+        benchmarks.load_benchmark(str(tmp_path / "broken.jsonl"))
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -203,25 +201,25 @@ def test_unknown_schema_and_bad_inputs_explain_themselves(tmp_path):
     ("Points A, B and C.", "Points A, B and C.", []),
 ])
 def test_split_inline_choices(text, question, choices):
-    assert data.split_inline_choices(text) == (question, choices)
+    assert benchmarks.split_inline_choices(text) == (question, choices)
 
 
 def test_format_question_without_choices_is_the_question():
-    assert data.format_question({"question": "How many?", "choices": []}) == "How many?"
+    assert benchmarks.format_question({"question": "How many?", "choices": []}) == "How many?"
 
 
 @pytest.mark.parametrize("fn", ["detect_schema", "split_inline_choices", "format_question"])
 def test_docstring_examples(doctest_examples, fn):
-    assert doctest_examples(data, [fn]) > 0
+    assert doctest_examples(benchmarks, [fn]) > 0
 
 
 def test_data_module_binds_each_top_level_name_once():
-    # data.py has sections by different owners; a second `_LETTERS = ...` further down silently
+    # tasks/benchmarks.py has sections by different owners; a second `_LETTERS = ...` further down silently
     # rebinds the first for every function of the module (this happened once).
     import ast
     import collections
     bound = collections.Counter()
-    for node in ast.parse(open(data.__file__, encoding="utf-8").read()).body:
+    for node in ast.parse(open(benchmarks.__file__, encoding="utf-8").read()).body:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             bound[node.name] += 1
         elif isinstance(node, ast.Assign):
@@ -233,7 +231,7 @@ def test_benchmarks_and_synthetic_data_share_one_schema(tmp_path):
     # Same features => datasets.concatenate_datasets can mix benchmark and synthetic rows.
     import datasets
     rows = [{"images": [{"bytes": png_bytes("RGB"), "path": None}], "problem": "p", "answer": "1"}]
-    bench = data.load_benchmark(str(write_parquet(tmp_path / "g.parquet", rows)))
+    bench = benchmarks.load_benchmark(str(write_parquet(tmp_path / "g.parquet", rows)))
     synthetic = visualmath.make_slots(2, seed=0)
-    assert bench.features == synthetic.features == data.UNIFIED_FEATURES
+    assert bench.features == synthetic.features == benchmarks.UNIFIED_FEATURES
     assert len(datasets.concatenate_datasets([bench, synthetic])) == 3

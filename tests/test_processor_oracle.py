@@ -3,7 +3,7 @@
 rollout.py replaces the stock processor (its docstring says why), so the stock one is the reference: built
 from the same tokenizer and image processor, fed the same chat-template text and images, it must produce the
 same input_ids, attention_mask, mm_token_type_ids, pixel_values and image_grid_thw, to the bit. Two image
-processors: the tiny checkpoint's (tiny.py) and one shaped like the real Qwen2.5-VL-3B-Instruct's
+processors: the tiny checkpoint's (models/tiny.py) and one shaped like the real Qwen2.5-VL-3B-Instruct's
 preprocessor_config.json (patch 14, merge 2, temporal patch 2, min_pixels 3136 = 56 x 56, max_pixels
 12845056 = 16384 x 28 x 28, CLIP mean/std), loaded from disk the way a hub checkpoint is; the tokenizer is
 the tiny one in both (the real one is a download). Images: random noise (which makes any resampling
@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 import rollout
+from models import family
 
 QWEN25_VL_3B_PREPROCESSOR = {  # Qwen/Qwen2.5-VL-3B-Instruct's preprocessor_config.json
     "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
@@ -64,7 +65,7 @@ def images():
 @pytest.mark.parametrize("bounds", [None, (2 * 28 * 28, 16 * 28 * 28)], ids=["checkpoint-bounds", "explicit-bounds"])
 @pytest.mark.parametrize("which", ["tiny", "3b"])
 def test_encode_prompts_equals_the_stock_processor(checkpoints, which, bounds):
-    tokenizer, image_processor = rollout.load_processor(checkpoints[which])
+    tokenizer, image_processor = family.load_processor(checkpoints[which])
     assert image_processor.size["shortest_edge"] == (784 if which == "tiny" else 3136)
     questions = ["What is 1+2?", "a much longer question about the picture", "q", "tiny"]
     min_pixels, max_pixels = bounds or (None, None)

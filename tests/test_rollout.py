@@ -5,9 +5,9 @@ import collections
 import pytest
 import torch
 
-import visualmath
 import rollout
-import tiny
+from models import family, tiny
+from tasks import visualmath
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,7 @@ def random_model(random_checkpoint):  # conftest.py
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(random_checkpoint, dtype=torch.float32).eval()
-    return model, *rollout.load_processor(random_checkpoint)
+    return model, *family.load_processor(random_checkpoint)
 
 
 def test_a_generated_image_pad_never_reaches_the_batch(random_model):

@@ -1,4 +1,4 @@
-"""tiny.py: the random tiny checkpoint (tokenizer, image processor, model) survives save/from_pretrained,
+"""models/tiny.py: the random tiny checkpoint (tokenizer, image processor, model) survives save/from_pretrained,
 its tokenizer is sane, and the SFT batch masks the prompt. The SFT build itself is never run here.
 The checkpoint is conftest.py's random_checkpoint (seed 0, built once per session); how fast a build is, the
 tests depend on, so one test builds another and times it."""
@@ -11,9 +11,9 @@ import time
 import pytest
 import torch
 
-import visualmath
 import rollout
-import tiny
+from models import family, tiny
+from tasks import visualmath
 
 
 def test_make_random_checkpoint_is_fast(tmp_path):
@@ -36,7 +36,7 @@ def test_model_round_trip_is_exact(random_checkpoint):
     """from_pretrained gives back the very weights make_model built (same seed => same init)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    tokenizer, image_processor = rollout.load_processor(random_checkpoint)
+    tokenizer, image_processor = family.load_processor(random_checkpoint)
     loaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(random_checkpoint, dtype=torch.float32).eval()
     fresh = tiny.make_model(tokenizer, seed=0).eval()
     assert type(loaded).__name__ == "Qwen2_5_VLForConditionalGeneration"
@@ -53,7 +53,7 @@ def test_model_round_trip_is_exact(random_checkpoint):
 def test_config_ids_match_the_tokenizer(random_checkpoint):
     from transformers import AutoConfig
 
-    tokenizer, _ = rollout.load_processor(random_checkpoint)
+    tokenizer, _ = family.load_processor(random_checkpoint)
     config = AutoConfig.from_pretrained(random_checkpoint)
     ids = tokenizer.convert_tokens_to_ids
     assert config.image_token_id == ids("<|image_pad|>") and config.video_token_id == ids("<|video_pad|>")
@@ -65,7 +65,7 @@ def test_config_ids_match_the_tokenizer(random_checkpoint):
 
 
 def test_tokenizer_round_trips_text_and_keeps_specials_whole(random_checkpoint):
-    tokenizer, _ = rollout.load_processor(random_checkpoint)
+    tokenizer, _ = family.load_processor(random_checkpoint)
     for text in ["<think>3+4=7</think><answer>7</answer>", "Ünïcödé ✓ 日本語 \t\n  spaces", "", "1234567890"]:
         assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
     assert tokenizer.tokenize("12+305") == ["1", "2", "+", "3", "0", "5"]  # one token per digit
@@ -79,7 +79,7 @@ def test_tokenizer_round_trips_text_and_keeps_specials_whole(random_checkpoint):
 
 
 def test_image_processor_round_trip(random_checkpoint):
-    _, image_processor = rollout.load_processor(random_checkpoint)
+    _, image_processor = family.load_processor(random_checkpoint)
     assert type(image_processor).__name__ == "Qwen2VLImageProcessorPil"  # PIL backend: no torchvision
     assert image_processor.size["shortest_edge"] == tiny.MIN_PIXELS
     assert image_processor.size["longest_edge"] == tiny.MAX_PIXELS
@@ -88,7 +88,7 @@ def test_image_processor_round_trip(random_checkpoint):
 
 def test_image_tokens_of_the_two_tasks(random_checkpoint):
     """The learnability design: one 28x28 slot or grid cell = one LLM image token; the grid has 16, v1 two."""
-    tokenizer, image_processor = rollout.load_processor(random_checkpoint)
+    tokenizer, image_processor = family.load_processor(random_checkpoint)
     for name, n_tokens in (("visualmath-v1", 2), ("visualmath", 16)):
         ex = visualmath.make(name, 1, seed=0)[0]
         enc = rollout.encode_prompts(tokenizer, image_processor, [ex["image"]], [ex["question"]])
@@ -96,7 +96,7 @@ def test_image_tokens_of_the_two_tasks(random_checkpoint):
 
 
 def test_grid_responses_have_at_least_twenty_tokens(random_checkpoint):
-    tokenizer, _ = rollout.load_processor(random_checkpoint)
+    tokenizer, _ = family.load_processor(random_checkpoint)
     lengths = [len(tokenizer(ex["response"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"])
                for ex in visualmath.make_grid(50, seed=1)]
     assert min(lengths) >= 20, lengths
@@ -113,7 +113,7 @@ def test_lessons_end_on_the_grid_task_with_the_teacher_slips():
 
 
 def test_sft_batch_supervises_exactly_the_response(random_checkpoint):
-    tokenizer, image_processor = rollout.load_processor(random_checkpoint)
+    tokenizer, image_processor = family.load_processor(random_checkpoint)
     examples = list(visualmath.make_slots(3, seed=4, n_numbers=3, digits=2))  # different response lengths
     batch = rollout.sft_batch(tokenizer, image_processor, examples)
     B, S = batch["input_ids"].shape
@@ -130,7 +130,7 @@ def test_a_few_sft_steps_fit_a_batch(random_checkpoint):
     """Smoke: the SFT loss goes down on one repeated batch (gradients flow through the masked loss)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    tokenizer, image_processor = rollout.load_processor(random_checkpoint)
+    tokenizer, image_processor = family.load_processor(random_checkpoint)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(random_checkpoint, dtype=torch.float32).train()
     batch = rollout.sft_batch(tokenizer, image_processor, list(visualmath.make_slots(8, seed=5)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -153,6 +153,6 @@ def test_a_build_never_replaces_a_folder_that_is_not_a_tiny_build(tmp_path):
     run = tmp_path / "runs-default"  # e.g. a training run given as --out by mistake
     run.mkdir()
     (run / "log.jsonl").write_text('{"config": {}}\n')
-    with pytest.raises(SystemExit, match="^tiny.py: error: --out .*runs-default' holds files that are not a tiny build"):
+    with pytest.raises(SystemExit, match="^models/tiny.py: error: --out .*runs-default' holds files that are not a tiny build"):
         tiny.build_tiny(str(run))
     assert sorted(os.listdir(run)) == ["log.jsonl"] and not os.path.exists(str(run) + ".tmp")

@@ -1,10 +1,10 @@
-"""Synthetic VisualMath (visualmath.py): determinism, schema, knobs, and perception spans."""
+"""Synthetic VisualMath (tasks/visualmath.py): determinism, schema, knobs, and perception spans."""
 
 import random
 
 import pytest
 
-import visualmath
+from tasks import visualmath
 
 SYNTHETIC = ["slots_example", "make_slots", "grid_example", "make_grid", "v3_example", "sum_chain", "read_spans",
              "read_values", "read_right", "locate_perception"]

@@ -1,7 +1,7 @@
-"""experiment_v3.py -- does AT-RL work where credit is diluted? VisualMath v3, in gates, with controls that say why.
+"""experiments/v3.py -- does AT-RL work where credit is diluted? VisualMath v3, in gates, with controls that say why.
 
 On v2 the warm start's uncertainty sits on the perception tokens, so GRPO already puts 84-97% of its update there
-and no selector has noise to remove (results/summary.md). v3 (chains.py) writes the same grid's answer inside a
+and no selector has noise to remove (experiments/results/v2/summary.md). v3 (tasks/chains.py) writes the same grid's answer inside a
 chain shaped like a real one: free-form filler chosen at random, a useless shape description, copies and sums.
 Every token's class is known, which allows oracle arms, and the test runs in gates so that compute is spent only
 where the previous gate says there is something to find:
@@ -24,14 +24,14 @@ where the previous gate says there is something to find:
           captured fraction of the oracle's gain, realised W per class, clip rate, filler-entropy drift.
 
 Metric of every comparison (as v2): held-out avg@4 averaged over the evaluations after RL began (the area under
-the curve), paired by (warm start, RL seed) with trials.py's t-intervals; greedy accuracy is reported beside it.
+the curve), paired by (warm start, RL seed) with experiments/trials.py's t-intervals; greedy accuracy is reported beside it.
 
 Run (warm starts build into <out>/warm/ once; finished runs are skipped, so an interrupted run continues):
-    python experiment_v3.py                      # gate 0, then gate 1 if it passes, then main if that passes
-    python experiment_v3.py --stop_after gate0   # the cheap gate only
-    python experiment_v3.py --force_gate1 --stop_after gate1   # the positive control even where gate 0 failed
-    python experiment_v3.py --quick              # 1 warm start, 1 RL seed, 10 steps, few batches: the shape, minutes
-    python experiment_v3.py --skip_training      # every table again from <out>/runs/*/log.jsonl and <out>/gate0/*.json
+    python experiments/v3.py                      # gate 0, then gate 1 if it passes, then main if that passes
+    python experiments/v3.py --stop_after gate0   # the cheap gate only
+    python experiments/v3.py --force_gate1 --stop_after gate1   # the positive control even where gate 0 failed
+    python experiments/v3.py --quick              # 1 warm start, 1 RL seed, 10 steps, few batches: the shape, minutes
+    python experiments/v3.py --skip_training      # every table again from <out>/runs/*/log.jsonl and <out>/gate0/*.json
 """
 import argparse
 import json
@@ -42,20 +42,22 @@ import time
 
 import torch
 
-import chains
-import dilution  # gate 0's measurement
+if __package__ in (None, ""):  # run as `python experiments/v3.py`: the repository root, not experiments/, heads the path
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 import eval as eval_py  # model loading, train.py logs
 import rollout
-import trials
-import visualmath
+from experiments import dilution  # gate 0's measurement
+from experiments import trials
+from tasks import chains, visualmath
 
 # --------------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------------
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-parser.add_argument("--out", default="", help="runs and tables (default results/v3, results/v3-quick with --quick)")
-parser.add_argument("--warm_seeds", nargs="+", type=int, default=[0, 1, 2], help="tiny.py --seed of each warm start")
+parser.add_argument("--out", default="", help="runs and tables (default experiments/results/v3, experiments/results/v3-quick with --quick)")
+parser.add_argument("--warm_seeds", nargs="+", type=int, default=[0, 1, 2], help="models/tiny.py --seed of each warm start")
 parser.add_argument("--rl_seeds", nargs="+", type=int, default=[0, 1], help="train.py --seed, gate 1 (pairs: x warm)")
 parser.add_argument("--main_rl_seeds", nargs="+", type=int, default=[0, 1, 2, 3], help="train.py --seed, main (>= 12 pairs)")
 parser.add_argument("--steps", type=int, default=20, help="RL steps per run")
@@ -76,12 +78,12 @@ args = parser.parse_args()
 if args.quick:
     args.warm_seeds, args.rl_seeds, args.main_rl_seeds, args.steps = args.warm_seeds[:1], [0], [0], 10
     args.snr_batches, args.census_batches, args.eval_size = 9, 2, 64
-args.out = args.out or ("results/v3-quick" if args.quick else "results/v3")
+args.out = args.out or ("experiments/results/v3-quick" if args.quick else "experiments/results/v3")
 torch.set_num_threads(1)
 TASKS = {"v3": "visualmath-v3", "fixed": "visualmath-v3-fixed", "fork": "visualmath-v3-fork"}
 G, P = 8, 16  # train.py's group size and prompts per step: gate 0 measures the batches RL would see
 
-if args.measure:  # gate 0 of one warm start (dilution.py), as its own process so that two run side by side
+if args.measure:  # gate 0 of one warm start (experiments/dilution.py), as its own process so that two run side by side
     os.makedirs(os.path.join(args.out, "gate0"), exist_ok=True)
     result = dilution.measure(*args.measure, args.snr_batches, args.census_batches, args.max_new_tokens, P, G)
     json.dump(result, open(os.path.join(args.out, "gate0", os.path.basename(args.measure[0]) + ".json"), "w"), indent=1)
@@ -175,8 +177,8 @@ os.makedirs(os.path.join(args.out, "gate0"), exist_ok=True)
 
 
 def build(pairs):
-    """tiny.py --task ... for each (task, warm seed), skipping finished builds (tiny.py skips them itself too)."""
-    jobs = [(f"warm start {t} {w}", [sys.executable, "tiny.py", "--task", TASKS[t], "--seed", str(w), "--out",
+    """models/tiny.py --task ... for each (task, warm seed), skipping finished builds (models/tiny.py skips them itself too)."""
+    jobs = [(f"warm start {t} {w}", [sys.executable, "models/tiny.py", "--task", TASKS[t], "--seed", str(w), "--out",
                                      warm_dir(t, w)], warm_dir(t, w) + ".txt")
             for t, w in pairs if not os.path.exists(os.path.join(warm_dir(t, w), "sft_report.json"))]
     started.extend(trials.run_all(jobs, args.jobs))
@@ -187,7 +189,7 @@ measured = [("v3", w) for w in args.warm_seeds] + [("fixed", args.warm_seeds[0])
 if not args.skip_training:
     unmeasured = [(t, w) for t, w in measured if not os.path.exists(os.path.join(args.out, "gate0", f"{t}-{w}.json"))]
     build(unmeasured)  # a warm start already measured is not rebuilt: gate 0 reads it no more
-    jobs = [(f"gate 0 {t} {w}", [sys.executable, "experiment_v3.py", "--out", args.out, "--snr_batches",
+    jobs = [(f"gate 0 {t} {w}", [sys.executable, "experiments/v3.py", "--out", args.out, "--snr_batches",
                                  str(args.snr_batches), "--census_batches", str(args.census_batches), "--max_new_tokens",
                                  str(args.max_new_tokens), "--measure", warm_dir(t, w), TASKS[t]],
              os.path.join(args.out, "gate0", f"{t}-{w}.txt")) for t, w in unmeasured]
@@ -336,10 +338,10 @@ sft = {f"{t}-{w}": json.load(open(os.path.join(warm_dir(t, w), "sft_report.json"
        for w in args.warm_seeds if os.path.exists(os.path.join(warm_dir(t, w), "sft_report.json"))}
 
 lines = ["# Does AT-RL work where credit is diluted? VisualMath v3", "",
-         f"Command: `python experiment_v3.py {' '.join(sys.argv[1:])}`"
+         f"Command: `python experiments/v3.py {' '.join(sys.argv[1:])}`"
          + (f"; wall time {minutes:.0f} min." if started else " -- every build, measurement and run was on disk: "
             "tables only (README: what each took)."), "",
-         f"Fixed before any run: warm starts {args.warm_seeds} per task (tiny.py --task ...), gate 1 RL seeds "
+         f"Fixed before any run: warm starts {args.warm_seeds} per task (models/tiny.py --task ...), gate 1 RL seeds "
          f"{args.rl_seeds} ({len(pairs1)} pairs), main RL seeds {args.main_rl_seeds} ({len(pairs2)} pairs), {args.steps} "
          f"steps, evaluation every {args.eval_every} steps on {args.eval_size} held-out questions (greedy, avg@4 at "
          f"temperature 1), 1x learning rate {args.lr:g}; gate 0 on {args.snr_batches} rollout batches of {P} x {G} "
@@ -389,7 +391,7 @@ else:
                   "can use what dilution v3 has; the main comparison stays gated on gate 0.", ""]
     if done < len(G1_V3 + G1_FIXED) * len(pairs1):
         lines += [f"**Incomplete: {done} of {len(G1_V3 + G1_FIXED) * len(pairs1)} runs finished** (the verdict's "
-                  "four arms first, pair by pair; `python experiment_v3.py --force_gate1` continues where it stopped).", ""]
+                  "four arms first, pair by pair; `python experiments/v3.py --force_gate1` continues where it stopped).", ""]
     lines += ["With filler (v3), every run against uniform at 1x:", "", *arm_table(G1_V3, pairs1, G1_V3[0]), "",
               "Without filler noise (v3-fixed):", "", *arm_table(G1_FIXED, pairs1, G1_FIXED[0]), "",
               f"- oracle - uniform: v3 {fmt(d_v3)[0]} ({fmt(d_v3)[1]} pairs above), v3-fixed {fmt(d_fixed)[0]}; "

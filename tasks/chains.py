@@ -17,11 +17,11 @@ arXiv 2510.09285). v3's teacher writes that shape on the same grid, digits, slip
     fork        Step by step.       (the fork variant) the strategy, which does change the answer
     other       tags, '+', '=', punctuation, the article, EOS
 
-A model SFT'd on this teacher (tiny.py) learns each slot's choice as a calibrated distribution, so a filler
+A model SFT'd on this teacher (models/tiny.py) learns each slot's choice as a calibrated distribution, so a filler
 choice token carries ln 3 = 1.10 or ln 4 = 1.39 nats of entropy and a gradient whose expectation is zero (the
 choice is independent of the reward), while the perception tokens carry the teacher's 0.61-nat slips and most
 of the signal. That is "diluted credit" with the classes known exactly, which is what an oracle arm needs --
-if it dilutes the gradient, which dilution.py measures rather than assumes (on the tiny warm starts: no signal
+if it dilutes the gradient, which experiments/dilution.py measures rather than assumes (on the tiny warm starts: no signal
 in the filler, but only 22-35% of the gradient's noise; rare samples that leave the grammar hold two thirds).
 
 Three tasks (visualmath.make): `visualmath-v3`, the chain above; `visualmath-v3-fixed`, every free-form slot

@@ -1,6 +1,6 @@
-"""experiment.py -- does AT-RL work? The paper's claims and two peer token selectors, side by side on VisualMath v2.
+"""experiments/v2.py -- does AT-RL work? The paper's claims and two peer token selectors, side by side on VisualMath v2.
 
-On the warm-started tiny Qwen2.5-VL (tiny.py) and the grid task (visualmath.py), whose ground-truth
+On the warm-started tiny Qwen2.5-VL (models/tiny.py) and the grid task (tasks/visualmath.py), whose ground-truth
 *perception* tokens (the digits read off the image) say which tokens truly need the image, we measure:
 
   C1  per-token connectivity rho is bimodal and ~15% of tokens sit in the upper mode ("anchors")
@@ -20,13 +20,13 @@ Where this departs from the paper: a 1M-parameter model, a synthetic task, minut
 are tested in kind, not in size. Q1/Q2 and C1/C2 use teacher-forced reference responses (their perception
 tokens are known exactly); C2 compares each warm start with its first uniform run's last checkpoint.
 
-Run (results/ is rewritten -- --quick writes results/quick/ instead, so it never replaces the full experiment;
+Run (experiments/results/v2/ is rewritten -- --quick writes experiments/results/v2-quick/ instead, so it never replaces the full experiment;
 warm starts are built into <out>/warm/ once and reused, and a run whose log holds its last evaluation is skipped,
-so an interrupted experiment continues where it stopped: trials.py):
-    python experiment.py                  # 3 warm starts x 2 RL seeds x 8 arms, 20 steps each (README: wall time)
-    python experiment.py --quick          # 1 warm start x 2 RL seeds x 4 arms (uniform, atrl, vppo, entropy),
+so an interrupted experiment continues where it stopped: experiments/trials.py):
+    python experiments/v2.py                  # 3 warm starts x 2 RL seeds x 8 arms, 20 steps each (README: wall time)
+    python experiments/v2.py --quick          # 1 warm start x 2 RL seeds x 4 arms (uniform, atrl, vppo, entropy),
                                           # 10 steps: the shape of the answer in ~1/8 of the time, no C4 / ablations
-    python experiment.py --skip_training  # tables again from results/runs/*/log.jsonl (analyses: from the stored
+    python experiments/v2.py --skip_training  # tables again from experiments/results/v2/runs/*/log.jsonl (analyses: from the stored
                                           # analysis.json when the warm starts are not on disk)
 """
 import argparse
@@ -38,13 +38,16 @@ import time
 
 import torch
 
+if __package__ in (None, ""):  # run as `python experiments/v2.py`: the repository root, not experiments/, heads the path
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 import atrl
 import connectivity
 import eval as eval_py  # model loading and train.py logs
-import report  # token alignment, precision/recall, Otsu split, the teacher-forced batch
 import rollout
-import trials  # the grid of runs (skipping finished ones), paired intervals
-import visualmath
+from experiments import report  # token alignment, precision/recall, Otsu split, the teacher-forced batch
+from experiments import trials  # the grid of runs (skipping finished ones), paired intervals
+from tasks import visualmath
 
 # --------------------------------------------------------------------------------------------------
 # Config
@@ -52,21 +55,21 @@ import visualmath
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--arms", nargs="+", default=[m for m in atrl.MODES if m not in atrl.CLASS_MODES],
-                    help="--weighting arms (uniform first; the oracle arms need v3: experiment_v3.py)")
-parser.add_argument("--warm_seeds", nargs="+", type=int, default=[0, 1, 2], help="tiny.py --seed of each warm start")
+                    help="--weighting arms (uniform first; the oracle arms need v3: experiments/v3.py)")
+parser.add_argument("--warm_seeds", nargs="+", type=int, default=[0, 1, 2], help="models/tiny.py --seed of each warm start")
 parser.add_argument("--rl_seeds", nargs="+", type=int, default=[0, 1], help="train.py --seed of each run")
 parser.add_argument("--steps", type=int, default=20, help="RL steps per run (uniform leaves its start within 10)")
 parser.add_argument("--eval_every", type=int, default=5)
 parser.add_argument("--jobs", type=int, default=2, help="builds / runs in parallel (one thread each)")
 parser.add_argument("--train_args", default="", help="extra train.py flags for every run")
 parser.add_argument("--n_analysis", type=int, default=128, help="held-out questions behind C1, C2, Q1, Q2")
-parser.add_argument("--out", default="", help="where runs and tables go (default: results, or results/quick with --quick)")
+parser.add_argument("--out", default="", help="where runs and tables go (default: experiments/results/v2, or experiments/results/v2-quick with --quick)")
 parser.add_argument("--quick", action="store_true", help="1 warm start, 4 arms, 10 steps (see the docstring)")
 parser.add_argument("--skip_training", action="store_true")
 args = parser.parse_args()
 if args.quick:
     args.arms, args.warm_seeds, args.steps = ["uniform", "atrl", "vppo", "entropy"], args.warm_seeds[:1], 10
-args.out = args.out or ("results/quick" if args.quick else "results")  # --quick never overwrites the full results
+args.out = args.out or ("experiments/results/v2-quick" if args.quick else "experiments/results/v2")  # --quick never overwrites the full results
 assert args.arms[0] == "uniform", "--arms must start with uniform: every other arm is compared with it"
 os.makedirs(args.out, exist_ok=True)
 torch.set_num_threads(1)
@@ -89,9 +92,9 @@ def run_dir(arm, warm, rl):
 cells = [(arm, w, r) for arm in args.arms for w in args.warm_seeds for r in args.rl_seeds]
 began = time.time()
 if not args.skip_training:
-    # tiny.py skips a finished build; a run whose log holds its last evaluation is skipped (trials.finished), so an
+    # models/tiny.py skips a finished build; a run whose log holds its last evaluation is skipped (trials.finished), so an
     # interrupted experiment continues where it stopped
-    trials.run_all([(f"warm start {w}", [sys.executable, "tiny.py", "--seed", str(w), "--out", warm_dir(w)],
+    trials.run_all([(f"warm start {w}", [sys.executable, "models/tiny.py", "--seed", str(w), "--out", warm_dir(w)],
                      os.path.join(args.out, "warm", f"seed-{w}.txt")) for w in args.warm_seeds], args.jobs)
     trials.run_all([(f"{arm} warm {w} rl {r}",
                      [sys.executable, "train.py", "--model", warm_dir(w), "--seed", str(r), "--weighting", arm,
@@ -269,7 +272,7 @@ def paired(diffs):
 
 n_pairs = len(args.warm_seeds) * len(args.rl_seeds)
 lines = ["# Does AT-RL work? Measured on the tiny model and VisualMath v2", "",
-         f"Command: `python experiment.py {' '.join(sys.argv[1:])}`: {len(args.arms)} arms x warm starts "
+         f"Command: `python experiments/v2.py {' '.join(sys.argv[1:])}`: {len(args.arms)} arms x warm starts "
          f"{args.warm_seeds} x RL seeds {args.rl_seeds}, {args.steps} steps per run, held-out evaluation every "
          f"{args.eval_every} steps (256 questions, greedy and avg@4 at temperature 1)"
          + (" -- tables rebuilt from the logs in runs/, training skipped." if args.skip_training

@@ -1,6 +1,6 @@
-"""checkpoints.py -- a checkpoint on disk is whole or absent, checked before it is loaded, and saved even when the disk fills.
+"""infra/checkpoints.py -- a checkpoint on disk is whole or absent, checked before it is loaded, and saved even when the disk fills.
 
-A run's checkpoints are folders in its out_dir (runs.py owns the folder; this file owns what is in them):
+A run's checkpoints are folders in its out_dir (infra/runs.py owns the folder; this file owns what is in them):
 
     checkpoint-<step>/       model + tokenizer + image processor (save_pretrained: loadable with from_pretrained)
                              + state.pt (optimizer, scheduler, RNG, step) + manifest.json (each file's size and hash,
@@ -8,7 +8,7 @@ A run's checkpoints are folders in its out_dir (runs.py owns the folder; this fi
     checkpoint-<step>.tmp/   a save in progress (never read; removed by the next save)
     checkpoint-<step>.deleting/  an old one on its way out (never read)
 
-The rules (their numbers are those of runs.py's list, which holds the others):
+The rules (their numbers are those of infra/runs.py's list, which holds the others):
 
   2. **There is a complete checkpoint on disk at every instant** (once the first save has finished):
          write checkpoint-<s>.tmp/ -> fsync -> rename to checkpoint-<s>/ (atomic) -> delete the old ones
@@ -23,7 +23,7 @@ The rules (their numbers are those of runs.py's list, which holds the others):
      line naming the bad file. Folders without a manifest (written before checkpoints carried one) are
      checked for presence and length only (safetensors headers give the length), and a line says so.
   8. **A full disk stops the run with one line, losing nothing complete.** A write that fails with ENOSPC
-     (or EDQUOT, EROFS, EIO) removes what it left half-written (the .tmp folder; runs.py's log cuts a torn
+     (or EDQUOT, EROFS, EIO) removes what it left half-written (the .tmp folder; infra/runs.py's log cuts a torn
      record) and stops: where it failed, the newest complete checkpoint, `--resume 1` once there is space.
      Rule 2 means no complete checkpoint was deleted before.
 
@@ -37,7 +37,7 @@ deleted), checkpoint_pruning (an old one renamed aside, not yet deleted), log_to
 References: HF Trainer's checkpoint-<step>/ layout and save_total_limit; torch.load(weights_only=True)
 (PyTorch >= 2.6 default); BitTorrent's piece hashes for hashing a file in parallel pieces.
 
-Use it through train.py (runs.py's commands); what hashing costs: `python bench/checksum.py`.
+Use it through train.py (infra/runs.py's commands); what hashing costs: `python bench/checksum.py`.
 Tests: OMP_NUM_THREADS=1 python -m pytest -q tests/test_runs.py tests/test_faults.py
 """
 import concurrent.futures
@@ -328,6 +328,36 @@ def save_checkpoint(out_dir, step, write_model, state, keep):
     for name in os.listdir(out_dir):  # leftovers of killed saves and deletions
         if name.startswith("checkpoint-") and name.endswith((".tmp", ".deleting")):
             shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+
+
+def training_state(model, optimizer, sharded=False):
+    """(model state dict or None, optimizer state dict) to save. None: save_pretrained takes the model's own.
+
+    sharded (FSDP2): every rank gathers the full tensors, offloaded to the CPU (a collective: all ranks call it).
+    The tied weights (lm_head = embeddings) come back as two copies; one name is kept, as save_pretrained does."""
+    if not sharded:
+        return None, optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state = get_model_state_dict(model, options=full)
+    unique = {name for name, _ in model.named_parameters()}
+    every = dict(model.named_parameters(remove_duplicate=False))
+    model_state = {k: v for k, v in model_state.items() if k in unique or k not in every}
+    return model_state, get_optimizer_state_dict(model, optimizer, options=full)
+
+
+def restore(state, model, optimizer, scheduler, sharded=False):
+    """Put a loaded state.pt back: optimizer (under FSDP2 each rank keeps its shard of the saved full state),
+    scheduler and every RNG; returns the step to continue from. The weights came with the model's own load."""
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return state["step"]
 
 
 def rng_state():

@@ -1,6 +1,6 @@
-"""runs.py -- the run: its ranks, its directory; a run is never lost, survives kill -9 and can be watched live.
+"""infra/runs.py -- the run: its ranks, its directory; a run is never lost, survives kill -9 and can be watched live.
 
-A training run lives in one folder, `--out_dir`, and this file owns it (checkpoints.py what is inside a checkpoint):
+A training run lives in one folder, `--out_dir`, and this file owns it (infra/checkpoints.py what is inside a checkpoint):
 
     out_dir/
       log.jsonl              {"config": ...} first, then one record per step; appended, fsync'ed
@@ -16,20 +16,20 @@ The rules, and why each keeps a run safe:
   1. **A new run never overwrites an old one.** `out_dir` holds a run if it has a log.jsonl or a checkpoint;
      then train.py refuses unless it is told `--resume 1` (continue) or `--overwrite 1` (delete and restart).
      `--resume 1` without a complete checkpoint refuses too, and changes nothing on disk.
-  2. **There is a complete checkpoint on disk at every instant** (checkpoints.py: written under a .tmp name,
+  2. **There is a complete checkpoint on disk at every instant** (infra/checkpoints.py: written under a .tmp name,
      renamed into place, the old ones deleted after).
   3. **Every step is logged exactly once.** A step's record is appended *before* its checkpoint is saved. A
      kill in between leaves a record of a step the checkpoint does not hold; resume rewrites the log
      (to a temp file, then an atomic rename) keeping only records of steps before the checkpoint's, and
      redoes the rest -- with the same numbers, because every random draw is restored or keyed by the step.
      A line torn by a kill in the middle of a write is dropped when the log is read.
-  4. **Resuming runs no code from the checkpoint** (checkpoints.py: state.pt loads with weights_only=True).
+  4. **Resuming runs no code from the checkpoint** (infra/checkpoints.py: state.pt loads with weights_only=True).
   5. **The tracker is optional and behind a no-op stand-in** (`NoTracker`): the loop calls tracker.log(rec)
      whatever --report_to says. TensorBoard and W&B get the keys of log.jsonl, at x = step + 1 (updates done,
      as TRL logs), so the held-out accuracy before RL sits at x = 0.
   6. **One process per rank**: `setup_distributed` starts torchrun's process group from its environment
      variables (train.py and eval.py share it); only rank 0 writes into out_dir.
-  7. **A checkpoint is checked before anything is loaded from it** (checkpoints.py: its manifest of sizes and
+  7. **A checkpoint is checked before anything is loaded from it** (infra/checkpoints.py: its manifest of sizes and
      hashes; a bad folder is skipped with one line, and the next newest tried).
   8. **A full disk stops the run with one line, losing nothing complete** (checkpoints.stop_if_write_fails
      guards every write into out_dir: checkpoints, the log, the tracker).
@@ -41,7 +41,7 @@ The rules, and why each keeps a run safe:
      torchrun a worker gets the terminal's or the scheduler's signal and the launcher's copy of it).
 
 kill -9 safety needs only the atomic renames (the page cache outlives the process); the fsyncs add safety
-against a power cut. The test hooks (ATRL_TEST_HOOK) are described in checkpoints.py.
+against a power cut. The test hooks (ATRL_TEST_HOOK) are described in infra/checkpoints.py.
 
 References: TensorBoard's purge_step; nanoGPT/nanochat for the resume-from-checkpoint shape;
 sysexits/bash for exit status 128 + signal;
@@ -54,6 +54,7 @@ Use it (through train.py):
     python train.py --out_dir runs/a --overwrite 1 --report_to tensorboard   # then: tensorboard --logdir runs
 Tests: OMP_NUM_THREADS=1 python -m pytest -q -s tests/test_runs.py   (-s prints what each injected kill did)
 """
+import contextlib
 import fcntl
 import json
 import math
@@ -66,8 +67,8 @@ import uuid
 
 import torch
 
-import checkpoints  # what is inside checkpoint-<step>/: saved whole, checked before loading, rules 2, 4, 7, 8
-from cli import config_error, hub_shaped
+from infra import checkpoints  # what is inside checkpoint-<step>/: saved whole, checked before loading, rules 2, 4, 7, 8
+from infra.cli import config_error, hub_shaped
 
 # --------------------------------------------------------------------------------------------------
 # Ranks: torchrun's environment variables -> a process group (no accelerate, no DeepSpeed)
@@ -102,6 +103,33 @@ def all_reduce(t):
         else:
             dist.all_reduce(t)
     return t
+
+def wrap_for_training(model, fsdp, device, local_rank):
+    """The module the training forward and backward run through: FSDP2 (each decoder layer a unit, the root --
+    vision tower, embeddings, head -- another) or DDP under torchrun, the model itself on one process."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return model
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+        for layer in model.model.language_model.layers:
+            fully_shard(layer)
+        return fully_shard(model)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+
+
+@contextlib.contextmanager
+def gathered(train_model, synced):
+    """Under FSDP2 (synced), generation calls the vision tower outside the root's forward: gather the root's
+    parameters for the duration (decoder layers gather themselves in their own forward). A no-op otherwise."""
+    if synced:
+        train_model.unshard()
+    try:
+        yield
+    finally:
+        if synced:
+            train_model.reshard()
 
 # --------------------------------------------------------------------------------------------------
 # The run directory: refuse, resume or overwrite
@@ -197,6 +225,9 @@ def start_log(path, header, start_step):
     temp file and renamed, so a kill here (or a full disk: rule 8) leaves the old log intact."""
     old = read_log(path)[1:] if start_step and os.path.exists(path) else []
     kept = [r for r in old if r.get("step", math.inf) < start_step]
+    logged = {r["step"] for r in kept if r.get("step", -1) >= 0}
+    if len(logged) != start_step:  # only if the log was deleted or edited by hand: say so, carry on
+        print(f"note: {path} holds records of {len(logged)} of the {start_step} steps before the checkpoint", flush=True)
     with checkpoints.stop_if_write_fails(os.path.dirname(path), path, cleanup=lambda: checkpoints.remove(path + ".tmp")):
         with open(path + ".tmp", "w") as f:
             for rec in [header, *kept]:
@@ -361,7 +392,7 @@ class WandbTracker:
 
 def check_model(prog, flag, value):
     """A --model value must be "" (the tiny default), a from_pretrained dir (with config.json), or a hub id; a run
-    folder gets its newest checkpoint suggested. (Here, not in cli.py, which this file imports: no circle.)"""
+    folder gets its newest checkpoint suggested. (Here, not in infra/cli.py, which this file imports: no circle.)"""
     if not value:
         return
     if os.path.isdir(value):

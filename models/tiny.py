@@ -31,7 +31,7 @@ about. The figures of a build (greedy accuracy and avg@4 with 95% intervals, rig
 guesses) are printed and saved in sft_report.json. Measured (2-core VM, one thread, n = 256): seeds 10, 11,
 12 took 175-195 s and gave greedy 0.230, 0.262, 0.246 (read right: the same), avg@4 0.35-0.39, lucky 0%.
 
-`--task visualmath-v3` (or -fixed, -fork; chains.py) makes lesson 3 the v3 chain, for 800 steps (at 400 the
+`--task visualmath-v3` (or -fixed, -fork; tasks/chains.py) makes lesson 3 the v3 chain, for 800 steps (at 400 the
 chain's copies still re-read the image: 15% of first steps disagreed with the read list and 30% of sampled
 right answers were lucky), with a tokenizer that also learns v3's text. Seed 0 (2-core VM shared with other
 work, load ~4: 1,247 s): greedy 0.234, avg@4 0.384, read right 0.23 (sampled 0.39), lucky 0% (sampled 5%).
@@ -43,9 +43,9 @@ Where this departs from a real Qwen2.5-VL:
 2. Only full attention in the vision tower (our images fit in one 112-px window anyway).
 3. Word embeddings are tied to the LM head (as in Qwen2.5-VL-3B) to save parameters.
 
-Run:  python tiny.py                       # builds cache/tiny-qwen2.5-vl (skips if present), prints its figures
-      python tiny.py --seed 3 --out D      # another warm start;  --force rebuilds;  ATRL_CACHE=dir moves cache/
-      python tiny.py --task visualmath-v3 --out D   # a v3 warm start (experiment_v3.py builds its own)
+Run:  python models/tiny.py                       # builds cache/tiny-qwen2.5-vl (skips if present), prints its figures
+      python models/tiny.py --seed 3 --out D      # another warm start;  --force rebuilds;  ATRL_CACHE=dir moves cache/
+      python models/tiny.py --task visualmath-v3 --out D   # a v3 warm start (experiments/v3.py builds its own)
 Tests: pytest tests/test_tiny.py (random checkpoints and a few SFT steps only: the full build is not run there).
 """
 
@@ -55,16 +55,20 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 
 import torch
 
-import chains
-import cli
+if __package__ in (None, ""):  # run as `python models/tiny.py`: the repository root, not models/, heads the path
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 import engine
 import eval as evaluation  # the one evaluator (train.py and eval.py use it too)
 import rollout
-import visualmath
+from infra import cli
+from models import family
+from tasks import chains, visualmath
 
 # --------------------------------------------------------------------------------------------------
 # Paths and sizes
@@ -211,7 +215,7 @@ def build_tiny(out_dir=DEFAULT_DIR, seed=0, lr=1e-3, batch_size=32, slip=0.7, st
     or an earlier build (it holds sft_report.json): anything else stops with one line and stays as it was.
     """
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.exists(os.path.join(out_dir, "sft_report.json")):
-        cli.config_error("tiny.py", f"--out {out_dir!r} holds files that are not a tiny build (no sft_report.json), "
+        cli.config_error("models/tiny.py", f"--out {out_dir!r} holds files that are not a tiny build (no sft_report.json), "
                                     "and a build replaces the folder: choose a new or empty folder")
     from tqdm import tqdm
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -226,7 +230,7 @@ def build_tiny(out_dir=DEFAULT_DIR, seed=0, lr=1e-3, batch_size=32, slip=0.7, st
     tmp_dir = out_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     make_random_checkpoint(tmp_dir, seed=seed, task=task)
-    tokenizer, image_processor = rollout.load_processor(tmp_dir)
+    tokenizer, image_processor = family.load_processor(tmp_dir)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_dir, dtype=torch.float32).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)

@@ -1,4 +1,4 @@
-"""trials.py -- what experiment.py and experiment_v3.py share: a grid of train.py runs, and paired statistics.
+"""experiments/trials.py -- what experiments/v2.py and experiments/v3.py share: a grid of train.py runs, and paired statistics.
 
 A comparison of RL arms is a grid of runs (arm x warm start x RL seed). A warm start and an RL seed fix the
 starting model, the prompts and their order, and the held-out questions with their sampling keys, so two arms
@@ -26,9 +26,9 @@ import statistics
 import subprocess
 import time
 
-import runs
+from infra import runs
 
-# Student t, two-sided 95%, by degrees of freedom (experiment.py's v2 tables were computed with this table)
+# Student t, two-sided 95%, by degrees of freedom (experiments/v2.py's v2 tables were computed with this table)
 T_95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 11: 2.20,
         12: 2.18, 13: 2.16, 14: 2.14, 15: 2.13, 20: 2.09, 30: 2.04}
 

@@ -1,4 +1,4 @@
-"""dilution.py -- where a policy gradient's noise and signal sit, token class by token class (gate 0 of experiment_v3.py).
+"""experiments/dilution.py -- where a policy gradient's noise and signal sit, token class by token class (gate 0 of experiments/v3.py).
 
 GRPO's gradient on a batch is a sum over tokens, so it splits exactly into one part per token class c:
 
@@ -18,19 +18,18 @@ the tail of a distribution, at temperature 1, and the confusion after it.
 The census of the same samples (entropy, image density rho, VPPO's dependency, what each selector picks, atrl's
 W) says which tokens each arm would weight. References: gradient noise scale, McCandlish et al. 2018
 (arXiv 1812.06162: tr Sigma / |G|^2); high-entropy minority, arXiv 2506.01939; VPPO, arXiv 2510.09285.
-Run: `python experiment_v3.py --stop_after gate0`; tests: tests/test_experiment.py.
+Run: `python experiments/v3.py --stop_after gate0`; tests: tests/test_experiment.py.
 """
 import statistics
 
 import torch
 
 import atrl
-import chains
 import connectivity
 import eval as eval_py  # model loading
 import rollout
-import trials
-import visualmath
+from experiments import trials
+from tasks import chains, visualmath
 
 
 def measure(warm, task, batches=24, census_batches=4, max_new_tokens=96, prompts=16, group=8):

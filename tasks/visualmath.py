@@ -5,7 +5,7 @@ An image shows digits; the question asks for arithmetic over them; the answer is
 model writes for them are the "anchor" tokens that attend to the image (DESIGN §5 q2), and whether a
 rewarded answer was read right or guessed (the lucky-guess share, `read_right`).
 
-Three tasks, one schema (data.UNIFIED_FEATURES):
+Three tasks, one schema (benchmarks.UNIFIED_FEATURES):
 
     visualmath      (v2, the default) a 4x4 grid of 28-px cells = 16 merged Qwen2.5-VL vision tokens.
                     4 cells hold a digit, 3 hold a coloured shape (distractors), the rest are empty.
@@ -16,12 +16,12 @@ Three tasks, one schema (data.UNIFIED_FEATURES):
     visualmath-v1   (today's named option) two one-digit numbers in fixed 28-px slots, 2 vision tokens,
                     "What is a + b?", <think>3+4=7</think><answer>7</answer>          (~12 tokens)
     visualmath-v3   v2's grid, question and answer; the chain lists the digits it reads, computes with copies
-                    of them and wraps that in free-form filler and a useless shape description (chains.py):
+                    of them and wraps that in free-form filler and a useless shape description (tasks/chains.py):
                     <think>Okay. I see 3, 5, 2, 7. There is a red circle. Adding up: 3+5=8; then ...
                     perception = 4 of ~54 tokens (~7%); -fixed (no filler noise) and -fork (a strategy that
                     matters) are its controls
 
-The teacher (SFT only, tiny.py). `grid_example(..., slip=p)` writes the reference response of an
+The teacher (SFT only, models/tiny.py). `grid_example(..., slip=p)` writes the reference response of an
 imperfect annotator: a digit in TEACHER_SLIPS (1, 3, 5) is read as its look-alike (7, 8, 6) with
 probability p, and the chain is then computed from what was read, consistently. A model trained to
 convergence on these responses learns the teacher's reading as a *calibrated probability* -- with p = 0.7
@@ -35,7 +35,7 @@ response read (`read_values`: the operands of its <think> chain) against the per
 multiset (order does not change a sum); accuracy 1 with a wrong reading is a lucky guess.
 
 Where we chose (each a knob): the grid size (4: the fewest cells with >= 16 tokens), the slip set and
-probability (tiny.py: 0.7, so greedy decoding keeps the teacher's reading and sampling finds the true one
+probability (models/tiny.py: 0.7, so greedy decoding keeps the teacher's reading and sampling finds the true one
 3 times in 10), 4 digits (4 perception tokens of ~27, near the paper's ~15% anchors), 3 shapes. Digits are
 Pillow's built-in bitmap font (no font files), scaled x2 with nearest-neighbour so strokes stay crisp;
 background, ink and a little pixel noise vary so that no two images are identical.
@@ -50,8 +50,7 @@ import re
 import PIL.Image
 from PIL import ImageDraw, ImageFont
 
-import chains
-import data
+from tasks import benchmarks, chains
 
 TASKS = ("visualmath", "visualmath-v1", *chains.VARIANTS)  # --dataset names of the synthetic tasks (v2 first: the default)
 TEACHER_SLIPS = {1: 7, 3: 8, 5: 6}         # digit -> the look-alike an imperfect teacher writes for it
@@ -183,14 +182,14 @@ def make_grid(n, seed=0, **knobs):
     return _dataset([grid_example(rng, **knobs) for _ in range(n)], seed)
 
 # --------------------------------------------------------------------------------------------------
-# v3: the v2 grid with a chain shaped like a real one (chains.py: the teacher, token classes)
+# v3: the v2 grid with a chain shaped like a real one (tasks/chains.py: the teacher, token classes)
 # --------------------------------------------------------------------------------------------------
 
 
 def v3_example(rng, variant="visualmath-v3", slip=0.0, pair_slip=0.0, noise=0.02):
     """One v3 example: v2's grid, digits, question and answer; the response is chains.teacher_chain's, reading
     the digits with the teacher's slips and describing the first one or two shapes in reading order. pair_slip:
-    how often the fork variant's pair strategy adds wrong (tiny.py's teacher: 0.5; the rows' reference: 0).
+    how often the fork variant's pair strategy adds wrong (models/tiny.py's teacher: 0.5; the rows' reference: 0).
 
     >>> ex = v3_example(random.Random(0))
     >>> ex["image"].size, read_values(ex["response"]) == ex["perception"], ex["response"].endswith(f"<answer>{ex['answer']}</answer>")
@@ -206,7 +205,7 @@ def v3_example(rng, variant="visualmath-v3", slip=0.0, pair_slip=0.0, noise=0.02
 
 
 # --------------------------------------------------------------------------------------------------
-# v1: numbers in fixed slots (today's task, kept as a named option and as tiny.py's first lesson)
+# v1: numbers in fixed slots (today's task, kept as a named option and as models/tiny.py's first lesson)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -303,13 +302,13 @@ def make_slots(n, seed=0, **knobs):
 
 
 def _dataset(rows, seed):
-    """Rows -> a datasets.Dataset in the loaders' schema (data.UNIFIED_FEATURES): synthetic and real look alike."""
+    """Rows -> a datasets.Dataset in the loaders' schema (benchmarks.UNIFIED_FEATURES): synthetic and real look alike."""
     import datasets
 
     for i, row in enumerate(rows):
         row["id"] = f"visualmath-{seed}-{i}"
-    return datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in data.UNIFIED_FEATURES},
-                                      features=data.UNIFIED_FEATURES)
+    return datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in benchmarks.UNIFIED_FEATURES},
+                                      features=benchmarks.UNIFIED_FEATURES)
 
 
 def make(name, n, seed=0):
@@ -325,7 +324,7 @@ def make(name, n, seed=0):
 
 
 def example(name, rng, slip=0.0, pair_slip=0.0):
-    """One example of task `name` from `rng` as a plain dict (tiny.py's SFT stream; slips: grid tasks only)."""
+    """One example of task `name` from `rng` as a plain dict (models/tiny.py's SFT stream; slips: grid tasks only)."""
     if name == "visualmath":
         return grid_example(rng, slip=slip)
     elif name == "visualmath-v1":

@@ -2,7 +2,7 @@
 
 Everything the RL loop reads comes through one schema (UNIFIED_FEATURES): an image, a question, a gold
 answer, optional choices, MathVista's precision/unit, and -- for the synthetic VisualMath task only
-(visualmath.py) -- the ground-truth `perception` values (what must be read off the image) and a reference
+(tasks/visualmath.py) -- the ground-truth `perception` values (what must be read off the image) and a reference
 response.
 
     load_benchmark(hub name | parquet/json/jsonl | folder) for Geometry3K, MathVista (testmini), MathVerse
@@ -11,7 +11,7 @@ response.
 
 Where we choose: multi-image rows keep their first image (the pipeline is single-image); the ViRL39K hub
 layout (images in a separate zip) raises an error that asks for a local copy.
-The rest of the data story: visualmath.py (the synthetic task), grading.py (answers -> rewards).
+The rest of the data story: tasks/visualmath.py (the synthetic task), tasks/grading.py (answers -> rewards).
 
 Run: `python -m pytest -q tests/test_loaders.py`.
 """
@@ -24,7 +24,7 @@ import re
 import datasets
 import PIL.Image
 
-import grading
+from tasks import grading
 
 # Every benchmark arrives in its own schema; the rest of the project sees only the unified one:
 #   id: str, image: PIL.Image, question: str, answer: str, choices: list[str], perception: list[str],

@@ -1,4 +1,4 @@
-"""report.py -- which response tokens look at the image: the connectivity report, and its measuring helpers.
+"""experiments/report.py -- which response tokens look at the image: the connectivity report, and its measuring helpers.
 
 On VisualMath responses, per --anchor_query (predict / self): each token coloured by its image-attention
 density rho (connectivity.image_attention), anchors (atrl.select_anchors) and Louvain clusters
@@ -10,7 +10,7 @@ value read off the image (the perception tokens, known exactly on VisualMath):
     recall    = |anchors & perception tokens| / |perception tokens|
     chance    = |perception tokens| / |tokens|                    (the precision of random anchors)
 
-written as one offline page, report.html, with PNGs next to it. experiment.py measures the paper's claims
+written as one offline page, report.html, with PNGs next to it. experiments/v2.py measures the paper's claims
 with the same helpers (token alignment, precision/recall, Otsu split, bimodality coefficient).
 
 Where we choose (none of this is from the paper, which only reports "bimodal"):
@@ -23,22 +23,79 @@ Where we choose (none of this is from the paper, which only reports "bimodal"):
 
 References: Otsu 1979; SAS/Sarle's bimodality coefficient. Dimension letters: B responses, T response tokens,
 V image tokens (merged patches).
-Run it through eval.py: `python eval.py --report --model runs/default/checkpoint-40 --out_dir runs/default/report`.
-Tests: `python -m pytest -q tests/test_eval.py -k report`.
+Run it: `python experiments/report.py --model runs/default/checkpoint-40 --out_dir runs/default/report`
+(`--model ""`: the embedded tiny model). Tests: `python -m pytest -q tests/test_eval.py -k report`.
 """
 import dataclasses
 import html
 import json
 import os
+import re
+import sys
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
+if __package__ in (None, ""):  # run as `python experiments/report.py`: the repository root, not experiments/, heads the path
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 import atrl
 import connectivity
-import grading
+import eval as evaluation  # model loading
 import rollout
-import visualmath
+from infra import cli, runs
+from tasks import grading, visualmath
+
+# --------------------------------------------------------------------------------------------------
+# Config: one flat dataclass; every field becomes a --flag (cli.parse_config)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReportConfig:
+    # What to report on
+    model: str = ""                 # checkpoint dir or hub id; "" = the embedded tiny model (built by models/tiny.py)
+    out_dir: str = "runs/eval/report"  # report.html, report.json and the PNGs go here
+    task: str = "visualmath"        # the VisualMath task the questions come from (visualmath | visualmath-v1 | ...)
+    visualmath_seed: int = 10_000   # seed of the questions (train.py holds out its seed + 10000)
+    responses: str = "generated"    # report on greedy "generated" responses or teacher-forced "reference" ones
+    n_show: int = 4                 # responses drawn token by token
+    n_stats: int = 64               # responses behind the histogram and precision/recall
+    batch_size: int = 16            # responses per probed forward
+    max_new_tokens: int = 1024      # budget of the generated responses
+    dtype: str = "auto"             # auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float32
+    # The probe, the anchors and the graph (train.py's flags of the same names)
+    anchor_query: str = "predict,self"  # attention row(s) of token t: predict (query t-1), self (query t)
+    anchor_frac: float = 0.15       # anchors = top fraction of each response's tokens by rho (train.py's default)
+    probe_layers: str = "middle"    # early|middle|late third, all, or "4,5,6" (as train.py)
+    sink_debias: int = 1            # 1 = drop the first-token sink and outlier image keys, renormalise
+    sink_outlier_k: float = 5.0     # an image key is a sink if its mean attention > k x the median key's
+    knn: int = 0                    # k of the kNN token graph; 0 = round(sqrt(n)) in [2, 10] (as train.py)
+    resolution: float = 1.0         # Louvain resolution
+    seed: int = 0                   # Louvain's seed
+
+
+def parse_config(argv=None):
+    """ReportConfig from the command line, every value checked up front (one line naming a bad one)."""
+    cfg = cli.parse_config(ReportConfig, __doc__.split("\n")[0], "experiments/report.py", argv)
+    runs.check_model("experiments/report.py", "model", cfg.model)
+    cli.check("experiments/report.py", cfg, [
+        ("task", cfg.task in visualmath.TASKS, f"use one of {', '.join(visualmath.TASKS)}"),
+        ("responses", cfg.responses in ("generated", "reference"), "use 'generated' or 'reference'"),
+        *[(n, getattr(cfg, n) >= 1, "must be >= 1") for n in ("n_stats", "batch_size", "max_new_tokens")],
+        *[(n, getattr(cfg, n) >= 0, "must be >= 0") for n in ("n_show", "visualmath_seed", "seed", "knn")],
+        ("anchor_query", set(cfg.anchor_query.split(",")) <= {"predict", "self"}, "a comma-separated subset of predict,self"),
+        ("anchor_frac", 0 < cfg.anchor_frac <= 1, "must be in (0, 1]"),
+        ("probe_layers", cfg.probe_layers in ("early", "middle", "late", "all") or re.fullmatch(r"\d+(,\d+)*", cfg.probe_layers),
+         "use early, middle, late, all or a comma list of layer indices like 4,5,6"),
+        ("sink_debias", cfg.sink_debias in (0, 1), "use 0 or 1"),
+        ("sink_outlier_k", cfg.sink_outlier_k > 0, "must be > 0 (default 5)"),
+        ("resolution", cfg.resolution > 0, "must be > 0 (1.0 = standard modularity)"),
+        ("dtype", cfg.dtype in ("auto", "bfloat16", "float32"), "use auto, bfloat16 or float32"),
+    ])
+    return cfg
+
 
 # --------------------------------------------------------------------------------------------------
 # Measuring helpers: alignment, precision/recall, bimodality, the batch the probe reads
@@ -293,8 +350,8 @@ the response's highest-rho token over the merged image patches.</p>
         f.write(page)
 
 def run_report(cfg, model, tokenizer, image_processor):
-    """The connectivity report of a loaded model: report.html + PNGs + report.json in cfg.out_dir (cfg: eval.py's
-    EvalConfig). Returns the summary dict."""
+    """The connectivity report of a loaded model: report.html + PNGs + report.json in cfg.out_dir (cfg: a
+    ReportConfig). Returns the summary dict."""
     import matplotlib
     matplotlib.use("Agg")  # files only, no display
 
@@ -333,3 +390,9 @@ def run_report(cfg, model, tokenizer, image_processor):
     print(json.dumps(summary, indent=1))
     print(f"wrote {os.path.join(cfg.out_dir, 'report.html')}")
     return summary
+
+
+if __name__ == "__main__":
+    config = parse_config()
+    report_device = runs.setup_distributed()[3]
+    run_report(config, *evaluation.load_model(config.model, report_device, config.dtype))

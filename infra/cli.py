@@ -1,4 +1,4 @@
-"""cli.py -- the command line of train.py and eval.py: flags from a config dataclass, every value checked up front.
+"""infra/cli.py -- the command line of train.py and eval.py: flags from a config dataclass, every value checked up front.
 
 A script's config is one flat dataclass; each field becomes `--field value`, typed by its default, and the
 comment after the field is its --help line (a comment on a line of its own starts a help group), so the
@@ -28,9 +28,10 @@ import re
 import textwrap
 import tokenize
 
-# Where --model "" points: the embedded default model, built by tiny.py (and by the first `python train.py`)
-TINY_MODEL_DIR = os.path.join(os.environ.get("ATRL_CACHE", os.path.join(os.path.dirname(os.path.abspath(__file__)), "cache")),
-                              "tiny-qwen2.5-vl")
+# Where --model "" points: the embedded default model, built by models/tiny.py (and by the first `python train.py`),
+# in the repository's cache/ folder unless $ATRL_CACHE names another
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_MODEL_DIR = os.path.join(os.environ.get("ATRL_CACHE", os.path.join(REPO, "cache")), "tiny-qwen2.5-vl")
 
 # --------------------------------------------------------------------------------------------------
 # argparse from a config dataclass, help from its comments, one-line errors

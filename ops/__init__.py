@@ -1,0 +1,7 @@
+"""ops/ -- tensor arithmetic below the method's files, which a reader of the method can skip at first.
+
+    attention_rows.py   the probe's reads: softmax probabilities of some attention rows at some keys, from the
+                        attention kernel's own log-sum-exp (and which kernel ran) or through whole rows
+
+Files here import torch and nothing of the project; connectivity.py (the concept) calls them.
+"""
