@@ -35,11 +35,8 @@ Run it:
     python train.py --resume 1                          # continue exactly where out_dir's newest checkpoint stopped
     python train.py --overwrite 1 --report_to tensorboard   # replace out_dir's run; watch: tensorboard --logdir runs
 
-The run directory (infra/runs.py): a second run into an out_dir that holds one refuses unless --resume 1 or
---overwrite 1; checkpoints are out_dir/checkpoint-<step>/ (from_pretrained dirs + state.pt), written so that a
-kill -9 at any instant leaves a complete one; each step is logged once to out_dir/log.jsonl. A full disk, a
-corrupt checkpoint and SIGTERM/SIGINT each end in one line and lose nothing complete (infra/runs.py and
-infra/checkpoints.py, rules 7-9).
+The run directory (infra/runs.py, docs/runs.md): never overwritten unless asked; log.jsonl, one record per step;
+checkpoint-<step>/ folders, a complete one on disk at every instant (kill -9, a full disk, SIGTERM, corruption).
 """
 import atexit
 import contextlib
@@ -79,6 +76,7 @@ class Config:
     eval_dataset: str = ""          # "" = a held-out split of the synthetic task (none for a real dataset)
     train_size: int = 2048          # VisualMath examples generated for training (ignored for real data)
     eval_size: int = 256            # held-out questions scored at every eval (greedy and avg@eval_k); 0 = no eval
+    test_size: int = 0              # synthetic task: a second held-out set (seed + 20000), logged as test_*; never used to choose anything
     eval_k: int = 4                 # samples per question for avg@k at --temperature (0 = greedy accuracy only)
     min_pixels: int = 28 * 28       # image processor lower bound (pixels); tiny images are upscaled to it
     max_pixels: int = 512 * 28 * 28  # upper bound; caps image tokens at max_pixels / 28^2 (here 512)
@@ -138,6 +136,7 @@ class Config:
     resume: int = 0                 # 1 = continue from out_dir's newest complete checkpoint exactly where it stopped
     overwrite: int = 0              # 1 = delete the run already in out_dir (log, checkpoints, tracker files) and start over
     report_to: str = "none"         # live tracking: none | tensorboard (out_dir/tensorboard) | wandb (WANDB_MODE=offline works)
+    log_update: int = 0             # 1 = log update_norm, ||weights after - before|| per step (one copy of the trainable weights)
     debug_nan_step: int = -1        # test hook: poison the loss at this step to exercise the skip path
 
 
@@ -148,7 +147,7 @@ cli.check_data("train.py", "dataset", cfg.dataset, builtin=visualmath.TASKS)
 cli.check_data("train.py", "eval_dataset", cfg.eval_dataset, builtin=("",))
 runs.check_tracker("train.py", cfg.report_to)
 switches = ("mask_truncated", "dynamic_sampling", "sink_debias", "overlap_weights", "grad_checkpointing", "freeze_vision",
-            "bf16", "fsdp", "resume", "overwrite")
+            "bf16", "fsdp", "resume", "overwrite", "log_update")
 cli.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n in switches] + [
     ("weighting", cfg.weighting in atrl.MODES, f"use one of {', '.join(atrl.MODES)}"),
     ("weighting", cfg.weighting not in atrl.CLASS_MODES or cfg.dataset in chains.VARIANTS,
@@ -168,7 +167,9 @@ cli.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n i
                                                           "keep_checkpoints")],
     *[(n, getattr(cfg, n) >= 0, "must be >= 0") for n in ("max_refills", "warmup_steps", "weight_decay", "grad_clip",
                                                           "kl_coef", "seed", "cpu_threads", "eval_every", "save_every",
-                                                          "eval_size", "eval_k")],
+                                                          "eval_size", "eval_k", "test_size")],
+    ("test_size", cfg.test_size == 0 or cfg.dataset in visualmath.TASKS, "a test set is drawn from the synthetic task only"),
+    ("log_update", not (cfg.log_update and cfg.fsdp), "the update norm reads whole weights: use it without --fsdp"),
     ("knn", cfg.knn >= 0, "must be >= 0 (0 = round(sqrt(n)) per response, in [2, 10])"),
     ("eval_k", cfg.eval_k == 0 or cfg.temperature > 0, "avg@k samples at --temperature, which must then be > 0"),
     ("min_pixels", cfg.min_pixels >= 28 * 28, "must be >= 784 (28 x 28 pixels: one merged vision token)"),
@@ -263,6 +264,7 @@ try:  # tasks/benchmarks.py's errors name the file, row and field: one line, no 
         eval_data = benchmarks.load_benchmark(cfg.eval_dataset, limit=cfg.eval_size)
     elif cfg.eval_size and synthetic:  # the synthetic task from a disjoint seed is held out
         eval_data = visualmath.make(cfg.dataset, cfg.eval_size, seed=cfg.seed + 10_000)
+    test_data = visualmath.make(cfg.dataset, cfg.test_size, seed=cfg.seed + 20_000) if cfg.test_size else None
 except ValueError as err:
     cli.config_error("train.py", f"--dataset {cfg.dataset!r} / --eval_dataset {cfg.eval_dataset!r}: {err}")
 image_token_id = model.config.image_token_id
@@ -412,17 +414,20 @@ def log_record(step, batch, stats, sums, grad_norm, skipped, n_updates, timing):
 
 def evaluate():
     """Held-out greedy accuracy and avg@eval_k (eval.evaluate, the one evaluator), each with n and a 95% interval,
-    plus right readings and the lucky-guess share on VisualMath; questions rank-strided, counts all-reduced."""
-    if eval_data is None:
-        return {}
+    plus right readings and the lucky-guess share on VisualMath; questions rank-strided, counts all-reduced.
+    eval_* on the held-out set, test_* on the second one (--test_size) that nothing in a run looks at."""
     respond = evaluation.model_responder(policy, tokenizer, image_processor, cfg.max_new_tokens, cfg.top_p,
                                          cfg.min_pixels, cfg.max_pixels, synced, decode_engine)
-    with runs.gathered(train_model, synced):
-        metrics = evaluation.evaluate(eval_data, respond, rank, world, True, cfg.eval_k, cfg.temperature,
-                                      batch_size=64, seed=cfg.seed, reduce=lambda t: all_reduce(t.to(device)).cpu())
     keep = ("n", "accuracy", "accuracy_ci", "format", "read", "lucky", f"avg@{cfg.eval_k}", f"avg@{cfg.eval_k}_ci",
             f"read@{cfg.eval_k}", f"lucky@{cfg.eval_k}")
-    return {f"eval_{k}": metrics[k] for k in keep if k in metrics}
+    out = {}
+    for prefix, rows in (("eval", eval_data), ("test", test_data)):
+        if rows is not None:
+            with runs.gathered(train_model, synced):
+                metrics = evaluation.evaluate(rows, respond, rank, world, True, cfg.eval_k, cfg.temperature, batch_size=64,
+                                              seed=cfg.seed, reduce=lambda t: all_reduce(t.to(device)).cpu())
+            out.update({f"{prefix}_{k}": metrics[k] for k in keep if k in metrics})
+    return out
 
 
 def save_checkpoint(step):
@@ -462,8 +467,9 @@ if master:  # the log keeps records of steps before the checkpoint only: the oth
 
 if start_step == 0:
     metrics0 = evaluate()
-    if metrics0:
-        print0(f"before RL: held-out {evaluation.describe(metrics0, cfg.eval_k, 'eval_')}")
+    for prefix, name in (("eval_", "held-out"), ("test_", "test")):
+        if f"{prefix}accuracy" in metrics0:
+            print0(f"before RL: {name} {evaluation.describe(metrics0, cfg.eval_k, prefix)}")
     if master and metrics0:
         runs.append_log(log_path, {"step": -1, **metrics0})
         tracker.log({"step": -1, **metrics0})
@@ -503,6 +509,7 @@ for step in bar:
     policy.train()
     t1, wait_before = time.perf_counter(), timing["weights_wait"]
     sums, skipped, grad_norm = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0}, 0, 0.0
+    before = [p.detach().clone() for p in params] if cfg.log_update else None  # the weights, to measure the step by
     for epoch in range(cfg.ppo_epochs):
         for m0 in range(0, len(adv), mini_batch):
             m_mask = loss_mask[m0:m0 + mini_batch]
@@ -544,13 +551,17 @@ for step in bar:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     scheduler.step()
+    moved = sum(float((p.detach() - b).pow(2).sum()) for p, b in zip(params, before)) if before else None  # ||dW||^2
     if decode_engine is not None:
         decode_engine.refresh()  # a copy (bf16 / FSDP2) takes the update; decoding from the policy itself: no-op
     # 7) log: rank-local sums all-reduced into batch means (README: "Logged keys")
     rec = log_record(step, batch, stats, sums, grad_norm, skipped, cfg.ppo_epochs * cfg.mini_batches,
                      {"rollout": t_rollout, **timing, "train": time.perf_counter() - t1 - (timing["weights_wait"] - wait_before),
                       "step": time.perf_counter() - t0})
-    rec.update(chains.class_means(W, loss_mask, classes) if classes is not None else {})  # realised W per class (v3)
+    rec.update({"update_norm": moved ** 0.5} if moved is not None else {})
+    if classes is not None:  # v3: the realised W of every class, and each class's share of the push on its tokens'
+        push = (W * adv[:, None]).abs() * (1 - old_logp.exp())  # own logit, |dL/dz_y| = |A_AT| (1 - pi(y)) at ratio 1
+        rec.update({**chains.class_means(W, loss_mask, classes), **chains.class_shares(push, loss_mask, classes)})
     # 8) eval / checkpoint. NOTE: the record is on disk before the checkpoint: a kill in between redoes the step
     #    on resume (its record is dropped, then written again) instead of losing the record (infra/runs.py, rule 3)
     if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps:

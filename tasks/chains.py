@@ -299,3 +299,22 @@ def class_means(values, mask, classes, prefix="w_"):
         if sel.any():
             out[prefix + name] = float(values[sel].float().mean())
     return out
+
+
+def class_shares(values, mask, classes, prefix="push_"):
+    """{prefix + class name: share of the sum of `values` over the valid tokens that falls on that class}, for the
+    classes present (the shares add up to 1). values >= 0, mask, classes (B, T). E.g. train.py's push_<class>:
+    where a step's update pushes, by token class.
+
+    >>> import torch
+    >>> class_shares(torch.tensor([[3., 1., 4.]]), torch.tensor([[1, 1, 0]]), torch.tensor([[0, 5, 5]]))
+    {'push_perception': 0.75, 'push_filler': 0.25}
+    """
+    mask = mask.bool()
+    total = float(values[mask].double().sum())
+    out = {}
+    for c, name in enumerate(CLASSES):
+        sel = mask & (classes == c)
+        if sel.any():
+            out[prefix + name] = float(values[sel].double().sum()) / total if total > 0 else 0.0
+    return out

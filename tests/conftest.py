@@ -81,7 +81,7 @@ def warm_checkpoint(random_checkpoint, tmp_path_factory):
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     import rollout
-    from rollout import load_processor
+    from models.family import load_processor
 
     path = str(tmp_path_factory.mktemp("warm"))
     shutil.copytree(random_checkpoint, path, dirs_exist_ok=True)  # the SFT below overwrites the weights

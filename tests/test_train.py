@@ -154,16 +154,23 @@ def test_bad_config_stops_with_a_clear_message(warm_checkpoint, tmp_path, args, 
 
 def test_v3_runs_log_the_realised_weight_of_each_token_class(warm_checkpoint, tmp_path):
     """On VisualMath v3 every response token gets a class (chains.label_batch) and the log the mean W per class:
-    exactly 1 everywhere under uniform; the oracle arms run and keep the token-mean of W at 1."""
+    exactly 1 everywhere under uniform; the oracle arms run and keep the token-mean of W at 1. The push shares
+    (push_<class>) add up to 1, and --log_update's update_norm stays within AdamW's first-step bound: each weight
+    moves by at most lr (|m_hat| / sqrt(v_hat) = |g| / |g| on the first step), so ||dW|| <= lr * sqrt(n)."""
+    classes = ("perception", "grounded", "fork", "arithmetic", "copy", "filler", "other")
     for arm in ("uniform", "oracle", "random_mask"):
         run_train(warm_checkpoint, tmp_path / arm, "--steps", "1", "--weighting", arm, "--dataset", "visualmath-v3",
-                  "--eval_size", "0")
+                  "--eval_size", "0", "--log_update", "1", "--test_size", "4")
         rec = records(tmp_path / arm)[0]
-        per_class = {k: v for k, v in rec.items() if k[2:] in ("perception", "grounded", "fork", "arithmetic", "copy",
-                                                               "filler", "other") and k.startswith("w_")}
+        per_class = {k: v for k, v in rec.items() if k[2:] in classes and k.startswith("w_")}
         assert per_class and all(v == v for v in per_class.values()), rec
         if arm == "uniform":
             assert set(per_class.values()) == {1.0}, per_class
+        shares = [v for k, v in rec.items() if k.startswith("push_") and k[5:] in classes]
+        assert shares and (sum(shares) == pytest.approx(1.0, abs=1e-12) or sum(shares) == 0.0), rec  # 0: no advantage
+        n = sum(v.numel() for v in load_file(os.path.join(warm_checkpoint, "model.safetensors")).values())
+        assert 0.0 <= rec["update_norm"] <= 1e-3 * n ** 0.5, rec  # SMALL: --lr 1e-3, --warmup_steps 1
+        assert rec["test_n"] == 4 and "eval_n" not in rec  # the test set is scored though no held-out set is
 
 
 def test_non_finite_loss_skips_the_update_and_is_logged(warm_checkpoint, tmp_path):
