@@ -49,6 +49,7 @@ import eval as eval_py  # model loading, train.py logs
 import rollout
 from experiments import dilution  # gate 0's measurement
 from experiments import trials
+from models import tiny
 from tasks import chains, visualmath
 
 # --------------------------------------------------------------------------------------------------
@@ -180,7 +181,7 @@ def build(pairs):
     """models/tiny.py --task ... for each (task, warm seed), skipping finished builds (models/tiny.py skips them itself too)."""
     jobs = [(f"warm start {t} {w}", [sys.executable, "models/tiny.py", "--task", TASKS[t], "--seed", str(w), "--out",
                                      warm_dir(t, w)], warm_dir(t, w) + ".txt")
-            for t, w in pairs if not os.path.exists(os.path.join(warm_dir(t, w), "sft_report.json"))]
+            for t, w in pairs if not tiny.is_built(warm_dir(t, w))]
     started.extend(trials.run_all(jobs, args.jobs))
 
 

@@ -288,10 +288,16 @@ def build_tiny(out_dir=DEFAULT_DIR, seed=0, lr=1e-3, batch_size=32, slip=0.7, st
     return out_dir
 
 
+def is_built(path):
+    """Does `path` hold a finished build? Its report and its weights: experiments keep the reports of their warm
+    starts in git and not the weights, so a report alone is no build."""
+    return all(os.path.exists(os.path.join(path, f)) for f in ("sft_report.json", "model.safetensors"))
+
+
 def ensure_tiny_model(path=None):
     """The default checkpoint dir, built (a few minutes on CPU) if it is missing; `path` overrides it."""
     path = path or DEFAULT_DIR
-    if not os.path.exists(os.path.join(path, "sft_report.json")):
+    if not is_built(path):
         print(f"building the tiny default model into {path} (once; a few minutes on CPU)")
         build_tiny(path)
     return path
@@ -319,7 +325,7 @@ if __name__ == "__main__":
                         help="the grid task of the last lesson (and of the tokenizer's text): v2 or a v3 variant")
     args = parser.parse_args()
     began = time.time()
-    if args.force or not os.path.exists(os.path.join(args.out, "sft_report.json")):
+    if args.force or not is_built(args.out):
         build_tiny(args.out, seed=args.seed, slip=args.slip, task=args.task)
     else:
         print(f"{args.out} exists (use --force to rebuild); its build report:")
