@@ -100,15 +100,20 @@ CLASS_MODES = ("oracle", "oracle_mask", "oracle_up", "random_mask")    # the arm
 # Group advantages
 # --------------------------------------------------------------------------------------------------
 
-def group_advantages(rewards, group_size, scale="group", eps=1e-6):
+def group_advantages(rewards, group_size, scale="group", eps=1e-6, std="sample"):
     """Advantage of each rollout against the other rollouts of its prompt. rewards (B,) -> (B,).
 
     The G rollouts of one prompt must be adjacent: rewards[g*G:(g+1)*G] is group g.
-    scale: "group" divides by the group's population std (GRPO), "batch" by the std of the whole batch
+    scale: "group" divides by the group's std (GRPO), "batch" by the std of the whole batch
     (TRL's scale_rewards="batch"), "none" keeps R - mean_G R (Dr.GRPO).
+    std: "sample" divides the squared deviations by n - 1 (torch.std's default, as verl, EasyR1, VPPO and TRL
+    compute it), "population" by n. With binary rewards the two differ by sqrt(G / (G - 1)): the sample std is
+    larger, so its advantages are sqrt((G - 1) / G) times the population ones (G = 4: 0.866; G = 8: 0.935).
 
-    >>> group_advantages(torch.tensor([1., 0., 0., 1.]), group_size=4).round(decimals=4)
+    >>> group_advantages(torch.tensor([1., 0., 0., 1.]), group_size=4, std="population").round(decimals=4)
     tensor([ 1., -1., -1.,  1.])
+    >>> group_advantages(torch.tensor([1., 0., 0., 1.]), group_size=4).round(decimals=4)   # sqrt(3/4) = 0.8660
+    tensor([ 0.8660, -0.8660, -0.8660,  0.8660])
     >>> group_advantages(torch.tensor([1., 0., 0., 1., .5, .5]), group_size=2, scale="none")
     tensor([ 0.5000, -0.5000, -0.5000,  0.5000,  0.0000,  0.0000])
     """
@@ -128,12 +133,15 @@ def group_advantages(rewards, group_size, scale="group", eps=1e-6):
     # An all-equal group carries no signal; force exact zeros (the float mean may be off by one ulp).
     all_equal = (r == r[:, :1]).all(dim=1, keepdim=True)             # (B/G, 1)
     centred = centred.masked_fill(all_equal, 0.0)
+    if std not in ("sample", "population"):
+        raise ValueError(f"std={std!r}: use 'sample' (n - 1, as verl/TRL) or 'population' (n)")
+    correction = 1 if std == "sample" else 0      # Bessel's correction: sample std divides by n - 1
     if scale == "group":
-        # GRPO: population std of the group; eps keeps tiny-variance groups finite.
-        adv = centred / (r.std(dim=1, correction=0, keepdim=True) + eps)
+        # GRPO: the group's std; eps keeps tiny-variance groups finite (verl core_algos.py: (r - mean) / (std + eps)).
+        adv = centred / (r.std(dim=1, correction=correction, keepdim=True) + eps)
     elif scale == "batch":
         # Group baseline, batch-wide std (more robust when most groups are nearly constant).
-        adv = centred / (rewards.std(correction=0) + eps)
+        adv = centred / (rewards.std(correction=correction) + eps)
     elif scale == "none":
         # Dr.GRPO: no std division, so easy/hard prompts are not re-weighted.
         adv = centred
@@ -340,14 +348,16 @@ def visual_dependency(logp, logp_perturbed):
     return (d.exp() - d - 1.0).clamp(0.0, 10.0)
 
 
-def vppo_shaping(dependency, mask, beta_min=0.8):
+def vppo_shaping(dependency, mask, beta_min=0.9):
     """VPPO's trajectory-level advantage shaping: one factor per response, from its mean dependency S_i.
 
     S_i is min-max normalised over the batch to s_i in [0, 1] and mapped to beta_min + s_i (1 - beta_min) /
-    mean(s), so the factors average exactly 1 and the response that leans least on the image keeps beta_min
-    (their code, dp_actor.py: advantage_scaling_min = 0.8). Equal S everywhere gives 1. (B, T) -> (B,).
+    mean(s), so the factors average exactly 1 and the response that leans least on the image keeps beta_min.
+    beta_min = 0.9 is what VPPO's released training scripts pass (examples/configs/train_vppo_7b.sh and _8b.sh:
+    advantage_scaling_min=0.9); 0.8 is only their config dataclass default (dp_actor.py). Equal S everywhere gives 1.
+    (B, T) -> (B,).
     >>> vppo_shaping(torch.tensor([[1., 1.], [3., 3.], [2., 2.]]), torch.ones(3, 2, dtype=torch.bool))
-    tensor([0.8000, 1.2000, 1.0000])
+    tensor([0.9000, 1.1000, 1.0000])
     """
     mask = mask.bool()
     n = mask.sum(dim=1)                                              # (B,)
@@ -368,7 +378,7 @@ def vppo_shaping(dependency, mask, beta_min=0.8):
 @torch.no_grad()
 def token_weights_with_stats(patterns, rho, mask, mode="atrl", anchor_frac=0.15, gain=2.0, k=0,
                              resolution=1.0, seed=0, entropy=None, dependency=None, select_frac=None,
-                             beta_min=0.8, perception=None, noise=None):
+                             beta_min=0.9, perception=None, noise=None):
     """token_weights plus a dict of floats for logging (anchor_frac, clusters, W_mean, W_max, W_anchor_mean).
 
     The peer arms take their own signal instead of the probe's (patterns and rho may be None): `entropy`

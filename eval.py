@@ -8,16 +8,21 @@ Two modes, one script:
        avg@k           = 1/N  sum_i 1/k sum_j g(y_ij),       y_ij ~ pi(. | x_i) at --temperature, j = 1..k
        pass@k          = 1/N  sum_i max_j g(y_ij)
 
-   per benchmark, split into multiple-choice and free-form questions, printed as a table and saved as JSON
-   with a few graded examples. Benchmarks: the synthetic VisualMath held-out split, or any file / hub
-   dataset benchmarks.load_benchmark reads (MathVista testmini with `precision` and `unit`, MathVerse, Geometry3K).
+   per benchmark, split into multiple-choice and free-form questions (by the benchmark's own label), printed as a
+   table with 95% intervals and saved as JSON with a few graded examples. Beside our grading, each benchmark's own
+   scoring rule (tasks/scorers.py: MathVista's normalize_extracted_answer, MMMU-Pro's parser, ...) gives the
+   `official` accuracy, plus the metrics it defines over groups (DynaMath worst case, We-Math's four dimensions).
+   Benchmarks: the synthetic VisualMath held-out split, any file / folder / hub dataset tasks/benchmarks.py reads
+   (on its evaluation split unless --split says otherwise), or `--suite paper`: the paper's nine, from the hub or
+   from --data_root with one sub-folder per benchmark (docs/benchmarks.md).
 2. **Training curves** (`--curves runs/X/log.jsonl[,runs/Y/log.jsonl]`): reward, accuracy, held-out accuracy
    and anchor statistics of train.py runs, overlaid, as curves.png.
 
 Where we depart from the benchmarks' official protocols, or guess (each is visible below):
   1. Grading is our rule-based grading.compute_reward (last <answer>/\\boxed{}/"answer is", numbers by value,
-     letters <-> option text), not MathVista's GPT-4 answer extraction; scores are comparable between our
-     checkpoints, close to but not identical with published numbers.
+     letters <-> option text); `official` applies each benchmark's scorer to the answer our extractor read, where
+     MathVista, MathVerse, MMK12 and LogicVista extract with a GPT model: close to, not identical with, published
+     numbers.
   2. The prompt is our think/answer format instruction (rollout.build_messages), not MathVista's `query`
      with its hints: the policy is evaluated in the format it was trained in.
   3. Sample j of question i draws its noise from key (seed * 1_000_003 + i) * k + j (rollout's counter-based
@@ -38,6 +43,7 @@ Run it:
     torchrun --nproc_per_node 8 eval.py --model runs/default/checkpoint-40 --benchmark AI4Math/MathVista \
         --split testmini --max_new_tokens 2048 --max_pixels 1003520 --out runs/default/mathvista_testmini.json
     python eval.py --model Qwen/Qwen2.5-VL-3B-Instruct --benchmark /data/MathVista/testmini.json,/data/g3k/test.parquet
+    python eval.py --model runs/default/checkpoint-40 --suite paper --data_root /data/bench   # the nine, offline
     python eval.py --curves runs/atrl/log.jsonl,runs/uniform/log.jsonl --out_dir runs/compare
 Tests: OMP_NUM_THREADS=1 python -m pytest -q tests/test_eval.py
 """
@@ -54,7 +60,7 @@ from tqdm import tqdm
 import rollout
 from infra import cli, runs
 from models import family
-from tasks import benchmarks, grading, visualmath
+from tasks import benchmarks, grading, scorers, splits, suite, visualmath
 
 # --------------------------------------------------------------------------------------------------
 # Config: one flat dataclass; every field becomes a --flag (booleans are plain switches).
@@ -65,9 +71,13 @@ from tasks import benchmarks, grading, visualmath
 class EvalConfig:
     # What to evaluate
     model: str = ""                 # checkpoint dir or hub id; "" = the embedded tiny model (built by models/tiny.py)
-    benchmark: str = "visualmath"   # comma-separated: visualmath | hub dataset | local .parquet/.json/.jsonl/folder
-    schema: str = ""                # geometry3k | mathvista | mathverse | virl39k; "" = detect from the columns
-    split: str = ""                 # hub split (or file-name filter in a folder); "" = the benchmark's default
+    benchmark: str = "visualmath"   # comma-separated: visualmath | hub dataset | local .parquet/.json/.jsonl/folder (name@split too)
+    suite: str = ""                 # paper = the paper's nine benchmarks (replaces --benchmark); "" = --benchmark
+    data_root: str = ""             # --suite from local copies: DIR/<name> per benchmark (docs/benchmarks.md); "" = hub ids
+    schema: str = ""                # one of tasks/suite.py's SCHEMAS; "" = detect from the columns
+    split: str = ""                 # exact split name, for folders and hub ids alike; "" = the benchmark's evaluation split
+    config: str = ""                # README config / hub subset (MMMU-Pro: vision); "" = the suite's or the only one
+    show_choices: int = 0           # 1 = Geometry3K prompts list its 4 options; 0 = the problem alone (EasyR1/verl)
     limit: int = 0                  # first N questions per benchmark; 0 = all (VisualMath: 500 generated)
     visualmath_seed: int = 10_000   # seed of the VisualMath held-out split (train.py holds out seed + 10000)
     # Decoding
@@ -94,8 +104,11 @@ def parse_config(argv=None):
     checked up front; a bad one stops with one line naming it and what to do."""
     cfg = cli.parse_config(EvalConfig, __doc__.split("\n")[0], "eval.py", argv)
     runs.check_model("eval.py", "model", cfg.model)
-    for name in cfg.benchmark.split(",") if not cfg.curves else ():
+    for name in cfg.benchmark.split(",") if not (cfg.curves or cfg.suite) else ():
         cli.check_data("eval.py", "benchmark", name, builtin=visualmath.TASKS)
+    if cfg.data_root and not os.path.isdir(cfg.data_root):
+        cli.config_error("eval.py", f"--data_root {cfg.data_root!r}: no such folder; it holds one sub-folder per "
+                                    f"benchmark ({', '.join(suite.PAPER_SUITE)})")
     for path in cfg.curves.split(",") if cfg.curves else ():
         if not os.path.isfile(path):
             cli.config_error("eval.py", f"--curves {path!r}: no such file; pass train.py logs, e.g. runs/default/log.jsonl")
@@ -106,8 +119,9 @@ def parse_config(argv=None):
          f"--k {cfg.k} at temperature 0 would repeat one greedy answer k times; pass --temperature > 0 (e.g. 1.0) for avg@k"),
         ("greedy", cfg.greedy in (0, 1), "use 0 or 1"),
         ("greedy", cfg.greedy or cfg.temperature > 0, "--greedy 0 and --temperature 0: nothing to measure"),
-        ("schema", cfg.schema in ("", *benchmarks._DEFAULT_SPLIT),  # the schemas benchmarks.load_benchmark knows
-         f"use {', '.join(benchmarks._DEFAULT_SPLIT)}, or leave it empty to detect it from the columns"),
+        ("schema", cfg.schema in ("", *suite.SCHEMAS), f"use {', '.join(suite.SCHEMAS)}, or leave it empty to detect it"),
+        ("suite", cfg.suite in ("", "paper"), "use paper (the paper's nine benchmarks) or leave it empty"),
+        ("show_choices", cfg.show_choices in (0, 1), "use 0 or 1"),
         ("dtype", cfg.dtype in ("auto", "bfloat16", "float32"), "use auto, bfloat16 or float32"),
         ("top_p", 0 < cfg.top_p <= 1, "must be in (0, 1]"),
         ("rollout", cfg.rollout in ("engine", "hf"), "use engine (engine.py, the default) or hf (transformers' generate)"),
@@ -149,8 +163,8 @@ def load_model(path, device, dtype="auto"):
 # are per-question means over its k samples (so avg@k = sampled / n, and sampled_sq feeds its interval);
 # "read"/"lucky" count only questions with ground-truth perception values (VisualMath): a lucky answer is
 # right with a wrong reading (visualmath.read_right), and lucky shares are taken over the right answers.
-COUNT_KEYS = ("n", "n_choice", "greedy", "greedy_format", "greedy_choice",
-              "sampled", "sampled_sq", "sampled_format", "sampled_choice", "sampled_pass",
+COUNT_KEYS = ("n", "n_choice", "greedy", "greedy_format", "greedy_choice", "greedy_official",
+              "sampled", "sampled_sq", "sampled_format", "sampled_choice", "sampled_pass", "sampled_official",
               "n_perception", "greedy_read", "greedy_right_p", "greedy_lucky",
               "sampled_read", "sampled_right_p", "sampled_lucky")
 
@@ -171,18 +185,20 @@ def model_responder(model, tokenizer, image_processor, max_new_tokens, top_p=1.0
 
 
 def grade(row, text):
-    """(correct, formatted, read) of one response to one unified-schema row: 0.0/1.0, and read right as
-    True/False when the row has perception values (VisualMath), else None."""
+    """(correct, formatted, read, official) of one response to one unified-schema row: 0.0/1.0, read right as
+    True/False when the row has perception values (VisualMath) else None, and the benchmark's own rule's verdict
+    (tasks/scorers.py) on the same extracted answer."""
     parts = grading.compute_reward(text, row["answer"], row.get("choices"), precision=row.get("precision"))
     read = visualmath.read_right(text, row["perception"]) if row.get("perception") else None
-    return parts["accuracy"], parts["format"], read
+    official = float(scorers.score(row, grading.extract_answer(text)))
+    return parts["accuracy"], parts["format"], read, official
 
 
 def graded(row, text):
     """One response for inspection: its verdicts, the answer the grader extracted, and the text itself."""
-    correct, formatted, read = grade(row, text)
-    return {"correct": correct, "format": formatted, "read_right": read, "extracted": grading.extract_answer(text),
-            "response": text}
+    correct, formatted, read, official = grade(row, text)
+    return {"correct": correct, "official": official, "format": formatted, "read_right": read,
+            "extracted": grading.extract_answer(text), "response": text}
 
 
 def tally(rows, greedy_texts=None, sampled_texts=None):
@@ -201,14 +217,16 @@ def tally(rows, greedy_texts=None, sampled_texts=None):
     """
     counts = dict.fromkeys(COUNT_KEYS, 0.0)
     for r, row in enumerate(rows):
-        is_choice = float(bool(row.get("choices")))
+        # the benchmark's own label (MathVerse Vision Only is multiple choice without options to show)
+        is_choice = float(row.get("question_type") == "multi_choice" if row.get("question_type") else bool(row.get("choices")))
         has_perception = float(bool(row.get("perception")))
         counts["n"] += 1
         counts["n_choice"] += is_choice
         counts["n_perception"] += has_perception
         if greedy_texts is not None:
-            correct, formatted, read = grade(row, greedy_texts[r])
+            correct, formatted, read, official = grade(row, greedy_texts[r])
             counts["greedy"] += correct
+            counts["greedy_official"] += official
             counts["greedy_format"] += formatted
             counts["greedy_choice"] += correct * is_choice
             counts["greedy_read"] += float(bool(read))
@@ -223,6 +241,7 @@ def tally(rows, greedy_texts=None, sampled_texts=None):
             counts["sampled_format"] += sum(v[1] for v in verdicts) / k
             counts["sampled_choice"] += mean_correct * is_choice
             counts["sampled_pass"] += float(mean_correct > 0)
+            counts["sampled_official"] += sum(v[3] for v in verdicts) / k
             counts["sampled_read"] += sum(float(bool(v[2])) for v in verdicts) / k
             counts["sampled_right_p"] += sum(v[0] for v in verdicts) * has_perception  # right samples (a count)
             counts["sampled_lucky"] += sum(v[0] * float(v[2] is False) for v in verdicts)
@@ -273,6 +292,8 @@ def summarize(counts, greedy=True, k=0):
         return a / b if b else None  # None: no question of that kind (printed as "-")
     if greedy:
         out.update({"accuracy": ratio(counts["greedy"], n), "accuracy_ci": wilson_interval(counts["greedy"], n),
+                    "official": ratio(counts["greedy_official"], n),
+                    "official_ci": wilson_interval(counts["greedy_official"], n),
                     "format": ratio(counts["greedy_format"], n),
                     "accuracy_multi_choice": ratio(counts["greedy_choice"], n_choice),
                     "accuracy_free_form": ratio(counts["greedy"] - counts["greedy_choice"], n_free)})
@@ -282,6 +303,7 @@ def summarize(counts, greedy=True, k=0):
     if k:
         out.update({f"avg@{k}": ratio(counts["sampled"], n), f"avg@{k}_ci": mean_interval(counts["sampled"], counts["sampled_sq"], n),
                     f"pass@{k}": ratio(counts["sampled_pass"], n), f"format@{k}": ratio(counts["sampled_format"], n),
+                    f"official@{k}": ratio(counts["sampled_official"], n),
                     f"avg@{k}_multi_choice": ratio(counts["sampled_choice"], n_choice),
                     f"avg@{k}_free_form": ratio(counts["sampled"] - counts["sampled_choice"], n_free)})
         if n_p:
@@ -291,12 +313,13 @@ def summarize(counts, greedy=True, k=0):
 
 
 def evaluate_rows(dataset, index, respond, greedy=True, k=0, temperature=0.0, batch_size=16, seed=0, show=3,
-                  desc="eval", progress=True):
+                  desc="eval", progress=True, verdicts=None):
     """Counts and graded examples for dataset[i], i in `index` (this rank's share), in batches.
 
     respond(rows, keys, k, temperature) -> k texts per row (model_responder, or canned texts in tests).
     Keys depend on the global question index only, never on the rank or the position in a batch.
     The first `show` rows come back graded (response, extracted answer, verdict) for inspection.
+    verdicts: a dict that receives {question index: the official greedy verdict} (for group metrics).
     """
     counts, examples = dict.fromkeys(COUNT_KEYS, 0.0), []
     for start in tqdm(range(0, len(index), batch_size), desc=desc, disable=not progress):
@@ -307,6 +330,8 @@ def evaluate_rows(dataset, index, respond, greedy=True, k=0, temperature=0.0, ba
         sampled_texts = respond(rows, keys, k, temperature) if k else None
         for key, value in tally(rows, greedy_texts, sampled_texts).items():
             counts[key] += value
+        if verdicts is not None and greedy_texts is not None:
+            verdicts.update({i: grade(row, text)[3] for i, row, text in zip(ids, rows, greedy_texts)})
         for r, row in enumerate(rows[:max(0, show - len(examples))]):
             ex = {"id": row["id"], "question": benchmarks.format_question(row), "answer": row["answer"],
                   "precision": row.get("precision"), "unit": row.get("unit")}
@@ -327,14 +352,21 @@ def evaluate(dataset, respond, rank=0, world=1, greedy=True, k=4, temperature=1.
     Keys depend only on the question's index, so successive evaluations of a changing policy share their
     sampling noise (common random numbers: the change in avg@k is the policy's, not the dice's).
     """
-    index = list(range(rank, len(dataset), world))
+    index, verdicts = list(range(rank, len(dataset), world)), {}
     counts, examples = evaluate_rows(dataset, index, respond, greedy, k, temperature, batch_size, seed, show,
-                                     desc=desc, progress=progress)
+                                     desc=desc, progress=progress, verdicts=verdicts)
     # NOTE: sums, not per-rank means: ranks hold different numbers of questions when world does not divide N
     summed = torch.tensor([counts[c] for c in COUNT_KEYS], dtype=torch.float64)
     if reduce is not None:
         summed = reduce(summed)
-    return {**summarize(dict(zip(COUNT_KEYS, summed.tolist())), greedy, k), "examples": examples}
+    metrics = summarize(dict(zip(COUNT_KEYS, summed.tolist())), greedy, k)
+    if greedy and "meta" in getattr(dataset, "column_names", ()):  # a benchmark's metrics over groups of rows
+        per_row = torch.zeros(len(dataset), dtype=torch.float64)   # each rank fills its rows; the sum is all of them
+        per_row[list(verdicts)] = torch.tensor(list(verdicts.values()), dtype=torch.float64)
+        per_row = reduce(per_row) if reduce is not None else per_row
+        metas = [json.loads(m) if m else {} for m in dataset["meta"]]
+        metrics["groups"] = scorers.group_metrics(dataset[0]["source"], metas, per_row.tolist())
+    return {**metrics, "examples": examples}
 
 
 def describe(metrics, k=4, prefix=""):
@@ -353,33 +385,62 @@ def describe(metrics, k=4, prefix=""):
     return line + f" (n={metrics['n']})"
 
 
-def load_rows(name, cfg):
-    """One benchmark as a unified-schema Dataset: a VisualMath held-out split (visualmath.TASKS) or benchmarks.load_benchmark."""
-    if name in visualmath.TASKS:
-        return visualmath.make(name, cfg.limit or 500, seed=cfg.visualmath_seed)
-    return benchmarks.load_benchmark(name, split=cfg.split or None, schema=cfg.schema or None, limit=cfg.limit or None)
+def load_rows(name, cfg, split="", config=""):
+    """(rows, data line) of one benchmark: a VisualMath held-out split or tasks/benchmarks.py on its evaluation split."""
+    return splits.evaluation_data(name, split or cfg.split, cfg.limit, cfg.visualmath_seed, config or cfg.config,
+                                  bool(cfg.show_choices), cfg.schema)
+
+
+def benchmark_list(cfg):
+    """[(table name, source, split, config)] to evaluate: --benchmark's, or the paper's suite (hub ids or --data_root)."""
+    if not cfg.suite:
+        return [(name, name, "", "") for name in cfg.benchmark.split(",") if name]
+    listed = []
+    for b in (suite.benchmark(name) for name in suite.PAPER_SUITE):
+        source = os.path.join(cfg.data_root, b.name) if cfg.data_root else b.hub_id
+        if cfg.data_root and not os.path.isdir(source):
+            cli.config_error("eval.py", f"--data_root {cfg.data_root!r} has no folder {b.name}/ for {b.title}; it needs "
+                                        f"one per benchmark: {', '.join(suite.PAPER_SUITE)} (docs/benchmarks.md)")
+        listed.append((b.title, source, cfg.split or b.eval_split, b.config))
+    return listed
 
 
 def format_table(results, k=0):
-    """Fixed-width table, one row per benchmark; '-' where a metric does not apply."""
-    columns = ["n", "accuracy", "accuracy_multi_choice", "accuracy_free_form", "format", "read", "lucky"]
-    columns += [f"avg@{k}", f"pass@{k}"] if k else []
-    header = ["benchmark", "n", "greedy", "multi-choice", "free-form", "format", "read", "lucky"] + columns[7:]
-    lines = [f"{header[0]:<32}" + "".join(f"{h:>13}" for h in header[1:])]
-    for name, res in results.items():
-        cells = ["-" if res.get(c) is None else f"{res[c]:.4f}" if isinstance(res[c], float) else str(res[c])
-                 for c in columns]
-        lines.append(f"{name[-32:]:<32}" + "".join(f"{c:>13}" for c in cells))
+    """Fixed-width table, one row per benchmark, accuracies with their 95% intervals; '-' where a metric does not
+    apply; a last row averages the benchmarks (unweighted, as papers do) when there are several."""
+    def cell(res, key):
+        value, ci = res.get(key), res.get(f"{key}_ci")
+        if value is None:
+            return "-"
+        return f"{value:.4f}" + (f" [{ci[0]:.2f},{ci[1]:.2f}]" if ci else "") if isinstance(value, float) else str(value)
+    columns = [("n", 6), ("accuracy", 20), ("official", 20), ("accuracy_multi_choice", 13), ("accuracy_free_form", 13),
+               ("format", 8), ("read", 7), ("lucky", 7)] + ([(f"avg@{k}", 20), (f"pass@{k}", 8)] if k else [])
+    header = ["n", "greedy [95% CI]", "official [95% CI]", "multi-choice", "free-form", "format", "read", "lucky"]
+    header += [f"avg@{k} [95% CI]", f"pass@{k}"] if k else []
+    lines = [f"{'benchmark':<28}" + "".join(f"{h:>{w}}" for h, (_, w) in zip(header, columns)) + "  groups"]
+    rows = dict(results)
+    if len(results) > 1:  # the suite's mean, like the papers' "Avg." column
+        rows["mean"] = {key: sum(r[key] for r in results.values()) / len(results) for key, _ in columns[1:3]
+                        if all(isinstance(r.get(key), float) for r in results.values())}
+    for name, res in rows.items():
+        groups = " ".join(f"{g} {v:.3f}" if isinstance(v, float) else f"{g} {v}"
+                          for g, v in (res.get("groups") or {}).items())
+        lines.append(f"{name[-28:]:<28}" + "".join(f"{cell(res, key):>{w}}" for key, w in columns) + f"  {groups}")
     return "\n".join(lines)
 
 
 def run_accuracy(cfg):
     """The accuracy table: every benchmark in --benchmark, this rank's share of it, counts summed over ranks."""
+    loaded, lines = {}, []
     try:  # every benchmark loads before the model and before any result: a bad one stops in one line, losing nothing
-        benchmarks = {name: load_rows(name, cfg) for name in cfg.benchmark.split(",") if name}
+        for label, source, split, config in benchmark_list(cfg):
+            loaded[label], line = load_rows(source, cfg, split, config)
+            lines.append(line)
     except ValueError as err:  # tasks/benchmarks.py's errors name the file, row and field
-        cli.config_error("eval.py", f"--benchmark: {err}")
+        cli.config_error("eval.py", f"--{'suite' if cfg.suite else 'benchmark'}: {err}")
     rank, world, _, device = runs.setup_distributed()
+    if rank == 0:
+        print("\n".join(lines), flush=True)  # "data: <source> split=<name> rows=<n>", one per benchmark
     model, tokenizer, image_processor = load_model(cfg.model, device, cfg.dtype)
     decoder = None
     if cfg.rollout == "engine":
@@ -389,7 +450,7 @@ def run_accuracy(cfg):
                               cfg.min_pixels, cfg.max_pixels, engine=decoder)
     k = cfg.k if cfg.temperature > 0 else 0  # 0 = no sampled metrics (greedy only)
     results = {}
-    for name, rows in benchmarks.items():
+    for name, rows in loaded.items():
         results[name] = evaluate(rows, respond, rank, world, bool(cfg.greedy), k, cfg.temperature,
                                  cfg.batch_size, cfg.seed, cfg.show, lambda t: runs.all_reduce(t.to(device)).cpu(),
                                  desc=name[-30:], progress=rank == 0)
@@ -398,8 +459,8 @@ def run_accuracy(cfg):
         print(table)
         os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
         with open(cfg.out, "w") as f:
-            json.dump({"config": dataclasses.asdict(cfg), "world": world, "table": table, "results": results},
-                      f, indent=1)
+            json.dump({"config": dataclasses.asdict(cfg), "world": world, "data": lines, "table": table,
+                       "results": results}, f, indent=1)
         print(f"saved {cfg.out}")
     if dist.is_initialized():
         dist.destroy_process_group()

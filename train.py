@@ -30,7 +30,7 @@ loop shape after nanochat scripts/chat_rl.py and CleanRL ppo.py.
 
 Run it:
     python train.py                                     # embedded tiny model + VisualMath, CPU, minutes
-    python train.py --model Qwen/Qwen2.5-VL-3B-Instruct --dataset hiyouga/geometry3k --bf16 1
+    python train.py --model Qwen/Qwen2.5-VL-3B-Instruct --dataset hiyouga/geometry3k --bf16 1   # train split; test evaluates
     torchrun --nproc_per_node 8 train.py --model Qwen/Qwen2.5-VL-3B-Instruct ...
     python train.py --resume 1                          # continue exactly where out_dir's newest checkpoint stopped
     python train.py --overwrite 1 --report_to tensorboard   # replace out_dir's run; watch: tensorboard --logdir runs
@@ -61,7 +61,7 @@ import eval as evaluation  # the one evaluator: greedy accuracy, avg@k, interval
 import rollout
 from infra import checkpoints, cli, runs
 from models import family
-from tasks import benchmarks, chains, visualmath
+from tasks import chains, splits, visualmath
 
 # --------------------------------------------------------------------------------------------------
 # Config: one flat dataclass; every field becomes a --flag of the same name.
@@ -72,8 +72,12 @@ from tasks import benchmarks, chains, visualmath
 class Config:
     # Model and data
     model: str = ""                 # HF id or local checkpoint dir; "" = embedded tiny Qwen2.5-VL (models/tiny.py)
-    dataset: str = "visualmath"     # synthetic "visualmath" (v2 grid) | "visualmath-v1" (2 slots) | hub name / local file
-    eval_dataset: str = ""          # "" = a held-out split of the synthetic task (none for a real dataset)
+    dataset: str = "visualmath"     # synthetic "visualmath" (v2 grid) | "visualmath-v1" (2 slots) | hub name / local file or folder (name@split too)
+    split: str = ""                 # split of a real --dataset to train on; "" = train (docs/benchmarks.md)
+    eval_dataset: str = ""          # "" = the synthetic task's held-out seed, or the real dataset's own evaluation split (Geometry3K: test)
+    eval_split: str = ""            # split of the evaluation data; "" = the benchmark's evaluation split (test / testmini)
+    allow_same_rows: int = 0        # 1 = allow evaluating on the rows trained on (refused by default)
+    show_choices: int = 0           # 1 = Geometry3K prompts list its 4 options; 0 = the problem alone, graded on the option text (EasyR1/verl)
     train_size: int = 2048          # VisualMath examples generated for training (ignored for real data)
     eval_size: int = 256            # held-out questions scored at every eval (greedy and avg@eval_k); 0 = no eval
     test_size: int = 0              # synthetic task: a second held-out set (seed + 20000), logged as test_*; never used to choose anything
@@ -104,6 +108,7 @@ class Config:
     overlap_weights: int = 1        # 1 = probe read-out and W on a worker thread, overlapping the forward (same W)
     vppo_frac: float = 0.4          # vppo arm: share of each response's tokens kept, by visual dependency (VPPO: 0.4)
     vppo_blacken: float = 0.5       # vppo arm: probability that a 14-px patch is blackened in the perturbed image
+    vppo_beta_min: float = 0.9      # vppo arm: smallest advantage-shaping factor (VPPO's released scripts: 0.9; code default 0.8)
     entropy_frac: float = 0.2       # entropy arm: share of each response's tokens kept, by entropy (paper: 0.2)
     # Optimization
     steps: int = 40                 # RL steps (one rollout batch each)
@@ -117,6 +122,7 @@ class Config:
     dual_clip: float = 0.0          # dual-clip constant c > 1 for negative advantages (0 = off; 3.0 typical)
     loss_agg: str = "token_mean"    # token_mean (DAPO) | seq_mean_token_mean (GRPO) | seq_mean_token_sum_norm (Dr.GRPO)
     scale_rewards: str = "group"    # group (GRPO) | batch | none (Dr.GRPO)
+    adv_std: str = "sample"         # std of the advantage: sample (n - 1: verl, EasyR1, TRL) | population (n; ours before #30)
     kl_coef: float = 0.0            # beta; > 0 loads a frozen reference model
     kl_estimator: str = "k3"        # k1 | k2 | k3
     ppo_epochs: int = 1             # passes over each rollout batch
@@ -147,7 +153,7 @@ cli.check_data("train.py", "dataset", cfg.dataset, builtin=visualmath.TASKS)
 cli.check_data("train.py", "eval_dataset", cfg.eval_dataset, builtin=("",))
 runs.check_tracker("train.py", cfg.report_to)
 switches = ("mask_truncated", "dynamic_sampling", "sink_debias", "overlap_weights", "grad_checkpointing", "freeze_vision",
-            "bf16", "fsdp", "resume", "overwrite", "log_update")
+            "bf16", "fsdp", "resume", "overwrite", "log_update", "allow_same_rows", "show_choices")
 cli.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n in switches] + [
     ("weighting", cfg.weighting in atrl.MODES, f"use one of {', '.join(atrl.MODES)}"),
     ("weighting", cfg.weighting not in atrl.CLASS_MODES or cfg.dataset in chains.VARIANTS,
@@ -155,6 +161,8 @@ cli.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n i
     ("loss_agg", cfg.loss_agg in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"),
      "use token_mean (DAPO), seq_mean_token_mean (GRPO) or seq_mean_token_sum_norm (Dr.GRPO)"),
     ("scale_rewards", cfg.scale_rewards in ("group", "batch", "none"), "use group, batch or none"),
+    ("adv_std", cfg.adv_std in ("sample", "population"), "use sample (n - 1, as verl and TRL) or population (n)"),
+    ("vppo_beta_min", 0 < cfg.vppo_beta_min <= 1, "must be in (0, 1] (VPPO's scripts: 0.9)"),
     ("kl_estimator", cfg.kl_estimator in ("k1", "k2", "k3"), "use k1, k2 or k3"),
     ("anchor_query", cfg.anchor_query in ("predict", "self"), "use predict or self"),
     ("reward", cfg.reward in ("answer", "starts_with"), "use answer (the task's reward) or starts_with (the RL sanity check)"),
@@ -256,17 +264,13 @@ params = [p for p in model.parameters() if p.requires_grad]
 optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
 
-synthetic = cfg.dataset in visualmath.TASKS
-try:  # tasks/benchmarks.py's errors name the file, row and field: one line, no traceback
-    train_data = visualmath.make(cfg.dataset, cfg.train_size, seed=cfg.seed) if synthetic else benchmarks.load_benchmark(cfg.dataset)
-    eval_data = None  # --eval_size 0, or a real dataset without --eval_dataset: no evaluation
-    if cfg.eval_size and cfg.eval_dataset:
-        eval_data = benchmarks.load_benchmark(cfg.eval_dataset, limit=cfg.eval_size)
-    elif cfg.eval_size and synthetic:  # the synthetic task from a disjoint seed is held out
-        eval_data = visualmath.make(cfg.dataset, cfg.eval_size, seed=cfg.seed + 10_000)
-    test_data = visualmath.make(cfg.dataset, cfg.test_size, seed=cfg.seed + 20_000) if cfg.test_size else None
+try:  # tasks/splits.py: train on train, evaluate on the evaluation split, never both on one set; errors in one line
+    train_data, eval_data, test_data, data_lines = splits.training_data(
+        cfg.dataset, cfg.split, cfg.eval_dataset, cfg.eval_split, cfg.train_size, cfg.eval_size, cfg.seed,
+        bool(cfg.show_choices), bool(cfg.allow_same_rows), cfg.test_size)
 except ValueError as err:
     cli.config_error("train.py", f"--dataset {cfg.dataset!r} / --eval_dataset {cfg.eval_dataset!r}: {err}")
+print0("\n".join(data_lines))  # "data: <source> split=<name> rows=<n>" for the training and the evaluation rows
 image_token_id = model.config.image_token_id
 try:
     probe_layers = list(connectivity.layer_band(cfg.probe_layers, model.config.text_config.num_hidden_layers))
@@ -384,7 +388,8 @@ def old_policy_pass(batch, loss_mask, P, stats, timing):
                 W[i:i + micro] = collect_weights(mask, stats, timing, entropy, i)
     if cfg.weighting == "vppo":
         W, st = atrl.token_weights_with_stats(None, None, loss_mask.bool(), "vppo", select_frac=cfg.vppo_frac,
-                                              dependency=atrl.visual_dependency(old_logp, perturbed_logp))
+                                              dependency=atrl.visual_dependency(old_logp, perturbed_logp),
+                                              beta_min=cfg.vppo_beta_min)
         stats.append(st)
     return old_logp, W
 
@@ -492,7 +497,7 @@ for step in bar:
     classes = chains.label_batch(tokenizer, batch).to(device) if cfg.dataset in chains.VARIANTS else None   # (B, T)
     t_rollout = time.perf_counter() - t0
     # 3) group advantages A[i] (zero for all-equal groups: they carry no signal)
-    adv = atrl.group_advantages(batch["rewards"], cfg.group_size, scale=cfg.scale_rewards)     # (B,)
+    adv = atrl.group_advantages(batch["rewards"], cfg.group_size, scale=cfg.scale_rewards, std=cfg.adv_std)  # (B,)
     loss_mask = batch["response_mask"].float()                                                  # (B, T)
     if cfg.mask_truncated:  # DAPO overlong filtering: a cut-off answer is not evidence of a wrong one
         loss_mask = loss_mask * (~batch["truncated"]).float()[:, None]

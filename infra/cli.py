@@ -108,7 +108,10 @@ def hub_shaped(value):
 
 
 def check_data(prog, flag, value, builtin=()):
-    """A dataset value must be built in (`builtin`), an existing file/folder, or a hub id (owner/name)."""
+    """A dataset value must be built in (`builtin`), an existing file/folder, or a hub id (owner/name); a trailing
+    `@split` (EasyR1's spelling, e.g. hiyouga/geometry3k@train) names the split and is checked by the loader."""
+    if "@" in value and not os.path.exists(value):
+        value = value.rsplit("@", 1)[0]
     if value in builtin or os.path.exists(value) or hub_shaped(value):
         return
     names = [b for b in builtin if b]  # "" (nothing) is allowed but is no name to suggest

@@ -1,117 +1,68 @@
-"""Data for AT-RL: benchmark loaders into one schema, so the RL loop never sees a dataset's own layout.
+"""Real benchmarks in one schema: a hub id, a local copy in its release's layout, or one file -> rows the RL loop reads.
 
-Everything the RL loop reads comes through one schema (UNIFIED_FEATURES): an image, a question, a gold
-answer, optional choices, MathVista's precision/unit, and -- for the synthetic VisualMath task only
-(tasks/visualmath.py) -- the ground-truth `perception` values (what must be read off the image) and a reference
-response.
+    load_split(name, split, role) -> (datasets.Dataset in the unified schema, info)   info feeds data_line()
+    load_benchmark(name, split)   -> the Dataset alone
+    data_line(info, role)         -> "data: hiyouga/geometry3k split=train rows=2101 (training)"
+    format_question(row)          -> the question as the model sees it, choices written as "A. ..." lines
 
-    load_benchmark(hub name | parquet/json/jsonl | folder) for Geometry3K, MathVista (testmini), MathVerse
-    and ViRL39K -> the unified schema, with errors that name the row and the field
-    format_question(row) -> the question as the model sees it, choices written as "A. ..." lines
+Every row has the shared columns of UNIFIED_FEATURES (the synthetic task's too: tasks/visualmath.py) -- id, image,
+question, answer, choices, perception, response, precision, unit, source -- and benchmark rows four more
+(BENCHMARK_FEATURES): question_type (multi_choice | free_form, from the benchmark's own label), answer_type,
+images_total (images the row really had) and meta (a JSON object the benchmark's scorer reads: tasks/scorers.py).
 
-Where we choose: multi-image rows keep their first image (the pipeline is single-image); the ViRL39K hub
-layout (images in a separate zip) raises an error that asks for a local copy.
-The rest of the data story: tasks/visualmath.py (the synthetic task), tasks/grading.py (answers -> rewards).
+Which split (names are matched exactly; `name@split` is EasyR1's spelling of the same thing):
+  - asked for: that split, or a one-line error naming the splits the data has;
+  - role "train": the benchmark's train split (an evaluation-only benchmark refuses, naming its splits);
+  - role "eval": the benchmark's evaluation split as papers report it (tasks/suite.py: test, testmini, DynaMath's
+    ten variants), else the only split present, else testmini / test / validation.
+Folders are read as the hub reads them (tasks/layouts.py): README configs, shards, stems, keywords; one copy per
+split (parquet before json).
 
+Where we choose (counted in the data line, never a failed load):
+  1. A row without an image is skipped (the pipeline puts one image in every prompt; ViRL39K's DeepScaleR rows).
+  2. A row without a gold answer is skipped (LogicVista's empty v1_382); a split with no gold at all is an error
+     (MathVista's test split withholds its answers).
+  3. A repeated id within a split is dropped after its first row; multi-image rows keep their first image.
+Errors name the file, the row and the field. `datasets` and `pyarrow` are imported only by the functions that
+build or read them, so the synthetic task and the GPU path never need them here.
 Run: `python -m pytest -q tests/test_loaders.py`.
 """
 
 import io
 import json
 import os
-import re
 
-import datasets
 import PIL.Image
 
-from tasks import grading
+from tasks import grading, layouts, suite
 
-# Every benchmark arrives in its own schema; the rest of the project sees only the unified one:
-#   id: str, image: PIL.Image, question: str, answer: str, choices: list[str], perception: list[str],
-#   response: str, precision: int | None, unit: str, source: str
-# Schemas we read (column names from the dataset cards on the Hugging Face hub):
-#   geometry3k  hiyouga/geometry3k: images (list of images), problem ("<image>..."), answer
-#               (option text), optional id, choices, ground_truth (letter).
-#   mathvista   AI4Math/MathVista (testmini): pid, question, image (relative path), decoded_image,
-#               choices (None for free-form), answer (option TEXT for multi_choice), precision,
-#               unit, question_type, answer_type, query. The GitHub release's testmini.json is a
-#               dict {pid: row}; we accept that too.
-#   mathverse   AI4Math/MathVerse (testmini): sample_index, problem_version, question (choices
-#               written inside it), image, answer (a letter for multi-choice), question_type.
-#   virl39k     TIGER-Lab/ViRL39K: qid, question ("<image>...", choices inside it), answer
-#               ("\boxed{...}"), image (list of relative paths), category, source, PassRate_*.
-# Images may be a PIL image, raw bytes, {"bytes", "path"} dicts (datasets' encoding), a path
-# relative to the data file, or a list of these (we keep the first: the pipeline is single-image).
-# NOTE: rows are validated as they are read, so a bad row fails here with its index and field
-# instead of deep inside a rollout hours later.
-
-UNIFIED_FEATURES = datasets.Features({
-    "id": datasets.Value("string"),
-    "image": datasets.Image(),              # decoded lazily to PIL, in the file's own mode
-    "question": datasets.Value("string"),   # without "<image>" placeholders and inline choices
-    "answer": datasets.Value("string"),
-    "choices": datasets.List(datasets.Value("string")),  # [] for free-form questions
-    "perception": datasets.List(datasets.Value("string")),  # [] for benchmarks (synthetic only)
-    "response": datasets.Value("string"),   # reference response, "" when none
-    "precision": datasets.Value("int32"),   # decimals to round to (MathVista floats) or None
-    "unit": datasets.Value("string"),
-    "source": datasets.Value("string"),
-})
-
-# Columns whose presence identifies each schema, checked in this order (the most specific first).
-_SCHEMA_MARKERS = (
-    ("mathverse", ("sample_index", "problem_version", "query_cot")),
-    ("mathvista", ("pid", "decoded_image", "answer_type")),
-    ("virl39k", ("qid", "PassRate_32BTrained", "PassRate_7BUntrained")),
-    ("geometry3k", ("problem",)),
-)
-# One option line of a question with inline choices: "A. 3", "B: 4", "(C) 5", "D) 6".
-_OPTION_LINE = re.compile(r"\(?([A-Z])[.:)]\)?\s*(.*)")
-# Hub split used when none is given.
-_DEFAULT_SPLIT = {"geometry3k": "test", "mathvista": "testmini", "mathverse": "testmini",
-                  "virl39k": "train"}
+# The shared columns (name -> datasets feature), and the benchmark rows' extra ones. Features are built on first
+# use (module __getattr__ below) so that importing this module never imports datasets.
+_SHARED = (("id", "string"), ("image", "image"), ("question", "string"), ("answer", "string"),
+           ("choices", "strings"), ("perception", "strings"), ("response", "string"), ("precision", "int32"),
+           ("unit", "string"), ("source", "string"))
+_EXTRA = (("question_type", "string"), ("answer_type", "string"), ("images_total", "int32"), ("meta", "string"))
+EVAL_SPLIT_NAMES = ("testmini", "test", "validation", "val", "dev")  # preference when a benchmark is unknown
 
 
-def detect_schema(columns):
-    """Name of the benchmark schema these column names belong to.
-
-    >>> detect_schema(["pid", "question", "image", "answer"]), detect_schema(["images", "problem", "answer"])
-    ('mathvista', 'geometry3k')
-    """
-    columns = set(columns)
-    for name, markers in _SCHEMA_MARKERS:
-        if columns & set(markers):
-            return name
-    raise ValueError(
-        f"cannot tell the benchmark schema from the columns {sorted(columns)}; expected one of "
-        + "; ".join(f"{n} (any of {list(m)})" for n, m in _SCHEMA_MARKERS)
-        + ". Pass schema='geometry3k'|'mathvista'|'mathverse'|'virl39k' explicitly.")
+def _features(columns):
+    import datasets
+    kinds = {"string": datasets.Value("string"), "int32": datasets.Value("int32"), "image": datasets.Image(),
+             "strings": datasets.List(datasets.Value("string"))}
+    return datasets.Features({name: kinds[kind] for name, kind in columns})
 
 
-def split_inline_choices(text):
-    """Split options written inside a question ("Choices:\\nA: 3\\nB: 4") off the question text.
+def __getattr__(name):
+    """UNIFIED_FEATURES / BENCHMARK_FEATURES, built when first read (PEP 562), so `datasets` loads only then."""
+    if name == "UNIFIED_FEATURES":
+        return _features(_SHARED)
+    if name == "BENCHMARK_FEATURES":
+        return _features(_SHARED + _EXTRA)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    Options must be consecutive letters from A, one per line, after a "Choices:"/"Options:" line or
-    as the question's last lines; anything else leaves the text untouched.
-    >>> split_inline_choices("Find x.\\nChoices:\\nA:3\\nB: 4.5")
-    ('Find x.', ['3', '4.5'])
-    >>> split_inline_choices("How many? A is a point.")
-    ('How many? A is a point.', [])
-    """
-    lines = text.rstrip().split("\n")
-    options, k = [], len(lines)
-    while k > 0:  # walk up from the last line collecting "A. text" / "A: text" / "(A) text" lines
-        m = _OPTION_LINE.fullmatch(lines[k - 1].strip())
-        if not m:
-            break
-        options.insert(0, (m.group(1), m.group(2).strip()))
-        k -= 1
-    if len(options) < 2 or [letter for letter, _ in options] != list(grading.CHOICE_LETTERS[:len(options)]):
-        return text, []
-    head = lines[:k]
-    if head and head[-1].strip().lower().rstrip(":") in ("choices", "options", "choice", "option"):
-        head = head[:-1]
-    return "\n".join(head).strip(), [option for _, option in options]
+
+detect_schema = suite.detect_schema
+split_inline_choices = suite.split_inline_choices
 
 
 def format_question(example):
@@ -127,58 +78,10 @@ def format_question(example):
     return question + "\nChoices:\n" + "\n".join(f"{grading.CHOICE_LETTERS[i]}. {c}" for i, c in enumerate(choices))
 
 
-def _read_rows(path, split):
-    """Raw rows (list of dicts) of a local parquet/json/jsonl file, or of the split's file(s) in a
-    folder. Returns (rows, base_dir) where base_dir resolves relative image paths."""
-    if os.path.isdir(path):
-        files = sorted(f for f in os.listdir(path) if f.endswith((".parquet", ".json", ".jsonl")))
-        if split:
-            files = [f for f in files if split in f] or files
-        if not files:
-            raise ValueError(f"{path}: no .parquet/.json/.jsonl file in this folder")
-        rows = []
-        for f in files:
-            rows += _read_rows(os.path.join(path, f), None)[0]
-        return rows, path
-    base = os.path.dirname(os.path.abspath(path))
-    if path.endswith(".parquet"):
-        import pyarrow.parquet  # ships with datasets
-        return pyarrow.parquet.read_table(path).to_pylist(), base
-    if path.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as fh:
-            rows = []
-            for n, line in enumerate(fh):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"{path}: line {n + 1} is not valid JSON ({err})") from None
-            return rows, base
-    if path.endswith(".json"):
-        with open(path, encoding="utf-8") as fh:
-            content = json.load(fh)
-        if isinstance(content, dict):  # MathVista's testmini.json: {pid: row}; or {"data": [rows]}
-            content = content["data"] if isinstance(content.get("data"), list) else list(content.values())
-        return content, base
-    raise ValueError(f"{path}: unsupported file type; use .parquet, .json or .jsonl (or a hub name)")
+# --- images -------------------------------------------------------------------------------------------------
 
-
-def _field(row, index, names, what):
-    """First present, non-None value among `names`, else a ValueError naming the row and field."""
-    for name in names:
-        if row.get(name) is not None:
-            return row[name]
-    raise ValueError(f"row {index}: field {' or '.join(repr(n) for n in names)} is missing or null "
-                     f"({what}); present fields: {sorted(k for k, v in row.items() if v is not None)}. "
-                     f"Fix the data file or pass the right schema=.")
-
-
-def _image_value(value, index, field, base_dir):
-    """One image reference -> something datasets.Image() encodes: PIL, {"bytes"} or {"path"}."""
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise ValueError(f"row {index}: field {field!r} is an empty list of images")
-        value = value[0]
+def _image_value(value, where, field, base_dir):
+    """One image reference -> what datasets.Image() encodes: PIL, {"bytes"} or {"path"}. `where` = "file: row i"."""
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
     if isinstance(value, PIL.Image.Image):
@@ -187,117 +90,221 @@ def _image_value(value, index, field, base_dir):
         try:
             PIL.Image.open(io.BytesIO(value))  # reads the header only
         except Exception as err:
-            raise ValueError(f"row {index}: field {field!r} holds {len(value)} bytes that are not an "
-                             f"image PIL can read ({type(err).__name__})") from None
+            raise ValueError(f"{where}: field {field!r} holds {len(value)} bytes that are not an image PIL can read "
+                             f"({type(err).__name__})") from None
         return {"bytes": bytes(value), "path": None}
     if isinstance(value, str) and value:
         path = value if os.path.isabs(value) else os.path.join(base_dir or "", value)
         if not os.path.isfile(path) and base_dir is None:
-            # e.g. TIGER-Lab/ViRL39K: the parquet lists paths into a separate images.zip
-            raise ValueError(f"row {index}: field {field!r} is a relative image path {value!r} but the "
-                             f"rows came from the hub; download the dataset, unpack its images next to "
-                             f"the data file and pass the local file path instead")
+            # e.g. TIGER-Lab/ViRL39K on the hub: the parquet lists paths into a separate images.zip
+            raise ValueError(f"{where}: field {field!r} is a relative image path {value!r} but the rows came from the "
+                             f"hub; download the dataset, unzip its images next to the data file and pass the folder")
         if not os.path.isfile(path):
-            raise ValueError(f"row {index}: image file {value!r} (field {field!r}) not found at {path}; "
-                             f"relative paths are read from the data file's folder {base_dir}")
+            raise ValueError(f"{where}: image file {value!r} (field {field!r}) not found at {path}; relative paths are "
+                             f"read from the data file's folder {base_dir} (unzip the release's images.zip there)")
         try:
             with PIL.Image.open(path):
                 pass
         except Exception as err:
-            raise ValueError(f"row {index}: image file {path} (field {field!r}) is not an image PIL "
-                             f"can read ({type(err).__name__})") from None
+            raise ValueError(f"{where}: image file {path} (field {field!r}) is not an image PIL can read "
+                             f"({type(err).__name__})") from None
         return {"path": path, "bytes": None}
-    raise ValueError(f"row {index}: field {field!r} has no usable image (got {type(value).__name__}); "
-                     f"expected a path, bytes, a PIL image or a {{'bytes', 'path'}} dict")
+    raise ValueError(f"{where}: field {field!r} has no usable image (got {type(value).__name__}); expected a path, "
+                     f"bytes, a PIL image or a {{'bytes', 'path'}} dict")
 
 
-def _normalize_row(row, index, schema, base_dir):
-    """One raw benchmark row -> one unified example (validated)."""
-    question_fields = ("problem", "question") if schema == "geometry3k" else ("question",)
-    question = str(_field(row, index, question_fields, "the question text"))
-    answer = _field(row, index, ("answer",), "the gold answer")
-    if isinstance(answer, (list, tuple)):
-        answer = answer[0] if len(answer) == 1 else ", ".join(map(str, answer))
-    answer = str(answer).strip()
-    if schema == "virl39k":
-        answer = grading.last_boxed(answer) or answer  # ViRL39K golds are all "\boxed{...}"
-    if not answer:
-        raise ValueError(f"row {index}: field 'answer' is empty; every example needs a gold answer")
-    choices = row.get("choices") or []
-    if isinstance(choices, str):  # a JSON-encoded list in some csv/json exports
-        try:
-            choices = json.loads(choices)
-        except json.JSONDecodeError:
-            choices = [choices]
-    choices = [str(c) for c in choices]
-    # "<image>" placeholders mark where the image goes; our prompt places the image itself.
-    question = question.replace("<image>", "").strip()
-    if not choices and schema in ("mathverse", "virl39k"):
-        question, choices = split_inline_choices(question)
-    if schema == "mathvista":
-        image_fields = ("decoded_image", "image")
-    elif schema == "geometry3k":
-        image_fields = ("images", "image")
-    else:
-        image_fields = ("image", "images")
-    image_field = next((f for f in image_fields if row.get(f) not in (None, [], "")), image_fields[0])
-    image = _image_value(_field(row, index, image_fields, "the image"), index, image_field, base_dir)
-    precision = row.get("precision")
-    try:
-        precision = None if precision is None or precision != precision else int(precision)  # NaN
-    except (TypeError, ValueError):
-        raise ValueError(f"row {index}: field 'precision' must be a whole number of decimals, "
-                         f"got {precision!r}") from None
-    ident = next((row[k] for k in ("id", "pid", "qid", "sample_index") if row.get(k) is not None), index)
-    return {
-        "id": str(ident), "image": image, "question": question, "answer": answer, "choices": choices,
-        "perception": [], "response": "", "precision": precision, "unit": str(row.get("unit") or ""),
-        "source": schema,
-    }
+# --- which split ----------------------------------------------------------------------------------------------
+
+def default_split(bench, present, role):
+    """The split to read when none is asked for (module docstring). bench: suite.Benchmark or None; present: the
+    split names a local copy holds (None for a hub id)."""
+    title = bench.title if bench else "this data"
+    if role == "train":
+        if bench is not None and not bench.train_split:
+            raise ValueError(f"{title} is an evaluation benchmark with no training split"
+                             + (f" (splits: {', '.join(present)})" if present else "")
+                             + "; train on a training set, or name a split to train on it anyway (--split)")
+        want = bench.train_split if bench else "train"
+        if present is not None and want not in present:
+            raise ValueError(f"no {want!r} split to train on; splits present: {', '.join(present)} "
+                             f"(name one with --split to train on it anyway)")
+        return want
+    if bench is not None and bench.eval_split and (present is None or
+                                                   all(p in present for p in bench.eval_split.split("+"))):
+        return bench.eval_split
+    if present is not None and len(present) == 1:
+        return present[0]
+    for name in EVAL_SPLIT_NAMES:
+        if present is not None and name in present:
+            return name
+    raise ValueError(f"cannot tell which split of {title} to evaluate on"
+                     + (f" (splits: {', '.join(present)})" if present else "") + "; pass --split")
 
 
-def load_benchmark(name_or_path, split=None, schema=None, limit=None):
-    """A benchmark as a datasets.Dataset in the unified schema (UNIFIED_FEATURES).
+def _columns(path):
+    """Column names of a data file, read cheaply (parquet: the schema only)."""
+    if path.lower().endswith(".parquet"):
+        import pyarrow.parquet
+        return pyarrow.parquet.read_schema(path).names
+    rows = layouts.read_rows(path)
+    return list(rows[0][0]) if rows else []
 
-    name_or_path: a local .parquet/.json/.jsonl file (or a folder of them; `split` picks the files
-    whose name contains it) with images as bytes or paths relative to the file, or a hub dataset
-    name (needs network: datasets.load_dataset). schema: geometry3k|mathvista|mathverse|virl39k,
-    or None to detect it from the columns. limit: keep the first `limit` rows.
-    Raises ValueError naming the row index and field when a row is missing something.
+
+def _locate(name, split, role, schema, config):
+    """Where the rows are: (kind "folder" | "file" | "hub", [(split part, [files] or None, config)], schema, bench)."""
+    if os.path.isdir(name):
+        present = layouts.split_names(name, config)
+        bench = suite.benchmark(schema) if schema else None
+        if bench is None and schema is None:  # read the benchmark off the columns of the folder's first file
+            first = next(f for files in layouts.folder_splits(name, config)[0].values() for f in files)
+            bench = suite.benchmark(suite.detect_schema(_columns(os.path.join(name, first))))
+        config = config or (bench.config if bench and bench.config else None)
+        if config and not layouts.readme_configs(name)[0]:
+            config = None  # a folder without a card has no configs: the suite's config names the hub subset only
+        split = split or default_split(bench, present, role)
+        parts = [(part, *layouts.find_split(name, part, config)) for part in split.split("+")]
+        return "folder", split, parts, schema or (bench.name if bench else None), bench
+    if os.path.isfile(name):
+        inferred = layouts.infer_split(name)
+        if split and split != inferred:
+            raise ValueError(f"{name} holds split {inferred!r} (by its file name), not {split!r}; pass the folder "
+                             f"that holds the {split!r} file, or drop --split")
+        if role == "train" and not split and inferred in EVAL_SPLIT_NAMES:
+            raise ValueError(f"{name} is named as an evaluation split ({inferred!r}); to train on it anyway pass "
+                             f"--split {inferred}")
+        return "file", inferred, [(inferred, [name], None)], schema, suite.benchmark(schema)
+    if name.endswith(layouts.DATA_EXTENSIONS) or name.startswith((".", "/")):
+        raise ValueError(f"{name}: file not found (a hub name looks like 'owner/name')")
+    bench = suite.benchmark(name) or suite.benchmark(schema)
+    config = config or (bench.config if bench and bench.config else None)
+    split = split or default_split(bench, None, role)
+    return "hub", split, [(part, None, config) for part in split.split("+")], schema or (bench.name if bench else None), bench
+
+
+def _hub_rows(name, config, split):
+    """Rows of a hub split, images left undecoded ({"bytes", "path"}) so nothing is decoded twice (needs network)."""
+    import datasets
+    hub = datasets.load_dataset(name, config, split=split)
+    for column, feature in hub.features.items():
+        if isinstance(feature, datasets.Image):
+            hub = hub.cast_column(column, datasets.Image(decode=False))
+        elif isinstance(feature, (datasets.List, datasets.Sequence)) and isinstance(getattr(feature, "feature", None),
+                                                                                    datasets.Image):
+            hub = hub.cast_column(column, datasets.List(datasets.Image(decode=False)))
+    return [(row, f"{name}[{split}]", i) for i, row in enumerate(hub)]
+
+
+# --- loading ----------------------------------------------------------------------------------------------------
+
+def load_split(name, split=None, role="eval", schema=None, limit=None, config=None, show_choices=False):
+    """(Dataset in BENCHMARK_FEATURES, info) of one split of a benchmark.
+
+    name: a local folder (read in its release's layout), a .parquet/.json/.jsonl file, or a hub id (network);
+    `name@split` names the split too. split: exact name, "a+b" for several (concatenated; ids get "@a"), None for
+    the role's default. role: "train" | "eval" (module docstring). schema: suite.SCHEMAS or None to detect it.
+    limit: keep the first `limit` rows. config: the README config / hub subset (None: the suite's).
+    show_choices: Geometry3K lists its options (tasks/suite.py, choice 1).
+    info: {source, split, config, schema, rows, skipped {reason: count}, images_dropped, multi_image_rows,
+    limited, files}. Raises ValueError naming the file, row and field, or the splits present.
     """
-    if schema is not None and schema not in _DEFAULT_SPLIT:
-        raise ValueError(f"schema={schema!r} is unknown; use one of {sorted(_DEFAULT_SPLIT)} or None")
-    if os.path.exists(name_or_path):
-        rows, base_dir = _read_rows(name_or_path, split)
-        rows = rows[:limit] if limit is not None else rows
-    elif name_or_path.endswith((".parquet", ".json", ".jsonl")) or name_or_path.startswith((".", "/")):
-        raise ValueError(f"{name_or_path}: file not found (a hub name looks like 'owner/name')")
-    else:
-        # Hub path (not exercised by the tests: no network here). Images come back undecoded
-        # ({"bytes", "path"}) so that nothing is decoded twice.
-        guess = schema or next((n for n in _DEFAULT_SPLIT if n in name_or_path.lower()), None)
-        config = "testmini" if guess == "mathverse" else None  # MathVerse's hub configs
-        split = split or _DEFAULT_SPLIT.get(guess)
-        if split is None:
-            raise ValueError(f"{name_or_path}: pass split= (cannot guess it for an unknown benchmark)")
-        hub = datasets.load_dataset(name_or_path, config, split=split)
-        if limit is not None:
-            hub = hub.select(range(min(limit, len(hub))))
-        for column, feature in hub.features.items():
-            if isinstance(feature, datasets.Image):
-                hub = hub.cast_column(column, datasets.Image(decode=False))
-            elif isinstance(feature, (datasets.List, datasets.Sequence)) and isinstance(
-                    getattr(feature, "feature", None), datasets.Image):
-                hub = hub.cast_column(column, datasets.List(datasets.Image(decode=False)))
-        rows, base_dir = list(hub), None
-    if not rows:
-        raise ValueError(f"{name_or_path}: no rows (split={split!r})")
-    if not all(isinstance(r, dict) for r in rows):
-        raise ValueError(f"{name_or_path}: expected one JSON object (dict) per row")
-    schema = schema or detect_schema(rows[0].keys())
-    try:
-        examples = [_normalize_row(row, i, schema, base_dir) for i, row in enumerate(rows)]
-    except ValueError as err:  # say which data (and schema) the row index refers to
-        raise ValueError(f"{name_or_path} (schema {schema}): {err}") from None
-    columns = {key: [ex[key] for ex in examples] for key in UNIFIED_FEATURES}
-    return datasets.Dataset.from_dict(columns, features=UNIFIED_FEATURES)
+    if schema is not None and schema not in suite.SCHEMAS:
+        raise ValueError(f"schema={schema!r} is unknown; use one of {', '.join(suite.SCHEMAS)} or None")
+    if "@" in name and not os.path.exists(name):
+        name, named = name.rsplit("@", 1)
+        if split and split != named:
+            raise ValueError(f"{name}@{named} and split {split!r} disagree; name the split once")
+        split = named
+    kind, split, parts, schema, bench = _locate(name, split, role, schema, config)
+    skipped = {"no image": 0, "no gold answer": 0, "duplicate id": 0}
+    columns = {key: [] for key, _ in _SHARED + _EXTRA}
+    seen, dropped, multi, files, done = set(), 0, 0, [], False
+    for part, part_files, part_config in parts:
+        config = part_config
+        raw = _hub_rows(name, part_config, part) if part_files is None else [
+            r for f in part_files for r in layouts.read_rows(f)]
+        files += part_files or [name]
+        if raw and schema is None:
+            schema = suite.detect_schema(raw[0][0].keys())
+        for n, (row, where_file, index) in enumerate(raw):
+            where = f"{where_file}: row {index}"
+            try:
+                fields = suite.convert_row(schema, row, part, show_choices)
+            except ValueError as err:
+                raise ValueError(f"{where} ({schema}): {err}") from None
+            if not fields["images"]:
+                skipped["no image"] += 1
+                continue
+            if not fields["answer"]:
+                skipped["no gold answer"] += 1
+                continue
+            ident = str(fields["id"]) if fields["id"] is not None else f"{os.path.basename(where_file)}-{n}"
+            ident += f"@{part}" if len(parts) > 1 else ""
+            if ident in seen:  # choice 3: a repeated id is the same question again
+                skipped["duplicate id"] += 1
+                continue
+            seen.add(ident)
+            base = os.path.dirname(os.path.abspath(where_file)) if part_files is not None else None
+            image = _image_value(fields["images"][0], where, "image", base)
+            dropped += len(fields["images"]) - 1
+            multi += len(fields["images"]) > 1
+            unified = {"id": ident, "image": image, "question": fields["question"], "answer": fields["answer"],
+                       "choices": fields["choices"], "perception": [], "response": "", "precision": fields["precision"],
+                       "unit": fields["unit"], "source": schema, "question_type": fields["question_type"],
+                       "answer_type": fields["answer_type"], "images_total": len(fields["images"]),
+                       "meta": json.dumps(fields["meta"], default=str)}
+            for key in columns:
+                columns[key].append(unified[key])
+            if limit is not None and len(seen) >= limit:
+                done = True
+                break
+        if done:
+            break
+    if not columns["id"]:
+        if skipped["no gold answer"]:
+            raise ValueError(f"{name} split {split!r}: no row has a gold answer (a benchmark's hidden test split, like "
+                             f"MathVista's test?); evaluate on the split with answers (testmini)")
+        raise ValueError(f"{name} split {split!r}: no usable row ({skipped['no image']} without an image)")
+    import datasets
+    dataset = datasets.Dataset.from_dict(columns, features=__getattr__("BENCHMARK_FEATURES"))
+    info = {"source": name, "split": split, "config": config, "schema": schema, "rows": len(dataset),
+            "skipped": {k: v for k, v in skipped.items() if v}, "images_dropped": dropped, "multi_image_rows": multi,
+            "limited": done, "files": [os.path.abspath(f) if kind != "hub" else f for f in files], "kind": kind}
+    return dataset, info
+
+
+def load_benchmark(name, split=None, schema=None, limit=None, config=None, show_choices=False, role="eval"):
+    """A benchmark split as a datasets.Dataset in the unified schema (load_split without the info)."""
+    return load_split(name, split, role, schema, limit, config, show_choices)[0]
+
+
+def data_line(info, role=""):
+    """The one line train.py and eval.py print before they start.
+
+    >>> data_line({"source": "virl39k/", "split": "train", "rows": 4, "skipped": {"no image": 3},
+    ...            "images_dropped": 1, "multi_image_rows": 1, "limited": False}, "training")
+    'data: virl39k/ split=train rows=4 skipped=3 (no image 3) images_dropped=1 (1 multi-image row) (training)'
+    """
+    parts = info["split"].split("+")
+    split = info["split"] if len(parts) <= 3 else f"{parts[0]}+...+{parts[-1]} ({len(parts)} splits)"
+    line = f"data: {info['source']} split={split}"
+    line += f" config={info['config']!r}" if info.get("config") not in (None, "default") else ""
+    line += f" rows={info['rows']}" + (" (limit)" if info.get("limited") else "")
+    skipped = info.get("skipped") or {}
+    if skipped:
+        line += f" skipped={sum(skipped.values())} (" + ", ".join(f"{k} {v}" for k, v in skipped.items()) + ")"
+    if info.get("images_dropped"):
+        rows = info["multi_image_rows"]
+        line += f" images_dropped={info['images_dropped']} ({rows} multi-image row{'s' * (rows != 1)})"
+    return line + (f" ({role})" if role else "")
+
+
+def same_rows(a, b):
+    """Why two loads read the same rows (a shared file, or one hub split), or "" when they do not."""
+    if a["kind"] == b["kind"] == "hub":
+        parts = set(a["split"].split("+")) & set(b["split"].split("+"))
+        if a["source"].lower() == b["source"].lower() and a.get("config") == b.get("config") and parts:
+            return f"both read {a['source']} split {', '.join(sorted(parts))}"
+        return ""
+    shared = set(a["files"]) & set(b["files"])
+    return f"both read {sorted(shared)[0]}" + (f" and {len(shared) - 1} more file(s)" if len(shared) > 1 else "") \
+        if shared else ""

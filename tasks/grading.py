@@ -43,7 +43,14 @@ _LETTER_ANSWER = re.compile(r"\(([A-Za-z])\)|([A-Za-z])(?:$|[.:),])")
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?%?|[-+]?\.\d+%?")
 _THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _PLAIN_DECIMAL = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
-_LEADING_VARIABLE = re.compile(r"^[a-z]\w{0,10}\s{0,3}=\s{0,3}")   # "x = 5" -> "5"
+# The name left of an answer's last "=": "x", "m∠h", "∠2", "area", "d" (no operators, digits only inside it):
+# "m\angle H = 97" and "Area $=113.1 \mathrm{~cm}^{2}$" are their right-hand sides.
+_ANSWER_NAME = re.compile(r"[a-z∠][a-z0-9_∠{}^' ]{0,40}")
+# A bearing written with a degree sign and T (True north): "315^\circT", "118掳T" (掳 is ° read in the wrong encoding).
+_BEARING_T = re.compile(r"((?:°|掳|\\circ)\}?) ?T\b")
+# A unit glued to pi: "4πcm" is 4π (MathVista options), as is "4\pi cm".
+_COMPASS = re.compile(r"[nsew]\s{0,3}[\d.]+\s{0,3}[nsew]")      # "s 23.5 w": a bearing, whose last letter is no unit
+_PI_UNIT = re.compile(r"pi ?(?:mm|cm|m|km|in|ft|units?)(?:\^\{?[23]\}?)?$")
 # "5 cm^2" -> unit "cm^2". Digits only after "^": "5 or 3" must not normalise to "5".
 _TRAILING_WORDS = re.compile(r"\s{0,3}([a-z][a-z./ ]{0,40}(?:\^\{?[23]\}?)?)$")
 _NOT_UNITS = {"pi", "sqrt", "e", "i"}                               # letters that carry value
@@ -52,6 +59,8 @@ _KNOWN_UNITS = {"mm", "cm", "m", "km", "in", "ft", "yd", "mi", "mg", "g", "kg", 
                 "sec", "min", "h", "hr", "ml", "l", "units", "unit", "deg", "px", "mph", "kmh"}
 _BOXED = re.compile(r"\\(?:boxed|fbox)(?: {0,3}\{| {1,3}[^\s{])")   # "\boxed{" or "\boxed 5"
 _BRACE = re.compile(r"[{}]")
+# Two or more option letters: "B, D", "A and C", "A & C", "AC" (LogicVista's multi-answer golds).
+_LETTER_SET = re.compile(r"[A-J](?:\s{0,3}(?:,|and|&|;)?\s{0,3}[A-J]){1,9}")
 _TIGHT_PUNCT = re.compile(r"\s*([^\w\s])\s*")
 
 
@@ -215,12 +224,12 @@ def _normalize(s):
     >>> _normalize("x = 5 cm"), _normalize("5 or 3")
     ('5', '5 or 3')
     """
-    s = str(s).strip()
+    s = _BEARING_T.sub(r"\1", str(s).strip())
     for a, b in (("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\left", ""), ("\\right", ""),
                  ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\ ", " "), ("\\%", "%"), ("\\$", ""),
-                 ("^{\\circ}", ""), ("^\\circ", ""), ("\\circ", ""), ("°", ""), ("\\cdot", "*"),
+                 ("^{\\circ}", ""), ("^\\circ", ""), ("\\circ", ""), ("°", ""), ("掳", ""), ("\\cdot", "*"),
                  ("\\times", "*"), ("\\pi", "pi"), ("π", "pi"), ("√", "\\sqrt"), ("−", "-"),
-                 ("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", ""), ("$", "")):
+                 ("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", ""), ("$", ""), ("\\angle", "∠"), ("~", " ")):
         s = s.replace(a, b)
     for cmd in ("\\text", "\\textbf", "\\textrm", "\\texttt", "\\mathrm", "\\mathbf", "\\mathit",
                 "\\boldsymbol", "\\mbox", "\\operatorname"):
@@ -228,12 +237,15 @@ def _normalize(s):
     s = _replace_braced_command(s, "\\frac", lambda a, b: f"({a})/({b})")
     s = _replace_braced_command(s, "\\sqrt", lambda a: f"sqrt({a})")
     s = s.lower().strip().rstrip(".").strip()
-    s = _LEADING_VARIABLE.sub("", s)
+    lhs, eq, rhs = s.rpartition("=")
+    if eq and rhs.strip() and _ANSWER_NAME.fullmatch(lhs.strip()):
+        s = rhs.strip()  # "x = 5", "m∠h = 97": the value named
+    s = _PI_UNIT.sub("pi", s)
     for word in (" degrees", " degree", " percent"):
         if s.endswith(word):
             s = s[: -len(word)] + ("%" if word == " percent" else "")
     # Drop a trailing unit ("5 cm", "12 units", "3 cm^2") unless the "unit" is pi/sqrt/e.
-    unit = _TRAILING_WORDS.search(s)
+    unit = None if _COMPASS.fullmatch(s) else _TRAILING_WORDS.search(s)
     if unit and unit.start() > 0:
         words = set(re.split(r"[\s./^]+", unit.group(1)))
         spaced = s[unit.start()] == " "
@@ -425,8 +437,12 @@ def _is_correct(pred, gold, choices=None, precision=None):
     # Multiple choice: map both sides to an option index when they name one.
     if choices:
         gold_idx, pred_idx = _choice_index(gold, choices), _choice_index(pred, choices)
-        if gold_idx is not None and pred_idx is not None:
-            return gold_idx == pred_idx
+        if gold_idx is not None and pred_idx is not None:  # by option text: MathVista repeats options ("18", "18")
+            return gold_idx == pred_idx or _normalize(choices[gold_idx]) == _normalize(choices[pred_idx])
+    elif _LETTER_SET.fullmatch(gold):
+        # Several letters (LogicVista "A, C"): the same set, in any order or spelling ("C and A", "AC").
+        found = _LETTER_SET.fullmatch(pred.strip().rstrip("."))
+        return bool(found) and sorted(re.findall(r"[A-J]", pred)) == sorted(re.findall(r"[A-J]", gold))
     elif len(gold.strip("()")) == 1 and gold.strip("()").isalpha() and gold.strip("()").isupper():
         # A letter gold without the options: compare letters ("(B)", "b", "B." all mean B).
         letter = _answer_letter(pred)
@@ -494,3 +510,8 @@ def compute_reward(response, answer, choices=None, format_weight=0.1, precision=
     fmt = format_ok(response)
     reward = (1.0 - format_weight) * accuracy + format_weight * fmt
     return {"reward": round(reward, 12), "accuracy": accuracy, "format": fmt}
+
+
+# The normalisers, under public names for tasks/scorers.py (each benchmark's own rule reuses them).
+canonical, arithmetic_value, decimals, option_index, answer_letter = (
+    _normalize, _evaluate, _decimals, _choice_index, _answer_letter)

@@ -49,8 +49,26 @@ def test_docstring_examples():
 # --------------------------------------------------------------------------------------------------
 
 def test_group_advantages_paper_example():
-    adv = atrl.group_advantages(torch.tensor([1., 0., 0., 1.]), 4)
+    # population std of (1, 0, 0, 1) is 0.5, so A = +-0.5 / 0.5 = +-1 (the paper's and our pre-#30 convention)
+    adv = atrl.group_advantages(torch.tensor([1., 0., 0., 1.]), 4, std="population")
     assert torch.allclose(adv, torch.tensor([1., -1., -1., 1.]), atol=1e-5)
+    # sample std (verl / TRL, the default): variance 4 * 0.25 / (4 - 1) = 1/3, so A = +-0.5 * sqrt(3) = +-sqrt(3)/2
+    adv = atrl.group_advantages(torch.tensor([1., 0., 0., 1.]), 4)
+    assert torch.allclose(adv, torch.tensor([1., -1., -1., 1.]) * 3 ** 0.5 / 2, atol=1e-5)
+
+
+@pytest.mark.parametrize("G", [2, 4, 8, 16])
+def test_sample_std_advantages_are_population_ones_times_sqrt_g_minus_1_over_g(G):
+    # Binary rewards, not all equal: every deviation is divided by the std; var_sample = var_pop * G / (G - 1).
+    gen = torch.Generator().manual_seed(G)
+    r = (torch.rand(6 * G, generator=gen) < 0.5).float()
+    r[::G], r[1::G] = 1.0, 0.0                                       # no all-equal group
+    pop = atrl.group_advantages(r, G, std="population", eps=0.0)
+    sample = atrl.group_advantages(r, G, eps=0.0)
+    # both divide the same centred rewards (exact) by stds whose float ratio is sqrt(G/(G-1)) to a few ulps
+    assert torch.allclose(sample, pop * ((G - 1) / G) ** 0.5, rtol=1e-6, atol=0)
+    assert torch.allclose(sample, (r.view(-1, G) - r.view(-1, G).mean(1, keepdim=True)).div(
+        r.view(-1, G).std(1, keepdim=True)).view(-1), rtol=1e-6)   # torch.std's default is the sample std
 
 
 def test_all_equal_group_gives_exact_zero_not_nan():
@@ -66,10 +84,14 @@ def test_group_advantages_scales_against_hand_computation():
     r = torch.tensor([1., 0., 0., 0., 1., 1.])                      # groups of 3: means 1/3 and 2/3
     centred = torch.tensor([2 / 3, -1 / 3, -1 / 3, -2 / 3, 1 / 3, 1 / 3])
     assert torch.allclose(atrl.group_advantages(r, 3, scale="none"), centred)
-    batch_std = r.std(correction=0)                                  # population std of all six = 0.5
-    assert torch.allclose(atrl.group_advantages(r, 3, scale="batch"), centred / (batch_std + 1e-6))
-    group_std = (2 ** 0.5) / 3                                       # population std of (1, 0, 0)
-    assert torch.allclose(atrl.group_advantages(r, 3, scale="group"), centred / (group_std + 1e-6))
+    # population: all six have mean 1/2 and squared deviations 1/4, so var = 1/4, std = 1/2; the group
+    # (1, 0, 0) has squared deviations 4/9, 1/9, 1/9: var = (6/9) / 3 = 2/9, std = sqrt(2)/3
+    assert torch.allclose(atrl.group_advantages(r, 3, scale="batch", std="population"), centred / (0.5 + 1e-6))
+    assert torch.allclose(atrl.group_advantages(r, 3, scale="group", std="population"),
+                          centred / ((2 ** 0.5) / 3 + 1e-6))
+    # sample (default): the same sums over n - 1: batch var = (6/4) / 5 = 3/10; group var = (6/9) / 2 = 1/3
+    assert torch.allclose(atrl.group_advantages(r, 3, scale="batch"), centred / (0.3 ** 0.5 + 1e-6))
+    assert torch.allclose(atrl.group_advantages(r, 3, scale="group"), centred / ((1 / 3) ** 0.5 + 1e-6))
 
 
 def test_group_advantages_refuses_bad_shapes():
@@ -79,6 +101,8 @@ def test_group_advantages_refuses_bad_shapes():
         atrl.group_advantages(torch.ones(5), 2)
     with pytest.raises(ValueError, match="scale"):
         atrl.group_advantages(torch.ones(4), 2, scale="std")
+    with pytest.raises(ValueError, match="std='unbiased'"):
+        atrl.group_advantages(torch.ones(4), 2, std="unbiased")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,6 +343,8 @@ def test_vppo_shaping_averages_one_and_orders_responses_by_their_dependency():
     assert factor[valid][order].diff().min() >= 0          # more dependency, larger factor
     assert factor[valid].min().item() == pytest.approx(0.8) and factor[~valid].item() == 1.0
     assert torch.equal(atrl.vppo_shaping(torch.ones(3, 4), torch.ones(3, 4, dtype=torch.bool)), torch.ones(3))
+    # the default minimum is VPPO's released scripts' 0.9: the least image-dependent response keeps exactly it
+    assert atrl.vppo_shaping(dep, mask)[valid].min().item() == pytest.approx(0.9)
 
 
 def test_vppo_and_entropy_arms_keep_their_top_tokens_unrescaled():
