@@ -423,8 +423,8 @@ def format_table(results, k=0):
         rows["mean"] = {key: sum(r[key] for r in results.values()) / len(results) for key, _ in columns[1:3]
                         if all(isinstance(r.get(key), float) for r in results.values())}
     for name, res in rows.items():
-        groups = " ".join(f"{g} {v:.3f}" if isinstance(v, float) else f"{g} {v}"
-                          for g, v in (res.get("groups") or {}).items())
+        groups = ", ".join(f"{g} {v:.3f}" if isinstance(v, float) else f"{g} {v}"
+                           for g, v in list((res.get("groups") or {}).items())[:5])  # the headline ones come first
         lines.append(f"{name[-28:]:<28}" + "".join(f"{cell(res, key):>{w}}" for key, w in columns) + f"  {groups}")
     return "\n".join(lines)
 

@@ -158,9 +158,8 @@ def _locate(name, split, role, schema, config):
         if bench is None and schema is None:  # read the benchmark off the columns of the folder's first file
             first = next(f for files in layouts.folder_splits(name, config)[0].values() for f in files)
             bench = suite.benchmark(suite.detect_schema(_columns(os.path.join(name, first))))
-        config = config or (bench.config if bench and bench.config else None)
-        if config and not layouts.readme_configs(name)[0]:
-            config = None  # a folder without a card has no configs: the suite's config names the hub subset only
+        if config is None and not split and bench is not None and bench.config and layouts.readme_configs(name)[0]:
+            config = bench.config  # the suite's subset for its default split; a named split finds its own config
         split = split or default_split(bench, present, role)
         parts = [(part, *layouts.find_split(name, part, config)) for part in split.split("+")]
         return "folder", split, parts, schema or (bench.name if bench else None), bench
@@ -176,8 +175,9 @@ def _locate(name, split, role, schema, config):
     if name.endswith(layouts.DATA_EXTENSIONS) or name.startswith((".", "/")):
         raise ValueError(f"{name}: file not found (a hub name looks like 'owner/name')")
     bench = suite.benchmark(name) or suite.benchmark(schema)
-    config = config or (bench.config if bench and bench.config else None)
     split = split or default_split(bench, None, role)
+    if config is None and bench is not None and bench.config and split == bench.eval_split:
+        config = bench.config  # the hub subset the suite reads (MathVerse testmini, MMMU-Pro standard (10 options))
     return "hub", split, [(part, None, config) for part in split.split("+")], schema or (bench.name if bench else None), bench
 
 

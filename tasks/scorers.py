@@ -22,7 +22,7 @@ response (grading.extract_answer), so eval.py can report both side by side:
                 else "(X)", "X ", "X." candidates, else option text (responses > 5 words), the last one wins
     MMK12       a GPT-4o judge of the final result -- approximated by grading.is_correct with the options
     Geometry3K, ViRL39K   mathruler grade_answer (EasyR1 / verl / VPPO / PAPO): canonical text, else exact value;
-                an integer gold never matches a non-integer answer
+                two fractions only as written, an integer gold never matches a non-integer answer
 
 Where we depart (each visible in its branch):
   1. The benchmarks that extract with a GPT model (MathVista, MathVerse, MMK12, LogicVista) get our rule-based
@@ -288,11 +288,11 @@ def score_mathruler(pred, row):
     p, g = grading.canonical(pred), grading.canonical(row["answer"])
     if p == g:
         return True
+    gf, pf = (re.fullmatch(r"\(?(-?\d+)\)?/\(?(\d+)\)?", x) for x in (g, p))
+    if gf and pf:                                   # two fractions: as written (6/8 is not 3/4: unreduced)
+        return gf.groups() == pf.groups()
     if _is_integer(g) != _is_integer(p):            # an integer gold never matches a non-integer answer
         return False
-    for num, den in re.findall(r"\((\d+)\)/\((\d+)\)", g):   # an unreduced fraction must be written as given
-        if math.gcd(int(num), int(den)) > 1:
-            return False
     pv, gv = grading.arithmetic_value(p), grading.arithmetic_value(g)
     return pv is not None and gv is not None and abs(pv - gv) <= 1e-9 * max(1.0, abs(gv))
 
@@ -347,9 +347,9 @@ def wemath_four_dimensions(steps):
         counts["cm_loose"] += any(subs) and multi
         counts["rm_strict"] += (not all(subs)) and multi
         counts["rm_loose"] += (not any(subs)) and multi
-    for kind in ("strict", "loose"):
-        counts[f"score_{kind}"] = (n - 0.5 * counts["ig"] - counts[f"rm_{kind}"] - counts["ik"]) / n if n else None
-    return {**counts, "problems": n}
+    scores = {f"score_{kind}": (n - 0.5 * counts["ig"] - counts[f"rm_{kind}"] - counts["ik"]) / n if n else None
+              for kind in ("strict", "loose")}
+    return {**scores, "problems": n, **counts}
 
 
 def group_metrics(source, metas, verdicts):
@@ -376,5 +376,5 @@ def group_metrics(source, metas, verdicts):
         versions = {}
         for meta, v in zip(metas, verdicts):
             versions.setdefault(meta.get("version", ""), []).append(v)
-        return {f"version {k}": sum(vs) / len(vs) for k, vs in sorted(versions.items())}
+        return {k: sum(vs) / len(vs) for k, vs in sorted(versions.items())}
     return {}

@@ -182,6 +182,11 @@ def _text(row, names, what):
                      f"{_present(row)}")
 
 
+def _gold(row, *names):
+    """The gold answer as text; "" when absent or null (the row is then skipped and counted, not an error)."""
+    return next((str(row[n]) for n in names if row.get(n) is not None), "")
+
+
 def image_list(value):
     """Every image reference of a cell as a list; None, "", [] and [""] all mean "no image" (ViRL39K)."""
     if value is None:
@@ -249,7 +254,7 @@ def convert_row(schema, row, split="", show_choices=False):
     if schema == "geometry3k":
         # hiyouga/geometry3k: images, problem ("<image>..."), answer = option TEXT, optional id, choices, ground_truth
         question = _text(row, ("problem", "question"), "the question text").replace("<image>", "").strip()
-        answer = _text(row, ("answer",), "the gold answer")
+        answer = _gold(row, "answer")
         options = [str(c) for c in row.get("choices") or []]
         choices = options if show_choices else []  # choice 1: peers prompt with the problem alone
         images, _ = _first_images(row, ("images", "image"))
@@ -259,7 +264,7 @@ def convert_row(schema, row, split="", show_choices=False):
     elif schema == "mathvista":
         # AI4Math/MathVista: pid, question, choices (None for free-form), answer = option TEXT, precision, unit
         question = _text(row, ("question",), "the question text")
-        answer = _text(row, ("answer",), "the gold answer")
+        answer = _gold(row, "answer")
         choices = [str(c) for c in row.get("choices") or []]
         images, _ = _first_images(row, ("decoded_image", "image"))
         precision, unit = _precision(row.get("precision")), str(row.get("unit") or "")
@@ -270,7 +275,7 @@ def convert_row(schema, row, split="", show_choices=False):
         # AI4Math/MathVerse: choices inside the question; Vision Only rows have question "" (choice 2)
         version = str(row.get("problem_version") or "")
         question = str(row.get("question") or "")
-        answer = _text(row, ("answer",), "the gold answer")
+        answer = _gold(row, "answer")
         if question.strip():
             question, choices = split_inline_choices(question)
         else:
@@ -282,7 +287,7 @@ def convert_row(schema, row, split="", show_choices=False):
     elif schema == "virl39k":
         # TIGER-Lab/ViRL39K: "<image>" placeholders, choices inside the question, answer "\boxed{...}"
         question, choices = split_inline_choices(_text(row, ("question",), "the question text").replace("<image>", "").strip())
-        answer = _text(row, ("answer",), "the gold answer").strip()
+        answer = _gold(row, "answer").strip()
         answer = grading.last_boxed(answer) or answer
         images, _ = _first_images(row, ("image", "images"))
         question_type = _question_type(None, choices, answer)
@@ -293,7 +298,7 @@ def convert_row(schema, row, split="", show_choices=False):
     elif schema == "dynamath":
         # DynaMath/DynaMath_Sample: one split per variant; choices on one line "Choices: (A) .. (B) .."
         question, choices = split_inline_choices(_text(row, ("question",), "the question text"))
-        answer = _text(row, ("ground_truth", "answer"), "the gold answer")
+        answer = _gold(row, "ground_truth", "answer")
         answer_type = str(row.get("answer_type") or "")
         images, _ = _first_images(row, ("decoded_image", "image"))
         question_type = "multi_choice" if answer_type == "multiple choice" else "free_form"
@@ -302,7 +307,7 @@ def convert_row(schema, row, split="", show_choices=False):
     elif schema == "mmk12":
         # FanqingM/MMK12: options inline "A. ..." (test: letter gold), open answers (train)
         question, choices = split_inline_choices(_text(row, ("question",), "the question text"))
-        answer = _text(row, ("answer",), "the gold answer")
+        answer = _gold(row, "answer")
         images, _ = _first_images(row, ("image", "images"))
         question_type = _question_type(None, choices, answer)
         meta = {"subject": row.get("subject")}
@@ -310,7 +315,7 @@ def convert_row(schema, row, split="", show_choices=False):
     elif schema == "mathvision":
         # MathLLMs/MathVision: options [] or 5; letter options A-E are pictures: no list in the prompt (choice 3)
         question = _text(row, ("question",), "the question text")
-        answer = _text(row, ("answer",), "the gold answer")
+        answer = _gold(row, "answer")
         options = [str(o) for o in row.get("options") or []]
         choices = [] if "".join(options) == "ABCDE" else options
         images, _ = _first_images(row, ("decoded_image", "image"))
@@ -320,7 +325,7 @@ def convert_row(schema, row, split="", show_choices=False):
     elif schema == "wemath":
         # We-Math/We-Math: options in ONE string; image column `image_path`; ID groups a problem's steps
         question = _text(row, ("question",), "the question text")
-        answer = _text(row, ("answer",), "the gold answer")
+        answer = _gold(row, "answer")
         choices = _wemath_options(str(row.get("option") or ""))
         images, _ = _first_images(row, ("image_path", "image"))
         question_type = "multi_choice"
@@ -341,7 +346,7 @@ def convert_row(schema, row, split="", show_choices=False):
     elif schema == "mmmu_pro":
         # MMMU/MMMU_Pro: options a Python-literal string; standard: image_1..image_7; vision: one screenshot
         options = _options_list(row.get("options"))
-        answer = _text(row, ("answer",), "the gold answer")
+        answer = _gold(row, "answer")
         images = [v for i in range(1, 8) for v in image_list(row.get(f"image_{i}"))] or image_list(row.get("image"))
         if "question" in row and row["question"] is not None:
             question, choices = str(row["question"]), options

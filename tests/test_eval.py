@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 
 import PIL.Image
 import pyarrow
@@ -23,6 +24,7 @@ import eval as ev
 from experiments import report
 from models import family
 from tasks import benchmarks, visualmath
+import bench_fixtures
 from conftest import REPO, png_bytes, torchrun_command
 
 PNG = png_bytes("RGB", (56, 28), (200, 220, 255))  # 4 x 2 patches of 14 px = 2 image tokens after merging
@@ -98,8 +100,8 @@ class Canned:
         return [SAMPLES[r["id"]][:k] for r in rows]
 
 
-def run_canned(dataset, k=0, temperature=0.0, index=None, **kw):
-    respond = Canned()
+def run_canned(dataset, k=0, temperature=0.0, index=None, respond_with=None, **kw):
+    respond = Canned() if respond_with is None else (lambda rows, keys, k, t: [[respond_with(r)] * k for r in rows])
     index = list(range(len(dataset))) if index is None else index
     counts, examples = ev.evaluate_rows(dataset, index, respond, greedy=True, k=k, temperature=temperature,
                                         progress=False, **kw)
@@ -121,15 +123,19 @@ def test_mathvista_greedy_and_avg_at_k_match_hand_grading(bench_files):
     assert [c[1] for c in respond.calls if c[3] > 0] == [[2_000_006, 2_000_007, 2_000_008], [2_000_009]]
     assert all(c[2] == 1 for c in respond.calls if c[3] == 0)  # greedy: one response per question
     # graded examples carry the response, the extracted answer and the verdict
-    assert examples[0]["greedy"] == {"correct": 1.0, "format": 1.0, "read_right": None, "extracted": "1.24 cm",
-                                     "response": GREEDY["1"]}
+    assert examples[0]["greedy"] == {"correct": 1.0, "official": 1.0, "format": 1.0, "read_right": None,
+                                     "extracted": "1.24 cm", "response": GREEDY["1"]}
     assert [s["correct"] for s in examples[0]["samples"]] == [1.0, 0.0, 0.0] and len(examples) == 3
 
 
 def test_geometry3k_accuracy(bench_files):
+    # peers' prompt (the problem alone): free-form questions graded against the option text; g2's "D" is wrong
     res = run_canned(benchmarks.load_benchmark(bench_files["geometry3k"]))[0]
-    assert (res["n"], res["n_multi_choice"], res["accuracy"]) == (2, 2, 1 / 2)
-    assert res["accuracy_free_form"] is None and "avg@3" not in res
+    assert (res["n"], res["n_multi_choice"], res["accuracy"], res["official"]) == (2, 0, 1 / 2, 1 / 2)
+    assert res["accuracy_multi_choice"] is None and "avg@3" not in res
+    # with the options shown (--show_choices 1) the letter D names option "90": still wrong, now multiple choice
+    res = run_canned(benchmarks.load_benchmark(bench_files["geometry3k"], show_choices=True))[0]
+    assert (res["n_multi_choice"], res["accuracy"]) == (2, 1 / 2)
 
 
 def test_mathverse_accuracy(bench_files):
@@ -151,10 +157,67 @@ def test_table_shows_every_benchmark_and_dashes_for_missing_kinds():
                                            "sampled_choice": 0, "sampled_pass": 2}, True, 4)}
     table = ev.format_table(results, k=4)
     assert "avg@4" in table.splitlines()[0] and "pass@4" in table.splitlines()[0]
-    assert re.search(r"visualmath\s+2\s+0\.5000\s+-\s+0\.5000\s+1\.0000\s+-\s+-\s+0\.7500\s+1\.0000", table), table
+    # n, greedy [Wilson CI of 1/2], official (0 of 2), multi-choice -, free-form, format, read -, lucky -, avg@4, pass@4
+    assert re.search(r"visualmath\s+2\s+0\.5000 \[0\.09,0\.91\]\s+0\.0000 \[0\.00,0\.66\]\s+-\s+0\.5000\s+1\.0000"
+                     r"\s+-\s+-\s+0\.7500 \[0\.75,0\.75\]\s+1\.0000", table), table
+    two = ev.format_table({"a": {"n": 1, "accuracy": 1.0, "official": 0.5}, "b": {"n": 1, "accuracy": 0.0, "official": 0.0}})
+    assert re.search(r"mean\s+-\s+0\.5000\s+0\.2500", two), two   # the suite's unweighted mean
 
 
-def test_bad_flags_explain_themselves():
+def test_official_accuracy_follows_the_benchmark_not_our_grading():
+    # MathVista integers: its scorer truncates "5.7" to "5" (right) and cannot parse "1,000" (wrong); ours is the reverse
+    rows = [{"answer": "5", "choices": [], "source": "mathvista", "question_type": "free_form", "answer_type": "integer"},
+            {"answer": "1000", "choices": [], "source": "mathvista", "question_type": "free_form",
+             "answer_type": "integer"},
+            {"answer": "D", "choices": [], "source": "mathverse", "question_type": "multi_choice"}]  # Vision Only
+    c = ev.tally(rows, ["<answer>5.7</answer>", "<answer>1,000</answer>", "<answer>(D)</answer>"])
+    assert (c["greedy"], c["greedy_official"], c["n_choice"]) == (2.0, 2.0, 1.0)
+    assert [ev.grade(r, t)[::3] for r, t in zip(rows, ["<answer>5.7</answer>", "<answer>1,000</answer>"])] == [
+        (0.0, 1.0), (1.0, 0.0)]
+
+
+def test_mathverse_vision_only_is_counted_by_its_question_type(tmp_path):
+    rows = benchmarks.load_benchmark(bench_fixtures.mathverse(str(tmp_path / "mathverse")))
+    res = run_canned(rows, respond_with=lambda r: "<answer>D</answer>")[0]
+    assert (res["n"], res["n_multi_choice"], res["n_free_form"]) == (10, 7, 3)  # 5 versions + (C) + False; 3 free-form
+
+
+def test_group_metrics_over_dynamaths_variants(tmp_path):
+    rows = benchmarks.load_benchmark(bench_fixtures.dynamath(str(tmp_path / "dynamath")))
+    # right on seed questions 1 and 2 in every variant, wrong on 3 and 4: average 0.5, worst case 0.5
+    answer = lambda r: r["answer"] if json.loads(r["meta"])["qid"] in ("1", "2") else "zzz"  # noqa: E731
+    res = ev.evaluate(rows, lambda rs, keys, k, t: [[f"<answer>{answer(r)}</answer>"] for r in rs], k=0, batch_size=7)
+    assert (res["n"], res["official"], res["groups"]) == (40, 0.5, {"worst_case": 0.5, "seeds": 4})
+    # two ranks, each filling its rows of the per-row verdicts, summed: the same groups
+    parts = [ev.evaluate(rows, lambda rs, keys, k, t: [[f"<answer>{answer(r)}</answer>"] for r in rs], rank, 2, k=0,
+                         reduce=lambda t: t * 0 + full)["groups"] for rank in (0, 1)
+             for full in [torch.tensor([float(json.loads(m)["qid"] in "12") for m in rows["meta"]], dtype=torch.float64)]]
+    assert parts == [{"worst_case": 0.5, "seeds": 4}] * 2
+
+
+def test_suite_paper_evaluates_all_nine_local_layouts_in_one_table(warm_checkpoint, tmp_path):
+    bench_fixtures.build_suite(tmp_path / "data")
+    out = tmp_path / "suite.json"
+    proc = subprocess.run([sys.executable, "eval.py", "--model", warm_checkpoint, "--suite", "paper", "--data_root",
+                           str(tmp_path / "data"), "--limit", "2", "--max_new_tokens", "4", "--out", str(out)],
+                          cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data_lines = [line for line in proc.stdout.splitlines() if line.startswith("data: ")]
+    assert len(data_lines) == 9 and all(" rows=2 (limit)" in line for line in data_lines)
+    assert "split=sample_variant1+...+sample_variant10 (10 splits)" in data_lines[1]
+    saved = json.loads(out.read_text())
+    titles = ["MathVerse", "DynaMath", "MMK12", "Geo3K", "MathVision", "We-Math", "LogicVista", "MMMU-Pro", "MathVista"]
+    assert list(saved["results"]) == titles and saved["data"] == data_lines
+    table = saved["table"].splitlines()
+    assert [line.split()[0] for line in table[1:]] == titles + ["mean"] and "official [95% CI]" in table[0]
+    assert all(saved["results"][t]["accuracy_ci"] for t in titles)   # every benchmark with its interval
+
+
+def test_bad_flags_explain_themselves(tmp_path):
+    with pytest.raises(SystemExit, match="--suite 'all'"):
+        ev.parse_config(["--suite", "all"])
+    with pytest.raises(SystemExit, match="--data_root"):
+        ev.parse_config(["--suite", "paper", "--data_root", str(tmp_path / "absent")])
     with pytest.raises(SystemExit, match="--temperature"):
         ev.parse_config(["--k", "4"])
     with pytest.raises(SystemExit, match="anchor_query"):
