@@ -162,7 +162,6 @@ cli.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n i
      "use token_mean (DAPO), seq_mean_token_mean (GRPO) or seq_mean_token_sum_norm (Dr.GRPO)"),
     ("scale_rewards", cfg.scale_rewards in ("group", "batch", "none"), "use group, batch or none"),
     ("adv_std", cfg.adv_std in ("sample", "population"), "use sample (n - 1, as verl and TRL) or population (n)"),
-    ("vppo_beta_min", 0 < cfg.vppo_beta_min <= 1, "must be in (0, 1] (VPPO's scripts: 0.9)"),
     ("kl_estimator", cfg.kl_estimator in ("k1", "k2", "k3"), "use k1, k2 or k3"),
     ("anchor_query", cfg.anchor_query in ("predict", "self"), "use predict or self"),
     ("reward", cfg.reward in ("answer", "starts_with"), "use answer (the task's reward) or starts_with (the RL sanity check)"),
@@ -183,7 +182,7 @@ cli.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n i
     ("min_pixels", cfg.min_pixels >= 28 * 28, "must be >= 784 (28 x 28 pixels: one merged vision token)"),
     ("max_pixels", cfg.max_pixels >= cfg.min_pixels, f"must be >= --min_pixels {cfg.min_pixels}"),
     ("temperature", cfg.temperature > 0, "must be > 0: RL samples its groups (1.0 = the policy itself)"),
-    *[(n, 0 < getattr(cfg, n) <= 1, "must be in (0, 1]") for n in ("top_p", "anchor_frac", "vppo_frac", "entropy_frac")],
+    *[(n, 0 < getattr(cfg, n) <= 1, "must be in (0, 1]") for n in ("top_p", "anchor_frac", "vppo_frac", "entropy_frac", "vppo_beta_min")],
     ("gain", cfg.gain > 0, "must be > 0 so weights stay positive (1 = no reweighting, default 2)"),
     ("vppo_blacken", 0 <= cfg.vppo_blacken <= 1, "must be a probability in [0, 1] (VPPO: 0.5)"),
     ("resolution", cfg.resolution > 0, "must be > 0 (1.0 = standard modularity)"),
@@ -265,12 +264,10 @@ optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, 
 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
 
 try:  # tasks/splits.py: train on train, evaluate on the evaluation split, never both on one set; errors in one line
-    train_data, eval_data, test_data, data_lines = splits.training_data(
-        cfg.dataset, cfg.split, cfg.eval_dataset, cfg.eval_split, cfg.train_size, cfg.eval_size, cfg.seed,
-        bool(cfg.show_choices), bool(cfg.allow_same_rows), cfg.test_size)
+    train_data, eval_data, test_data, data_lines = splits.training_data(cfg.dataset, cfg.split, cfg.eval_dataset,
+        cfg.eval_split, cfg.train_size, cfg.eval_size, cfg.seed, bool(cfg.show_choices), bool(cfg.allow_same_rows), cfg.test_size)
 except ValueError as err:
     cli.config_error("train.py", f"--dataset {cfg.dataset!r} / --eval_dataset {cfg.eval_dataset!r}: {err}")
-print0("\n".join(data_lines))  # "data: <source> split=<name> rows=<n>" for the training and the evaluation rows
 image_token_id = model.config.image_token_id
 try:
     probe_layers = list(connectivity.layer_band(cfg.probe_layers, model.config.text_config.num_hidden_layers))
@@ -286,8 +283,8 @@ probe = probe_context.__enter__()  # installed for the whole run; idle (pure del
 atexit.register(probe_context.__exit__, None, None, None)  # removed on any way out (a no-op after the cleanup)
 # the decode engine reads the policy itself, or a bf16 (--bf16 1) / gathered (FSDP2) copy that refresh() keeps current
 decode_engine = engine.DecodeEngine(policy, torch.bfloat16 if cfg.bf16 else None) if cfg.rollout == "engine" else None
-print0(f"model {model_path} | {sum(p.numel() for p in params) / 1e6:.2f}M trainable | world {world} | "
-       f"B/rank {rollouts_per_rank} = {prompts_per_rank} prompts x G {cfg.group_size} | micro {micro} | device {device}")
+print0("\n".join(data_lines + [f"model {model_path} | {sum(p.numel() for p in params) / 1e6:.2f}M trainable | world "  # "data: <source> split=<name> rows=<n>" lines first
+       f"{world} | B/rank {rollouts_per_rank} = {prompts_per_rank} prompts x G {cfg.group_size} | micro {micro} | device {device}"]))
 
 # --------------------------------------------------------------------------------------------------
 # Helpers: log-probs, the prompt stream, probe read-out, logging, evaluation, checkpoints.
@@ -388,8 +385,7 @@ def old_policy_pass(batch, loss_mask, P, stats, timing):
                 W[i:i + micro] = collect_weights(mask, stats, timing, entropy, i)
     if cfg.weighting == "vppo":
         W, st = atrl.token_weights_with_stats(None, None, loss_mask.bool(), "vppo", select_frac=cfg.vppo_frac,
-                                              dependency=atrl.visual_dependency(old_logp, perturbed_logp),
-                                              beta_min=cfg.vppo_beta_min)
+                                              dependency=atrl.visual_dependency(old_logp, perturbed_logp), beta_min=cfg.vppo_beta_min)
         stats.append(st)
     return old_logp, W
 

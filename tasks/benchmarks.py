@@ -115,10 +115,10 @@ def _image_value(value, where, field, base_dir):
 
 # --- which split ----------------------------------------------------------------------------------------------
 
-def default_split(bench, present, role):
+def default_split(bench, present, role, label="this data"):
     """The split to read when none is asked for (module docstring). bench: suite.Benchmark or None; present: the
-    split names a local copy holds (None for a hub id)."""
-    title = bench.title if bench else "this data"
+    split names a local copy holds (None for a hub id); label names the data in messages."""
+    title = bench.title if bench else label
     if role == "train":
         if bench is not None and not bench.train_split:
             raise ValueError(f"{title} is an evaluation benchmark with no training split"
@@ -138,7 +138,7 @@ def default_split(bench, present, role):
         if present is not None and name in present:
             return name
     raise ValueError(f"cannot tell which split of {title} to evaluate on"
-                     + (f" (splits: {', '.join(present)})" if present else "") + "; pass --split")
+                     + (f" (splits: {', '.join(present)})" if present else "") + "; pass --split (or name@split)")
 
 
 def _columns(path):
@@ -160,7 +160,7 @@ def _locate(name, split, role, schema, config):
             bench = suite.benchmark(suite.detect_schema(_columns(os.path.join(name, first))))
         if config is None and not split and bench is not None and bench.config and layouts.readme_configs(name)[0]:
             config = bench.config  # the suite's subset for its default split; a named split finds its own config
-        split = split or default_split(bench, present, role)
+        split = split or default_split(bench, present, role, name)
         parts = [(part, *layouts.find_split(name, part, config)) for part in split.split("+")]
         return "folder", split, parts, schema or (bench.name if bench else None), bench
     if os.path.isfile(name):
@@ -175,7 +175,7 @@ def _locate(name, split, role, schema, config):
     if name.endswith(layouts.DATA_EXTENSIONS) or name.startswith((".", "/")):
         raise ValueError(f"{name}: file not found (a hub name looks like 'owner/name')")
     bench = suite.benchmark(name) or suite.benchmark(schema)
-    split = split or default_split(bench, None, role)
+    split = split or default_split(bench, None, role, name)
     if config is None and bench is not None and bench.config and split == bench.eval_split:
         config = bench.config  # the hub subset the suite reads (MathVerse testmini, MMMU-Pro standard (10 options))
     return "hub", split, [(part, None, config) for part in split.split("+")], schema or (bench.name if bench else None), bench
@@ -184,7 +184,12 @@ def _locate(name, split, role, schema, config):
 def _hub_rows(name, config, split):
     """Rows of a hub split, images left undecoded ({"bytes", "path"}) so nothing is decoded twice (needs network)."""
     import datasets
-    hub = datasets.load_dataset(name, config, split=split)
+    try:
+        hub = datasets.load_dataset(name, config, split=split)
+    except Exception as err:  # no network, a typo, a gated set: one line, not datasets' traceback
+        raise ValueError(f"{name}: the hub did not give split {split!r}" + (f" of config {config!r}" if config else "")
+                         + f" ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); check the "
+                         f"name and the network, or pass a local copy (docs/benchmarks.md)") from None
     for column, feature in hub.features.items():
         if isinstance(feature, datasets.Image):
             hub = hub.cast_column(column, datasets.Image(decode=False))

@@ -130,8 +130,9 @@ def test_mathvista_greedy_and_avg_at_k_match_hand_grading(bench_files):
 
 def test_geometry3k_accuracy(bench_files):
     # peers' prompt (the problem alone): free-form questions graded against the option text; g2's "D" is wrong
+    # (official: mathruler, as EasyR1 grades it, wants the exact value -- 5.20 is not 3 sqrt 3 = 5.196...)
     res = run_canned(benchmarks.load_benchmark(bench_files["geometry3k"]))[0]
-    assert (res["n"], res["n_multi_choice"], res["accuracy"], res["official"]) == (2, 0, 1 / 2, 1 / 2)
+    assert (res["n"], res["n_multi_choice"], res["accuracy"], res["official"]) == (2, 0, 1 / 2, 0.0)
     assert res["accuracy_multi_choice"] is None and "avg@3" not in res
     # with the options shown (--show_choices 1) the letter D names option "90": still wrong, now multiple choice
     res = run_canned(benchmarks.load_benchmark(bench_files["geometry3k"], show_choices=True))[0]
@@ -188,11 +189,15 @@ def test_group_metrics_over_dynamaths_variants(tmp_path):
     answer = lambda r: r["answer"] if json.loads(r["meta"])["qid"] in ("1", "2") else "zzz"  # noqa: E731
     res = ev.evaluate(rows, lambda rs, keys, k, t: [[f"<answer>{answer(r)}</answer>"] for r in rs], k=0, batch_size=7)
     assert (res["n"], res["official"], res["groups"]) == (40, 0.5, {"worst_case": 0.5, "seeds": 4})
-    # two ranks, each filling its rows of the per-row verdicts, summed: the same groups
-    parts = [ev.evaluate(rows, lambda rs, keys, k, t: [[f"<answer>{answer(r)}</answer>"] for r in rs], rank, 2, k=0,
-                         reduce=lambda t: t * 0 + full)["groups"] for rank in (0, 1)
-             for full in [torch.tensor([float(json.loads(m)["qid"] in "12") for m in rows["meta"]], dtype=torch.float64)]]
-    assert parts == [{"worst_case": 0.5, "seeds": 4}] * 2
+    # two ranks (rows strided), each summing the other's tensors into its own, as an all-reduce would: the same figures
+    respond = lambda rs, keys, k, t: [[f"<answer>{answer(r)}</answer>"] for r in rs]  # noqa: E731
+    sent = {0: [], 1: []}
+    for rank in (0, 1):
+        ev.evaluate(rows, respond, rank, 2, k=0, reduce=lambda t, r=rank: sent[r].append(t.clone()) or t)
+    for rank in (0, 1):
+        other = iter(sent[1 - rank])
+        res = ev.evaluate(rows, respond, rank, 2, k=0, reduce=lambda t: t + next(other))
+        assert (res["n"], res["official"], res["groups"]) == (40, 0.5, {"worst_case": 0.5, "seeds": 4})
 
 
 def test_suite_paper_evaluates_all_nine_local_layouts_in_one_table(warm_checkpoint, tmp_path):
@@ -308,7 +313,6 @@ def test_generated_report_batch_puts_response_token_t_at_column_p_plus_t(warm_ch
 
 
 def test_perception_values_map_to_exactly_their_tokens(warm_checkpoint):
-    import rollout
     tokenizer = family.load_processor(warm_checkpoint)[0]
     response = "<think>9+4=13</think><answer>13</answer>"
     ids = tokenizer(response + tokenizer.eos_token, add_special_tokens=False)["input_ids"]

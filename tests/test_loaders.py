@@ -232,8 +232,8 @@ def test_mmmu_pro_configs_in_folders_with_spaces_and_its_multi_image_rows(releas
 # --- train and evaluate on the right rows (tasks/splits.py) ----------------------------------------------------------
 
 def test_training_data_trains_on_train_evaluates_on_test_and_says_so(releases):
-    train, held_out, lines = splits.training_data(releases["geometry3k"], eval_size=3)
-    assert len(train) == 5 and len(held_out) == 3
+    train, held_out, test, lines = splits.training_data(releases["geometry3k"], eval_size=3)
+    assert len(train) == 5 and len(held_out) == 3 and test is None
     assert lines == [f"data: {releases['geometry3k']} split=train rows=5 (training)",
                      f"data: {releases['geometry3k']} split=test rows=3 (limit) (evaluation)"]
 
@@ -242,7 +242,7 @@ def test_training_and_evaluating_on_the_same_rows_is_refused_unless_allowed(rele
     with pytest.raises(ValueError, match="same rows") as err:
         splits.training_data(releases["geometry3k"], eval_split="train")
     assert "\n" not in str(err.value) and "--allow_same_rows" in str(err.value)
-    _, held_out, lines = splits.training_data(releases["geometry3k"], eval_split="train", allow_same_rows=True)
+    _, held_out, _, lines = splits.training_data(releases["geometry3k"], eval_split="train", allow_same_rows=True)
     assert len(held_out) == 5 and "SAME ROWS" in lines[-1]
 
 
@@ -257,15 +257,17 @@ def test_an_evaluation_only_benchmark_or_a_test_file_is_not_trained_on_by_defaul
 
 
 def test_synthetic_task_keeps_its_disjoint_seed_and_says_its_data_line():
-    train, held_out, lines = splits.training_data("visualmath-v1", train_size=4, eval_size=2, seed=3)
+    train, held_out, test, lines = splits.training_data("visualmath-v1", train_size=4, eval_size=2, seed=3, test_size=1)
     assert lines == ["data: visualmath-v1 split=seed3 rows=4 (training)",
-                     "data: visualmath-v1 split=seed10003 rows=2 (evaluation, held out)"]
+                     "data: visualmath-v1 split=seed10003 rows=2 (evaluation, held out)",
+                     "data: visualmath-v1 split=seed20003 rows=1 (test, never used to choose)"]
     assert train[0]["id"] == visualmath.make("visualmath-v1", 4, seed=3)[0]["id"]
     assert held_out[0]["id"] == visualmath.make("visualmath-v1", 2, seed=10_003)[0]["id"]
+    assert test[0]["id"] == visualmath.make("visualmath-v1", 1, seed=20_003)[0]["id"]
 
 
 def test_a_training_set_without_an_evaluation_split_evaluates_nothing_by_default(releases):
-    _, held_out, lines = splits.training_data(releases["virl39k"])
+    _, held_out, _, lines = splits.training_data(releases["virl39k"])
     assert held_out is None and lines[-1].startswith("data: no evaluation")
 
 

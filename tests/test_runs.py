@@ -362,11 +362,13 @@ def test_bad_values_stop_with_one_line_and_no_traceback(tmp_path, args, message)
 
 
 def test_bad_data_stops_with_one_line_and_writes_nothing(random_checkpoint, tmp_path):
-    # a hub-shaped name whose split cannot be guessed, and a local file whose row lacks its answer
+    # an evaluation-only benchmark as training data (no split named), and a local file whose rows lack their answer
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"pid": "1", "question": "What is 2 + 2?", "image": "x.png"}) + "\n")  # MathVista-shaped
-    for args, message in [(["--dataset", "nope"], "--dataset 'nope' / --eval_dataset '': nope: pass split="),
-                          (["--eval_dataset", str(bad)], "--dataset 'visualmath' / --eval_dataset '.*bad.jsonl': .*row 0: .*answer")]:
+    for args, message in [(["--dataset", "AI4Math/MathVista"], "--dataset 'AI4Math/MathVista' / --eval_dataset '': "
+                                                               "MathVista is an evaluation benchmark"),
+                          (["--eval_dataset", str(bad)], "--dataset 'visualmath' / --eval_dataset '.*bad.jsonl': .*no row "
+                                                         "has a gold answer")]:
         proc = subprocess.run([sys.executable, "train.py", "--model", random_checkpoint, "--out_dir",
                                str(tmp_path / "run"), *args], cwd=REPO, capture_output=True, text=True,
                               env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
@@ -374,7 +376,7 @@ def test_bad_data_stops_with_one_line_and_writes_nothing(random_checkpoint, tmp_
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         assert re.match(f"train.py: error: {message}", last), last
         assert not os.path.exists(tmp_path / "run")  # the run dir is claimed only once the data has loaded
-    with pytest.raises(SystemExit, match="^eval.py: error: --benchmark: nope: pass split="):
+    with pytest.raises(SystemExit, match="^eval.py: error: --benchmark: cannot tell which split of nope .*pass --split"):
         ev.run_accuracy(ev.parse_config(["--benchmark", "visualmath,nope", "--limit", "2"]))  # before any model
 
 

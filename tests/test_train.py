@@ -200,3 +200,32 @@ def test_dynamic_sampling_replaces_flat_groups(warm_checkpoint, tmp_path):
     plain, dyn = records(tmp_path / "plain"), records(tmp_path / "dyn")
     assert sum(r["zero_std_groups"] for r in plain) > 0, "no flat groups: the test would prove nothing"
     assert sum(r["zero_std_groups"] for r in dyn) < sum(r["zero_std_groups"] for r in plain)
+
+
+# --- which data: train on train, evaluate on the evaluation split, and say so (tasks/splits.py) -------------------
+
+def test_data_lines_say_geometry3k_trains_on_train_and_evaluates_on_test(warm_checkpoint, tmp_path):
+    import bench_fixtures
+    folder = bench_fixtures.geometry3k(str(tmp_path / "geometry3k"))
+    proc = run_train(warm_checkpoint, tmp_path / "run", "--steps", "1", "--dataset", folder)
+    assert f"data: {folder} split=train rows=5 (training)" in proc.stdout
+    assert f"data: {folder} split=test rows=4 (limit) (evaluation)" in proc.stdout
+    assert records(tmp_path / "run")[0]["eval_n"] == 4
+    # the synthetic default says its data too: a seed for training, the disjoint seed + 10000 held out
+    proc = run_train(warm_checkpoint, tmp_path / "synthetic", "--steps", "1", "--eval_size", "0")
+    assert "data: visualmath-v1 split=seed0 rows=2048 (training)" in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--eval_split", "train"], "training and evaluation read the same rows"),
+    (["--split", "trian"], "no split 'trian'"),
+    (["--split", "test", "--eval_split", "test"], "training and evaluation read the same rows"),
+])
+def test_data_split_mistakes_stop_in_one_line(warm_checkpoint, tmp_path, args, message):
+    import bench_fixtures
+    folder = bench_fixtures.geometry3k(str(tmp_path / "geometry3k"))
+    proc = run_train(warm_checkpoint, tmp_path / "run", "--steps", "1", "--dataset", folder, *args, check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    error = [line for line in proc.stderr.splitlines() if line.startswith("train.py: error")]
+    assert len(error) == 1 and "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "run" / "log.jsonl")  # nothing written for a run that cannot start
