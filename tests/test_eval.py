@@ -239,7 +239,8 @@ def test_real_generation_in_process_equals_torchrun_with_two_ranks(warm_checkpoi
     cfg = ev.parse_config(["--limit", "4"])
     results = {}
     for name in ("visualmath", bench_files["mathvista"]):
-        dataset = ev.load_rows(name, cfg)
+        dataset, line = ev.load_rows(name, cfg)
+        assert line.startswith(f"data: {name} split=")   # the data line eval.py prints
         index = list(range(len(dataset)))
         counts, examples = ev.evaluate_rows(dataset, index, respond, True, 2, 1.0, batch_size=4, show=4,
                                             progress=False)

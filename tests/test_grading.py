@@ -401,3 +401,52 @@ def test_group_metrics_worst_case_and_four_dimensions_by_hand():
     versions = scorers.group_metrics("mathverse", [{"version": "Vision Only"}, {"version": "Text Lite"},
                                                   {"version": "Vision Only"}], [1, 0, 0])
     assert versions == {"Text Lite": 0.0, "Vision Only": 0.5}
+
+
+# Whole responses as a policy writes them: our extraction, then our verdict and the benchmark's own.
+RESPONSES = [
+    # (response, row, ours, official)
+    ("<think>Angle H is supplementary to 83, so 97.</think><answer>m\\angle H = 97</answer>",
+     mathvista("97", ["97", "102", "107", "122"]), True, True),
+    ("<think>The circumference is 2 pi r with r = 2.</think><answer>4π cm</answer>", mathvista("4πcm", OPTIONS_4PI),
+     True, True),
+    ("<think>d = F / k</think><answer>d = 1.2 \\mathrm{~m}</answer>", mathvista("1.2", kind="float", precision=1),
+     True, False),          # MathVista's float() cannot read a unit; its GPT extractor would have dropped it
+    ("<think>The cup shows 1000 g.</think><answer>1000</answer>", mathvista("1000", kind="integer", unit="g"), True, True),
+    ("<think>Reading the graph...</think><answer>\\boxed{5.7}</answer>", mathvista("5", kind="integer"), False, True),
+    ("<think>All four are listed.</think><answer>A. 2 B. 4 C. 6 D. 8</answer>", mathvista("4", ["2", "4", "6", "8"]),
+     False, False),
+    ("<think>CED = 180 - 40 = 140</think><answer>D</answer>",
+     row("mathverse", "D", ["40°", "60°", "120°", "140°"], question_type="multi_choice"), True, True),
+    ("<think>Read the question in the image.</think><answer>(D)</answer>",
+     row("mathverse", "D", question_type="multi_choice"), True, True),       # Vision Only: no options to map
+    ("<think>A = pi r^2 / ...</think><answer>113.1 cm^2</answer>",
+     row("mathverse", "Area $=113.1 \\mathrm{~cm}^{2}$", question_type="free_form"), True, True),
+    ("<think>The bearing...</think><answer>118°T</answer>", row("mathverse", "118掳T", question_type="free_form"),
+     True, True),
+    ("<think>period 2pi/3</think><answer>2.094</answer>", row("dynamath", "2.0944", answer_type="float"), False, True),
+    # (ours wants every decimal of a decimal gold; DynaMath allows 0.001 -- its prompt asks for three decimals)
+    ("<think>It repeats.</think><answer>(A) Yes</answer>", row("dynamath", "A", answer_type="multiple choice",
+                                                               choices=["Yes", "No"]), True, True),
+    ("<think>...</think><answer>\\boxed{2\\sqrt{3}}</answer>", row("mathvision", "2\\sqrt{3}"), True, True),
+    ("<think>...</think><answer>3.46</answer>", row("mathvision", "2\\sqrt{3}"), True, True),
+    ("Let me check each net. The answer is D.", row("mathvision", "D", meta={"options": list("ABCDE")}), True, True),
+    ("<think>radius 4</think><answer>B</answer>", row("wemath", "B", ["3", "4", "5", "6", "No correct answer"]),
+     True, True),
+    ("<think>the second and the fourth</think><answer>D, B</answer>", row("logicvista", "B, D"), True, True),
+    ("<think>...</think><answer>Answer: B</answer>", row("mmmu_pro", "B", MMMU_OPTIONS, meta={"options": MMMU_OPTIONS}),
+     True, True),
+    ("<think>...</think><answer>4</answer>", row("mmmu_pro", "B", MMMU_OPTIONS, meta={"options": MMMU_OPTIONS}),
+     True, False),          # ours maps the option text 4 to B; MMMU-Pro's parser finds no letter (random guess)
+    ("<think>PT = 20/3</think><answer>\\frac{20}{3}</answer>", row("geometry3k", "\\frac { 20 } { 3 }"), True, True),
+    ("<think>PT is about 6.67</think><answer>6.67</answer>", row("geometry3k", "\\frac { 20 } { 3 }"), True, False),
+    ("<think>...</think><answer>\\boxed{B}</answer>", row("virl39k", "B"), True, True),
+]
+
+
+@pytest.mark.parametrize("response,bench_row,ours,official", RESPONSES,
+                         ids=[f"{r['source']}-{i}" for i, (_, r, _, _) in enumerate(RESPONSES)])
+def test_whole_responses_graded_ours_and_by_the_benchmark(response, bench_row, ours, official):
+    extracted = grading.extract_answer(response)
+    assert grading.is_correct(extracted, bench_row["answer"], bench_row.get("choices"), bench_row.get("precision")) is ours
+    assert scorers.score(bench_row, extracted) is official
