@@ -145,7 +145,7 @@ def folder_splits(root, config=None):
         splits = {}
         for name, by_split in chosen.items():
             for split, patterns in by_split.items():
-                files = [f for p in patterns for f in _glob(root, p)]
+                files = [f for p in patterns if p for f in _glob(root, str(p))]
                 splits[(name, split)] = _one_copy_per_stem(list(dict.fromkeys(files)))
         return splits, "README.md configs", default
     files = _data_files(root)
