@@ -593,8 +593,10 @@ if not stop:
            f"{os.path.join(cfg.out_dir, checkpoints.newest_checkpoint_name(cfg.out_dir))}")
 elif master:
     print(runs.stopped_line(stop, step, cfg.out_dir), file=sys.stderr)
-if distributed:  # NOTE: the ranks leave together: once one exits non-zero (a stop), torchrun kills the others
-    dist.barrier()  # -- the master may still be writing the checkpoint
+if distributed:  # the ranks leave together, with nothing run after the run is on disk (infra/runs.py, rule 10)
+    preemption.ignore()  # a rank that exits 143 first makes torchrun SIGTERM the others: no second request
+    dist.barrier()  # NOTE: the master may still be writing the checkpoint
     dist.destroy_process_group()
+    runs.leave(128 + stop if stop else 0)
 if stop:
     sys.exit(128 + stop)  # what a shell reports for a process the signal ended (143 SIGTERM, 130 SIGINT): infra/runs.py rule 9

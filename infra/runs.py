@@ -39,6 +39,12 @@ The rules, and why each keeps a run safe:
      flag at the same point of each step, so all stop after the same step. A second signal, a second or
      more after the first, exits at once (one within a second is the same request delivered twice: under
      torchrun a worker gets the terminal's or the scheduler's signal and the launcher's copy of it).
+ 10. **Under torchrun the ranks leave together, and nothing runs after the run is on disk.** Once the last
+     checkpoint is saved, every rank meets at a barrier, destroys the process group and ends with os._exit
+     (`leave`): no interpreter teardown, where gloo's worker threads can still hold tensors whose destruction
+     needs the GIL of a dying interpreter (SIGABRT, pytorch/pytorch#179291). Signals are ignored from the
+     barrier on (`Preemption.ignore`): when one rank exits 143 first, torchrun SIGTERMs the others, and for a
+     rank that got the first signal that copy would count as a second one and kill it half way out.
 
 kill -9 safety needs only the atomic renames (the page cache outlives the process); the fsyncs add safety
 against a power cut. The test hooks (ATRL_TEST_HOOK) are described in infra/checkpoints.py.
@@ -61,6 +67,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -286,6 +293,11 @@ class Preemption:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)  # dies of the signal itself: exit status 128 + signum, no cleanup (kill -9 safe)
 
+    def ignore(self):
+        """From here on signals change nothing: the run is saved and the process is leaving (rule 10)."""
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, signal.SIG_IGN)
+
     def requested(self, device):
         """The signal any rank got (the largest number if several), 0 if none: one tiny all-reduce, so that every
         rank must call it at the same point of the loop, and all then agree on the step after which to stop."""
@@ -295,6 +307,14 @@ class Preemption:
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return int(flag.item())
+
+
+def leave(code):
+    """End this rank now with exit status `code`, its output flushed; no atexit handlers, no interpreter teardown
+    (rule 10). Call it only when everything the run writes is written and closed, and the process group is gone."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def stopped_line(signum, step, out_dir):
