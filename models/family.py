@@ -112,15 +112,23 @@ def family(path):
 def load_model(path, dtype=torch.float32, attn_implementation="sdpa"):
     """The checkpoint at `path` in its family's class; every weight of the checkpoint and of the class matched."""
     import transformers
+    from safetensors import SafetensorError
+    from transformers.utils import logging
 
     cls = getattr(transformers, FAMILIES[family(path)][0])
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # transformers' own LOAD REPORT table: the one line below says what matters
     try:
+        # ignore_mismatched_sizes: a tensor of the wrong shape is then reported in `info` (with its shapes) instead of
+        # raised as "see the report above" -- and refused below all the same
         model, info = cls.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
-                                          output_loading_info=True)
-    except RuntimeError as err:  # a tensor of the wrong shape is raised here, not reported in `info`
-        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        raise ValueError(f"{path}: its weights do not fit {cls.__name__}: {first[:300]}; is the checkpoint complete "
-                         "and of the family its config.json names?") from None
+                                          ignore_mismatched_sizes=True, output_loading_info=True)
+    except (RuntimeError, SafetensorError) as err:  # a weights file that cannot be read (truncated, corrupt)
+        first = " ".join(line.strip() for line in str(err).splitlines()[:2] if line.strip()) or type(err).__name__
+        raise ValueError(f"{path}: its weights cannot be loaded into {cls.__name__}: {first[:300]}; is the checkpoint "
+                         "complete and of the family its config.json names?") from None
+    finally:
+        logging.set_verbosity(verbosity)
     # NOTE: from_pretrained only warns about these; a model trained with random or dropped weights is worse
     # than no model, so any of them stops the load. (A tied LM head absent from the file is not missing: the
     # tie fills it, and the report is empty.)

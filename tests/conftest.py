@@ -15,7 +15,7 @@ Fixtures:
 Helpers (imported: `from conftest import png_bytes`; tests/ is on sys.path, as test_runs.py's import of
 test_train shows):
     REPO                        the repository root (cwd of every script run as a subprocess)
-    TINY_KINDS                  kind -> (model_type, head_dim) of the tiny checkpoints tests run on both families
+    TINY_KINDS                  kind -> (model_type, head_dim, warm-up steps) of the tiny checkpoints of both families
     png_bytes(mode, size, colour)   a one-colour PNG file's bytes, for image columns of benchmark fixtures
     torchrun_command(nproc)         the command prefix that starts a script under torchrun with nproc processes
     dense_from_csr(csr, n)      a CSR triple (indptr, indices, weights) as a dense (n, n) float64 tensor
@@ -73,13 +73,17 @@ def dense_from_csr(csr, n):
 # ------------------------------------------------------------------------------------------------ fixtures
 
 
-TINY_KINDS = {"qwen2_5_vl": ("qwen2_5_vl", None),  # the embedded default's family
-              "qwen3_vl": ("qwen3_vl", None),      # head_dim 32 = hidden / heads (as Qwen3-VL-2B and 8B)
-              "qwen3_vl_wide": ("qwen3_vl", 64)}   # head_dim 64 != 128 / 4 (as Qwen3-VL-4B: 128 != 2560 / 32)
+# kind -> (model_type, head_dim, warm-up SFT steps). The warm-up is long enough that the model writes the answer
+# format some of the time, so that train.py's rewards differ within groups (measured: after 40 steps the Qwen2.5-VL
+# and the head_dim-64 Qwen3-VL do; the head_dim-32 Qwen3-VL init learns slower: after 80 steps its 2-step test run
+# still had format 0 in all 16 rollouts (no gradient), after 120 format 0.75 and 0.25)
+TINY_KINDS = {"qwen2_5_vl": ("qwen2_5_vl", None, 40),  # the embedded default's family
+              "qwen3_vl": ("qwen3_vl", None, 120),     # head_dim 32 = hidden / heads (as Qwen3-VL-2B and 8B)
+              "qwen3_vl_wide": ("qwen3_vl", 64, 40)}   # head_dim 64 != 128 / 4 (as Qwen3-VL-4B: 128 != 2560 / 32)
 
 
-def _warm_up(random_dir, path):
-    """A copy of random_dir after 40 SFT steps on two-slot questions (a few seconds), saved into path."""
+def _warm_up(random_dir, path, steps=40):
+    """A copy of random_dir after `steps` SFT steps on two-slot questions (a few seconds), saved into path."""
     from tasks import visualmath
 
     import rollout
@@ -92,7 +96,7 @@ def _warm_up(random_dir, path):
     torch.manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     model.train()
-    for step in range(40):
+    for step in range(steps):
         rows = [examples[(step * 16 + i) % len(examples)] for i in range(16)]
         loss = model(**rollout.sft_batch(tokenizer, image_processor, rows)).loss
         loss.backward()
@@ -113,8 +117,8 @@ def tiny_checkpoint(tmp_path_factory):
     def get(kind, warm=False):
         if (kind, warm) not in built:
             path = str(tmp_path_factory.mktemp(f"{'warm' if warm else 'random'}-{kind}"))
-            model_type, head_dim = TINY_KINDS[kind]
-            built[kind, warm] = _warm_up(get(kind), path) if warm else \
+            model_type, head_dim, steps = TINY_KINDS[kind]
+            built[kind, warm] = _warm_up(get(kind), path, steps) if warm else \
                 tiny.make_random_checkpoint(path, seed=0, model_type=model_type, head_dim=head_dim)
         return built[kind, warm]
     return get
