@@ -89,9 +89,10 @@ def _target_size(height, width, factor, min_pixels, max_pixels):
     return h, w
 
 
-def prepare_image(img, min_pixels=28 * 28, max_pixels=28 * 28 * 1280, factor=28):
+def prepare_image(img, min_pixels=None, max_pixels=None, factor=28):
     """Any PIL image -> RGB whose sides are multiples of `factor` (patch x merge: encode_prompts passes the image
-    processor's; the defaults are Qwen2.5-VL's 14 x 2) within the pixel bounds.
+    processor's; the default is Qwen2.5-VL's 14 x 2) within the pixel bounds (None: one merged token, factor^2,
+    and 1280 of them, Qwen's usual cap).
 
     Modes: palette / grayscale / 16-bit / float / CMYK -> RGB; transparency is composited onto white (a
     transparent PNG would otherwise turn black). Extreme aspect ratios (> 200:1, which Qwen's resize
@@ -100,6 +101,7 @@ def prepare_image(img, min_pixels=28 * 28, max_pixels=28 * 28 * 1280, factor=28)
     >>> prepare_image(Image.new("LA", (3, 700))).size    # tiny, 233:1 tall, grayscale+alpha
     (28, 700)
     """
+    min_pixels, max_pixels = min_pixels or factor * factor, max_pixels or factor * factor * 1280
     if min_pixels < factor * factor or max_pixels < min_pixels:
         raise ValueError(f"need {factor * factor} <= min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
     if img.mode == "P":  # palette images may carry transparency in img.info
