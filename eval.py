@@ -152,9 +152,9 @@ def load_model(path, device, dtype="auto", min_pixels=0, max_pixels=0):
         dtype = "bfloat16" if device.type == "cuda" else "float32"
     try:
         model = family.load_model(path, getattr(torch, dtype))
+        tokenizer, image_processor = family.load_processor(path)
     except (OSError, ValueError) as err:
         cli.config_error("eval.py", f"--model {str(err).splitlines()[0][:400]}")
-    tokenizer, image_processor = family.load_processor(path)
     family.pixel_bounds(image_processor, min_pixels, max_pixels, prog="eval.py")  # >= one of its vision tokens
     return model.to(device).eval(), tokenizer, image_processor
 

@@ -246,9 +246,9 @@ load_path = resume_dir or model_path
 try:  # models/family.py: the checkpoint's family read first, every weight matched (never a half-random model)
     model = family.load_model(load_path).to(device)
     ref_model = family.load_model(model_path).to(device).eval() if cfg.kl_coef > 0 else None  # frozen pi_ref (GRPO)
+    tokenizer, image_processor = family.load_processor(load_path)
 except (OSError, ValueError) as err:
     cli.config_error("train.py", f"--model {str(err).splitlines()[0][:400]}")
-tokenizer, image_processor = family.load_processor(load_path)
 cfg.min_pixels, cfg.max_pixels = family.pixel_bounds(image_processor, cfg.min_pixels, cfg.max_pixels, 512, "train.py")
 if cfg.freeze_vision:
     model.model.visual.requires_grad_(False)

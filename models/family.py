@@ -12,7 +12,8 @@ treats any weight the load did not match (transformers' loading info, or the sha
     family(path)                the checkpoint's model_type, refused in one line unless it is in FAMILIES
     load_model(path, dtype)     the model with sdpa attention (the probe wraps it), every weight matched
     load_processor(path)        (tokenizer, image processor): left padding, the PIL image processor, and a chat
-                                template always (the checkpoint's, else its family's: never another family's)
+                                template always (the checkpoint's, else its family's: never another family's);
+                                refused if decoding would drop the answer format's <think>/<answer> tags
     pixel_bounds(ip, lo, hi)    --min_pixels / --max_pixels against the family's merged token (factor^2 px), 0 resolved
     checkpoint_activations(m)   gradient checkpointing under either of transformers' names for it
 
@@ -166,6 +167,14 @@ def load_processor(path):
                 break
         else:
             tokenizer.chat_template = FAMILIES[family(path)][2]
+    # NOTE: responses are decoded with skip_special_tokens (rollout.sample_groups); a tokenizer that marks the answer
+    # format's tags special (Qwen3 tokenizers add <think> and </think> as tokens) would strip them, and the format
+    # reward (tasks/grading.format_ok) would silently be 0 for every response. Checked here, by decoding them.
+    tags = "<think>1</think><answer>1</answer>"
+    decoded = tokenizer.decode(tokenizer(tags, add_special_tokens=False)["input_ids"], skip_special_tokens=True)
+    if decoded != tags:
+        raise ValueError(f"{path}: its tokenizer drops the answer format's tags as special tokens when decoding "
+                         f"({tags!r} -> {decoded!r}): the format reward would never see them")
     image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
     return tokenizer, image_processor
 

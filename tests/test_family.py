@@ -175,6 +175,19 @@ def test_each_family_prompts_with_its_own_chat_template(tiny_checkpoint, tmp_pat
         rollout.encode_prompts(tokenizer, image_processor, [visualmath.make_slots(1, seed=0)[0]["image"]], ["q"])
 
 
+def test_a_tokenizer_that_would_strip_the_format_tags_is_refused(tiny_checkpoint, tmp_path):
+    """Qwen3 tokenizers add <think> / </think> as tokens: marked special, decoding with skip_special_tokens (as
+    rollout.sample_groups does) would drop them and every response would fail the format reward, silently."""
+    path = tmp_path / "special-think"
+    shutil.copytree(tiny_checkpoint("qwen3_vl"), path)
+    tokenizer = family.load_processor(str(path))[0]  # the tiny one keeps them as text: accepted
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<think>", "</think>"]})
+    tokenizer.save_pretrained(path)
+    with pytest.raises(ValueError, match=r"drops the answer format's tags as special tokens when decoding "
+                                         r"\('<think>1</think><answer>1</answer>' -> '1<answer>1</answer>'\)"):
+        family.load_processor(str(path))
+
+
 def test_pixel_bounds_are_the_familys_merged_token():
     qwen25, qwen3 = tiny.make_image_processor("qwen2_5_vl"), tiny.make_image_processor("qwen3_vl")
     assert family.pixel_bounds(qwen25, 0, 0, 512) == (784, 401408)  # train.py's defaults before Qwen3-VL, exactly
