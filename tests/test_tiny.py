@@ -160,6 +160,7 @@ def test_a_few_sft_steps_fit_a_batch(tiny_checkpoint, kind):
 
 def test_ensure_tiny_model_uses_an_existing_build(tmp_path):
     (tmp_path / "sft_report.json").write_text(json.dumps({"steps": 1}))
+    (tmp_path / "model.safetensors").write_bytes(b"")  # tiny.is_built: a report and weights (a report alone rebuilds)
     assert tiny.ensure_tiny_model(str(tmp_path)) == str(tmp_path)  # no rebuild: returns at once
 
 
