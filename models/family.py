@@ -3,10 +3,11 @@
 A checkpoint names its family in config.json's `model_type`. transformers loads a checkpoint of one family into
 another family's class whenever the shapes allow it, initialising at random what it does not find and dropping
 what it does not know, with nothing but a warning: a Qwen3-VL folder loaded as Qwen2.5-VL trains half a random
-model and exits 0 (measured on a tiny Qwen3-VL: 26 tensors re-initialised, 38 dropped). So every load here reads
+model and exits 0 (measured on models/tiny.py's Qwen3-VL: 29 tensors re-initialised, 40 dropped). So every load here reads
 the family first -- from config.json alone, before anything is built: a text-only checkpoint handed to a VL class
 would first build a default-sized (3-12 B parameter) model --, refuses one the project does not support, and
-treats any weight the load did not match (transformers' loading info, or the shape error it raises) as an error.
+treats any weight the load did not match (missing, unexpected or of another shape in transformers' loading report)
+and a weights file it cannot read as an error.
 
     FAMILIES                    model_type -> (transformers class, name, chat template): one table, read top down
     family(path)                the checkpoint's model_type, refused in one line unless it is in FAMILIES
