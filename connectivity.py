@@ -20,11 +20,14 @@ normalised by the log-sum-exp the kernel computed anyway; the arithmetic of both
 ops/attention_rows.py, this file decides which rows and layers are read, and when.
 
 Where we depart from / guess at the paper (each is a knob):
-  1. Layers: the middle third of decoder depth by default (`layers=`); the paper does not say which.
+  1. Layers: the middle third of decoder depth by default (`layers=`); the paper does not say which. Chosen by
+     measurement on the tiny Qwen2.5-VL (docs/departures.md); not measured on Qwen3-VL, whose DeepStack adds vision
+     features to the hidden states of its first decoder layers (3 on the real models), so measure the band there.
   2. Heads and layers are averaged uniformly.
   3. Query alignment: `query="predict"` (row t-1) or `"self"` (row t); the paper does not say.
   4. Sink debiasing (`debias_sinks`): drop the first non-pad key and image keys whose mean attention over the
-     response is > outlier_k x the median image key, then renormalise; the paper's rule is not public.
+     response is > outlier_k x the median image key, then renormalise; the paper's rule is not public. outlier_k = 5
+     is a guess and min_keys = 8 was set on the tiny Qwen2.5-VL's 2-token images; neither is measured on Qwen3-VL.
 
 Dimension letters: B rollouts, S full sequence (prompt + response), T response tokens, V image tokens,
 H query heads, Hkv key/value heads, G = H / Hkv query heads per key head, D head dim, c rows per chunk.
@@ -415,7 +418,7 @@ def probe(model, layers=None, chunk_elements=None, background=False):
                and getattr(m, "layer_idx", None) in layers and getattr(m, "is_causal", False)]
     if len(modules) != len(layers):
         raise RuntimeError(f"found {len(modules)} decoder attention modules for layers {layers}; "
-                           f"{type(model).__name__} is not laid out like Qwen2.5-VL")
+                           f"{type(model).__name__} is not laid out like Qwen2.5-VL / Qwen3-VL")
     # registering the mask function too matters: masking_utils builds NO mask for names it does not know
     name = PREFIX + original
     AttentionInterface.register(name, _attention_with_probe(original))

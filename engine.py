@@ -1,4 +1,4 @@
-"""engine.py -- a decode engine for Qwen2.5-VL in plain PyTorch: rollouts at the speed of reading the weights.
+"""engine.py -- a decode engine for Qwen2.5-VL and Qwen3-VL in plain PyTorch: rollouts at the speed of reading the weights.
 
 Sampling one token for B rollouts reads every language-model weight once (a (B, H) x (H, H') matmul per
 projection) plus each rollout's KV cache. At small B that is all a GPU does, so the floor of a decode step is
@@ -12,7 +12,8 @@ a 4-D mask rebuilt per step, ~20 eager kernels of sampling). This engine does wh
     prefill    once per PROMPT, eagerly: the vision tower and the prompt through the model's own forward;
                its K/V are copied into the G rows of the prompt's group of a static, preallocated cache
     step()     one token for all B rows, touching only preallocated buffers and with no host sync:
-                 embed the last token -> per layer: RMSNorm, q/k/v, RoPE, write k/v into the cache at
+                 embed the last token -> per layer: RMSNorm, q/k/v (Qwen3-VL: then RMSNorm of each head
+                 of q and k), RoPE, write k/v into the cache at
                  column P + n - 1, attention over the cache's first `length` columns (masked) -> norm ->
                  LM head -> vision tokens suppressed -> counter-keyed Gumbel noise -> argmax -> EOS bookkeeping
     the loop   on CUDA, step() is captured once per (batch, length bucket) in a CUDA graph and replayed (one
@@ -104,7 +105,7 @@ def gumbel_scores(scores, keys, position, temperature=1.0, top_p=1.0):
     return scores - torch.log(-torch.log(u)).float()
 
 # --------------------------------------------------------------------------------------------------
-# Positions: where a response token sits in Qwen2.5-VL's 3-D rotary space
+# Positions: where a response token sits in the 3-D rotary space (mRoPE; Qwen2.5-VL and Qwen3-VL alike)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -114,7 +115,9 @@ def rope_base(attention_mask, image_grid_thw, merge_size):
 
     Text tokens advance the position by 1 each; an image of h x w merged patches (h = grid_h / merge) spans
     positions [s, s + max(h, w)) on its height and width axes, so its h*w tokens advance it by max(h, w).
-    One image per prompt, as rollout.encode_prompts builds them. Equals transformers' get_rope_index (tested).
+    One image per prompt, as rollout.encode_prompts builds them. Equals transformers' get_rope_index of
+    both families (tested; Qwen3-VL interleaves the three axes over the frequencies, which changes nothing for a
+    text token, whose three positions are equal).
 
     >>> rope_base(torch.tensor([[0, 1, 1, 1, 1, 1, 1]]), torch.tensor([[1, 4, 2]]), 2)  # 2 text + 2x1 image + 2 text
     tensor([6])
@@ -139,7 +142,7 @@ class _Slot:
 
     def __init__(self, config, B, capacity, vocab, dtype, device):
         text = config.text_config
-        kv_heads, head_dim = text.num_key_value_heads, text.hidden_size // text.num_attention_heads
+        kv_heads, head_dim = text.num_key_value_heads, _head_dim(text)
         shape = (B, kv_heads, capacity, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(text.num_hidden_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(text.num_hidden_layers)]
@@ -165,7 +168,7 @@ class DecodeEngine:
     """Prefill once per prompt, then one capturable step() per token over a static KV cache (see the module
     docstring). Build it once per run; call generate() per batch and refresh() after each optimizer step.
 
-    policy: the Qwen2_5_VLForConditionalGeneration being trained (or evaluated).
+    policy: the Qwen2.5-VL or Qwen3-VL model being trained (or evaluated), as models/family.py loads it.
     dtype: the dtype to decode in; None = the policy's. A different dtype, or a sharded (FSDP2) policy, makes
         the engine decode from its own full copy, which refresh() keeps equal to the policy.
     bucket: key columns are attended in multiples of this (one CUDA graph per bucket); default 128 on CUDA,
@@ -187,6 +190,7 @@ class DecodeEngine:
         self.hf_attention = (not cuda) if hf_attention is None else hf_attention
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
         self.sdpa_attention = sdpa_attention_forward  # what the model's sdpa layers call
+        self.qk_norm = _check_geometry(policy)  # Qwen3-VL: per-head q/k RMSNorm; decided once, not per step
         sharded = any(hasattr(p, "full_tensor") for p in policy.parameters())  # FSDP2 shards are DTensors
         self.model = policy
         if sharded or self.dtype != first.dtype:  # a plain full copy in the decode dtype, built on the device
@@ -278,8 +282,11 @@ class DecodeEngine:
         for layer, k_cache, v_cache in zip(lm.layers, s.k, s.v):
             attn = layer.self_attn
             h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(B, 1, -1, attn.head_dim).transpose(1, 2)         # (B, H, 1, D)
-            k = attn.k_proj(h).view(B, 1, -1, attn.head_dim).transpose(1, 2)         # (B, H_kv, 1, D)
+            q = attn.q_proj(h).view(B, 1, -1, attn.head_dim)                          # (B, 1, H, D)
+            k = attn.k_proj(h).view(B, 1, -1, attn.head_dim)                          # (B, 1, H_kv, D)
+            if self.qk_norm:  # Qwen3-VL: RMSNorm over D of each head of q and k, before RoPE, on this very view
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)                               # (B, H(_kv), 1, D)
             v = attn.v_proj(h).view(B, 1, -1, attn.head_dim).transpose(1, 2)
             q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
             k_cache.index_copy_(2, write, k)
@@ -358,6 +365,28 @@ class DecodeEngine:
             self._run_step(s, min(capacity, _round_up(P + emitted, self.bucket)), temperature, top_p)
             emitted += 1
         return s.out[:, :emitted].cpu()
+
+
+def _head_dim(text_config):
+    """D of the decoder's attention heads: Qwen3-VL states it (4B: 128, while hidden / heads = 80), Qwen2.5-VL
+    implies hidden / heads -- each family's attention module reads its config by the same rule."""
+    return getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+
+
+def _check_geometry(policy):
+    """Whether the decoder normalises q and k per head (Qwen3-VL), after checking what _step takes for granted:
+    the cache's head_dim is the attention modules', and RoPE is plain (unscaled) over all of head_dim. A model
+    that breaks one would decode wrong tokens silently; it stops here instead."""
+    lm = policy.model.language_model
+    attn, rotary = lm.layers[0].self_attn, lm.rotary_emb
+    D = _head_dim(policy.config.text_config)
+    if attn.head_dim != D or rotary.inv_freq.numel() * 2 != D:
+        raise ValueError(f"engine: head_dim {attn.head_dim} in the attention, {D} in the config and "
+                         f"{rotary.inv_freq.numel() * 2} in RoPE: decode with --rollout hf")
+    if getattr(rotary, "rope_type", "default") != "default" or getattr(rotary, "attention_scaling", 1.0) != 1.0:
+        raise ValueError(f"engine: RoPE {rotary.rope_type!r} with scaling {rotary.attention_scaling} is not the "
+                         "plain RoPE the decode step computes: decode with --rollout hf")
+    return hasattr(attn, "q_norm")
 
 
 def _rotate_half(x):

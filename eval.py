@@ -39,7 +39,8 @@ References: MathVista (Lu et al. 2024, arXiv 2310.02255, testmini), MathVerse (Z
 Run it:
     python eval.py --model runs/default/checkpoint-40 --benchmark visualmath --limit 500
     python eval.py --model runs/default/checkpoint-40 --benchmark visualmath --k 8 --temperature 1.0
-    # MathVista testmini (1000 questions; hub download, bf16 on GPU; Qwen's usual 1280-token image cap):
+    # MathVista testmini (1000 questions; hub download, bf16 on GPU; Qwen2.5-VL's usual 1280-token image cap:
+    # 1003520 = 1280 x 28^2 px; for a Qwen3-VL checkpoint 1280 tokens are 1310720 = 1280 x 32^2, docs/families.md):
     torchrun --nproc_per_node 8 eval.py --model runs/default/checkpoint-40 --benchmark AI4Math/MathVista \
         --split testmini --max_new_tokens 2048 --max_pixels 1003520 --out runs/default/mathvista_testmini.json
     python eval.py --model Qwen/Qwen2.5-VL-3B-Instruct --benchmark /data/MathVista/testmini.json,/data/g3k/test.parquet
@@ -127,9 +128,9 @@ def parse_config(argv=None):
         ("rollout", cfg.rollout in ("engine", "hf"), "use engine (engine.py, the default) or hf (transformers' generate)"),
         *[(n, getattr(cfg, n) >= 1, "must be >= 1") for n in ("max_new_tokens", "batch_size")],
         *[(n, getattr(cfg, n) >= 0, "must be >= 0") for n in ("limit", "visualmath_seed", "seed", "show")],
-        ("min_pixels", cfg.min_pixels == 0 or cfg.min_pixels >= 28 * 28, "use 0 (the checkpoint's) or >= 784 (28 x 28)"),
-        ("max_pixels", cfg.max_pixels == 0 or cfg.max_pixels >= max(cfg.min_pixels, 28 * 28),
-         "use 0 (the checkpoint's) or a value >= --min_pixels and 784"),
+        # (>= one merged vision token of the checkpoint's family is checked once it is loaded: family.pixel_bounds)
+        ("min_pixels", cfg.min_pixels >= 0, "use 0 (the checkpoint's) or >= one vision token (784 Qwen2.5-VL, 1024 Qwen3-VL)"),
+        ("max_pixels", cfg.max_pixels == 0 or cfg.max_pixels >= cfg.min_pixels, "use 0 (the checkpoint's) or a value >= --min_pixels"),
     ])
     return cfg
 
@@ -138,9 +139,10 @@ def parse_config(argv=None):
 # --------------------------------------------------------------------------------------------------
 
 
-def load_model(path, device, dtype="auto"):
+def load_model(path, device, dtype="auto", min_pixels=0, max_pixels=0):
     """(model in eval mode with sdpa attention -- the probe wraps it --, tokenizer, image_processor); a checkpoint
-    of a family the project does not support, or one whose weights do not all match, stops in one line."""
+    of a family the project does not support, one whose weights do not all match, or pixel bounds below one of its
+    vision tokens (models/family.pixel_bounds; 0 = the checkpoint's own) stop in one line."""
     if not path:  # the embedded default (built by models/tiny.py, which measures itself with this file: no import here)
         path = cli.TINY_MODEL_DIR
         if not os.path.exists(os.path.join(path, "sft_report.json")):
@@ -150,9 +152,10 @@ def load_model(path, device, dtype="auto"):
         dtype = "bfloat16" if device.type == "cuda" else "float32"
     try:
         model = family.load_model(path, getattr(torch, dtype))
+        tokenizer, image_processor = family.load_processor(path)
     except (OSError, ValueError) as err:
         cli.config_error("eval.py", f"--model {str(err).splitlines()[0][:400]}")
-    tokenizer, image_processor = family.load_processor(path)
+    family.pixel_bounds(image_processor, min_pixels, max_pixels, prog="eval.py")  # >= one of its vision tokens
     return model.to(device).eval(), tokenizer, image_processor
 
 # --------------------------------------------------------------------------------------------------
@@ -441,7 +444,7 @@ def run_accuracy(cfg):
     rank, world, _, device = runs.setup_distributed()
     if rank == 0:
         print("\n".join(lines), flush=True)  # "data: <source> split=<name> rows=<n>", one per benchmark
-    model, tokenizer, image_processor = load_model(cfg.model, device, cfg.dtype)
+    model, tokenizer, image_processor = load_model(cfg.model, device, cfg.dtype, cfg.min_pixels, cfg.max_pixels)
     decoder = None
     if cfg.rollout == "engine":
         import engine  # engine.py: prefill once, static KV cache, CUDA graphs

@@ -1,7 +1,7 @@
 """Rollout for AT-RL: turn (image, question) prompts into model inputs, then sample G responses per prompt.
 
-This file has two sections. **Encoding** (below) builds exactly the tensors Qwen2.5-VL's forward and
-`generate` need; **Sampling** draws G responses per prompt, rewards them and pads everything into one batch.
+This file has two sections. **Encoding** (below) builds exactly the tensors the forward and `generate` of
+Qwen2.5-VL and Qwen3-VL need (models/family.py); **Sampling** draws G responses per prompt, rewards them and pads everything into one batch.
 
 Sampling is exact Gumbel-max: with u ~ U(0,1) per vocabulary entry,
     argmax_v (logits_v / temperature - log(-log u_v))   is a sample of softmax(logits / temperature),
@@ -9,20 +9,21 @@ and u comes from a counter-based hash of (rollout key, response position, v) ins
 rollout's tokens depend on its key alone: the same run gives the same rollouts on 1 GPU or 8, with any
 micro-batching (tests/test_train.py compares 1 and 2 processes parameter by parameter on this basis).
 
-Encoding, for a batch of B prompts:
+Encoding, for a batch of B prompts (f = patch_size x merge_size px: one merged LLM token, 28 for Qwen2.5-VL's
+14-px patches, 32 for Qwen3-VL's 16-px ones; p = patch_size; both read from the image processor):
 
-    image  --prepare_image-->  RGB, H and W multiples of 28, min_pixels <= H*W <= max_pixels
-           --image processor-->  pixel_values (sum_b h_b*w_b, C*2*14*14), image_grid_thw (B, 3) = [1, h_b, w_b]
-    text   --chat template-->  "...<|vision_start|><|image_pad|><|vision_end|>question + format..."
+    image  --prepare_image-->  RGB, H and W multiples of f, min_pixels <= H*W <= max_pixels
+           --image processor-->  pixel_values (sum_b h_b*w_b, C*2*p*p), image_grid_thw (B, 3) = [1, h_b, w_b]
+    text   --the family's chat template-->  "...<|vision_start|><|image_pad|><|vision_end|>question + format..."
            --expand-->  one <|image_pad|> per merged patch: N_b = h_b * w_b / merge_size**2
            --tokenize, LEFT-pad-->  input_ids (B, P), attention_mask (B, P), mm_token_type_ids (B, P)
 
-Where this departs from the stock `Qwen2_5_VLProcessor`:
+Where this departs from the stock `Qwen2_5_VLProcessor` / `Qwen3VLProcessor` (tests/test_processor_oracle.py):
 1. We use the image processor and the tokenizer directly (no `AutoProcessor`), so the same code serves a
    hub checkpoint and our own tiny checkpoint (models/tiny.py), and no torchvision is needed: the image processor
    is transformers' PIL backend (`Qwen2VLImageProcessorPil`).
 2. Images are resized by us (`prepare_image`), with explicit min/max pixel bounds, and odd inputs are made
-   valid first: grayscale/RGBA/palette -> RGB on white, tiny images upscaled to at least one 28x28 merged
+   valid first: grayscale/RGBA/palette -> RGB on white, tiny images upscaled to at least one f x f merged
    patch, extreme aspect ratios padded to <= 200:1, huge images shrunk under max_pixels.
 3. Prompts are LEFT-padded: `generate` appends at the right, so every row's last prompt token must sit in
    the last column.
@@ -58,24 +59,6 @@ FORMAT_INSTRUCTION = (
     "Think step by step inside <think></think>, then give the final answer inside <answer></answer>."
 )
 
-# Qwen2.5-VL's chat template reduced to what we use (text and images in user turns). Used only when a
-# tokenizer ships without a template; models/tiny.py saves this same template with its tokenizer.
-QWEN_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
 IMAGE_TOKEN = "<|image_pad|>"
 # Every token that only makes sense inside a prompt's image/video slot.
 _VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
@@ -106,8 +89,10 @@ def _target_size(height, width, factor, min_pixels, max_pixels):
     return h, w
 
 
-def prepare_image(img, min_pixels=28 * 28, max_pixels=28 * 28 * 1280, factor=28):
-    """Any PIL image -> RGB whose sides are multiples of `factor` (patch 14 x merge 2) within the pixel bounds.
+def prepare_image(img, min_pixels=None, max_pixels=None, factor=28):
+    """Any PIL image -> RGB whose sides are multiples of `factor` (patch x merge: encode_prompts passes the image
+    processor's; the default is Qwen2.5-VL's 14 x 2) within the pixel bounds (None: one merged token, factor^2,
+    and 1280 of them, Qwen's usual cap).
 
     Modes: palette / grayscale / 16-bit / float / CMYK -> RGB; transparency is composited onto white (a
     transparent PNG would otherwise turn black). Extreme aspect ratios (> 200:1, which Qwen's resize
@@ -116,6 +101,7 @@ def prepare_image(img, min_pixels=28 * 28, max_pixels=28 * 28 * 1280, factor=28)
     >>> prepare_image(Image.new("LA", (3, 700))).size    # tiny, 233:1 tall, grayscale+alpha
     (28, 700)
     """
+    min_pixels, max_pixels = min_pixels or factor * factor, max_pixels or factor * factor * 1280
     if min_pixels < factor * factor or max_pixels < min_pixels:
         raise ValueError(f"need {factor * factor} <= min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
     if img.mode == "P":  # palette images may carry transparency in img.info
@@ -158,7 +144,7 @@ def VISION_TOKEN_IDS(tokenizer):
 
 
 def encode_prompts(tokenizer, image_processor, images, questions, min_pixels=None, max_pixels=None):
-    """B (image, question) pairs -> the inputs of Qwen2.5-VL's forward/generate, prompts LEFT-padded.
+    """B (image, question) pairs -> the inputs of the model's forward/generate, prompts LEFT-padded.
 
     min_pixels/max_pixels default to the image processor's own bounds (size.shortest_edge/longest_edge).
     Returns a dict of tensors:
@@ -179,11 +165,12 @@ def encode_prompts(tokenizer, image_processor, images, questions, min_pixels=Non
     vision = image_processor(images=rgb, do_resize=False, return_tensors="pt")
     grid = vision["image_grid_thw"]  # (B, 3)
 
-    template = tokenizer.chat_template or QWEN_CHAT_TEMPLATE
+    if tokenizer.chat_template is None:  # NOTE: no fallback: another family's template is a prompt never trained on
+        raise ValueError("the tokenizer has no chat template: load it with models.family.load_processor, which gives "
+                         "it the checkpoint's or its family's")
     texts = []
     for question, thw in zip(questions, grid):
-        text = tokenizer.apply_chat_template(build_messages(question), chat_template=template,
-                                             tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(build_messages(question), tokenize=False, add_generation_prompt=True)
         if text.count(IMAGE_TOKEN) != 1:
             raise ValueError(f"chat template produced {text.count(IMAGE_TOKEN)} {IMAGE_TOKEN} tokens, expected 1")
         n_image_tokens = int(thw.prod()) // merge**2  # one LLM token per merge x merge patch block
@@ -293,8 +280,9 @@ def blacken_patches(batch, image_processor, p=0.5):
 
     pixel_values rows are already patches (one row = one patch_size x patch_size patch of one image, its
     temporal copies included, channel-major), so blackening a patch = replacing its row by the normalised
-    value of a black pixel, (0 - mean) / std per channel. Ours are the model's own (resized) patches; VPPO
-    blackens a 14-px grid of the original image before resizing -- the same thing when no resize happens.
+    value of a black pixel, (0 - mean) / std per channel. Ours are the model's own (resized) patches, of the
+    family's size (14 px Qwen2.5-VL, 16 px Qwen3-VL: read from the image processor); VPPO blackens a 14-px grid
+    of the original image before resizing -- the same thing for Qwen2.5-VL when no resize happens.
     """
     mean = torch.tensor(image_processor.image_mean, dtype=torch.float32)
     std = torch.tensor(image_processor.image_std, dtype=torch.float32)

@@ -1,4 +1,4 @@
-"""train.py -- GRPO/DAPO with Anchor-Token credit assignment (AT-RL) for Qwen2.5-VL, in one flat loop.
+"""train.py -- GRPO/DAPO with Anchor-Token credit assignment (AT-RL) for Qwen2.5-VL / Qwen3-VL, in one flat loop.
 
 What one step does, for P prompts and G sampled responses each (B = P*G rollouts, T response tokens):
 
@@ -30,7 +30,7 @@ loop shape after nanochat scripts/chat_rl.py and CleanRL ppo.py.
 
 Run it:
     python train.py                                     # embedded tiny model + VisualMath, CPU, minutes
-    python train.py --model Qwen/Qwen2.5-VL-3B-Instruct --dataset hiyouga/geometry3k --bf16 1   # train split; test evaluates
+    python train.py --model Qwen/Qwen2.5-VL-3B-Instruct --dataset hiyouga/geometry3k --bf16 1   # train split; test evaluates (Qwen3-VL: docs/families.md)
     torchrun --nproc_per_node 8 train.py --model Qwen/Qwen2.5-VL-3B-Instruct ...
     python train.py --resume 1                          # continue exactly where out_dir's newest checkpoint stopped
     python train.py --overwrite 1 --report_to tensorboard   # replace out_dir's run; watch: tensorboard --logdir runs
@@ -82,8 +82,8 @@ class Config:
     eval_size: int = 256            # held-out questions scored at every eval (greedy and avg@eval_k); 0 = no eval
     test_size: int = 0              # synthetic task: a second held-out set (seed + 20000), logged as test_*; never used to choose anything
     eval_k: int = 4                 # samples per question for avg@k at --temperature (0 = greedy accuracy only)
-    min_pixels: int = 28 * 28       # image processor lower bound (pixels); tiny images are upscaled to it
-    max_pixels: int = 512 * 28 * 28  # upper bound; caps image tokens at max_pixels / 28^2 (here 512)
+    min_pixels: int = 0             # image lower bound in pixels; 0 = one merged vision token (28^2 Qwen2.5-VL, 32^2 Qwen3-VL)
+    max_pixels: int = 0             # upper bound; caps image tokens at max_pixels / token area; 0 = 512 tokens
     # Rollout
     prompts_per_step: int = 16      # P prompts per step over all ranks; must divide by the world size
     group_size: int = 8             # G responses per prompt (>= 2: the advantage is relative to the group)
@@ -107,7 +107,7 @@ class Config:
     sink_outlier_k: float = 5.0     # an image key is a sink if its mean attention > k x the median key's
     overlap_weights: int = 1        # 1 = probe read-out and W on a worker thread, overlapping the forward (same W)
     vppo_frac: float = 0.4          # vppo arm: share of each response's tokens kept, by visual dependency (VPPO: 0.4)
-    vppo_blacken: float = 0.5       # vppo arm: probability that a 14-px patch is blackened in the perturbed image
+    vppo_blacken: float = 0.5       # vppo arm: probability that a vision patch (14 px Qwen2.5-VL, 16 px Qwen3-VL) is blackened
     vppo_beta_min: float = 0.9      # vppo arm: smallest advantage-shaping factor (VPPO's released scripts: 0.9; code default 0.8)
     entropy_frac: float = 0.2       # entropy arm: share of each response's tokens kept, by entropy (paper: 0.2)
     # Optimization
@@ -129,7 +129,7 @@ class Config:
     mini_batches: int = 1           # optimizer steps per pass (>1 => an extra no-grad pass for pi_old)
     micro_batch_size: int = 64      # rollouts per forward/backward (gradient accumulation below that)
     grad_checkpointing: int = 0     # 1 = recompute activations in backward (memory for time)
-    freeze_vision: int = 1          # 1 = the vision tower is not trained (common for RLVR on VLMs)
+    freeze_vision: int = 1          # 1 = the vision tower (with Qwen3-VL's DeepStack mergers) is not trained (common for RLVR)
     bf16: int = 0                   # 1 = bf16 autocast (GPU); log-probs are always computed in fp32
     fsdp: int = 0                   # 1 = FSDP2 fully_shard instead of DDP (large models, torchrun)
     seed: int = 0                   # seeds data order, sampling, Louvain and init of everything we control
@@ -174,13 +174,12 @@ cli.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n i
                                                           "keep_checkpoints")],
     *[(n, getattr(cfg, n) >= 0, "must be >= 0") for n in ("max_refills", "warmup_steps", "weight_decay", "grad_clip",
                                                           "kl_coef", "seed", "cpu_threads", "eval_every", "save_every",
-                                                          "eval_size", "eval_k", "test_size")],
+                                                          "eval_size", "eval_k", "test_size", "min_pixels")],
     ("test_size", cfg.test_size == 0 or cfg.dataset in visualmath.TASKS, "a test set is drawn from the synthetic task only"),
     ("log_update", not (cfg.log_update and cfg.fsdp), "the update norm reads whole weights: use it without --fsdp"),
     ("knn", cfg.knn >= 0, "must be >= 0 (0 = round(sqrt(n)) per response, in [2, 10])"),
     ("eval_k", cfg.eval_k == 0 or cfg.temperature > 0, "avg@k samples at --temperature, which must then be > 0"),
-    ("min_pixels", cfg.min_pixels >= 28 * 28, "must be >= 784 (28 x 28 pixels: one merged vision token)"),
-    ("max_pixels", cfg.max_pixels >= cfg.min_pixels, f"must be >= --min_pixels {cfg.min_pixels}"),
+    ("max_pixels", cfg.max_pixels == 0 or cfg.max_pixels >= cfg.min_pixels, f"use 0 or a value >= --min_pixels {cfg.min_pixels}"),
     ("temperature", cfg.temperature > 0, "must be > 0: RL samples its groups (1.0 = the policy itself)"),
     *[(n, 0 < getattr(cfg, n) <= 1, "must be in (0, 1]") for n in ("top_p", "anchor_frac", "vppo_frac", "entropy_frac", "vppo_beta_min")],
     ("gain", cfg.gain > 0, "must be > 0 so weights stay positive (1 = no reweighting, default 2)"),
@@ -247,9 +246,10 @@ load_path = resume_dir or model_path
 try:  # models/family.py: the checkpoint's family read first, every weight matched (never a half-random model)
     model = family.load_model(load_path).to(device)
     ref_model = family.load_model(model_path).to(device).eval() if cfg.kl_coef > 0 else None  # frozen pi_ref (GRPO)
+    tokenizer, image_processor = family.load_processor(load_path)
 except (OSError, ValueError) as err:
     cli.config_error("train.py", f"--model {str(err).splitlines()[0][:400]}")
-tokenizer, image_processor = family.load_processor(load_path)
+cfg.min_pixels, cfg.max_pixels = family.pixel_bounds(image_processor, cfg.min_pixels, cfg.max_pixels, 512, "train.py")
 if cfg.freeze_vision:
     model.model.visual.requires_grad_(False)
 if cfg.grad_checkpointing:

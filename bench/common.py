@@ -3,8 +3,9 @@
 The benchmarks compare arms side by side on one machine, so the parts every arm stands on live here once:
 
     model_sizes(name)   (text, vision) config dicts: "tiny" = models/tiny.py's model, "3b" = Qwen2.5-VL-3B-Instruct's
-                        published config.json (shrink: 2 decoder layers and 1 vision block, a CPU smoke test)
-    build_model(...)    a random Qwen2.5-VL from those sizes, built in place on the device and in the dtype
+                        published config.json, "qwen3-4b" = Qwen3-VL-4B-Instruct's (shrink: 2 decoder layers and 1
+                        vision block, a CPU smoke test); FAMILY[name] = its model_type (models/family.py)
+    build_model(...)    a random model of the family from those sizes, built in place on the device and in the dtype
                         (the 3B model in bf16 never exists as a 15 GB fp32 copy on the host), embeddings tied
                         as in the real checkpoint and in models/tiny.py
     sync(device)        wait for the GPU's queue before reading a clock (a no-op on CPU)
@@ -44,11 +45,26 @@ QWEN3B_TEXT = dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008,
 QWEN3B_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, in_channels=3, patch_size=14,
                      spatial_merge_size=2, temporal_patch_size=2, window_size=112,
                      fullatt_block_indexes=[7, 15, 23, 31], out_hidden_size=2048)
+# Qwen3-VL-4B-Instruct's published sizes: its config.json on the hub ("transformers_version": "4.57.0.dev0"), read
+# from public copies of it found by code search (two repositories vendor it verbatim: a QWEN3_VL_4B_INSTRUCT_CONFIG
+# dict and a Qwen3VLConfig(...) literal), not from the hub itself (no network here) -- so treat them as the published
+# values as copied, unchecked against the hub today. Those files give rope_theta 5e6 and the mRoPE layout in the
+# legacy text_config.rope_scaling form, which transformers 5.x reads into rope_parameters as written below; the
+# vision tower's rope is transformers' (axial). head_dim 128 != 2560 / 32 = 80: the geometry engine.py must honour.
+QWEN3_4B_TEXT = dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                     num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=262144,
+                     rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 5e6,
+                                                         "mrope_section": [24, 20, 20], "mrope_interleaved": True})
+QWEN3_4B_VISION = dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, in_channels=3, patch_size=16,
+                       spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
+                       deepstack_visual_indexes=[5, 11, 17], hidden_act="gelu_pytorch_tanh", out_hidden_size=2560)
+FAMILY = {"tiny": "qwen2_5_vl", "3b": "qwen2_5_vl", "qwen3-4b": "qwen3_vl"}  # name -> model_type
 IMAGE, V_START, V_END = 60, 58, 59  # token ids of synthetic batches: distinct, below every vocab used here
 
 
 def model_sizes(name, shrink=False, windowed_vision=False):
-    """(text, vision) size dicts of a named model: "tiny" (models/tiny.py) or "3b" (Qwen2.5-VL-3B-Instruct).
+    """(text, vision) size dicts of a named model: "tiny" (models/tiny.py), "3b" (Qwen2.5-VL-3B-Instruct) or
+    "qwen3-4b" (Qwen3-VL-4B-Instruct; shrink as for 3b, with one DeepStack index in the one vision block).
 
     shrink (3b): the real attention shapes (hidden 2048, 16 query / 2 key-value heads of 128, the mRoPE
     sections) with 2 decoder layers, 1 (full-attention) vision block, a quarter of the MLP width and a 16k
@@ -69,26 +85,37 @@ def model_sizes(name, shrink=False, windowed_vision=False):
         if shrink:
             text.update(num_hidden_layers=2, vocab_size=16384, intermediate_size=QWEN3B_TEXT["intermediate_size"] // 4)
             vision.update(depth=1, fullatt_block_indexes=[0])
+    elif name == "qwen3-4b":
+        text, vision = dict(QWEN3_4B_TEXT), dict(QWEN3_4B_VISION)
+        if shrink:
+            text.update(num_hidden_layers=2, vocab_size=16384, intermediate_size=QWEN3_4B_TEXT["intermediate_size"] // 4)
+            vision.update(depth=1, deepstack_visual_indexes=[0])
+        if windowed_vision:
+            raise ValueError("qwen3-4b: Qwen3-VL's vision tower has no windowed attention")
+        return text, vision
     else:
-        raise ValueError(f"model {name!r}: use 'tiny' or '3b'")
+        raise ValueError(f"model {name!r}: use 'tiny', '3b' or 'qwen3-4b'")
     if windowed_vision:
         vision.update(fullatt_block_indexes=[])
     return text, vision
 
 
-def build_model(text, vision, dtype, device, seed=0):
-    """A random Qwen2.5-VL from size dicts, built in place in `dtype` on `device` (synthetic batches use the
-    IMAGE / V_START / V_END ids above). Embeddings are tied, as in Qwen2.5-VL-3B and models/tiny.py."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    config = Qwen2_5_VLConfig(text_config=dict(text), vision_config=dict(vision), image_token_id=IMAGE,
-                              vision_start_token_id=V_START, vision_end_token_id=V_END, tie_word_embeddings=True,
-                              attn_implementation="sdpa")
+def build_model(text, vision, dtype, device, seed=0, model_type="qwen2_5_vl"):
+    """A random model of the family (models/family.py's class) from size dicts, built in place in `dtype` on `device`
+    (synthetic batches use the IMAGE / V_START / V_END ids above). Embeddings are tied, as in Qwen2.5-VL-3B,
+    Qwen3-VL-4B and models/tiny.py."""
+    import transformers
+    from models import family
+    model_class = getattr(transformers, family.FAMILIES[model_type][0])
+    config = model_class.config_class(text_config=dict(text), vision_config=dict(vision), image_token_id=IMAGE,
+                                      vision_start_token_id=V_START, vision_end_token_id=V_END,
+                                      tie_word_embeddings=True, attn_implementation="sdpa")
     torch.manual_seed(seed)
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # built in place on the device and in dtype: no 15 GB fp32 copy on the host
     try:
         with torch.device(device):
-            return Qwen2_5_VLForConditionalGeneration(config)
+            return model_class(config)
     finally:
         torch.set_default_dtype(default)
 

@@ -28,6 +28,10 @@ default (CPU)   Is the engine at least as fast as today's path on the tiny defau
                 --shrink runs this path on a CPU in a minute or two (2 decoder layers, a 64-token image, batches
                 2 and 4, 8 new tokens): a smoke test of the code, not a measurement.
 
+--config qwen3-4b   The same for Qwen3-VL-4B-Instruct's config (bench/common.py): head_dim 128 with 32 query / 8 KV
+(GPU)               heads, so the KV cache is 144 KiB per token in bf16 (Qwen2.5-VL-3B: 36 KiB) and the q/k norms
+                    run in every step. Unmeasured until a GPU runs it (docs/families.md).
+
 --budget_s N stops measuring once N seconds have passed (a measurement under way finishes), prints what was
 measured and names what was skipped. The table goes to stdout and, with --out FILE, to FILE (markdown).
 
@@ -40,6 +44,7 @@ Run (from the repository root):
     OMP_NUM_THREADS=1 nice -n 10 python bench/decode.py              # CPU, tiny: engine vs hf side by side
     python bench/decode.py --device cuda --config 3b --out decode.md  # GPU: ms/step vs the floor
     python bench/decode.py --config 3b --shrink                       # the 3B code path on a CPU (smoke test)
+    python bench/decode.py --device cuda --config qwen3-4b            # GPU: Qwen3-VL-4B's decode step vs the floor
 """
 
 import common  # first: it puts the repository root on sys.path (see its docstring)
@@ -61,7 +66,7 @@ from tasks import visualmath
 # ------------------------------------------------------------------------------------------- config
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-parser.add_argument("--config", default="tiny", choices=["tiny", "3b"], help="model sizes")
+parser.add_argument("--config", default="tiny", choices=["tiny", "3b", "qwen3-4b"], help="model sizes (bench/common.py)")
 parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 parser.add_argument("--model", default="", help="tiny checkpoint dir; '' = tiny.DEFAULT_DIR if built, else a random one")
 parser.add_argument("--prompts", type=int, default=16, help="tiny: prompts per rollout batch (train.py --prompts_per_step)")
@@ -86,8 +91,8 @@ device = torch.device(args.device)
 if device.type == "cuda" and not torch.cuda.is_available():
     print("bench/decode.py: --device cuda but CUDA is not available here -- skipped (nothing measured)")
     sys.exit(0)
-if args.config == "3b" and device.type == "cpu" and not args.shrink:
-    print("bench/decode.py: --config 3b needs --device cuda (a 3B decode on a CPU takes hours) -- skipped; "
+if args.config != "tiny" and device.type == "cpu" and not args.shrink:
+    print(f"bench/decode.py: --config {args.config} needs --device cuda (a 3B decode on a CPU takes hours) -- skipped; "
           "use --shrink to smoke-test the code path on CPU")
     sys.exit(0)
 if device.type == "cpu" and args.threads > 0:
@@ -127,19 +132,18 @@ def report(lines):
 def tiny_side_by_side():
     """hf vs engine at train.py's rollout shape, interleaved rounds, paired ratios, identical responses."""
     from models import tiny
-    from transformers import Qwen2_5_VLForConditionalGeneration
 
     model_dir = args.model or (tiny.DEFAULT_DIR if os.path.exists(os.path.join(tiny.DEFAULT_DIR, "sft_report.json"))
                                else tiny.make_random_checkpoint(tempfile.mkdtemp(prefix="decode-bench-")))
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32,
-                                                               attn_implementation="sdpa").to(device).eval()
+    model = family.load_model(model_dir).to(device).eval()  # its family's class (a tiny Qwen3-VL works too)
     tokenizer, image_processor = family.load_processor(model_dir)
+    min_pixels, max_pixels = family.pixel_bounds(image_processor, 0, 0, 512, "bench/decode.py")  # train.py's
     rows = visualmath.make("visualmath", args.prompts, seed=args.seed)
     rows = [rows[i] for i in range(args.prompts)]
     prompt_keys = [(args.seed + 1) * 1_000_000_007 + j for j in range(args.prompts)]  # as train.py's
     keys = [k * args.group_size + j for k in prompt_keys for j in range(args.group_size)]
     enc = rollout.encode_prompts(tokenizer, image_processor, [r["image"] for r in rows],
-                                 [r["question"] for r in rows], 28 * 28, 512 * 28 * 28)
+                                 [r["question"] for r in rows], min_pixels, max_pixels)
     decoder = engine.DecodeEngine(model)
     arms = {"hf": None, "engine": decoder}
     jobs = {  # what is timed: decoding alone, and the rollout as train.py's time_rollout sees it
@@ -147,7 +151,7 @@ def tiny_side_by_side():
             model, tokenizer, enc, args.max_new_tokens, 1.0, 1.0, keys, group_size=args.group_size, engine=eng)[0],
         "rollout (rollout.sample_groups)": lambda eng: rollout.sample_groups(
             model, tokenizer, image_processor, rows, args.group_size, prompt_keys, args.max_new_tokens,
-            min_pixels=28 * 28, max_pixels=512 * 28 * 28, engine=eng)["input_ids"]}
+            min_pixels=min_pixels, max_pixels=max_pixels, engine=eng)["input_ids"]}
     print(common.machine_line(device))
     print(f"model {model_dir}; {args.prompts} prompts x G {args.group_size} = {len(keys)} rollouts, "
           f"{args.max_new_tokens} new tokens, temperature 1; {args.repeats} interleaved rounds", flush=True)
@@ -224,19 +228,20 @@ def measure_bandwidth():
 
 
 def decode_3b():
-    text, vision = common.model_sizes("3b", args.shrink)
+    text, vision = common.model_sizes(args.config, args.shrink)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = common.build_model(text, vision, dtype, device, seed=args.seed).eval()
+    model = common.build_model(text, vision, dtype, device, seed=args.seed, model_type=common.FAMILY[args.config]).eval()
     lm = model.model.language_model
     weight_bytes = sum(p.numel() * p.element_size() for p in lm.layers.parameters())
     weight_bytes += sum(p.numel() * p.element_size() for p in (*lm.norm.parameters(), model.lm_head.weight))
-    kv_per_token = 2 * text["num_hidden_layers"] * text["num_key_value_heads"] * \
-        (text["hidden_size"] // text["num_attention_heads"]) * torch.finfo(dtype).bits // 8
+    head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]  # Qwen3-VL states it
+    kv_per_token = 2 * text["num_hidden_layers"] * text["num_key_value_heads"] * head_dim * torch.finfo(dtype).bits // 8
     bandwidth = args.bandwidth_gbs or measure_bandwidth()
     prompt = args.image_side ** 2 + 2
     tokens = SyntheticTokens(text["vocab_size"])
     print(common.machine_line(device))
-    print(f"Qwen2.5-VL-3B config{' (shrunk: 2 layers, 16k vocabulary)' if args.shrink else ''}, random {str(dtype)[6:]} weights; "
+    name = {"3b": "Qwen2.5-VL-3B", "qwen3-4b": "Qwen3-VL-4B"}[args.config]
+    print(f"{name} config{' (shrunk: 2 layers, 16k vocabulary)' if args.shrink else ''}, random {str(dtype)[6:]} weights; "
           f"LM weights {weight_bytes / 1e9:.2f} GB read per step; KV cache {kv_per_token / 1e3:.1f} kB per token; "
           f"prompt {prompt} tokens ({args.image_side ** 2} image), G {args.group_size}; bandwidth {bandwidth:.0f} GB/s "
           f"({'given' if args.bandwidth_gbs else 'measured: device-to-device copy'})", flush=True)

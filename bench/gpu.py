@@ -6,8 +6,8 @@ moment it is printed (prefixed with the section and the seconds since the start)
 time is stopped -- what it printed so far is kept -- and the next one runs. At the end a markdown report (the
 tables each section printed, then every section's whole log) is written to --out.
 
-Sections, in order (budget in seconds on one H100/H200; 540 s in all by default, shared in these proportions;
-time a section leaves unused goes to the next one):
+Sections, in order (budget in seconds on one H100/H200; 540 s in all by default, shared in these proportions --
+they add up to 570, so each gets 540/570 of its figure; time a section leaves unused goes to the next one):
 
     tests     60   the CUDA-only tests (pytest -k cuda): probe vs eager attention on CUDA, logits unchanged
                    and the kernel's log-sum-exp trusted (fp32 and bf16), the decode engine's graph replay
@@ -17,6 +17,9 @@ time a section leaves unused goes to the next one):
                    entropy at 3B shapes: time per arm, ratio to uniform, peak memory
     decode    80   bench/decode.py --config 3b: rollout decoding at batch 16, 64, 256: ms per step and
                    tokens/s beside the memory-bandwidth floor (weights + KV cache read per step / HBM bandwidth)
+    decode_qwen3 50  bench/decode.py --config qwen3-4b: the same at Qwen3-VL-4B-Instruct's config (head_dim 128 with
+                   8 KV heads: a KV cache 4x Qwen2.5-VL-3B's per token; q/k norms in every step), batch 16 and 64,
+                   and the engine's graph replay against its eager step on that geometry
     memory    60   bench/step.py --config 3b --recipe: peak memory of one step of the README's 3B recipe (fp32
                    weights under bf16 autocast, gradient checkpointing, AdamW, micro-batches of 4) and the GPUs
                    (24, 48, 80 GB) it fits
@@ -57,7 +60,8 @@ import torch
 
 # ------------------------------------------------------------------------------------------- config
 
-SECTIONS = {"tests": 60, "probe": 70, "step": 110, "decode": 80, "memory": 60, "default": 140}  # seconds
+SECTIONS = {"tests": 60, "probe": 70, "step": 110, "decode": 80, "decode_qwen3": 50, "memory": 60,
+            "default": 140}  # seconds, before scaling to --budget
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--sections", default=",".join(SECTIONS), help="comma list of " + ", ".join(SECTIONS))
@@ -101,6 +105,9 @@ def commands(section):
     if section == "decode":
         return [PY, "bench/decode.py", "--config", "3b", "--budget_s", str(int(budget_of(section) - 15))] + (
             ["--shrink"] if shrink else ["--device", "cuda", "--batches", "16,64,256"]), {}
+    if section == "decode_qwen3":  # the second family's geometry: engine.py's q/k norms and explicit head_dim
+        return [PY, "bench/decode.py", "--config", "qwen3-4b", "--budget_s", str(int(budget_of(section) - 15))] + (
+            ["--shrink"] if shrink else ["--device", "cuda", "--batches", "16,64"]), {}
     if section == "memory":
         return [PY, "bench/step.py", "--config", "3b", "--recipe", "--sections", "step", "--repeats", "1"] + (
             ["--shrink"] if shrink else ["--device", "cuda"]), {}
@@ -185,7 +192,7 @@ header = (f"# bench/gpu.py{' --shrink (CPU smoke test: these are not GPU figures
 print(header, flush=True)
 results = {}
 for section in chosen:
-    if section == "decode" and not os.path.exists(os.path.join(common.REPO, "bench", "decode.py")):
+    if section.startswith("decode") and not os.path.exists(os.path.join(common.REPO, "bench", "decode.py")):
         results[section] = ("not run: bench/decode.py is missing", 0.0, [])
         continue
     results[section] = run_section(section)
@@ -207,4 +214,4 @@ with open(out_path, "w") as f:
 shutil.rmtree(SCRATCH, ignore_errors=True)
 print(f"\nbench/gpu.py: {len(results)} sections in {time.perf_counter() - START:.0f} s -> {out_path}")
 for s, (status, sec, _) in results.items():
-    print(f"  {s:8s} {status} ({sec:.0f} s)")
+    print(f"  {s:12s} {status} ({sec:.0f} s)")

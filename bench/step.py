@@ -235,18 +235,17 @@ def synthetic_batch(model, B, n_image, T, prompt_text=24, vary=False, seed=0):
 
 def sampled_rollouts(model_dir):
     """(model, batch): the tiny checkpoint and one rollout batch sampled from it, scored (train.py phase 1-2)."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32,
-                                                               attn_implementation="sdpa").to(device)
+    model = family.load_model(model_dir).to(device)  # its family's class, every weight matched
     tokenizer, image_processor = family.load_processor(model_dir)
+    min_pixels, max_pixels = family.pixel_bounds(image_processor, 0, 0, 512, "bench/step.py")  # train.py's defaults
     rows = visualmath.make(args.dataset, args.prompts, seed=args.seed)
     rows = [rows[i] for i in range(args.prompts)]
     keys = [(args.seed + 1) * 1_000_000_007 + j for j in range(args.prompts)]  # as train.py's prompt keys
     model.eval()
     t0 = time.perf_counter()
     batch = rollout.score(rollout.sample_groups(model, tokenizer, image_processor, rows, args.group_size, keys,
-                                                max_new_tokens=args.max_new_tokens, min_pixels=28 * 28,
-                                                max_pixels=512 * 28 * 28))
+                                                max_new_tokens=args.max_new_tokens, min_pixels=min_pixels,
+                                                max_pixels=max_pixels))
     batch["rollout_seconds"] = time.perf_counter() - t0
     return model, batch
 
@@ -357,9 +356,7 @@ def status_kib(field):
 
 if args.memory_child:
     state = torch.load(args.state, weights_only=False)
-    from transformers import Qwen2_5_VLForConditionalGeneration
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(state["model_dir"], dtype=torch.float32,
-                                                               attn_implementation="sdpa")
+    model = family.load_model(state["model_dir"])
     params, optimizer = prepare_for_training(model)
     batch, adv, loss_mask = prepare_batch(state["batch"], args.group_size)
     # AT-RL's first Louvain call loads numba's compiled code and thread team (GRPO never does): measured apart,

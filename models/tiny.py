@@ -1,4 +1,4 @@
-"""The embedded default model: a tiny Qwen2.5-VL built offline, then warm-started by SFT on VisualMath.
+"""The embedded default model: a tiny Qwen2.5-VL (or Qwen3-VL) built offline, then warm-started by SFT on VisualMath.
 
 AT-RL needs a vision-language policy that already *partly* solves its task (RL needs some rewarded
 rollouts to learn from) and that runs on a laptop CPU. We build one from nothing, with the same classes
@@ -43,9 +43,17 @@ Where this departs from a real Qwen2.5-VL:
 2. Only full attention in the vision tower (our images fit in one 112-px window anyway).
 3. Word embeddings are tied to the LM head (as in Qwen2.5-VL-3B) to save parameters.
 
+`--family qwen3_vl` builds the same thing as a Qwen3-VL (models/family.py; docs/families.md): the same decoder
+widths, q/k normalised per head, head_dim 32 = hidden / heads or, with `--head_dim 64`, a head_dim that is not
+hidden / heads (as Qwen3-VL-4B's 128 vs 2560 / 32 = 80); vision patch 16 (one LLM token per 32 x 32 px: VisualMath's
+28-px cells are resized to 32 px, still one cell per token), DeepStack into decoder layers 0 and 1; its tokenizer
+learns prompts without a system turn (Qwen3-VL's template has none). The tests build it at random (conftest.py);
+its warm start is not measured (the README's figures are the Qwen2.5-VL build's).
+
 Run:  python models/tiny.py                       # builds cache/tiny-qwen2.5-vl (skips if present), prints its figures
       python models/tiny.py --seed 3 --out D      # another warm start;  --force rebuilds;  ATRL_CACHE=dir moves cache/
       python models/tiny.py --task visualmath-v3 --out D   # a v3 warm start (experiments/v3.py builds its own)
+      python models/tiny.py --family qwen3_vl --head_dim 64  # a tiny Qwen3-VL, into cache/tiny-qwen3-vl
 Tests: pytest tests/test_tiny.py (random checkpoints and a few SFT steps only: the full build is not run there).
 """
 
@@ -83,7 +91,7 @@ SPECIAL_TOKENS = [  # Qwen2.5-VL's special tokens, same strings (ids differ: our
 ]
 VOCAB_SIZE = 512  # BPE target size; 256 byte symbols + specials + merges of frequent task words
 V3_VOCAB_SIZE = 600  # v3's chains hold more phrases: 600 gives ~53 tokens per response (512: ~75, 640: ~50)
-MIN_PIXELS, MAX_PIXELS = 28 * 28, 28 * 28 * 256  # image processor bounds saved with the checkpoint
+MIN_PIXELS, MAX_PIXELS = 28 * 28, 28 * 28 * 256  # Qwen2.5-VL's image processor bounds saved with the checkpoint
 
 TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=2048, rms_norm_eps=1e-6,
@@ -92,13 +100,21 @@ TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_att
 VISION = dict(depth=2, hidden_size=64, intermediate_size=256, num_heads=4, in_channels=3, patch_size=14,
               spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[0, 1],
               out_hidden_size=TEXT["hidden_size"])
+# Qwen3-VL at the same widths: head_dim explicit (make_model), mRoPE laid out interleaved; vision patch 16, a learned
+# 8 x 8 position grid (resampled per image), DeepStack features into decoder layers 0 and 1 (one per vision block)
+QWEN3_VISION = dict(depth=2, hidden_size=64, intermediate_size=256, num_heads=4, in_channels=3, patch_size=16,
+                    spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                    deepstack_visual_indexes=[0, 1], out_hidden_size=TEXT["hidden_size"])
+# What each family's chat template puts before the user turn (models/family.py; tests/test_tiny.py renders both):
+# the tokenizer learns the text its checkpoint's prompts will hold
+SYSTEM_TURN = {"qwen2_5_vl": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n", "qwen3_vl": ""}
 
 # --------------------------------------------------------------------------------------------------
 # Tokenizer, image processor, random model
 # --------------------------------------------------------------------------------------------------
 
 
-def _tokenizer_corpus(n=400, seed=0, task="visualmath"):
+def _tokenizer_corpus(n=400, seed=0, task="visualmath", model_type="qwen2_5_vl"):
     """Texts the tokenizer is trained on: chat-formatted prompts and responses of the v2 and v1 tasks over many
     knobs, and for a v3 task as many v3 chains again (all three variants, so they share one tokenizer)."""
     rng = random.Random(seed)
@@ -114,14 +130,14 @@ def _tokenizer_corpus(n=400, seed=0, task="visualmath"):
     texts = []
     for ex in examples:
         prompt = rollout.build_messages(ex["question"])[0]["content"][1]["text"]
-        texts.append("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        texts.append(f"{SYSTEM_TURN[model_type]}<|im_start|>user\n"
                      f"{prompt}<|im_end|>\n<|im_start|>assistant\n{ex['response']}<|im_end|>\n")
     return texts
 
 
-def make_tokenizer(vocab_size=None, task="visualmath"):
-    """Byte-level BPE trained on the task's text, Qwen's special tokens, wrapped as a HF fast tokenizer.
-    vocab_size None: VOCAB_SIZE, or V3_VOCAB_SIZE for a v3 task."""
+def make_tokenizer(vocab_size=None, task="visualmath", model_type="qwen2_5_vl"):
+    """Byte-level BPE trained on the task's text, Qwen's special tokens and the family's chat template, wrapped as
+    a HF fast tokenizer. vocab_size None: VOCAB_SIZE, or V3_VOCAB_SIZE for a v3 task."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -141,47 +157,69 @@ def make_tokenizer(vocab_size=None, task="visualmath"):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     # Special tokens are added to the trainer, so the corpus must not contain them as text to learn from.
-    corpus = [t for text in _tokenizer_corpus(task=task) for t in text.replace("<|im_start|>", "\n").split("<|im_end|>")]
+    corpus = [t for text in _tokenizer_corpus(task=task, model_type=model_type)
+              for t in text.replace("<|im_start|>", "\n").split("<|im_end|>")]
     tok.train_from_iterator(corpus, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   padding_side="left", chat_template=rollout.QWEN_CHAT_TEMPLATE,
+                                   padding_side="left", chat_template=family.FAMILIES[model_type][2],
                                    model_max_length=2048)
 
 
-def make_image_processor():
+def make_image_processor(model_type="qwen2_5_vl"):
+    """The PIL image processor of the family's patch geometry; bounds 1 .. 256 merged tokens (Qwen2.5-VL: 28 x 28 px
+    each, MIN_PIXELS .. MAX_PIXELS; Qwen3-VL: 32 x 32 px, with its mean/std of 0.5 as in the hub's Qwen3-VL)."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    return Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, patch_size=VISION["patch_size"],
-                                    merge_size=VISION["spatial_merge_size"],
-                                    temporal_patch_size=VISION["temporal_patch_size"])
+    if model_type == "qwen2_5_vl":
+        return Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, patch_size=VISION["patch_size"],
+                                        merge_size=VISION["spatial_merge_size"],
+                                        temporal_patch_size=VISION["temporal_patch_size"])
+    factor = QWEN3_VISION["patch_size"] * QWEN3_VISION["spatial_merge_size"]  # 32 px per LLM token
+    return Qwen2VLImageProcessorPil(min_pixels=factor ** 2, max_pixels=factor ** 2 * 256,
+                                    patch_size=QWEN3_VISION["patch_size"], merge_size=QWEN3_VISION["spatial_merge_size"],
+                                    temporal_patch_size=QWEN3_VISION["temporal_patch_size"],
+                                    image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def make_model(tokenizer, seed=0):
-    """Random-init tiny Qwen2_5_VLForConditionalGeneration whose special-token ids match `tokenizer`."""
-    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+def make_model(tokenizer, seed=0, model_type="qwen2_5_vl", head_dim=None):
+    """Random-init tiny model of the family (its FAMILIES class) whose special-token ids match `tokenizer`.
+    head_dim (Qwen3-VL only): None = hidden / heads (32); another value decouples the two, as in Qwen3-VL-4B."""
+    import transformers
+    from transformers import GenerationConfig
 
     ids = tokenizer.convert_tokens_to_ids
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), bos_token_id=ids("<|endoftext|>"),
-                         eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"), **TEXT),
-        vision_config=VISION, image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
-        tie_word_embeddings=True)
+    text = dict(vocab_size=len(tokenizer), bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
+                pad_token_id=ids("<|endoftext|>"), **TEXT)
+    vision = VISION
+    if model_type == "qwen3_vl":
+        head_dim = head_dim or TEXT["hidden_size"] // TEXT["num_attention_heads"]
+        side = head_dim // 2 * 5 // 16  # mRoPE frequencies of the height and width axes: 20 of 64, as Qwen3-VL's
+        text.update(head_dim=head_dim, rope_parameters=dict(TEXT["rope_parameters"], mrope_interleaved=True,
+                                                            mrope_section=[head_dim // 2 - 2 * side, side, side]))
+        vision = QWEN3_VISION
+    elif head_dim is not None:
+        raise ValueError(f"head_dim {head_dim}: Qwen2.5-VL's is hidden / heads; only a qwen3_vl model takes one")
+    model_class = getattr(transformers, family.FAMILIES[model_type][0])
+    config = model_class.config_class(
+        text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=True)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).float()
+    model = model_class(config).float()
     model.generation_config = GenerationConfig(
         eos_token_id=[ids("<|im_end|>"), ids("<|endoftext|>")], pad_token_id=ids("<|endoftext|>"),
         do_sample=False, max_new_tokens=32)
     return model
 
 
-def make_random_checkpoint(out_dir, seed=0, task="visualmath"):
-    """Tokenizer + image processor + random tiny model, saved with save_pretrained into `out_dir` (~seconds)."""
-    tokenizer = make_tokenizer(task=task)
-    model = make_model(tokenizer, seed=seed)
+def make_random_checkpoint(out_dir, seed=0, task="visualmath", model_type="qwen2_5_vl", head_dim=None):
+    """Tokenizer + image processor + random tiny model of the family, saved with save_pretrained into `out_dir`
+    (~seconds); head_dim: see make_model."""
+    tokenizer = make_tokenizer(task=task, model_type=model_type)
+    model = make_model(tokenizer, seed=seed, model_type=model_type, head_dim=head_dim)
     os.makedirs(out_dir, exist_ok=True)
     tokenizer.save_pretrained(out_dir)
-    make_image_processor().save_pretrained(out_dir)
+    make_image_processor(model_type).save_pretrained(out_dir)
     model.save_pretrained(out_dir)
     return out_dir
 
@@ -206,7 +244,7 @@ def lessons(slip=0.7, steps=LESSON_STEPS, task="visualmath", pair_slip=0.5):
 
 
 def build_tiny(out_dir=DEFAULT_DIR, seed=0, lr=1e-3, batch_size=32, slip=0.7, steps=None, n_eval=256,
-               eval_k=4, task="visualmath"):
+               eval_k=4, task="visualmath", model_type="qwen2_5_vl", head_dim=None):
     """Random checkpoint + SFT warm start (the lessons above), evaluated on held-out grid questions, saved to out_dir.
 
     Every step draws `batch_size` fresh examples from one seeded rng; the learning rate warms up over the
@@ -218,7 +256,6 @@ def build_tiny(out_dir=DEFAULT_DIR, seed=0, lr=1e-3, batch_size=32, slip=0.7, st
         cli.config_error("models/tiny.py", f"--out {out_dir!r} holds files that are not a tiny build (no sft_report.json), "
                                     "and a build replaces the folder: choose a new or empty folder")
     from tqdm import tqdm
-    from transformers import Qwen2_5_VLForConditionalGeneration
 
     # NOTE: one thread on purpose. On a shared 2-core box, 2 OpenMP threads collapse when a neighbour
     # takes a core (we measured 0.23 s/step with 1 thread vs 2.5 s/step with 2 under load); on a 16-core GPU
@@ -229,9 +266,9 @@ def build_tiny(out_dir=DEFAULT_DIR, seed=0, lr=1e-3, batch_size=32, slip=0.7, st
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tmp_dir = out_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    make_random_checkpoint(tmp_dir, seed=seed, task=task)
+    make_random_checkpoint(tmp_dir, seed=seed, task=task, model_type=model_type, head_dim=head_dim)
     tokenizer, image_processor = family.load_processor(tmp_dir)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_dir, dtype=torch.float32).to(device)
+    model = family.load_model(tmp_dir, attn_implementation=None).to(device)  # None: transformers' default, as always
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
     rng = random.Random(seed)
@@ -274,7 +311,7 @@ def build_tiny(out_dir=DEFAULT_DIR, seed=0, lr=1e-3, batch_size=32, slip=0.7, st
                                          engine=engine.DecodeEngine(model))  # generate's tokens, faster (engine.py)
     result = evaluation.evaluate(visualmath.make(task, n_eval, seed=seed + 30_000), respond, k=eval_k,
                                  temperature=1.0, seed=seed, show=4)
-    report = dict(steps=step, lessons={name: n for name, n, _ in plan}, sft_seconds=round(sft_seconds, 1),
+    report = dict(model_type=model_type, steps=step, lessons={name: n for name, n, _ in plan}, sft_seconds=round(sft_seconds, 1),
                   eval_seconds=round(time.time() - start - sft_seconds, 1), final_loss=round(loss_ema, 4), lr=lr,
                   batch_size=batch_size, slip=slip, seed=seed, task=task, params=sum(p.numel() for p in model.parameters()),
                   held_out={k: v for k, v in result.items() if k != "examples"},
@@ -309,7 +346,8 @@ def ensure_tiny_model(path=None):
 
 def describe(report):
     """The build report in three lines."""
-    return (f"tiny Qwen2.5-VL: {report['params'] / 1e6:.2f}M params, SFT {report['steps']} steps in "
+    name = family.FAMILIES[report.get("model_type", "qwen2_5_vl")][1]
+    return (f"tiny {name}: {report['params'] / 1e6:.2f}M params, SFT {report['steps']} steps in "
             f"{report['sft_seconds']:.0f}s (lessons {report['lessons']}, teacher slip {report['slip']})\n"
             f"held-out {evaluation.describe(report['held_out'])}, well-formatted {report['held_out']['format']:.1%}\n"
             f"e.g. {report['samples'][0][0]!r} (gold {report['samples'][0][1]})")
@@ -317,16 +355,26 @@ def describe(report):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Build the tiny Qwen2.5-VL default model (cached).")
-    parser.add_argument("--out", default=DEFAULT_DIR, help="checkpoint dir (default: %(default)s)")
+    parser.add_argument("--out", default="", help=f"checkpoint dir (default: {DEFAULT_DIR}, or its tiny-qwen3-vl "
+                                                  "sibling for --family qwen3_vl)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the checkpoint exists")
     parser.add_argument("--seed", type=int, default=0, help="seeds the init, the SFT stream and the evaluation")
     parser.add_argument("--slip", type=float, default=0.7, help="probability that the teacher misreads 1, 3, 5")
     parser.add_argument("--task", default="visualmath", choices=["visualmath", *chains.VARIANTS],
                         help="the grid task of the last lesson (and of the tokenizer's text): v2 or a v3 variant")
+    parser.add_argument("--family", default="qwen2_5_vl", choices=list(family.FAMILIES),
+                        help="the model family (models/family.py; default: %(default)s, the embedded default)")
+    parser.add_argument("--head_dim", type=int, default=None,
+                        help="qwen3_vl only: attention head width (default hidden / heads = 32; 64 = Qwen3-VL-4B-like)")
     args = parser.parse_args()
+    if args.head_dim is not None and args.family != "qwen3_vl":
+        cli.config_error("models/tiny.py", f"--head_dim {args.head_dim}: only --family qwen3_vl states a head_dim")
+    args.out = args.out or (DEFAULT_DIR if args.family == "qwen2_5_vl" else
+                            os.path.join(os.path.dirname(DEFAULT_DIR), "tiny-qwen3-vl"))
     began = time.time()
     if args.force or not is_built(args.out):
-        build_tiny(args.out, seed=args.seed, slip=args.slip, task=args.task)
+        build_tiny(args.out, seed=args.seed, slip=args.slip, task=args.task, model_type=args.family,
+                   head_dim=args.head_dim)
     else:
         print(f"{args.out} exists (use --force to rebuild); its build report:")
     with open(os.path.join(args.out, "sft_report.json")) as f:

@@ -7,11 +7,15 @@ Fixtures:
     warm_checkpoint     a copy of it after a few seconds of SFT: long enough that the model writes the answer
                         format some of the time, so sampled groups have unequal rewards (non-zero advantages)
                         and the RL tests exercise a real gradient.
+    tiny_checkpoint     tiny_checkpoint(kind, warm=False): the same two for each kind of TINY_KINDS -- the tiny
+                        Qwen2.5-VL above, a tiny Qwen3-VL with head_dim = hidden / heads, and one whose head_dim
+                        is not (as Qwen3-VL-4B's) -- each built once per session, when a test first asks for it.
     doctest_examples    run(module, names): runs the docstring examples of module.<name> for each name.
 
 Helpers (imported: `from conftest import png_bytes`; tests/ is on sys.path, as test_runs.py's import of
 test_train shows):
     REPO                        the repository root (cwd of every script run as a subprocess)
+    TINY_KINDS                  kind -> (model_type, head_dim, warm-up steps) of the tiny checkpoints of both families
     png_bytes(mode, size, colour)   a one-colour PNG file's bytes, for image columns of benchmark fixtures
     torchrun_command(nproc)         the command prefix that starts a script under torchrun with nproc processes
     dense_from_csr(csr, n)      a CSR triple (indptr, indices, weights) as a dense (n, n) float64 tensor
@@ -69,29 +73,30 @@ def dense_from_csr(csr, n):
 # ------------------------------------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="session")
-def random_checkpoint(tmp_path_factory):
-    from models import tiny
-    return tiny.make_random_checkpoint(str(tmp_path_factory.mktemp("random")), seed=0)
+# kind -> (model_type, head_dim, warm-up SFT steps). The warm-up is long enough that the model writes the answer
+# format some of the time, so that train.py's rewards differ within groups (measured: after 40 steps the Qwen2.5-VL
+# and the head_dim-64 Qwen3-VL do; the head_dim-32 Qwen3-VL init learns slower: after 80 steps its 2-step test run
+# still had format 0 in all 16 rollouts (no gradient), after 120 format 0.75 and 0.25)
+TINY_KINDS = {"qwen2_5_vl": ("qwen2_5_vl", None, 40),  # the embedded default's family
+              "qwen3_vl": ("qwen3_vl", None, 120),     # head_dim 32 = hidden / heads (as Qwen3-VL-2B and 8B)
+              "qwen3_vl_wide": ("qwen3_vl", 64, 40)}   # head_dim 64 != 128 / 4 (as Qwen3-VL-4B: 128 != 2560 / 32)
 
 
-@pytest.fixture(scope="session")
-def warm_checkpoint(random_checkpoint, tmp_path_factory):
+def _warm_up(random_dir, path, steps=40):
+    """A copy of random_dir after `steps` SFT steps on two-slot questions (a few seconds), saved into path."""
     from tasks import visualmath
-    from transformers import Qwen2_5_VLForConditionalGeneration
 
     import rollout
-    from models.family import load_processor
+    from models import family
 
-    path = str(tmp_path_factory.mktemp("warm"))
-    shutil.copytree(random_checkpoint, path, dirs_exist_ok=True)  # the SFT below overwrites the weights
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
-    tokenizer, image_processor = load_processor(path)
+    shutil.copytree(random_dir, path, dirs_exist_ok=True)  # the SFT below overwrites the weights
+    model = family.load_model(path, attn_implementation=None)  # None: transformers' default, as always here
+    tokenizer, image_processor = family.load_processor(path)
     examples = visualmath.make_slots(64, seed=123)
     torch.manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     model.train()
-    for step in range(40):
+    for step in range(steps):
         rows = [examples[(step * 16 + i) % len(examples)] for i in range(16)]
         loss = model(**rollout.sft_batch(tokenizer, image_processor, rows)).loss
         loss.backward()
@@ -99,6 +104,34 @@ def warm_checkpoint(random_checkpoint, tmp_path_factory):
         opt.zero_grad()
     model.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """tiny_checkpoint(kind, warm=False) -> the path of a tiny checkpoint of TINY_KINDS[kind], random (seed 0) or
+    warmed up by _warm_up; each built once per session, on first use. Read them, never write to them."""
+    from models import tiny
+
+    built = {}
+
+    def get(kind, warm=False):
+        if (kind, warm) not in built:
+            path = str(tmp_path_factory.mktemp(f"{'warm' if warm else 'random'}-{kind}"))
+            model_type, head_dim, steps = TINY_KINDS[kind]
+            built[kind, warm] = _warm_up(get(kind), path, steps) if warm else \
+                tiny.make_random_checkpoint(path, seed=0, model_type=model_type, head_dim=head_dim)
+        return built[kind, warm]
+    return get
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tiny_checkpoint):
+    return tiny_checkpoint("qwen2_5_vl")
+
+
+@pytest.fixture(scope="session")
+def warm_checkpoint(tiny_checkpoint):
+    return tiny_checkpoint("qwen2_5_vl", warm=True)
 
 
 @pytest.fixture

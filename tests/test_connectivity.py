@@ -1,5 +1,6 @@
 """The attention probe against its oracle: eager attention with output_attentions=True, on a tiny random
-Qwen2.5-VL (fp32, CPU) and a batch laid out like a training batch: [left pad | prompt with image | response | right pad].
+Qwen2.5-VL and Qwen3-VL (head_dim = hidden / heads, and not: every test on `setup` runs on the three; fp32, CPU) and
+a batch laid out like a training batch: [left pad | prompt with image | response | right pad].
 
 Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_connectivity.py
 """
@@ -8,7 +9,7 @@ import doctest
 
 import pytest
 import torch
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
 import connectivity
 from connectivity import debias_sinks, image_attention, probe, query_positions
@@ -20,8 +21,31 @@ MERGE = 2  # spatial_merge_size: image tokens = grid_t * grid_h * grid_w / MERGE
 PATCH_DIM = 3 * 2 * 4 * 4  # channels x temporal_patch x patch x patch
 
 
-def tiny_model(seed=0):
+def tiny_model(seed=0, kind="qwen2_5_vl"):
+    """A random tiny model: Qwen2.5-VL, or Qwen3-VL ("qwen3_vl": head_dim 16 = 64 / 4; "qwen3_vl_wide": 32, not 64 / 4)
+    with q/k norms and DeepStack features into decoder layers 0 and 1, whose q/k-norm gains are drawn in [0.5, 1.5]
+    (at their init of 1 a probe that skipped them would still see most of the same q and k)."""
     torch.manual_seed(seed)
+    if kind != "qwen2_5_vl":
+        head_dim = 16 if kind == "qwen3_vl" else 32
+        side = head_dim // 2 * 5 // 16  # mRoPE sections interleaved over head_dim / 2 frequencies, as Qwen3-VL's
+        config = Qwen3VLConfig(
+            text_config=dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim,
+                             max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=PAD,
+                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_interleaved": True,
+                                              "mrope_section": [head_dim // 2 - 2 * side, side, side]}),
+            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                               patch_size=4, spatial_merge_size=MERGE, temporal_patch_size=2,
+                               num_position_embeddings=16, deepstack_visual_indexes=[0, 1]),
+            image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START,
+            vision_end_token_id=VISION_END, attn_implementation="sdpa")
+        model = Qwen3VLForConditionalGeneration(config).eval()
+        with torch.no_grad():
+            for layer in model.model.language_model.layers:
+                for norm in (layer.self_attn.q_norm, layer.self_attn.k_norm):
+                    norm.weight.uniform_(0.5, 1.5)
+        return model
     config = Qwen2_5_VLConfig(
         text_config=dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2,  # GQA: 2 query heads per key head
@@ -60,9 +84,9 @@ def make_batch(grids=((1, 4, 6), (1, 4, 4), (1, 6, 6)), response_lengths=(5, 3, 
     return inputs, response_mask
 
 
-@pytest.fixture(scope="module")
-def setup():
-    model = tiny_model()
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl", "qwen3_vl_wide"])
+def setup(request):
+    model = tiny_model(kind=request.param)
     inputs, response_mask = make_batch()
     model.set_attn_implementation("eager")
     with torch.no_grad():

@@ -1,5 +1,7 @@
-"""Prompt/image encoding (rollout.py §Encoding) on a random tiny checkpoint: shapes, padding, odd images,
-and the oracle that matters most: log-probs recorded while sampling equal those of a training forward."""
+"""Prompt/image encoding (rollout.py §Encoding) on a random tiny checkpoint of each family (Qwen2.5-VL: 14-px patches,
+28-px tokens, a system turn; Qwen3-VL: 16-px patches, 32-px tokens, none -- every size below is taken from the
+checkpoint's image processor): shapes, padding, odd images, and the oracle that matters most: log-probs recorded
+while sampling equal those of a training forward."""
 
 import doctest
 
@@ -8,40 +10,45 @@ import torch
 from PIL import Image
 
 import rollout
-from models import family
+from models import family, tiny
 from tasks import visualmath
 
 
-@pytest.fixture(scope="module")
-def processor(random_checkpoint):  # random_checkpoint: conftest.py
-    return family.load_processor(random_checkpoint)
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def checkpoint(request, tiny_checkpoint):  # tiny_checkpoint: conftest.py
+    return tiny_checkpoint(request.param)
 
 
 @pytest.fixture(scope="module")
-def model(random_checkpoint):
-    from transformers import Qwen2_5_VLForConditionalGeneration
+def processor(checkpoint):
+    return family.load_processor(checkpoint)
 
-    return Qwen2_5_VLForConditionalGeneration.from_pretrained(random_checkpoint, dtype=torch.float32).eval()
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return family.load_model(checkpoint, attn_implementation=None).eval()  # None: transformers' default attention
 
 
 def test_docstring_examples():
     assert doctest.testmod(rollout).failed == 0
 
 
-def test_image_pad_count_matches_grid_and_prompts_are_left_padded(processor):
+def test_image_pad_count_matches_grid_and_prompts_are_left_padded(processor, checkpoint):
     tokenizer, image_processor = processor
-    images = [Image.new("RGB", (56, 28), "white"), Image.new("RGB", (112, 84), "white")]
+    p, f = image_processor.patch_size, image_processor.patch_size * image_processor.merge_size  # 14, 28 | 16, 32
+    images = [Image.new("RGB", (2 * f, f), "white"), Image.new("RGB", (4 * f, 3 * f), "white")]
     enc = rollout.encode_prompts(tokenizer, image_processor, images, ["q one", "a longer question two"])
-    assert enc["image_grid_thw"].tolist() == [[1, 2, 4], [1, 6, 8]]  # 14-px patches
+    assert enc["image_grid_thw"].tolist() == [[1, 2, 4], [1, 6, 8]]  # in patches
     image_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert (enc["input_ids"] == image_id).sum(1).tolist() == [2, 12]  # h*w / merge**2
     assert torch.equal(enc["mm_token_type_ids"], (enc["input_ids"] == image_id).long())
-    assert enc["pixel_values"].shape[0] == 8 + 48  # rows of both images, concatenated
+    assert enc["pixel_values"].shape == (8 + 48, 3 * 2 * p * p)  # rows of both images, concatenated
     mask = enc["attention_mask"]
     assert mask[:, -1].all() and mask[0, 0] == 0  # left padding: last column is real for every row
     assert (mask.cummax(1).values == mask).all()  # once real, real until the end (no holes)
     text = tokenizer.decode(enc["input_ids"][1][mask[1].bool()])
-    assert text.startswith("<|im_start|>system") and text.endswith("<|im_start|>assistant\n")
+    system = tiny.SYSTEM_TURN[family.family(checkpoint)]  # Qwen2.5-VL's default system turn, or none
+    assert text.startswith(system + "<|im_start|>user\n") and text.endswith("<|im_start|>assistant\n")
     assert rollout.FORMAT_INSTRUCTION in text
 
 
@@ -57,12 +64,13 @@ def test_image_pad_count_matches_grid_and_prompts_are_left_padded(processor):
 ], ids=["gray", "rgba", "palette", "1bit", "i16", "tiny", "huge", "extreme-aspect"])
 def test_odd_images_encode(processor, image):
     tokenizer, image_processor = processor
-    out = rollout.prepare_image(image, min_pixels=28 * 28, max_pixels=28 * 28 * 64)
-    assert out.mode == "RGB" and out.width % 28 == 0 and out.height % 28 == 0
-    assert 28 * 28 <= out.width * out.height <= 28 * 28 * 64
-    enc = rollout.encode_prompts(tokenizer, image_processor, [image], ["q"], max_pixels=28 * 28 * 64)
+    p, f = image_processor.patch_size, image_processor.patch_size * image_processor.merge_size
+    out = rollout.prepare_image(image, min_pixels=f * f, max_pixels=f * f * 64, factor=f)
+    assert out.mode == "RGB" and out.width % f == 0 and out.height % f == 0
+    assert f * f <= out.width * out.height <= f * f * 64
+    enc = rollout.encode_prompts(tokenizer, image_processor, [image], ["q"], max_pixels=f * f * 64)
     t, h, w = enc["image_grid_thw"][0].tolist()
-    assert enc["pixel_values"].shape == (t * h * w, 3 * 2 * 14 * 14)
+    assert enc["pixel_values"].shape == (t * h * w, 3 * 2 * p * p)
     assert enc["mm_token_type_ids"].sum() == h * w // 4
 
 
@@ -119,16 +127,22 @@ def test_generate_logprobs_equal_training_forward(model, processor):
 
 
 def test_mm_token_type_ids_change_the_model_output(model, processor):
-    """The trap: without mm_token_type_ids transformers quietly uses 1-D positions for image tokens."""
+    """The trap: without mm_token_type_ids Qwen2.5-VL quietly uses 1-D positions for image tokens (Qwen3-VL refuses)."""
     enc = _prompts(processor)
+    without = {k: v for k, v in enc.items() if k != "mm_token_type_ids"}
     with torch.no_grad():
+        if model.config.model_type == "qwen3_vl":
+            with pytest.raises(ValueError, match="mm_token_type_ids"):
+                model(**without)
+            return
         with_ids = model(**enc).logits[:, -1]
-        without = model(**{k: v for k, v in enc.items() if k != "mm_token_type_ids"}).logits[:, -1]
+        without = model(**without).logits[:, -1]
     assert not torch.allclose(with_ids, without, atol=1e-4)
 
 
 def test_generate_needs_mm_token_type_ids(model, processor):
-    """Greedy generate with and without mm_token_type_ids differ in the first-step logits."""
+    """Greedy generate with and without mm_token_type_ids differ in the first-step logits (Qwen3-VL's forward
+    refuses to run without them, but its generate falls back to 1-D positions as quietly as Qwen2.5-VL's)."""
     enc = _prompts(processor)
     kw = dict(do_sample=False, max_new_tokens=1, return_dict_in_generate=True, output_logits=True)
     with_ids = model.generate(**enc, **kw).logits[0]

@@ -1,11 +1,14 @@
 """engine.py against its reference, transformers' generate (rollout.generate with engine=None), and the
-properties its speed rests on. CPU, seconds each (the train.py runs: ~15 s each; a CUDA test skips itself).
+properties its speed rests on, for both families: every test on the `warm` model runs on a tiny Qwen2.5-VL, a tiny
+Qwen3-VL (q/k normalised per head) and one whose head_dim is not hidden / heads (as Qwen3-VL-4B's) -- conftest's
+TINY_KINDS. CPU, seconds each (the train.py runs: ~15 s each; a CUDA test skips itself).
 
 What is checked:
 - the same response ids, masks and truncation flags as generate -- greedy, sampled, top_p < 1, temperature
   0.7 -- on left-padded prompts with two image sizes, rows that stop early and rows cut at the budget, with the
   vision tokens made the favourite continuation (so suppression matters); and the LM head's logits at every
   step equal bit for bit (so the equality is no luck of the argmax);
+- Qwen3-VL's per-head q/k norms matter: the engine without them decodes other tokens (the test has teeth);
 - the invariants it relies on: a prefill of each prompt once gives the K/V and last hidden state of a prefill
   of its G copies, bit for bit; `rope_base` equals transformers' get_rope_index; key columns in buckets (the
   CUDA layout) and reading "all done?" every few steps change no token;
@@ -13,8 +16,8 @@ What is checked:
   torch._dynamo traces it as one graph, with no break: it can be captured as a CUDA graph;
 - bf16 decoding: the engine's copy holds the policy's weights rounded to bf16 (what autocast feeds the
   matmuls), follows an optimizer step after refresh(), and decodes what generate decodes on a bf16 model;
-- train.py: `--rollout hf` and the engine log the same records (all but time_*), in one process and in two
-  gloo processes (DDP, FSDP2: the engine then decodes from a gathered copy); `--bf16 1` runs; eval.py's
+- train.py: `--rollout hf` and the engine log the same records (all but time_*), for each family in one process,
+  and in two gloo processes (DDP, FSDP2: the engine then decodes from a gathered copy; DDP on Qwen3-VL too); `--bf16 1` runs; eval.py's
   responder gives the same texts; a bad --rollout stops in one line.
 Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_engine.py
 """
@@ -30,20 +33,18 @@ import engine
 import rollout
 from models import family
 from tasks import visualmath
-from conftest import REPO
+from conftest import REPO, TINY_KINDS
 from test_train import records, run_train
 
 
-@pytest.fixture(scope="module")
-def warm(warm_checkpoint):  # conftest.py: a few seconds of SFT, so responses end at different lengths
-    from transformers import Qwen2_5_VLForConditionalGeneration
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(warm_checkpoint, dtype=torch.float32,
-                                                               attn_implementation="sdpa").eval()
-    return model, *family.load_processor(warm_checkpoint)
+@pytest.fixture(scope="module", params=list(TINY_KINDS))
+def warm(request, tiny_checkpoint):  # conftest.py: a few seconds of SFT, so responses end at different lengths
+    path = tiny_checkpoint(request.param, warm=True)
+    return family.load_model(path).eval(), *family.load_processor(path)
 
 
 def mixed_prompts(tokenizer, image_processor, padded=True):
-    """Two grid prompts (16 image tokens) and two slot prompts (2 image tokens): left padding of 14 columns;
+    """Two grid prompts (16 image tokens) and two slot prompts (2 image tokens): left padding (14 columns on Qwen2.5-VL);
     padded=False: four grid prompts, all of one length (train.py's default task: generate then uses no mask)."""
     rows = list(visualmath.make("visualmath", 2 + 2 * (not padded), seed=2))
     rows += list(visualmath.make_slots(2, seed=3)) if padded else []
@@ -95,6 +96,20 @@ def test_the_engine_decodes_what_generate_decodes(warm, temperature, top_p, padd
     assert len(engine_logits) == len(reference_logits) == mask.shape[1]
     for a, b in zip(reference_logits, engine_logits):
         assert torch.equal(a, b)
+
+
+def test_qwen3s_per_head_qk_norms_change_the_tokens(warm):
+    """The control: the same engine without Qwen3-VL's q/k norms decodes other tokens than generate."""
+    model, tokenizer, image_processor = warm
+    decoder = engine.DecodeEngine(model)
+    assert decoder.qk_norm == hasattr(model.model.language_model.layers[0].self_attn, "q_norm")
+    if not decoder.qk_norm:
+        pytest.skip("Qwen2.5-VL has no q/k norms")
+    enc, keys = mixed_prompts(tokenizer, image_processor), list(range(12))
+    reference = rollout.generate(model, tokenizer, enc, 13, 1.0, 1.0, keys, group_size=3)
+    decoder.qk_norm = False
+    without = rollout.generate(model, tokenizer, enc, 13, 1.0, 1.0, keys, group_size=3, engine=decoder)
+    assert not torch.equal(reference[0], without[0])
 
 
 def test_one_prefill_per_prompt_equals_a_prefill_of_its_copies(warm):
@@ -198,7 +213,6 @@ def test_step_traces_as_one_graph_without_breaks(warm):
 
 
 def test_bf16_decoding_uses_a_refreshed_bf16_copy(warm, tmp_path):
-    from transformers import Qwen2_5_VLForConditionalGeneration
     model, tokenizer, image_processor = warm
     policy = type(model)(model.config).eval()
     policy.load_state_dict(model.state_dict())  # a private fp32 copy: the test updates its weights
@@ -214,8 +228,8 @@ def test_bf16_decoding_uses_a_refreshed_bf16_copy(warm, tmp_path):
         assert torch.equal(p, dict(policy.named_parameters())[name].to(torch.bfloat16)), name
     # and it decodes what generate decodes on the policy loaded in bf16 (as eval.py loads a model on a GPU)
     policy.save_pretrained(tmp_path)
-    reference_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.bfloat16,
-                                                                         attn_implementation="sdpa").eval()
+    tokenizer.save_pretrained(tmp_path)  # a whole checkpoint: family.load_model reads its config.json
+    reference_model = family.load_model(str(tmp_path), torch.bfloat16).eval()
     enc = mixed_prompts(tokenizer, image_processor)
     reference = rollout.generate(reference_model, tokenizer, enc, 10, 1.0, 1.0, list(range(8)), group_size=2)
     ours = rollout.generate(policy, tokenizer, enc, 10, 1.0, 1.0, list(range(8)), group_size=2, engine=decoder)
@@ -238,20 +252,25 @@ def strip_times(recs):
     return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in recs]
 
 
-def test_train_logs_the_same_records_with_the_engine_and_with_generate(warm_checkpoint, tmp_path):
-    run_train(warm_checkpoint, tmp_path / "hf", "--steps", "2", "--rollout", "hf")
-    run_train(warm_checkpoint, tmp_path / "engine", "--steps", "2")
+@pytest.mark.parametrize("kind", list(TINY_KINDS))
+def test_train_logs_the_same_records_with_the_engine_and_with_generate(tiny_checkpoint, tmp_path, kind):
+    """Default pixel bounds (the family's own); the checkpoint is saved as the family it is."""
+    checkpoint = tiny_checkpoint(kind, warm=True)
+    run_train(checkpoint, tmp_path / "hf", "--steps", "2", "--rollout", "hf")
+    run_train(checkpoint, tmp_path / "engine", "--steps", "2")
     hf, ours = records(tmp_path / "hf"), records(tmp_path / "engine")
     assert strip_times(hf) == strip_times(ours)
     assert 0 < ours[0]["reward"] and "eval_accuracy" in ours[-1]  # rollouts were scored, the eval ran
+    assert family.family(str(tmp_path / "engine" / "checkpoint-2")) == TINY_KINDS[kind][0]
 
 
-@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
-def test_two_gloo_processes_with_the_engine_match_one_with_generate(warm_checkpoint, tmp_path, sharding):
+@pytest.mark.parametrize("sharding, kind", [("ddp", "qwen2_5_vl"), ("fsdp", "qwen2_5_vl"), ("ddp", "qwen3_vl_wide")])
+def test_two_gloo_processes_with_the_engine_match_one_with_generate(tiny_checkpoint, tmp_path, sharding, kind):
     """Under FSDP2 the engine decodes from a full copy gathered after each update (no collective per token)."""
+    checkpoint = tiny_checkpoint(kind, warm=True)
     common = ["--steps", "2", "--micro_batch_size", "2", "--adam_eps", "1e-2"]
-    run_train(warm_checkpoint, tmp_path / "one", *common, "--rollout", "hf")
-    run_train(warm_checkpoint, tmp_path / "two", *common, "--fsdp", str(int(sharding == "fsdp")), torchrun=2)
+    run_train(checkpoint, tmp_path / "one", *common, "--rollout", "hf")
+    run_train(checkpoint, tmp_path / "two", *common, "--fsdp", str(int(sharding == "fsdp")), torchrun=2)
     one, two = records(tmp_path / "one"), records(tmp_path / "two")
     assert [r["step"] for r in two] == [0, 1] and "eval_avg@4" in two[1]
     for a, b in zip(one, two):  # step 1 rolls out with the updated policy: the copy was refreshed

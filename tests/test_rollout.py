@@ -104,12 +104,15 @@ def test_drop_flat_groups_and_concat_repad():
     assert rollout.count_flat_groups(both["rewards"], 2) == 0
 
 
-def test_blacken_patches_equals_blackening_the_image_before_processing():
-    """Oracle: blacken 14-px patches of the PIL image, then run the image processor; rows must match exactly."""
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl"])
+def test_blacken_patches_equals_blackening_the_image_before_processing(model_type):
+    """Oracle: blacken the family's patches (14 px Qwen2.5-VL, 16 px Qwen3-VL) of the PIL image, then run the image
+    processor; rows must match exactly."""
     import numpy as np
     import PIL.Image
-    image_processor = tiny.make_image_processor()
-    images = [visualmath.make("visualmath", 2, seed=3)[i]["image"] for i in range(2)]
+    image_processor = tiny.make_image_processor(model_type)
+    p, f = image_processor.patch_size, image_processor.patch_size * image_processor.merge_size
+    images = [rollout.prepare_image(visualmath.make("visualmath", 2, seed=3)[i]["image"], factor=f) for i in range(2)]
     enc = image_processor(images=images, do_resize=False, return_tensors="pt")
     batch = {"pixel_values": enc["pixel_values"], "image_grid_thw": enc["image_grid_thw"], "keys": torch.tensor([7, 8])}
     out = rollout.blacken_patches(batch, image_processor, 0.5)
@@ -121,7 +124,7 @@ def test_blacken_patches_equals_blackening_the_image_before_processing():
         pixels = np.array(image)
         for r in drop.nonzero().flatten().tolist():
             pr, pc = divmod(int(raster_of[r]), gw)
-            pixels[pr * 14:(pr + 1) * 14, pc * 14:(pc + 1) * 14] = 0
+            pixels[pr * p:(pr + 1) * p, pc * p:(pc + 1) * p] = 0
         expected.append(PIL.Image.fromarray(pixels))
         assert 0.2 < drop.float().mean() < 0.8
     reference = image_processor(images=expected, do_resize=False, return_tensors="pt")["pixel_values"]
