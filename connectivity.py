@@ -16,7 +16,9 @@ kernel unchanged and, on the selected decoder layers, recomputes only the armed 
 it is handed: fp32, `no_grad`, chunked over rows, grouped-query heads as (kv_heads, groups) so repeated keys
 are never materialised. Only (B, T, V) sums are kept, never a (B, H, S, S) map -- `output_attentions=True`
 would keep layers x heads x S^2 floats, tens of GiB at 7B. Usually only the V + 1 columns kept are scored,
-normalised by the log-sum-exp the kernel computed anyway; the arithmetic of both reads is in
+normalised by the log-sum-exp the kernel computed anyway (flash, efficient and cuDNN each lay it out their own
+way); a kernel with none (math, eager), a layout not known, or one that fails its check (`lse_rejections`, warned
+once) is read through whole rows, exact and slower, never an error. The arithmetic of both reads is in
 ops/attention_rows.py, this file decides which rows and layers are read, and when.
 
 Where we depart from / guess at the paper (each is a knob):
@@ -63,6 +65,7 @@ the cost: `python bench/probe.py` (tiny model on CPU; Qwen2.5-VL-3B shapes on GP
 import concurrent.futures
 import contextlib
 import sys
+import warnings
 
 import torch
 from transformers import AttentionInterface
@@ -162,10 +165,13 @@ class Probe:
         # background: the rows are read on one worker thread while the forward goes on (see `arm`)
         self._worker = concurrent.futures.ThreadPoolExecutor(1, "atrl-probe") if background else None
         self.captures = 0  # layers captured since the last arm (tests and logs read it)
-        # layers read through whole rows (the kernel gave no log-sum-exp), and of those, how many because the
-        # kernel's log-sum-exp failed its check (counted over the probe's life; tests and bench/probe.py read them)
-        self.row_reads = self.lse_mismatches = 0
+        # layers read through whole rows (the kernel gave no usable log-sum-exp), of those how many because a
+        # kernel's log-sum-exp failed its check (once per kernel) or came in a layout we do not know (per layer);
+        # counted over the probe's life; tests, bench/probe.py and train.py's log read them
+        self.row_reads = self.lse_mismatches = self.lse_unusable = 0
         self._lse_trusted = {}  # (kernel, dtype, device type) -> did its log-sum-exp pass the check
+        self.lse_rejections = {}  # (kernel, dtype, device type) -> why its log-sum-exp was not used (warned once)
+        self.kernels = set()  # names of the attention kernels (aten ops) the probed layers ran; None: no fused one
         self.use_kernel_lse = True  # False: always read whole rows (the reference; bench/probe.py times both)
         self._armed = False
         self._jobs, self._then, self._outcome = [], None, None
@@ -247,11 +253,12 @@ class Probe:
         """Read one selected layer now (or queue it for the worker); its attention kernel has just run, and
         `_wants` said this call is one to read.
 
-        query (B, H, S, D), key (B, Hkv, K, D) post-RoPE, attention_mask as the kernel received it, lse (B, H, S')
-        the kernel's row log-sum-exp (S' >= S: some kernels pad it) or None, kernel the name of the aten op.
+        query (B, H, S, D), key (B, Hkv, K, D) post-RoPE, attention_mask as the kernel received it, lse the
+        kernel's row log-sum-exp in its own layout (attention_rows.canonical_lse) or None, kernel the aten op's name.
         """
         self._done.add(module.layer_idx)  # NOTE: before any work, so a checkpoint re-run is skipped
         self.captures += 1
+        self.kernels.add(kernel)
         # NOTE: detach() shares storage, nothing is copied; the kernel does not write to q or k, and a training
         # forward keeps them for the backward anyway
         job = (query.detach(), key.detach(), attention_mask, scaling, None if lse is None else lse.detach(), kernel)
@@ -286,7 +293,7 @@ class Probe:
             self._mask_source, self._mask_rows = attention_mask, {}
         # NOTE: autocast off, or a bf16 training step would silently run our "fp32" matmul in bf16
         with torch.no_grad(), torch.autocast(device.type, enabled=False):
-            if lse is None or not self.use_kernel_lse or not self._read_columns(query, key, attention_mask, scale,
+            if kernel is None or not self.use_kernel_lse or not self._read_columns(query, key, attention_mask, scale,
                                                                                  lse, kernel):
                 self.row_reads += 1
                 self._read_rows(query, key, attention_mask, scale)
@@ -295,10 +302,14 @@ class Probe:
             self._mask_source, self._mask_rows = _UNSET, {}
 
     def _read_columns(self, query, key, attention_mask, scale, lse, kernel):
-        """The fast read (attention_rows.read_columns), if the kernel's log-sum-exp is trusted: the first time the
-        probe meets a kernel (with a dtype), its lse is checked against a whole-row log-sum-exp of our own on one
-        row per rollout (one host sync); if they disagree, nothing is read, False is returned, and that kernel's
-        layers are read through whole rows from then on (`lse_mismatches` counts it)."""
+        """The fast read (attention_rows.read_columns), if the kernel's log-sum-exp is usable and trusted; else
+        nothing is read and False is returned (the caller reads whole rows), the reason kept in `lse_rejections`.
+
+        Usable: its layout is one canonical_lse knows (flash, efficient's padding, cuDNN's (B, H, S, 1)); an
+        empty or unknown one fails this layer only (`lse_unusable`). Trusted: the first time the probe meets a
+        kernel (with a dtype), its lse is checked against a whole-row log-sum-exp of our own on one row per rollout
+        (one host sync); if they disagree, or the check itself fails, that kernel's layers are read through whole
+        rows from then on (`lse_mismatches` counts it)."""
         B, H, S, D = query.shape
         Hkv, K = key.shape[1], key.shape[2]
         row_valid = self._query_pos >= 0  # (B, T)
@@ -307,11 +318,22 @@ class Probe:
             hidden, first = attention_rows.row_mask(attention_mask, last, K, H, Hkv, H // Hkv, self._key_valid)
             self._mask_rows["columns"] = (torch.cat([self._image_index, first], dim=1), last, hidden)  # (B, V + 1)
         columns, last, hidden = self._mask_rows["columns"]
-        lse = lse[..., :S].float()  # (B, H, S): some kernels pad the row dimension
         verdict = (kernel, query.dtype, query.device.type)
+        lse, why = attention_rows.canonical_lse(lse, B, H, S)  # (B, H, S) fp32 from the kernel's own layout
+        if lse is None:  # an empty or unknown layout: whole rows for this layer (not a verdict on the kernel)
+            self.lse_unusable += 1
+            self._reject(verdict, why)
+            return False
         if verdict not in self._lse_trusted:
-            self._lse_trusted[verdict] = attention_rows.lse_agrees(query, key, scale, lse, last, hidden, row_valid)
-            self.lse_mismatches += not self._lse_trusted[verdict]
+            try:
+                trusted = attention_rows.lse_agrees(query, key, scale, lse, last, hidden, row_valid)
+                why = "its log-sum-exp differs from a whole-row one of our own (another base or layout?)"
+            except Exception as error:  # NOTE: a surprise in the check costs speed (whole rows), never a step
+                trusted, why = False, f"the check raised {type(error).__name__}: {str(error)[:200]}"
+            self._lse_trusted[verdict] = trusted
+            if not trusted:
+                self.lse_mismatches += 1
+                self._reject(verdict, why)
         if not self._lse_trusted[verdict]:
             return False
         # fp32 scores per chunk. CPU: 2^20 (4 MiB) measured best on the tiny long shape (2^18: +30% time);
@@ -320,6 +342,14 @@ class Probe:
         attention_rows.read_columns(query, key, scale, lse, self._rows, row_valid, columns, budget, self._patterns,
                                     self._sink)
         return True
+
+    def _reject(self, verdict, why):
+        """Keep (and warn once about) why a kernel's log-sum-exp was not used; the layer is read through rows."""
+        if verdict not in self.lse_rejections:
+            kernel, dtype, device = verdict
+            warnings.warn(f"attention probe: {kernel} ({dtype}, {device}): {why}; reading whole rows instead "
+                          "(exact, slower)", stacklevel=2)
+        self.lse_rejections[verdict] = why
 
     def _read_rows(self, query, key, attention_mask, scale):
         """The whole-row read (attention_rows.read_rows); its row chunks and their masks are the same for every

@@ -63,6 +63,35 @@ def row_mask(attention_mask, rows, K, H, Hkv, G, key_valid=None):
     return hidden, first
 
 
+def canonical_lse(lse, B, H, S):
+    """A fused kernel's row log-sum-exp -> (lse (B, H, S) fp32, None), or (None, why) for a layout we do not know.
+
+    Known layouts (torch/_meta_registrations.py, torch 2.13; the aten ops in LSE_KERNELS):
+        (B, H, S)         flash (CPU: strides of a (B, S, H) buffer; CUDA), overrideable, cuDNN before ~2.5
+        (B, H, S' >= S)   efficient (mem-eff): the query dimension padded to a multiple of 32; the tail is garbage
+        (B, H, S, 1)      cuDNN (any strides: its "ragged" mode allocates it (B, S, H, 1) and transposes)
+    An empty one (a kernel asked for no lse: compute_log_sumexp=False gives (B, H, 0)), a varlen (H, total) one or
+    any other shape is refused, never guessed at: the probe then reads whole rows. A layout that fits these shapes
+    but means something else (another base, rows permuted) is what lse_agrees is for.
+
+    >>> lse = torch.zeros(2, 3, 5)
+    >>> [canonical_lse(x, 2, 3, 5)[0].shape for x in (lse, lse[..., None], torch.zeros(2, 3, 32))]
+    [torch.Size([2, 3, 5]), torch.Size([2, 3, 5]), torch.Size([2, 3, 5])]
+    >>> canonical_lse(lse[..., :0], 2, 3, 5)[1], canonical_lse(lse.transpose(1, 2), 2, 3, 5)[1]
+    ('no log-sum-exp (empty)', 'log-sum-exp of shape (2, 5, 3), not (B, H, S) = (2, 3, 5) or a known padding of it')
+    """
+    if not isinstance(lse, torch.Tensor):
+        return None, "no log-sum-exp"
+    if lse.numel() == 0:
+        return None, "no log-sum-exp (empty)"
+    shape = tuple(lse.shape)
+    if lse.dim() == 4 and shape[-1] == 1:  # cuDNN: (B, H, S, 1)
+        lse = lse.squeeze(-1)
+    if lse.dim() != 3 or lse.shape[0] != B or lse.shape[1] != H or lse.shape[2] < S:
+        return None, f"log-sum-exp of shape {shape}, not (B, H, S) = {(B, H, S)} or a known padding of it"
+    return lse[..., :S].float(), None  # a view when it is fp32 already (every kernel's lse dtype for bf16/fp16)
+
+
 def lse_agrees(query, key, scale, lse, last, hidden, row_valid):
     """Does the kernel's lse (B, H, S) equal a whole-row log-sum-exp of our own, on each rollout's last row (B, 1)?
     Guards against a kernel whose lse means something else (another base, layout or padding) on some version."""
@@ -145,10 +174,13 @@ def read_rows(query, key, scale, rows, image_index, chunks, masks, patterns, sin
 # torch's fused attention kernels that return each query row's log-sum-exp as their second output, and the
 # argument that asks for it (None: always returned). sdpa picks one of them by device, dtype and mask; the CPU
 # one and the CUDA flash one always compute it, the CUDA efficient and cuDNN ones only when asked (they are
-# asked in training anyway: the backward needs it).
+# asked in training anyway: the backward needs it); the overrideable one (XPU, HPU, out-of-tree backends) has no
+# flag and fills it as its backend decides. Each returns its own layout (canonical_lse), and whatever comes
+# back is checked once per kernel (lse_agrees) before it is used. math (and eager) compute none: whole rows.
 LSE_KERNELS = {"_scaled_dot_product_flash_attention_for_cpu": None, "_scaled_dot_product_flash_attention": None,
                "_scaled_dot_product_efficient_attention": "compute_log_sumexp",
-               "_scaled_dot_product_cudnn_attention": "compute_log_sumexp"}
+               "_scaled_dot_product_cudnn_attention": "compute_log_sumexp",
+               "_scaled_dot_product_fused_attention_overrideable": None}
 
 
 class KernelLogSumExp(TorchDispatchMode):
@@ -157,8 +189,12 @@ class KernelLogSumExp(TorchDispatchMode):
     A dispatch mode sees the aten ops a call runs, below autograd and autocast: sdpa's own choice of kernel runs
     with its own arguments and its result is passed back untouched, so the layer's output does not change
     (tests/test_connectivity.py checks the logits bit for bit); only a kernel that computes the log-sum-exp on
-    request is asked for it. Any other kernel (math, eager, flash-attn's package) leaves `lse` None, and the
-    probe then reads whole rows."""
+    request is asked for it. Any other kernel (math, eager, flash-attn's package, one torch adds later) leaves
+    `lse` None, and the probe then reads whole rows. `lse` is the kernel's own layout (see canonical_lse).
+    NOTE cuDNN: the request is part of its graph's cache key (MHA.cpp, return_softmaxstats), so a probed no-grad
+    forward runs the graph a forward with grad runs (which asks for the lse to keep for the backward), not the one
+    an unprobed no-grad forward runs; the two may differ in the last bits (unmeasured: no GPU here). Under the
+    efficient kernel the request only adds the lse's write."""
 
     def __init__(self):
         super().__init__()

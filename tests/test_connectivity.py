@@ -5,6 +5,7 @@ a batch laid out like a training batch: [left pad | prompt with image | response
 Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_connectivity.py
 """
 
+import contextlib
 import doctest
 
 import pytest
@@ -156,6 +157,94 @@ def test_a_kernel_log_sum_exp_that_means_something_else_is_caught(setup, corrupt
     assert (got["patterns"] - patterns).abs().max() <= 1e-5 and (got["sink"] - sink).abs().max() <= 1e-5
 
 
+# Each fused kernel hands back its log-sum-exp in its own layout (attention_rows.canonical_lse). The CPU's kernel
+# gives (B, H, S); the others are simulated by re-laying its output out as they do. Usable layouts must give the
+# CPU kernel's own column read bit for bit (same numbers, same ops); the rest must fall back to whole rows, give
+# exactly what whole rows give, say why, and never raise.
+NAN = float("nan")
+LAYOUTS = {  # name -> (how the kernel lays the lse out, is it usable)
+    "cudnn (B, H, S, 1)": (lambda lse: lse.unsqueeze(-1), True),
+    "cudnn, (B, S, H, 1) memory": (lambda lse: lse.transpose(1, 2).contiguous().transpose(1, 2).unsqueeze(-1), True),
+    "efficient, padded to 32 (NaN tail)": (lambda lse: torch.cat(
+        [lse, lse.new_full(lse.shape[:2] + (-lse.shape[2] % 32 or 32,), NAN)], dim=-1), True),
+    "efficient, not asked (B, H, 0)": (lambda lse: lse[..., :0], False),
+    "(B, S, H): another layout": (lambda lse: lse.transpose(1, 2), False),
+    "varlen (H, B * S)": (lambda lse: lse.transpose(0, 1).reshape(lse.shape[1], -1), False),
+    "rank 5": (lambda lse: lse[..., None, None], False),
+    "a known kernel returns no tensor": (lambda lse: None, False),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_kernel_layout_gives_the_row_read_answer(setup, layout, monkeypatch):
+    model, inputs, response_mask, attentions = setup
+    query_pos, image_mask = query_positions(response_mask), inputs["input_ids"] == IMAGE
+
+    def read(use_kernel_lse=True):
+        with probe(model, [1, 2]) as p, torch.no_grad():
+            p.use_kernel_lse = use_kernel_lse
+            for _ in range(2):  # a kernel's verdict is kept: the second forward takes the same path
+                p.arm(query_pos, image_mask)
+                model(**inputs)
+                got = p.result()
+        return p, got
+    _, columns = read()  # the CPU kernel's (B, H, S) lse: the column read
+    _, rows = read(use_kernel_lse=False)  # whole rows: the reference read
+    relayout, usable = LAYOUTS[layout]
+    spy = attention_rows.KernelLogSumExp.__torch_dispatch__
+
+    def kernel_layout(self, func, types, args=(), kwargs=None):
+        out = spy(self, func, types, args, kwargs)
+        if func.overloadpacket.__name__ in attention_rows.LSE_KERNELS:  # the kernel's own output, once
+            self.lse = relayout(self.lse)
+        return out
+    monkeypatch.setattr(attention_rows.KernelLogSumExp, "__torch_dispatch__", kernel_layout)
+    with contextlib.nullcontext() if usable else pytest.warns(UserWarning, match="reading whole rows"):
+        p, got = read()
+    expected = columns if usable else rows
+    assert torch.equal(got["patterns"], expected["patterns"]) and torch.equal(got["sink"], expected["sink"])
+    assert p.row_reads == (0 if usable else 4) and p.lse_mismatches == 0
+    assert p.lse_unusable == (0 if usable else 4) and bool(p.lse_rejections) != usable
+    # and both reads are the attention itself (the eager oracle; tolerance as in the tests above)
+    patterns, sink = oracle(attentions, inputs, query_pos, [1, 2])
+    assert (got["patterns"] - patterns).abs().max() <= 1e-5 and (got["sink"] - sink).abs().max() <= 1e-5
+
+
+def test_a_trust_check_that_fails_falls_back_to_rows(setup, monkeypatch):
+    # a check that raises (a layout the check itself cannot read) distrusts the kernel, once, and says why
+    model, inputs, response_mask, _ = setup
+    query_pos, image_mask = query_positions(response_mask), inputs["input_ids"] == IMAGE
+
+    def broken(*args):
+        raise RuntimeError("Index tensor must have the same number of dimensions as input tensor")
+    monkeypatch.setattr(attention_rows, "lse_agrees", broken)
+    with probe(model, [1, 2]) as p, torch.no_grad(), pytest.warns(UserWarning, match="the check raised RuntimeError"):
+        p.arm(query_pos, image_mask)
+        model(**inputs)
+        got = p.result()
+    with probe(model, [1, 2]) as reference, torch.no_grad():
+        reference.use_kernel_lse = False
+        reference.arm(query_pos, image_mask)
+        model(**inputs)
+        rows = reference.result()
+    assert p.lse_mismatches == 1 and p.row_reads == 2 and torch.equal(got["patterns"], rows["patterns"])
+    assert "Index tensor" in next(iter(p.lse_rejections.values()))
+
+
+def test_the_math_kernel_gives_no_log_sum_exp_and_rows_are_read(setup):
+    # sdpa's math kernel (and any kernel the probe does not know) computes no log-sum-exp: whole rows, no warning
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    model, inputs, response_mask, attentions = setup
+    query_pos = query_positions(response_mask)
+    with sdpa_kernel([SDPBackend.MATH]), probe(model, [1, 2]) as p, torch.no_grad():
+        p.arm(query_pos, inputs["input_ids"] == IMAGE)
+        model(**inputs)
+        got = p.result()
+    assert p.row_reads == 2 and p.kernels == {None} and not p.lse_rejections
+    patterns, sink = oracle(attentions, inputs, query_pos, [1, 2])
+    assert (got["patterns"] - patterns).abs().max() <= 1e-5 and (got["sink"] - sink).abs().max() <= 1e-5
+
+
 def test_probe_without_kernel_mask_uses_causal_and_armed_padding(setup):
     # a single unpadded sample makes sdpa take its is_causal path: the kernel receives attention_mask=None
     model, inputs, response_mask, attentions = setup
@@ -213,34 +302,65 @@ def test_probe_on_cuda_matches_eager(setup, background):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_logits_unchanged_and_the_kernel_log_sum_exp_trusted(setup, dtype):
-    # on CUDA the probe asks sdpa's efficient/cuDNN kernel for its log-sum-exp (a flag it sets only for training
-    # forwards): the layer's output must not change by a bit, with and without grad, and the lse must pass the check
+@pytest.mark.parametrize("backend", ["EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "FLASH_ATTENTION", "MATH"])
+def test_what_the_probe_promises_under_each_cuda_kernel(setup, dtype, backend):
+    """sdpa on CUDA runs one of four kernels (Hopper, torch >= 2.11, bf16: cuDNN first; fp32: efficient; no padding:
+    flash; math when nothing else fits), each forced here in turn. Under every one the probe promises:
+      1. no error, no distrusted kernel, and patterns equal to the whole-row read of the same forward within 1e-5
+         (p = exp(s - lse) against softmax(s), both in fp32 from the same q/k, bf16 upcast exactly: s and each
+         kernel's lse are fp32 sums of <= D + S = 16 + 24 terms of magnitude <= |lse| ~ log S = 3.2 (|s| < 0.2
+         here, measured on the CPU), so p differs by <= 2 x 40 x 6e-8 x 3.2 = 1.5e-5 relative, and p < 0.2);
+      2. flash, efficient and cuDNN: their log-sum-exp is used (no row read); math: whole rows (it has none);
+      3. logits: with grad, probed = unprobed bit for bit under every kernel (a forward with grad asks efficient and
+         cuDNN for the lse anyway); without grad, bit for bit under flash, efficient and math. Under cuDNN the
+         request is part of the graph's cache key, so a probed no-grad forward runs the graph of a forward with
+         grad: it equals that forward bit for bit, and may differ from an unprobed no-grad one in the last bits
+         (printed, not asserted: unmeasured, no GPU was lent to write this)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     model, inputs, response_mask, attentions = setup
+    batch, responses = inputs, response_mask
+    if backend == "FLASH_ATTENTION":  # flash takes no mask: one unpadded rollout (sdpa's is_causal path)
+        keep = inputs["attention_mask"][2].bool()
+        batch = {k: v[2:3][:, keep] for k, v in inputs.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        batch.update(pixel_values=inputs["pixel_values"][-36:], image_grid_thw=inputs["image_grid_thw"][2:])
+        responses = response_mask[2:3][:, keep]
     model.to("cuda", dtype)
     try:
-        cuda_inputs = {k: v.cuda() for k, v in inputs.items()}
+        cuda_inputs = {k: v.cuda() for k, v in batch.items()}
         cuda_inputs["pixel_values"] = cuda_inputs["pixel_values"].to(dtype)
-        for grad in (False, True):
-            with torch.set_grad_enabled(grad):
-                plain = model(**cuda_inputs).logits
+        query_pos, image_mask = query_positions(responses).cuda(), cuda_inputs["input_ids"] == IMAGE
+
+        def forward(grad, read=None):
+            with torch.set_grad_enabled(grad), sdpa_kernel([getattr(SDPBackend, backend)]):
+                if read is None:
+                    return model(**cuda_inputs).logits.detach()
                 with probe(model, [1, 2]) as p:
-                    p.arm(query_positions(response_mask).cuda(), cuda_inputs["input_ids"] == IMAGE)
-                    probed = model(**cuda_inputs).logits
-                    got = p.result()
-            assert torch.equal(plain, probed)
-            assert p.lse_mismatches == 0 and p.row_reads == 0, "the kernel's log-sum-exp was not used"
-        with torch.no_grad(), probe(model, [1, 2]) as p:  # the whole-row read of the same bf16/fp32 q and k
-            p.use_kernel_lse = False
-            p.arm(query_positions(response_mask).cuda(), cuda_inputs["input_ids"] == IMAGE)
-            model(**cuda_inputs)
-            rows = p.result()
+                    p.use_kernel_lse = read == "columns"
+                    p.arm(query_pos, image_mask)
+                    return model(**cuda_inputs).logits.detach(), p.result(), p
+        try:
+            plain = {grad: forward(grad) for grad in (False, True)}
+        except RuntimeError as error:  # flash and cuDNN take no fp32; cuDNN needs sm80+ and a recent cuDNN
+            pytest.skip(f"{backend} cannot run this batch in {dtype} here: {str(error)[:200]}")
+        probed = {grad: forward(grad, "columns") for grad in (False, True)}
+        rows = forward(False, "rows")[1]
     finally:
         model.to("cpu", torch.float32)
-    assert (got["patterns"] - rows["patterns"]).abs().max() <= 1e-5 and (got["sink"] - rows["sink"]).abs().max() <= 1e-5
-    if dtype == torch.float32:  # and against eager attention on the CPU
+    for grad, (_, got, p) in probed.items():
+        assert p.lse_mismatches == 0 and not p.lse_rejections, p.lse_rejections
+        assert p.row_reads == (2 if backend == "MATH" else 0), (grad, p.kernels)
+        assert (got["patterns"] - rows["patterns"]).abs().max() <= 1e-5
+        assert (got["sink"] - rows["sink"]).abs().max() <= 1e-5
+    assert torch.equal(probed[True][0], plain[True])
+    if backend == "CUDNN_ATTENTION":
+        assert torch.equal(probed[False][0], plain[True])
+        print(f"cuDNN {dtype}: probed vs unprobed no-grad logits, max |diff| "
+              f"{(probed[False][0] - plain[False]).abs().max().item():.3g}")
+    else:
+        assert torch.equal(probed[False][0], plain[False])
+    if dtype == torch.float32 and backend != "FLASH_ATTENTION":  # and against eager attention on the CPU
         patterns, sink = oracle(attentions, inputs, query_positions(response_mask), [1, 2])
-        assert (got["patterns"].cpu() - patterns).abs().max() <= 1e-4
+        assert (probed[False][1]["patterns"].cpu() - patterns).abs().max() <= 1e-4
 
 
 def test_logits_identical_with_probe_installed(setup):
