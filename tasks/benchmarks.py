@@ -42,6 +42,7 @@ _SHARED = (("id", "string"), ("image", "image"), ("question", "string"), ("answe
            ("choices", "strings"), ("perception", "strings"), ("response", "string"), ("precision", "int32"),
            ("unit", "string"), ("source", "string"))
 _EXTRA = (("question_type", "string"), ("answer_type", "string"), ("images_total", "int32"), ("meta", "string"))
+COLUMNS = tuple(name for name, _ in _SHARED)  # the shared columns' names, for rows built without datasets (visualmath)
 EVAL_SPLIT_NAMES = ("testmini", "test", "validation", "val", "dev")  # preference when a benchmark is unknown
 
 

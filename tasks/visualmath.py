@@ -5,7 +5,7 @@ An image shows digits; the question asks for arithmetic over them; the answer is
 model writes for them are the "anchor" tokens that attend to the image (DESIGN §5 q2), and whether a
 rewarded answer was read right or guessed (the lucky-guess share, `read_right`).
 
-Three tasks, one schema (benchmarks.UNIFIED_FEATURES):
+Three tasks, one schema (benchmarks.COLUMNS, the loaders'), as plain rows: `Rows`, no `datasets` needed:
 
     visualmath      (v2, the default) a 4x4 grid of 28-px cells = 16 merged Qwen2.5-VL vision tokens.
                     4 cells hold a digit, 3 hold a coloured shape (distractors), the rest are empty.
@@ -301,14 +301,40 @@ def make_slots(n, seed=0, **knobs):
 # --------------------------------------------------------------------------------------------------
 
 
-def _dataset(rows, seed):
-    """Rows -> a datasets.Dataset in the loaders' schema (benchmarks.UNIFIED_FEATURES): synthetic and real look alike."""
-    import datasets
+class Rows:
+    """The examples of a synthetic task: plain dicts in the loaders' schema (benchmarks.COLUMNS, in its order),
+    answering the part of datasets.Dataset's interface the project uses -- len, ds[i] (row i), ds["question"]
+    (a column), iteration, column_names -- so synthetic and loaded data look alike without the `datasets`
+    package. Like a Dataset it hands out a fresh dict per row; its PIL images are shared (nothing edits them).
+    What a Dataset would add, encoding each image to PNG and back, changes no pixel (tests/test_visualmath.py).
+    """
 
+    def __init__(self, rows):
+        self._rows = [{k: row[k] for k in benchmarks.COLUMNS} for row in rows]
+        self.column_names = list(benchmarks.COLUMNS)
+
+    def __len__(self):
+        return len(self._rows)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):  # a column, as Dataset["question"] gives it
+            if key not in self.column_names:
+                raise KeyError(f"no column {key!r}; the columns are {self.column_names}")
+            return [row[key] for row in self._rows]
+        return dict(self._rows[key])  # an int (a slice would give a list of dicts, unlike a Dataset)
+
+    def __iter__(self):
+        return (dict(row) for row in self._rows)
+
+    def __repr__(self):
+        return f"Rows({len(self)} rows: {', '.join(self.column_names)})"
+
+
+def _dataset(rows, seed):
+    """Rows in the loaders' schema, ids numbered: synthetic and real data look alike."""
     for i, row in enumerate(rows):
         row["id"] = f"visualmath-{seed}-{i}"
-    return datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in benchmarks.UNIFIED_FEATURES},
-                                      features=benchmarks.UNIFIED_FEATURES)
+    return Rows(rows)
 
 
 def make(name, n, seed=0):

@@ -14,6 +14,8 @@ program. The direction, floor first:
 """
 import ast
 import os
+import subprocess
+import sys
 
 from conftest import REPO
 
@@ -103,3 +105,32 @@ def test_the_root_holds_the_method():
     root = sorted(f for f in os.listdir(REPO) if f.endswith(".py"))
     assert {"atrl.py", "connectivity.py", "clustering.py", "rollout.py", "train.py", "eval.py"} <= set(root)
     assert len(root) <= 8, root
+
+
+def test_the_synthetic_path_runs_without_datasets():
+    """`datasets` and pyarrow are for the hub and file loaders only (DESIGN §4): with both made unimportable, the
+    synthetic task is built, a row is put to the model as rollouts put it, and train.py, eval.py and bench/gpu.py
+    get through their imports and --help (.ci/nodatasets runs a 2-step train.py and bench/gpu.py --shrink in a venv
+    without them). A loader then says in one line what to install."""
+    script = (
+        "import os, runpy, sys\n"
+        "sys.modules.update(datasets=None, pyarrow=None)  # None: `import datasets` raises ImportError\n"
+        "from tasks import benchmarks, visualmath\n"
+        "import connectivity, engine, eval, rollout  # noqa\n"
+        "rows = visualmath.make('visualmath', 2)\n"
+        "assert benchmarks.format_question(rows[0]) and len(rows['image']) == 2\n"
+        "try:\n"
+        "    benchmarks.load_benchmark('hiyouga/geometry3k')\n"
+        "except ValueError as error:\n"
+        "    assert 'pip install' in str(error), error\n"
+        "for path in ('train.py', 'eval.py', 'bench/gpu.py'):\n"
+        "    sys.argv, sys.path[0] = [path, '--help'], os.path.dirname(os.path.abspath(path))  # as `python path`\n"
+        "    try:\n"
+        "        runpy.run_path(path, run_name='__main__')\n"
+        "    except SystemExit as done:\n"
+        "        assert done.code == 0, (path, done.code)\n"
+        "assert 'datasets' not in {m.split('.')[0] for m, v in sys.modules.items() if v is not None}\n"
+        "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO))
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-3000:]

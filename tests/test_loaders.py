@@ -365,13 +365,15 @@ def test_data_modules_bind_each_top_level_name_once(module):
 
 
 def test_benchmarks_and_synthetic_data_share_the_unified_columns(releases):
-    # Benchmark rows carry the shared columns plus four of their own; on the shared ones both concatenate.
+    # Benchmark rows carry the shared columns plus four of their own; on the shared ones both concatenate (the
+    # synthetic rows are plain dicts, tasks/visualmath.Rows: typed by the schema once they meet a Dataset).
     import datasets
     bench = benchmarks.load_benchmark(releases["geometry3k"])
     synthetic = visualmath.make_slots(2, seed=0)
-    assert synthetic.features == benchmarks.UNIFIED_FEATURES and bench.features == benchmarks.BENCHMARK_FEATURES
-    assert list(bench.features)[:10] == list(benchmarks.UNIFIED_FEATURES)
-    both = datasets.concatenate_datasets([bench.select_columns(list(benchmarks.UNIFIED_FEATURES)), synthetic])
+    assert bench.features == benchmarks.BENCHMARK_FEATURES
+    assert synthetic.column_names == list(bench.features)[:10] == list(benchmarks.UNIFIED_FEATURES)
+    typed = datasets.Dataset.from_list(list(synthetic), features=benchmarks.UNIFIED_FEATURES)
+    both = datasets.concatenate_datasets([bench.select_columns(list(benchmarks.UNIFIED_FEATURES)), typed])
     assert len(both) == 6
 
 

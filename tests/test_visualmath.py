@@ -230,3 +230,32 @@ def test_grid_bad_knobs_and_unknown_task():
     with pytest.raises(ValueError, match="visualmath-v1"):
         visualmath.make("visualmath-v4", 1)
     assert len(visualmath.make("visualmath", 2)) == 2 and visualmath.make("visualmath-v1", 2)[0]["image"].size == (56, 28)
+
+
+# --- the rows are plain (no `datasets` needed), and what a datasets.Dataset made of them -----------------------
+
+@pytest.mark.parametrize("name", visualmath.TASKS)
+def test_rows_are_what_a_datasets_dataset_gave(name):
+    """Before the synthetic rows were plain, they were a datasets.Dataset in the unified schema: each image went
+    to PNG and back, the values through the schema's types. The plain rows must be those rows -- same order, same
+    values, the same pixels in the same mode -- so train.py, eval.py and models/tiny.py see the same data."""
+    datasets = pytest.importorskip("datasets")
+    from tasks import benchmarks
+    rows = visualmath.make(name, 6, seed=4)
+    dataset = datasets.Dataset.from_dict({k: rows[k] for k in benchmarks.COLUMNS}, features=benchmarks.UNIFIED_FEATURES)
+    assert rows.column_names == dataset.column_names and len(rows) == len(dataset) == 6
+    for ours, theirs in zip(rows, dataset):
+        assert list(ours) == list(theirs)  # the columns, in the schema's order
+        image, decoded = ours.pop("image"), theirs.pop("image")
+        assert ours == theirs and ours["precision"] is None and ours["choices"] == []
+        assert (image.mode, image.size, image.tobytes()) == (decoded.mode, decoded.size, decoded.tobytes())
+
+
+def test_rows_hand_out_copies():
+    rows = visualmath.make("visualmath", 2, seed=0)
+    row = rows[0]
+    row["answer"] = "changed"
+    next(iter(rows))["question"] = "changed"
+    assert rows[0]["answer"] != "changed" and rows["question"][0] != "changed"
+    with pytest.raises(KeyError, match="no column 'images'"):
+        rows["images"]
