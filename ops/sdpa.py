@@ -71,7 +71,7 @@ def setup(device, cudnn="auto"):
     if cudnn not in CHOICES:
         raise ValueError(f"cudnn={cudnn!r}: use one of {', '.join(CHOICES)}")
     if device.type != "cuda":
-        return {"cudnn_sdpa": None, "cudnn_runtime": None, "line": f"sdpa on {device.type}: flash (CPU) or math"}
+        return {"cudnn_sdpa": None, "cudnn_runtime": None, "line": f"device {device}: sdpa runs flash (CPU) or math"}
     runtime = torch.backends.cudnn.version() or 0  # None when torch finds no cuDNN
     use = runtime >= CUDNN_FIXED if cudnn == "auto" else cudnn == "on"
     torch.backends.cuda.enable_cudnn_sdp(use)
@@ -79,7 +79,7 @@ def setup(device, cudnn="auto"):
            f"cuDNN {runtime} {'>=' if use else '<'} {CUDNN_FIXED}: its backward NaN (pytorch#196678) is "
            f"{'fixed' if use else 'not fixed'}")
     return {"cudnn_sdpa": use, "cudnn_runtime": runtime,
-            "line": f"sdpa cuDNN attention {'on' if use else 'off'} ({why})"}
+            "line": f"device {device}: sdpa's cuDNN attention {'on' if use else 'off'} ({why})"}
 
 
 def predict(query, key, value, attn_mask=None, is_causal=False, enable_gqa=False):
@@ -115,16 +115,19 @@ class Recorder(TorchDispatchMode):
 
 
 class Kernels:
-    """The attention kernels each phase of a run ran: {phase: set of short names}, filled by `record` blocks.
+    """The attention kernels each phase of a run ran: {phase: set of short names}, filled by `record` blocks (or
+    `once` blocks: the first block of a phase only); `setup` is what setup() chose.
 
     >>> kernels = Kernels()
-    >>> with kernels.record("forward"):
-    ...     _ = torch.nn.functional.scaled_dot_product_attention(*[torch.zeros(1, 1, 2, 4)] * 3)
+    >>> for _ in range(3):  # a training loop: only the first pass pays for the recording
+    ...     with kernels.once("forward"):
+    ...         _ = torch.nn.functional.scaled_dot_product_attention(*[torch.zeros(1, 1, 2, 4)] * 3)
     >>> kernels.summary()
     {'forward': ['flash (CPU)']}
     """
 
-    def __init__(self):
+    def __init__(self, setup=None):
+        self.setup = setup or {}
         self.phases = {}
 
     @contextlib.contextmanager
@@ -137,6 +140,10 @@ class Kernels:
             yield
         self.phases.setdefault(phase, set()).update(recorder.seen or {NONE_FUSED})
 
+    def once(self, phase):
+        """Record the block under `phase` if that phase has not been recorded yet; else run it untouched."""
+        return self.record(phase, on=phase not in self.phases)
+
     def name(self, phase):
         """The kernels of one phase as one string ("efficient, efficient backward"), "not recorded" if none."""
         return ", ".join(sorted(self.phases[phase])) if phase in self.phases else "not recorded"
@@ -145,6 +152,7 @@ class Kernels:
         """{phase: sorted kernel names}, plus the probe's kernels and, if any, why it read whole rows (a probe is
         connectivity.Probe: its .kernels are aten op names, .lse_rejections {(kernel, dtype, device): why})."""
         out = {phase: sorted(names) for phase, names in self.phases.items()}
+        out.update({"cudnn_sdpa": self.setup["cudnn_sdpa"]} if self.setup.get("cudnn_sdpa") is not None else {})
         if probe is not None:
             out["probe"] = sorted(KERNELS.get(k, NONE_FUSED) if k else NONE_FUSED for k in probe.kernels)
             out.update({"probe_row_reads": {f"{KERNELS.get(k, k)} {str(d)[6:]} {dev}": why

@@ -24,7 +24,7 @@ def test_cudnn_attention_is_off_below_the_fixed_version_unless_told(monkeypatch,
     monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", chosen.append)
     got = sdpa.setup(torch.device("cuda"), mode)
     assert chosen == [expected] and got["cudnn_sdpa"] is expected
-    assert got["line"].startswith(f"sdpa cuDNN attention {'on' if expected else 'off'} (")
+    assert got["line"].startswith(f"device cuda: sdpa's cuDNN attention {'on' if expected else 'off'} (")
     assert ("pytorch#196678" in got["line"]) == (mode == "auto")
 
 
@@ -49,6 +49,8 @@ def test_prediction_and_record_agree_on_what_ran():
         out.sum().backward()
     with kernels.record("skipped", on=False):
         torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    with kernels.once("forward"), sdpa_kernel([SDPBackend.MATH]):  # recorded already: not again
+        torch.nn.functional.scaled_dot_product_attention(q, k, v)
     with sdpa_kernel([SDPBackend.MATH]), kernels.record("math"):
         assert sdpa.predict(q, k, v, mask) == "math"
         torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -62,6 +64,6 @@ def test_summary_names_the_probe_kernels_and_why_it_read_rows():
     class Probe:  # what connectivity.Probe keeps
         kernels = {"_scaled_dot_product_cudnn_attention", None}
         lse_rejections = {("_scaled_dot_product_cudnn_attention", torch.bfloat16, "cuda"): "log-sum-exp of shape ..."}
-    summary = sdpa.Kernels().summary(Probe())
-    assert summary == {"probe": ["cudnn", sdpa.NONE_FUSED],
+    summary = sdpa.Kernels({"cudnn_sdpa": False}).summary(Probe())
+    assert summary == {"cudnn_sdpa": False, "probe": ["cudnn", sdpa.NONE_FUSED],
                        "probe_row_reads": {"cudnn bfloat16 cuda": "log-sum-exp of shape ..."}}

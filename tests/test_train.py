@@ -174,11 +174,15 @@ def test_v3_runs_log_the_realised_weight_of_each_token_class(warm_checkpoint, tm
 
 
 def test_non_finite_loss_skips_the_update_and_is_logged(warm_checkpoint, tmp_path):
-    run_train(warm_checkpoint, tmp_path, "--steps", "1", "--debug_nan_step", "0")
-    rec = records(tmp_path)[0]
-    assert rec["skipped"] == 1
-    before = load_file(os.path.join(warm_checkpoint, "model.safetensors"))
-    after = weights(tmp_path)
+    proc = run_train(warm_checkpoint, tmp_path, "--steps", "2", "--debug_nan_step", "1", "--save_every", "1")
+    first, rec = records(tmp_path)
+    assert first["skipped"] == 0 and rec["skipped"] == 1
+    # the skip is logged with the attention kernels that ran (ops/sdpa.py), as on the first step: CPU flash here
+    assert rec["kernels"] == first["kernels"] and rec["kernels"]["backward"] == ["flash (CPU) backward"]
+    assert set(rec["kernels"]) == {"rollout", "forward", "backward", "probe"}
+    assert "step 1: non-finite loss or gradient (grad norm nan, flash (CPU) backward) -- update skipped" in proc.stdout
+    before = load_file(os.path.join(tmp_path, "checkpoint-1", "model.safetensors"))  # after step 0 ...
+    after = weights(tmp_path)  # ... and after the poisoned step 1
     assert all(torch.equal(before[k], after[k]) for k in before), "a poisoned step must not change the weights"
 
 
