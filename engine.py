@@ -19,6 +19,9 @@ a 4-D mask rebuilt per step, ~20 eager kernels of sampling). This engine does wh
     the loop   on CUDA, step() is captured once per (batch, length bucket) in a CUDA graph and replayed (one
                launch per token instead of ~600); "are all rows done?" is read every `check_every` steps.
                On CPU the same step() runs eagerly and checks every step (a CPU has nothing to wait for).
+    kept       the buffers (KV cache included) of the largest call so far and every graph captured on them stay
+               between calls: a narrower or smaller call decodes in views of them, a wider one reallocates them
+               with 25% spare columns (DecodeEngine's docstring has the bounds; `stats` counts it).
 
 Exact: on CPU it gives the same tokens, bit for bit, as `rollout.generate` (transformers' generate with our
 GumbelSampler), greedy and sampled, because every op mirrors what transformers runs (tests/test_engine.py):
@@ -54,6 +57,7 @@ integrations/sdpa_attention.py `pack_gqa`, models/qwen2_5_vl `get_rope_index`. T
 Run: `OMP_NUM_THREADS=1 python -m pytest -q tests/test_engine.py`; `python bench/decode.py` (CPU, vs generate),
 `python bench/decode.py --device cuda --config 3b` (GPU, vs the bandwidth floor).
 """
+import collections
 import copy
 
 import torch
@@ -137,8 +141,10 @@ def _round_up(n, multiple):
 
 
 class _Slot:
-    """Every buffer of one (batch B, cache capacity C) shape, allocated once and reused by every call of that
-    shape: the CUDA graphs captured for it read and write these very tensors (graphs hold addresses)."""
+    """Every buffer of the largest (batch B, cache capacity C) shape the engine has met, allocated once; a call of
+    a smaller shape decodes in views of its first rows and columns (`view`), the same memory. The CUDA graphs
+    captured on those views read and write these very tensors (graphs hold addresses), so they stay valid for as
+    long as the slot lives, whatever the prompt width of the call."""
 
     def __init__(self, config, B, capacity, vocab, dtype, device):
         text = config.text_config
@@ -160,8 +166,26 @@ class _Slot:
         self.suppress = torch.zeros(vocab, dtype=torch.bool, device=device)  # vision tokens: never sampled
         self.is_eos = torch.zeros(vocab, dtype=torch.bool, device=device)
         self.dense = False                                 # no mask at all: no padding, no masked column (CPU)
-        self.graphs = {}                                   # (length, temperature, top_p, dense) -> CUDAGraph
+        self.B, self.capacity = B, capacity
+        # (rows, length, temperature, top_p, dense) -> CUDAGraph, least recently used first; one memory pool for
+        # all: they never run at once and keep their state in the buffers above, not in the pool (nano-vllm)
+        self.graphs = collections.OrderedDict()
         self.pool = torch.cuda.graph_pool_handle() if device.type == "cuda" else None
+
+    def view(self, B):
+        """The first B rows of every per-row buffer (views), sharing the graphs, the pool and the rest."""
+        if B == self.B:
+            return self
+        rows = copy.copy(self)
+        rows.k, rows.v = [k[:B] for k in self.k], [v[:B] for v in self.v]
+        for name in ("valid", "base", "keys", "last", "out", "unfinished"):
+            setattr(rows, name, getattr(self, name)[:B])
+        return rows
+
+    def nbytes(self):
+        """Bytes of the buffers (the KV cache and the per-row state; the graphs' pool is not counted here)."""
+        tensors = [*self.k, *self.v] + [t for t in vars(self).values() if isinstance(t, torch.Tensor)]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class DecodeEngine:
@@ -176,9 +200,25 @@ class DecodeEngine:
     check_every: steps between reads of "are all rows done?" (a host sync); default 8 on CUDA, 1 on CPU.
     cuda_graphs: capture and replay step() on CUDA (False: run it eagerly, the reference for the graphs).
     hf_attention: attend through transformers' sdpa function (generate's bits); default on CPU, off on CUDA.
+    max_rows: on CUDA, the most rows the KV cache holds: a call with more (an evaluation's k samples of 64
+        questions) decodes whole prompts max_rows at a time, so the cache stays the rollout batch's size (train.py
+        passes its rollouts per rank). None: no bound; ignored on a CPU (memory is the host's there, and one call
+        keeps generate's bits).
+    max_graphs: CUDA graphs kept (least recently used dropped first).
+
+    What is kept between calls, and when it is rebuilt (`stats` counts both): one slot of buffers sized by the
+    largest call so far (rows, and columns = prompt width + max_new_tokens rounded up to the bucket), used through
+    views by every smaller call, and every graph captured on it, keyed by (rows, length bucket, temperature,
+    top_p). A call wider than the slot reallocates it with 25% spare columns (a dataset's prompt widths then
+    cost a few reallocations, not one per new width: tests/test_engine.py), and its graphs are captured again;
+    the old slot is let go first, so the caching allocator hands its blocks to the new one (no empty_cache).
+    So captures <= (rows, buckets, temperatures) met per slot, and slots <= 1 + log_1.25(widest / first width)
+    + (times the rows grew). The slot stays allocated through the optimizer update: docs/performance.md counts it;
+    `release()` frees it.
     """
 
-    def __init__(self, policy, dtype=None, bucket=None, check_every=None, cuda_graphs=True, hf_attention=None):
+    def __init__(self, policy, dtype=None, bucket=None, check_every=None, cuda_graphs=True, hf_attention=None,
+                 max_rows=None, max_graphs=128):
         self.policy = policy
         first = next(policy.parameters())
         self.device = first.device
@@ -188,6 +228,9 @@ class DecodeEngine:
         self.check_every = check_every or (8 if cuda else 1)
         self.cuda_graphs = cuda_graphs and cuda
         self.hf_attention = (not cuda) if hf_attention is None else hf_attention
+        self.max_rows = max_rows if cuda else None
+        self.max_graphs = max_graphs
+        self.stats = {"slots": 0, "captures": 0, "graph_pool_bytes": 0}  # allocations, graphs captured, their pool
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
         self.sdpa_attention = sdpa_attention_forward  # what the model's sdpa layers call
         self.qk_norm = _check_geometry(policy)  # Qwen3-VL: per-head q/k RMSNorm; decided once, not per step
@@ -199,7 +242,7 @@ class DecodeEngine:
                                                        attn_implementation="sdpa")  # not the policy's probe
             self.model.eval().requires_grad_(False)
             self.refresh()
-        self.slots = {}
+        self.slot = None  # the buffers and graphs, kept between calls (_slot)
 
     @torch.no_grad()
     def refresh(self):
@@ -313,36 +356,67 @@ class DecodeEngine:
         then captured; capture records the kernels without running them, so the state advances once."""
         if not self.cuda_graphs:
             return self._step(s, length, temperature, top_p)
-        key = (length, temperature, top_p, s.dense)
+        key = (len(s.last), length, temperature, top_p, s.dense)
         graph = s.graphs.get(key)
         if graph is not None:
+            s.graphs.move_to_end(key)  # most recently used
             graph.replay()
             return
+        s.graphs[key] = self._capture(s, length, temperature, top_p)
+        self.stats["captures"] += 1
+        if len(s.graphs) > self.max_graphs:
+            s.graphs.popitem(last=False)  # the least recently used
+
+    def _capture(self, s, length, temperature, top_p):
+        """A CUDA graph of step() on these buffers, after one eager step on a side stream; advances the state once
+        (the warm-up's step is the one emitted: capture records without running). Its pool's growth is counted."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             self._step(s, length, temperature, top_p)
         torch.cuda.current_stream().wait_stream(side)
+        before = torch.cuda.memory_reserved(self.device)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=s.pool):
             self._step(s, length, temperature, top_p)
-        s.graphs[key] = graph
+        self.stats["graph_pool_bytes"] += torch.cuda.memory_reserved(self.device) - before
+        return graph
 
     # ---------------------------------------------------------------------------------------- the loop
 
     def _slot(self, B, capacity):
-        """The buffers for (B, capacity), kept between calls of that shape (its graphs stay valid). One shape at a
-        time: another shape frees them first, so the KV cache held is one batch's (train.py's rollout batch,
-        until an evaluation's batches replace it for a while)."""
-        if (B, capacity) not in self.slots:
-            self.release()
-            vocab = self.model.config.text_config.vocab_size
-            self.slots[(B, capacity)] = _Slot(self.model.config, B, capacity, vocab, self.dtype, self.device)
-        return self.slots[(B, capacity)]
+        """Views of the kept slot's first B rows, for a call of `capacity` columns; a slot too small for the call
+        is replaced by one with its rows and capacity (+25% spare columns beyond the old slot's, in buckets)."""
+        old = self.slot
+        if old is not None and B <= old.B and capacity <= old.capacity:
+            return old.view(B)
+        rows, columns = B, capacity
+        if old is not None:  # growing: spare columns, so that slightly wider prompts fit next time
+            rows = max(B, old.B)
+            columns = old.capacity if capacity <= old.capacity else max(capacity, _round_up(old.capacity * 5 // 4,
+                                                                                            self.bucket))
+        del old
+        self.release()  # NOTE: first, so the allocator can give the old slot's blocks to the new one
+        vocab = self.model.config.text_config.vocab_size
+        self.slot = _Slot(self.model.config, rows, columns, vocab, self.dtype, self.device)
+        self.stats["slots"] += 1
+        return self.slot.view(B)
+
+    def reserve(self, rows, capacity):
+        """Allocate the slot for (rows, capacity) now (known bounds: no reallocation later; bench/step.py)."""
+        self._slot(rows, _round_up(capacity, self.bucket))
 
     def release(self):
         """Free the KV cache and the graphs (the next call allocates and captures them again)."""
-        self.slots.clear()
+        self.slot = None
+
+    def memory(self):
+        """Bytes the engine holds beside the policy: its weight copy (bf16 / FSDP2; 0 when decoding from the
+        policy), the slot's buffers (the KV cache), the graphs' pool (CUDA), and the counts in `stats`."""
+        copy_bytes = 0 if self.model is self.policy else sum(
+            t.numel() * t.element_size() for t in (*self.model.parameters(), *self.model.buffers()))
+        return {"weight_copy_bytes": copy_bytes, "kv_cache_bytes": self.slot.nbytes() if self.slot else 0,
+                "graphs": len(self.slot.graphs) if self.slot else 0, **self.stats}
 
     @torch.no_grad()
     def generate(self, enc, group_size, max_new_tokens, temperature, top_p, keys, eos_ids, pad_id, suppress_ids):
@@ -352,8 +426,17 @@ class DecodeEngine:
         Returns the tokens (B, n) on the CPU, n <= max_new_tokens columns: each row's response up to its first
         EOS, then pad tokens; rollout.generate turns them into (response, mask, truncated) as it does generate's.
         """
+        prompts = len(enc["input_ids"])
+        per_call = prompts if self.max_rows is None else max(1, self.max_rows // group_size)  # whole prompts
+        if per_call < prompts:  # more rows than the cache holds: a chunk of prompts at a time
+            parts = [self.generate(_prompt_rows(enc, i, i + per_call), group_size, max_new_tokens, temperature, top_p,
+                                   None if keys is None else keys[i * group_size:(i + per_call) * group_size],
+                                   eos_ids, pad_id, suppress_ids) for i in range(0, prompts, per_call)]
+            width = max(part.shape[1] for part in parts)  # a chunk done early decoded pad tokens, as generate does
+            return torch.cat([torch.nn.functional.pad(part, (0, width - part.shape[1]), value=pad_id)
+                              for part in parts])
         P = enc["input_ids"].shape[1]
-        B = len(enc["input_ids"]) * group_size
+        B = prompts * group_size
         capacity = _round_up(P + max_new_tokens, self.bucket)
         s = self._slot(B, capacity)
         logits = self._prefill(s, enc, group_size, keys, eos_ids, pad_id, suppress_ids)
@@ -364,7 +447,14 @@ class DecodeEngine:
                 break
             self._run_step(s, min(capacity, _round_up(P + emitted, self.bucket)), temperature, top_p)
             emitted += 1
-        return s.out[:, :emitted].cpu()
+        return s.out[:, :emitted].to("cpu", copy=True)  # a copy: on a CPU .cpu() would hand out the buffer itself
+
+
+def _prompt_rows(enc, start, stop):
+    """Prompts start..stop-1 of rollout.encode_prompts' dict: their rows, and their images' patch rows."""
+    patches = enc["image_grid_thw"].prod(-1).cumsum(0).tolist()  # end of each image's rows in pixel_values
+    first, last = ([0] + patches)[start], ([0] + patches)[min(stop, len(patches))]
+    return {k: v[first:last] if k == "pixel_values" else v[start:stop] for k, v in enc.items()}
 
 
 def _head_dim(text_config):

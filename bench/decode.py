@@ -286,7 +286,7 @@ def decode_3b():
             ids = [rollout.generate(model, tokens, enc, args.new_tokens, 1.0, 1.0, list(range(batch)), group_size=group,
                                     engine=d)[0] for d in (eager, decoder, decoder)]
             same = torch.equal(ids[0], ids[1]) and torch.equal(ids[0], ids[2])
-            graphs = sum(len(s.graphs) for s in decoder.slots.values())
+            graphs = decoder.stats["captures"]
             line = (f"| graphs vs eager step | {batch} | | | | | {'**bit-exact**' if same else '**DIFFER**'}: same ids "
                     f"over {args.new_tokens} tokens ({graphs} graphs captured"
                     f"{'' if decoder.cuda_graphs else '; no CUDA here: eager vs eager'}) |")

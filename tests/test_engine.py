@@ -23,6 +23,7 @@ Run: OMP_NUM_THREADS=1 python -m pytest -q tests/test_engine.py
 """
 import contextlib
 import inspect
+import math
 import subprocess
 import sys
 
@@ -307,6 +308,95 @@ def test_cuda_graph_replay_decodes_what_the_eager_step_decodes(warm):
     eager, graphed = engine.DecodeEngine(model, cuda_graphs=False), engine.DecodeEngine(model)
     runs = [rollout.generate(model, tokenizer, enc, 13, 1.0, 1.0, list(range(12)), group_size=3, engine=decoder)
             for decoder in (eager, graphed, graphed)]
-    assert graphed.slots and all(s.graphs for s in graphed.slots.values())
+    assert graphed.slot is not None and graphed.slot.graphs and graphed.stats["slots"] == 1
     for a, b, c in zip(*runs):  # the third call replays the graphs the second one captured
         assert torch.equal(a, b) and torch.equal(a, c)
+
+
+# ----------------------------------------------------------------------------- what the engine keeps between calls
+
+
+class SimulatedGraph:
+    """What a CUDA graph is to the engine, on a CPU: a replay runs step() again on the very buffers the capture
+    saw (a graph holds addresses). A graph kept past a reallocation of the buffers would write into the old ones,
+    so the tokens would go wrong: the simulation has the same failure mode as the real thing."""
+
+    def __init__(self, decoder, s, length, temperature, top_p):
+        decoder._step(s, length, temperature, top_p)  # the warm-up step, the one emitted (capture runs nothing)
+        self.replay = lambda: decoder._step(s, length, temperature, top_p)
+
+
+def dataset_like_prompts(tokenizer, image_processor, n_batches, prompts, seed):
+    """Batches of prompts whose widths vary as a real dataset's do: photos and diagrams of any size and aspect
+    (sides 28-560 px, so 1 to 256 image tokens under the tiny processor's max_pixels) and questions of 1-12 words."""
+    import random
+
+    import PIL.Image
+    rng = random.Random(seed)
+    words = "what is the value of x in the figure below given that the angle".split()
+    batches = []
+    for _ in range(n_batches):
+        images = [PIL.Image.new("RGB", (rng.randint(28, 560), rng.randint(28, 560)), tuple(rng.randrange(256) for _ in "rgb"))
+                  for _ in range(prompts)]
+        questions = [" ".join(rng.choices(words, k=rng.randint(1, 12))) for _ in range(prompts)]
+        batches.append(rollout.encode_prompts(tokenizer, image_processor, images, questions))
+    return batches
+
+
+def test_buffers_and_graphs_are_kept_over_a_dataset_of_prompt_widths(warm, monkeypatch):
+    """The CUDA layout (buckets of 128 columns, graphs) on the CPU, over 12 rollout batches whose prompt widths vary
+    like a real dataset's, with two evaluation calls (fewer rows, then more rows) in between: every call decodes
+    what a fresh engine (buffers of exactly its shape, no graph) decodes, bit for bit, while the kept engine
+    allocates its buffers a few times (not once per new width) and captures each (rows, bucket, temperature) once
+    per allocation. The old engine freed everything at every new (rows, capacity)."""
+    model, tokenizer, image_processor = warm
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: pytest.fail("the engine must not empty the allocator cache"))
+    layout = dict(bucket=128, check_every=4, hf_attention=False)
+    kept = engine.DecodeEngine(model, **layout)
+    kept.cuda_graphs = True  # captured and replayed, through the simulation
+    monkeypatch.setattr(kept, "_capture", lambda s, *args: SimulatedGraph(kept, s, *args))
+    eos, pad = [tokenizer.convert_tokens_to_ids("<|im_end|>")], tokenizer.pad_token_id
+    suppress = rollout.VISION_TOKEN_IDS(tokenizer)
+    batches = dataset_like_prompts(tokenizer, image_processor, 12, 2, seed=0)
+    calls = [(enc, 2, 1.0) for enc in batches]  # (prompts, G, temperature): rollouts of 2 prompts x G 2
+    calls.insert(4, (batches[0], 1, 0.0))  # an evaluation: greedy, 2 rows (views of the first rows)
+    calls.insert(8, (dataset_like_prompts(tokenizer, image_processor, 1, 3, seed=1)[0], 2, 1.0))  # 6 rows: more
+    capacities, old_slots, previous = [], 0, None
+    for n, (enc, G, temperature) in enumerate(calls):
+        keys = list(range(100 * n, 100 * n + len(enc["input_ids"]) * G)) if temperature else None
+        args = (enc, G, 24, temperature, 1.0, keys, eos, pad, suppress)
+        fresh = engine.DecodeEngine(model, **layout).generate(*args)  # the reference: exact buffers, eager
+        assert torch.equal(kept.generate(*args), fresh), f"call {n}"
+        shape = (len(enc["input_ids"]) * G, -(-(enc["input_ids"].shape[1] + 24) // 128) * 128)
+        capacities.append(shape[1])
+        old_slots += shape != previous  # the old engine: new buffers (and graphs) for every new (rows, capacity)
+        previous = shape
+    print(f"kept: {kept.stats}; the old engine: {old_slots} allocations; capacities {capacities}")
+    # bounds (engine.py's docstring): slots <= 1 + log_1.25(widest / first) + row growths (one here)
+    bound = 1 + math.ceil(math.log(max(capacities) / capacities[0], 1.25)) + 1
+    assert kept.stats["slots"] <= bound and kept.stats["slots"] < old_slots, (kept.stats, old_slots, capacities)
+    # captures: one per (rows, length bucket, temperature) per slot, never one per call
+    assert kept.stats["captures"] <= kept.stats["slots"] * 3 * max(capacities) // 128
+    assert kept.slot.B == 6 and kept.slot.capacity >= max(capacities) and len(set(capacities)) >= 3
+    memory = kept.memory()
+    assert memory["kv_cache_bytes"] >= 2 * 4 * 6 * kept.slot.capacity * 2 * 32 * 4  # layers x K, V x rows x C x heads x D x fp32
+    assert memory["weight_copy_bytes"] == 0 and memory["graphs"] == len(kept.slot.graphs) > 0
+
+
+def test_a_call_with_more_rows_than_max_rows_runs_in_chunks_of_whole_prompts(warm):
+    """max_rows bounds the cache (train.py: its rollouts per rank; on CUDA only): a larger call -- an evaluation's k
+    samples of many questions -- decodes whole prompts max_rows at a time, which is exactly what separate calls on
+    those prompts decode (their outputs padded to one width with pad tokens, as generate pads finished rows)."""
+    model, tokenizer, image_processor = warm
+    enc = mixed_prompts(tokenizer, image_processor)  # 4 prompts of two image sizes
+    eos, pad, suppress = [tokenizer.convert_tokens_to_ids("<|im_end|>")], tokenizer.pad_token_id, rollout.VISION_TOKEN_IDS(tokenizer)
+    chunked = engine.DecodeEngine(model)
+    chunked.max_rows = 5  # (a CPU ignores max_rows given to the constructor) -> 2 prompts x G 2 per call
+    keys = list(range(8))
+    got = chunked.generate(enc, 2, 10, 1.0, 1.0, keys, eos, pad, suppress)
+    parts = [engine.DecodeEngine(model).generate(engine._prompt_rows(enc, i, i + 2), 2, 10, 1.0, 1.0,
+                                                 keys[2 * i:2 * i + 4], eos, pad, suppress) for i in (0, 2)]
+    width = max(p.shape[1] for p in parts)
+    expected = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad) for p in parts])
+    assert torch.equal(got, expected) and chunked.slot.B == 4 and got.shape[0] == 8
+    assert engine._prompt_rows(enc, 2, 4)["pixel_values"].shape[0] == int(enc["image_grid_thw"][2:].prod(-1).sum())
