@@ -22,8 +22,10 @@ default (CPU)   Is the engine at least as fast as today's path on the tiny defau
                     x floor            = ms per step / floor
 
                 and for "hf" (today's rollout.generate) at the first batch only, over --hf_new_tokens (it is slow).
-                Then the exactness check: the engine with CUDA graphs replayed and with the same step run eagerly
-                decode the same ids (every length bucket of the run is crossed). The bandwidth is --bandwidth_gbs,
+                The exactness check runs first (a correctness row before any speed row; --exactness only: nothing
+                else, none: skip it): the engine with CUDA graphs replayed and with the same step run eagerly
+                decode the same ids (every length bucket of the run is crossed), and the attention kernels that
+                prefill and step ran are printed (the eager run, recorded: ops/sdpa.py; train.py's choice). The bandwidth is --bandwidth_gbs,
                 or measured here with a large device-to-device copy (bytes read + bytes written / time).
                 --shrink runs this path on a CPU in a minute or two (2 decoder layers, a 64-token image, batches
                 2 and 4, 8 new tokens): a smoke test of the code, not a measurement.
@@ -50,6 +52,7 @@ Run (from the repository root):
 import common  # first: it puts the repository root on sys.path (see its docstring)
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -61,6 +64,7 @@ import torch
 import engine
 import rollout
 from models import family
+from ops import sdpa
 from tasks import visualmath
 
 # ------------------------------------------------------------------------------------------- config
@@ -83,6 +87,8 @@ parser.add_argument("--bandwidth_gbs", type=float, default=0.0, help="3b: memory
                     "(H100 SXM 3350, H200 4800); 0 = measure a device-to-device copy here")
 parser.add_argument("--shrink", action="store_true", help="3b: 2 layers, 64 image tokens, batches 2,4, 8 tokens (CPU)")
 parser.add_argument("--budget_s", type=float, default=0.0, help="stop measuring after this many seconds (0 = no limit)")
+parser.add_argument("--exactness", default="first", choices=["first", "only", "none"],
+                    help="3b: the graph-replay = eager check before the speed rows, alone, or not at all")
 parser.add_argument("--out", default="", help="also write the markdown table to this file")
 parser.add_argument("--seed", type=int, default=0)
 args = parser.parse_args()
@@ -258,7 +264,8 @@ def decode_3b():
 
         def call(n):
             return rollout.generate(model, tokens, enc, n, 1.0, 1.0, keys, group_size=group, engine=decoder)[0]
-        call(new_tokens)
+        with kernels.once("hf generate") if decoder is None else contextlib.nullcontext():  # untimed: eager, seen
+            call(new_tokens)
         steps = []
         for _ in range(max(1, args.repeats if decoder is not None else min(args.repeats, 2))):
             t_full, t_one = timed(lambda: call(new_tokens))[0], timed(lambda: call(1))[0]
@@ -269,9 +276,14 @@ def decode_3b():
 
     batches = [int(b) for b in args.batches.split(",")]
     decoder = engine.DecodeEngine(model)
+    kernels = sdpa.Kernels(sdpa.setup(device))  # as train.py chooses (cuDNN off below cuDNN 9.26)
     plan = [("engine", b) for b in batches]
     plan.insert(1, ("hf", batches[0]))  # hf next to the engine at the first batch: the speed-up
-    plan.append(("exactness", batches[0]))
+    plan = {"first": [("exactness", batches[0])] + plan, "only": [("exactness", batches[0])], "none": plan}[args.exactness]
+    if args.exactness == "none":  # the kernels of the engine's prefill and step, from two eager tokens (a replay hides them)
+        enc = synthetic_prompts(model, 1, args.image_side, args.seed)
+        with kernels.record("prefill + step"):
+            rollout.generate(model, tokens, enc, 2, 1.0, 1.0, [0], engine=engine.DecodeEngine(model, cuda_graphs=False))
     lines = ["| decoder | batch | ms / decode step | tokens / s | floor (ms) | x floor | note |",
              "|---|---|---|---|---|---|---|"]
     skipped = []
@@ -283,13 +295,18 @@ def decode_3b():
             eager = engine.DecodeEngine(model, cuda_graphs=False)
             group = min(args.group_size, batch)
             enc = synthetic_prompts(model, batch // group, args.image_side, args.seed + 1)
-            ids = [rollout.generate(model, tokens, enc, args.new_tokens, 1.0, 1.0, list(range(batch)), group_size=group,
-                                    engine=d)[0] for d in (eager, decoder, decoder)]
+            with kernels.record("prefill + step"):  # eager: every kernel is seen (a graph replay shows none)
+                ids = [rollout.generate(model, tokens, enc, args.new_tokens, 1.0, 1.0, list(range(batch)),
+                                        group_size=group, engine=eager)[0]]
+            ids += [rollout.generate(model, tokens, enc, args.new_tokens, 1.0, 1.0, list(range(batch)), group_size=group,
+                                     engine=decoder)[0] for _ in range(2)]
             same = torch.equal(ids[0], ids[1]) and torch.equal(ids[0], ids[2])
             graphs = decoder.stats["captures"]
             line = (f"| graphs vs eager step | {batch} | | | | | {'**bit-exact**' if same else '**DIFFER**'}: same ids "
                     f"over {args.new_tokens} tokens ({graphs} graphs captured"
                     f"{'' if decoder.cuda_graphs else '; no CUDA here: eager vs eager'}) |")
+            print(f"sdpa kernels ({kernels.setup['line']}): {kernels.name('prefill + step')} -- every row of this "
+                  "table", flush=True)
         else:
             new_tokens = args.new_tokens if what == "engine" else args.hf_new_tokens
             ms = per_step(decoder if what == "engine" else None, batch, new_tokens)
@@ -300,6 +317,9 @@ def decode_3b():
         print(line, flush=True)
     if skipped:
         lines.append(f"\nskipped (budget {args.budget_s:.0f} s reached): {', '.join(skipped)}")
+    if kernels.phases:
+        lines.append(f"\nsdpa kernels ({kernels.setup['line']}): engine {kernels.name('prefill + step')}"
+                     + (f"; hf {kernels.name('hf generate')}" if "hf generate" in kernels.phases else ""))
     report(lines)
 
 

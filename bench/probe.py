@@ -50,6 +50,7 @@ import time
 import torch
 
 import connectivity
+from ops import sdpa
 from common import IMAGE, V_END, V_START, build_model, model_sizes, peak_bytes, sync
 from connectivity import default_layers, probe, query_positions
 
@@ -171,10 +172,12 @@ def bench(name, text, vision, dtype, device, shapes):
         print(f"\n{name} on {device.type} ({dtype}), B={B} S={S} image tokens={n_image} response tokens<={T}, "
               f"{args.repeats} rounds", flush=True)
         row_reads = {}  # layers read through whole rows (no log-sum-exp from the kernel), per setting
-        for s, layers, chunk in settings:  # warm-up (allocator, kernels, lazy init)
-            with installed(model, layers, chunk) as p:
+        kernels, probed = sdpa.Kernels(sdpa.setup(device)), None  # as train.py chooses (cuDNN off below 9.26)
+        for s, layers, chunk in settings:  # warm-up (allocator, kernels, lazy init); the first one's kernels kept
+            with installed(model, layers, chunk) as p, kernels.once("forward"):
                 run(model, inputs, response_mask, p)
                 row_reads[s] = "-" if p is None else f"{p.row_reads} of {p.captures}"
+            probed = probed or p  # the first probe (probe mid): which kernel's log-sum-exp it read
         times = {s[0]: [] for s in settings}
         inside = {s[0]: [] for s in settings}  # seconds inside the probe per forward (CPU)
         for r in range(args.repeats):
@@ -212,6 +215,10 @@ def bench(name, text, vision, dtype, device, shapes):
             fixed.append(time.perf_counter() - t0)
         print(f"install + arm + restore (no forward): {1e3 * statistics.median(fixed):.2f} ms "
               f"= {100 * statistics.median(fixed) / statistics.median(times['sdpa']):.2f}% of the sdpa forward")
+        summary = kernels.summary(probed)
+        print(f"sdpa kernels ({kernels.setup['line']}): forward (decoder and vision) {', '.join(summary['forward'])}; "
+              f"probe read the kernel of {', '.join(summary['probe'])}"
+              + (f"; whole rows because {summary['probe_row_reads']}" if "probe_row_reads" in summary else ""))
         forward, cost = flops(text, vision, B, S, T, B * side * side, len(mid), n_image)
         print(f"FLOPs: forward {forward / 1e9:.2f} G, probe mid {cost / 1e9:.3f} G "
               f"({100 * cost / forward:.2f}% of the forward)")

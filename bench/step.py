@@ -78,8 +78,10 @@ import torch
 import atrl
 import clustering
 import connectivity
+import engine
 import rollout
 from models import family
+from ops import sdpa
 from tasks import visualmath
 
 # ------------------------------------------------------------------------------------------- config
@@ -144,6 +146,7 @@ grad_ckpt = (args.config == "3b") if args.grad_checkpointing < 0 else bool(args.
 # 3B: built in bf16 (a timing benchmark), or as train.py --bf16 1 runs it with --recipe: fp32 weights, bf16 autocast
 dtype = torch.bfloat16 if args.config == "3b" and cuda and not args.recipe else torch.float32
 AUTOCAST = torch.autocast(device.type, dtype=torch.bfloat16) if args.recipe else None
+KERNELS = sdpa.Kernels(sdpa.setup(device))  # train.py's choice (cuDNN off below 9.26); each arm's first step recorded
 PIXELS = None  # an image processor for rollout.blacken_patches (its mean/std and patch sizes); set below
 K_NN, ANCHOR_FRAC, GAIN = 0, 0.15, 2.0  # train.py defaults (--knn: 0 = per response, --anchor_frac, --gain)
 TORCH_THREADS, NUMBA_THREADS = torch.get_num_threads(), numba.get_num_threads()
@@ -299,7 +302,7 @@ def rl_step(model, params, optimizer, batch, adv, loss_mask, variant, micro, see
                     probe.arm(connectivity.query_positions(mb["full_response_mask"], "predict"),
                               mb["input_ids"] == model.config.image_token_id, mb["attention_mask"],
                               then=functools.partial(weights_from_probe, mask=mask, seed=seed))
-            with STAGES("forward"):
+            with STAGES("forward"), KERNELS.once(f"{variant}: forward"):
                 logp, entropy = rollout.token_logprobs(model, mb, P, AUTOCAST)
             if variant == "vppo":
                 W = W_all[i:i + micro]
@@ -314,7 +317,8 @@ def rl_step(model, params, optimizer, batch, adv, loss_mask, variant, micro, see
                 adv_tok = atrl.token_advantages(adv[i:i + micro], W)                  # (b, T) = W * A
                 pg, _ = atrl.ppo_clip_loss(logp, logp.detach(), adv_tok, 0.2, 0.28)     # on-policy: r = 1
                 loss = atrl.aggregate_loss(pg, mask, "token_mean", n_tokens, 1, 1)
-                loss.backward()
+                with KERNELS.once(f"{variant}: backward"):
+                    loss.backward()
                 loss.item(), ((entropy * mask).sum() / n_tokens).item()               # train.py logs these
         with STAGES("probe install"):
             stack.close()  # restore the model's attention implementation (counted with the install)
@@ -395,6 +399,7 @@ print(f"bench/step.py: config {args.config}{' (shrunk)' if args.shrink else ''} 
 print(common.machine_line(device))
 
 VARIANTS = ["uniform", "atrl"] if args.recipe else ["uniform", "atrl", "atrl, inline", "vppo", "entropy"]
+RECIPE_ROWS, RECIPE_NEW_TOKENS = 128, 1024  # the README recipe's rollouts per GPU and --max_new_tokens
 step_state = None
 
 if "step" in sections or "memory" in sections:
@@ -422,6 +427,15 @@ if "step" in sections or "memory" in sections:
     params, optimizer = prepare_for_training(model)
     batch, adv, loss_mask = prepare_batch(raw_batch, group_size)
     S, T = batch["input_ids"].shape[1], loss_mask.shape[1]
+    decoder = None
+    if args.recipe:  # train.py --bf16 1 keeps the engine's bf16 weight copy and its KV cache through the update
+        decoder = engine.DecodeEngine(model, torch.bfloat16, max_rows=RECIPE_ROWS)
+        rows = RECIPE_ROWS if cuda else 4  # the recipe's 16 prompts x G 8 per rank; a CPU smoke test: 4
+        decoder.reserve(rows, S - T + RECIPE_NEW_TOKENS)  # its prompt + --max_new_tokens 1024
+        held = decoder.memory()
+        print(f"engine (train.py --bf16 1): bf16 weight copy {held['weight_copy_bytes'] / 2**30:.2f} GiB + KV cache "
+              f"{held['kv_cache_bytes'] / 2**30:.2f} GiB ({rows} rows x {decoder.slot.capacity} columns), held through "
+              "the update: in the peaks below (its CUDA graphs' pool is not: ~0.5-1 GiB, an estimate)", flush=True)
     from models import tiny
     PIXELS = tiny.make_image_processor()  # Qwen's CLIP mean/std, patch 14, temporal 2: the 3B's too
     n_image = int((batch["input_ids"][0] == model.config.image_token_id).sum())
@@ -472,11 +486,15 @@ if "step" in sections:
         if cuda:
             line += f" {max(peaks[v]) / 2**30:.2f} | {max(peaks[v]) / max(peaks['uniform']):.3f} |"
         print(line)
+    print(f"sdpa kernels ({KERNELS.setup['line']}): " + "; ".join(f"{phase} {', '.join(names)}" for phase, names in
+                                                                   KERNELS.summary().items() if phase != "cudnn_sdpa"))
     if args.recipe and cuda:  # which GPUs the recipe's training step fits, with ~1 GiB for the CUDA context
         reserved = torch.cuda.max_memory_reserved() / 2**30
-        fits = ", ".join(f"{gb} GB: {'yes' if reserved + 1 <= gb * 1e9 / 2**30 else 'no'}" for gb in (24, 48, 80))
+        # GiB torch sees on each card class (total_memory; approximate: ECC and the driver keep some)
+        cards = {"24 GB": 23.5, "48 GB": 44.4, "80 GB": 79.1, "141 GB (H200)": 139.8}
+        fits = ", ".join(f"{name}: {'yes' if reserved + 1 <= gib else 'no'}" for name, gib in cards.items())
         print(f"recipe peak: {max(max(peaks[v]) for v in VARIANTS) / 2**30:.1f} GiB allocated, {reserved:.1f} GiB "
-              f"reserved by torch; fits {fits} (the training step; rollouts add their KV cache, see README)")
+              f"reserved by torch; fits {fits} (the training step with the engine's copy and KV cache held)")
     if roll:
         print(f"(rollout + step: adds the {roll:.1f} s it took to sample this batch once, the same for every arm)")
     print("(atrl = train.py: the probe reads its layers and computes W on its worker thread while the forward "
