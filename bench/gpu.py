@@ -228,7 +228,7 @@ header = (f"# bench/gpu.py{' --shrink (CPU smoke test: these are not GPU figures
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {versions()}\n"
           f"command: python bench/gpu.py {' '.join(sys.argv[1:])}\n")
 print(header, flush=True)
-print(f"bench/gpu.py: {len(chosen)} sections, {sum(SECTIONS[s] for s in chosen)} s of work on one H100 by my estimate "
+print(f"bench/gpu.py: {len(chosen)} section(s), {sum(SECTIONS[s] for s in chosen)} s of work on one H100 by my estimate "
       f"(unmeasured: {', '.join(f'{s} {SECTIONS[s]}' for s in chosen)}); budget {total:.0f} s"
       f"{' (CPU smoke test: the estimate is not for this machine)' if args.shrink else ''}", flush=True)
 # numba's first compile of the Louvain loops (10-30 s) in the background, on the CPU, while the first sections use

@@ -76,3 +76,19 @@ def test_gpu_bench_stops_a_section_at_its_budget_and_runs_the_next(tmp_path):
     assert "=== tests: stopped: out of time" in proc.stdout and "=== default:" in proc.stdout
     report = out.read_text()
     assert "| tests | stopped: out of time" in report and "| default |" in report and "<summary>log</summary>" in report
+
+
+def test_gpu_bench_names_a_missing_package_and_skips_only_that_section(tmp_path):
+    # a lent machine without pytest: the tests section says what to install in one line and is skipped, the next
+    # section still runs (here: none chosen but tests, so nothing else costs time), and the exit code says so
+    script = ("import importlib.util, os, runpy, sys\n"
+              "find = importlib.util.find_spec\n"
+              "importlib.util.find_spec = lambda name, *a: None if name == 'pytest' else find(name, *a)\n"
+              f"sys.argv = ['bench/gpu.py', '--shrink', '--sections', 'tests', '--out', {str(tmp_path / 'gpu.md')!r}]\n"
+              "sys.path[0] = os.path.abspath('bench')\n"
+              "runpy.run_path('bench/gpu.py', run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "=== tests: skipped: missing pytest (pip install pytest)" in proc.stdout
+    assert "1 section(s), 45 s of work on one H100 by my estimate" in proc.stdout  # printed before anything runs
