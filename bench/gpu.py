@@ -17,12 +17,15 @@ leaves unused goes to the next one):
     replay    35   bench/decode.py --config 3b --exactness only: graph replay = the eager step, bit for bit, at
                    Qwen2.5-VL-3B's config (batch 16, 160 tokens: two length buckets captured), and the attention
                    kernels prefill and step ran; building the random 3B model (~15 s) dominates
-    probe     50   bench/probe.py --suite 3b: the probe's cost in a no-grad forward at 3B shapes (B=4, S=2114,
+    vision    15   bench/vision.py --fused: the 3B vision tower on one image at train.py's max_pixels, its ~1,000
+                   windowed attention calls (one per window per block) against ops/vision_windows.py's one call per
+                   block, and their share of the tower + decoder prefill (host overhead: the CPU cannot tell)
+    probe     45   bench/probe.py --suite 3b: the probe's cost in a no-grad forward at 3B shapes (B=4, S=2114,
                    1024 image and 1024 response tokens), 6 settings x (1 + 4 rounds) of ~0.5 s, the kernels it read
-    step      85   bench/step.py --config 3b --sections step: the RL step for uniform (GRPO), atrl, vppo, entropy
+    step      80   bench/step.py --config 3b --sections step: the RL step for uniform (GRPO), atrl, vppo, entropy
                    at 3B shapes: time per arm, ratio to uniform, peak memory, the kernels of each arm's forward and
                    backward; 5 arms x (1 warm-up + 2 rounds) of ~3-5 s, plus the model build
-    decode    60   bench/decode.py --config 3b --exactness none: rollout decoding at batch 16, 64, 256: ms per step
+    decode    55   bench/decode.py --config 3b --exactness none: rollout decoding at batch 16, 64, 256: ms per step
                    and tokens/s beside the memory-bandwidth floor, hf generate at 16 for the speed-up
     decode_qwen3 40  bench/decode.py --config qwen3-4b: the engine's graph replay against its eager step first, then
                    the same speed rows at Qwen3-VL-4B-Instruct's config (head_dim 128 with 8 KV heads: a KV cache 4x
@@ -33,6 +36,7 @@ leaves unused goes to the next one):
                    the cards (24, 48, 80, 141 GB) it fits
     default  110   `python train.py` with nothing cached (the tiny model is built first, on the GPU), end to end:
                    the time to its first RL step, the held-out accuracy before and after, the kernels it logged
+                   (a run longer than its budget is stopped: the time to its first step and the kernels are kept)
 
 The correctness rows come first so that a session cut short still has them. Numba's first compile (10-30 s) is
 paid once, in a background process started with the tests, so the step and default sections find it cached.
@@ -76,8 +80,8 @@ import torch
 
 # ------------------------------------------------------------------------------------------- config
 
-SECTIONS = {"tests": 45, "replay": 35, "probe": 50, "step": 85, "decode": 60, "decode_qwen3": 40, "memory": 55,
-            "default": 110}  # seconds of work on one H100, my estimate (the docstring)
+SECTIONS = {"tests": 45, "replay": 35, "vision": 15, "probe": 45, "step": 80, "decode": 55, "decode_qwen3": 40,
+            "memory": 55, "default": 110}  # seconds of work on one H100, my estimate (the docstring)
 EVERY = ("torch", "transformers", "numpy", "numba", "PIL", "tqdm")  # what every section imports (bench/common.py, ...)
 NEEDS = {"tests": ("pytest",)}  # and what a section needs beyond them (pip names differ: PIL is pillow)
 PIP = {"PIL": "pillow"}
@@ -121,6 +125,10 @@ def commands(section):
     if section == "replay":  # graph replay = the eager step at 3B, before any speed figure
         return [PY, "bench/decode.py", "--config", "3b", "--exactness", "only"] + (
             ["--shrink"] if shrink else ["--device", "cuda", "--batches", "16", "--new_tokens", "160"]), {}
+    if section == "vision":
+        return [PY, "bench/vision.py", "--fused"] + (["--side", "224", "--depth", "2", "--layers", "1", "--repeats", "1"]
+                                                      if shrink else ["--device", "cuda", "--dtype", "bf16", "--depth",
+                                                                      "32", "--layers", "36", "--repeats", "5"]), {}
     if section == "probe":
         return [PY, "bench/probe.py", "--suite", "3b"] + (["--shrink", "--repeats", "1"] if shrink
                                                             else ["--repeats", "4"]), {}
