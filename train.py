@@ -61,6 +61,7 @@ import eval as evaluation  # the one evaluator: greedy accuracy, avg@k, interval
 import rollout
 from infra import checkpoints, cli, runs
 from models import family
+from ops import sdpa
 from tasks import chains, splits, visualmath
 
 # --------------------------------------------------------------------------------------------------
@@ -134,6 +135,7 @@ class Config:
     fsdp: int = 0                   # 1 = FSDP2 fully_shard instead of DDP (large models, torchrun)
     seed: int = 0                   # seeds data order, sampling, Louvain and init of everything we control
     cpu_threads: int = 1            # torch threads on CPU; tiny models run fastest on 1 (0 = torch's default)
+    sdpa_cudnn: str = "auto"        # cuDNN attention (CUDA): auto = off below cuDNN 9.26, whose backward NaNs (ops/sdpa.py) | on | off
     # Logging
     out_dir: str = "runs/default"   # log.jsonl and checkpoint-<step>/ go here; a folder holding a run is never overwritten
     eval_every: int = 20            # steps between held-out evaluations (0 = only at start and end)
@@ -165,6 +167,7 @@ cli.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n i
     ("kl_estimator", cfg.kl_estimator in ("k1", "k2", "k3"), "use k1, k2 or k3"),
     ("anchor_query", cfg.anchor_query in ("predict", "self"), "use predict or self"),
     ("reward", cfg.reward in ("answer", "starts_with"), "use answer (the task's reward) or starts_with (the RL sanity check)"),
+    ("sdpa_cudnn", cfg.sdpa_cudnn in sdpa.CHOICES, "use auto (off below cuDNN 9.26: pytorch#196678), on or off"),
     ("rollout", cfg.rollout in ("engine", "hf"), "use engine (engine.py, the default) or hf (transformers' generate, the reference)"),
     ("probe_layers", cfg.probe_layers in ("early", "middle", "late", "all") or re.fullmatch(r"\d+(,\d+)*", cfg.probe_layers),
      "use early, middle, late, all or a comma list of layer indices like 4,5,6"),
@@ -201,12 +204,7 @@ cli.check("train.py", cfg, [(n, getattr(cfg, n) in (0, 1), "use 0 or 1") for n i
 rank, world, local_rank, device = runs.setup_distributed()  # torchrun's environment variables -> process group
 distributed, master = dist.is_initialized(), rank == 0
 all_reduce = runs.all_reduce  # sum over ranks, in place; a no-op on one process
-
-
-def print0(*args):
-    if master:
-        print(*args, flush=True)
-
+print0 = functools.partial(print, flush=True) if master else lambda *args: None  # rank 0 speaks for all
 
 if cfg.prompts_per_step % world:
     cli.config_error("train.py", f"--prompts_per_step {cfg.prompts_per_step} does not divide by the world size {world}: "
@@ -230,6 +228,7 @@ if device.type == "cpu" and cfg.cpu_threads > 0:  # a 1M-parameter model loses m
 # once the model and the data have loaded, so that a run that cannot start writes nothing)
 resume_dir, resume_state = runs.prepare_run_dir("train.py", cfg.out_dir, cfg.resume, cfg.overwrite)
 autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16))
+kernels = sdpa.Kernels(sdpa.setup(device, cfg.sdpa_cudnn))  # cuDNN attention on/off; records what each phase ran
 
 # --------------------------------------------------------------------------------------------------
 # Model, processor, data
@@ -281,10 +280,10 @@ probe_context = (connectivity.probe(policy, layers=probe_layers, background=bool
                  if use_probe else contextlib.nullcontext())
 probe = probe_context.__enter__()  # installed for the whole run; idle (pure delegation) unless armed
 atexit.register(probe_context.__exit__, None, None, None)  # removed on any way out (a no-op after the cleanup)
-# the decode engine reads the policy itself, or a bf16 (--bf16 1) / gathered (FSDP2) copy that refresh() keeps current
-decode_engine = engine.DecodeEngine(policy, torch.bfloat16 if cfg.bf16 else None) if cfg.rollout == "engine" else None
+# the engine decodes from the policy, or a bf16 / FSDP2 copy refresh() updates; its KV cache holds one rollout batch
+decode_engine = engine.DecodeEngine(policy, torch.bfloat16 if cfg.bf16 else None, max_rows=rollouts_per_rank) if cfg.rollout == "engine" else None
 print0("\n".join(data_lines + [f"model {model_path} | {sum(p.numel() for p in params) / 1e6:.2f}M trainable | world "  # "data: <source> split=<name> rows=<n>" lines first
-       f"{world} | B/rank {rollouts_per_rank} = {prompts_per_rank} prompts x G {cfg.group_size} | micro {micro} | device {device}"]))
+       f"{world} | B/rank {rollouts_per_rank} = {prompts_per_rank} prompts x G {cfg.group_size} | micro {micro} | {kernels.setup['line']}"]))
 
 # --------------------------------------------------------------------------------------------------
 # Helpers: log-probs, the prompt stream, probe read-out, logging, evaluation, checkpoints.
@@ -309,7 +308,7 @@ def prompts_for_step(step, n):
 
 
 def sample(rows, keys):
-    with runs.gathered(train_model, synced):
+    with runs.gathered(train_model, synced), kernels.once("rollout"):  # the kernels of the first rollout are logged
         return rollout.sample_groups(policy, tokenizer, image_processor, rows, cfg.group_size, keys,
                                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                      top_p=cfg.top_p, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels,
@@ -410,7 +409,7 @@ def log_record(step, batch, stats, sums, grad_norm, skipped, n_updates, timing):
     rec.update({k: v / n_updates for k, v in zip(sorted(sums), parts)})
     rec.update({"grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0], "skipped": skipped})
     rec.update({f"time_{k}": v for k, v in timing.items()})
-    return rec
+    return {**rec, **({"kernels": kernels.summary(probe)} if step == 0 or skipped else {})}  # ops/sdpa.py: step 0, skips
 
 
 def evaluate():
@@ -521,7 +520,8 @@ for step in bar:
                 first = not have_weights[i]
                 if first:
                     arm_probe(mb, mask)
-                logp, entropy = rollout.token_logprobs(train_model, mb, P, autocast)
+                with kernels.once("forward"):
+                    logp, entropy = rollout.token_logprobs(train_model, mb, P, autocast)
                 if first:  # on-policy single pass: pi_old = pi (ratio 1) and W from this very forward
                     old_logp[i:i + micro] = logp.detach()
                     W[i:i + micro] = collect_weights(mask, stats, timing, entropy, i)
@@ -535,10 +535,9 @@ for step in bar:
                     kl_tok = atrl.kl_penalty(logp, ref_logp, cfg.kl_estimator)
                 pg_loss = atrl.aggregate_loss(pg_tok, mask, cfg.loss_agg, n_tokens, n_seqs, cfg.max_new_tokens)
                 loss = pg_loss + cfg.kl_coef * atrl.aggregate_loss(kl_tok, mask, cfg.loss_agg, n_tokens, n_seqs, cfg.max_new_tokens)
-                if step == cfg.debug_nan_step:
-                    loss = loss * float("nan")
+                loss = loss * float("nan") if step == cfg.debug_nan_step else loss
                 last = i + micro >= m0 + mini_batch  # DDP: all-reduce gradients once, after the last micro-batch
-                with train_model.no_sync() if distributed and not cfg.fsdp and not last else contextlib.nullcontext():
+                with train_model.no_sync() if distributed and not cfg.fsdp and not last else contextlib.nullcontext(), kernels.once("backward"):
                     (loss * world).backward()  # DDP averages gradients over ranks; "* world" turns that into a sum
                 for k, v in (("loss", loss), ("pg_loss", pg_loss), ("kl", (kl_tok * mask).sum() / n_tokens),
                              ("clip_frac", (clipped * mask).sum() / n_tokens), ("entropy", (entropy * mask).sum() / n_tokens)):
@@ -547,7 +546,7 @@ for step in bar:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             if all_reduce(torch.tensor([float(not torch.isfinite(grad_norm))])).item() > 0:
                 skipped += 1
-                print0(f"step {step}: non-finite loss or gradient (grad norm {grad_norm}) -- update skipped")
+                print0(f"step {step}: non-finite loss or gradient (grad norm {grad_norm}, {kernels.name('backward')}) -- update skipped")
             else:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
