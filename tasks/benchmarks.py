@@ -182,9 +182,19 @@ def _locate(name, split, role, schema, config):
     return "hub", split, [(part, None, config) for part in split.split("+")], schema or (bench.name if bench else None), bench
 
 
+def _datasets():
+    """The datasets package, or one line saying to install it: only the loaders need it (a bare GPU image may lack it)."""
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError("reading a benchmark needs the datasets package: pip install 'datasets>=3.0' (the synthetic "
+                         "task runs without it)") from None
+    return datasets
+
+
 def _hub_rows(name, config, split):
     """Rows of a hub split, images left undecoded ({"bytes", "path"}) so nothing is decoded twice (needs network)."""
-    import datasets
+    datasets = _datasets()
     try:
         hub = datasets.load_dataset(name, config, split=split)
     except Exception as err:  # no network, a typo, a gated set: one line, not datasets' traceback
@@ -270,8 +280,7 @@ def load_split(name, split=None, role="eval", schema=None, limit=None, config=No
             raise ValueError(f"{name} split {split!r}: no row has a gold answer (a benchmark's hidden test split, like "
                              f"MathVista's test?); evaluate on the split with answers (testmini)")
         raise ValueError(f"{name} split {split!r}: no usable row ({skipped['no image']} without an image)")
-    import datasets
-    dataset = datasets.Dataset.from_dict(columns, features=__getattr__("BENCHMARK_FEATURES"))
+    dataset = _datasets().Dataset.from_dict(columns, features=__getattr__("BENCHMARK_FEATURES"))
     info = {"source": name, "split": split, "config": config, "schema": schema, "rows": len(dataset),
             "skipped": {k: v for k, v in skipped.items() if v}, "images_dropped": dropped, "multi_image_rows": multi,
             "limited": done, "files": [os.path.abspath(f) if kind != "hub" else f for f in files], "kind": kind}
