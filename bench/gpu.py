@@ -126,7 +126,8 @@ def commands(section):
         return [PY, "bench/decode.py", "--config", "3b", "--exactness", "only"] + (
             ["--shrink"] if shrink else ["--device", "cuda", "--batches", "16", "--new_tokens", "160"]), {}
     if section == "vision":
-        return [PY, "bench/vision.py", "--fused"] + (["--side", "224", "--depth", "2", "--layers", "1", "--repeats", "1"]
+        return [PY, "bench/vision.py", "--fused"] + (["--shrink", "--side", "168", "--depth", "2", "--layers", "1",
+                                                      "--repeats", "1"]
                                                       if shrink else ["--device", "cuda", "--dtype", "bf16", "--depth",
                                                                       "32", "--layers", "36", "--repeats", "5"]), {}
     if section == "probe":

@@ -24,6 +24,7 @@ unmeasured.
 Run (from the repository root):
     OMP_NUM_THREADS=1 python bench/vision.py                   # CPU, fp32, one image at train.py's max_pixels
     python bench/vision.py --side 980 --depth 8 --dtype bf16    # a larger image, bf16 matmuls
+    python bench/vision.py --shrink --side 168 --depth 2 --layers 1 --fused   # a CPU smoke test (bench/gpu.py --shrink)
 """
 
 import common  # first: it puts the repository root on sys.path (see its docstring)
@@ -46,6 +47,8 @@ parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
 parser.add_argument("--repeats", type=int, default=2, help="timed forwards (after one warm-up); medians reported")
 parser.add_argument("--threads", type=int, default=1)
 parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+parser.add_argument("--shrink", action="store_true", help="a smoke test of the code: a 16k vocabulary and a quarter of "
+                    "the decoder's MLP (common.model_sizes), so the model builds in seconds; its figures mean nothing")
 parser.add_argument("--fused", action="store_true", help="also time ops/vision_windows.py (one call per block) "
                     "against the loop, and compare their outputs")
 args = parser.parse_args()
@@ -53,7 +56,8 @@ args = parser.parse_args()
 device = torch.device(args.device)
 torch.set_num_threads(args.threads)
 dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-text_sizes, vision_sizes = common.model_sizes("3b")
+text_sizes, vision_sizes = common.model_sizes("3b")[0] if not args.shrink else common.model_sizes("3b", True)[0], \
+    common.model_sizes("3b")[1]
 full_blocks = [i for i in vision_sizes["fullatt_block_indexes"] if i < args.depth]
 clock = {"windows": 0.0, "windows_calls": 0, "full": 0.0, "full_calls": 0}
 SDPA = ALL_ATTENTION_FUNCTIONS["sdpa"]
