@@ -272,11 +272,12 @@ def test_docstring_examples(doctest_examples):
 
 
 def tracked_keys(record):
-    """The names a tracker shows for a log record: every number, and each interval [lo, hi] as <key>_lo/_hi."""
+    """The names a tracker shows for a log record: every number, and each interval [lo, hi] as <key>_lo/_hi (not a
+    dict such as step 0's `kernels`: trackers plot numbers)."""
     for k, v in record.items():
         if isinstance(v, list):
             yield from (f"{k}_lo", f"{k}_hi")
-        elif k != "step":
+        elif k != "step" and not isinstance(v, dict):
             yield k
 
 
