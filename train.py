@@ -244,7 +244,8 @@ else:
 load_path = resume_dir or model_path
 try:  # models/family.py: the checkpoint's family read first, every weight matched (never a half-random model)
     model = family.load_model(load_path).to(device)
-    ref_model = family.load_model(model_path).to(device).eval() if cfg.kl_coef > 0 else None  # frozen pi_ref (GRPO)
+    # a frozen pi_ref (GRPO) only with a KL term: DAPO/Dr.GRPO drop the reference model (kl_coef 0, the default)
+    ref_model = family.load_model(model_path).to(device).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     tokenizer, image_processor = family.load_processor(load_path)
 except (OSError, ValueError) as err:
     cli.config_error("train.py", f"--model {str(err).splitlines()[0][:400]}")
@@ -253,8 +254,6 @@ if cfg.freeze_vision:
     model.model.visual.requires_grad_(False)
 if cfg.grad_checkpointing:
     family.checkpoint_activations(model)
-if ref_model is not None:  # DAPO/Dr.GRPO drop the reference model (kl_coef 0, the default)
-    ref_model.requires_grad_(False)
 policy = model  # the bare module: generate, the probe and save_pretrained use it; `train_model` is wrapped
 train_model = runs.wrap_for_training(model, bool(cfg.fsdp), device, local_rank)  # DDP, FSDP2, or the model itself
 
