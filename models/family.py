@@ -45,39 +45,23 @@ import torch
 
 from infra import cli
 
-# Qwen2.5-VL's chat template reduced to what we use (text and images in user turns; the official one also renders
-# tools and videos). It opens with a default system turn when the conversation has none.
-QWEN25_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-# Qwen3-VL-Instruct's chat template reduced the same way: NO default system turn (a system turn is rendered only
-# when the conversation starts with one). Checked against the hub's chat_template.json (tool branches dropped):
-# both render the same text for rollout.build_messages' one user turn.
-QWEN3_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# The two families' chat templates, reduced to what we use (text and images in user turns; the official ones also
+# render tools and videos). One turn is written alike in both; Qwen2.5-VL's opens with a default system turn when
+# the conversation has none, Qwen3-VL-Instruct's has NO default system turn (checked against the hub's
+# chat_template.json, tool branches dropped: both render the same text for rollout.build_messages' one user turn).
+_TURN = ("<|im_start|>{{ message['role'] }}\n"
+         "{% if message['content'] is string %}{{ message['content'] }}"
+         "{% else %}{% for part in message['content'] %}"
+         "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+         "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+         "{% endfor %}{% endif %}"
+         "<|im_end|>\n")
+_DEFAULT_SYSTEM = ("{% if loop.first and message['role'] != 'system' %}"
+                   "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                   "{% endif %}")
+_GENERATION = "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+QWEN25_CHAT_TEMPLATE = "{% for message in messages %}" + _DEFAULT_SYSTEM + _TURN + "{% endfor %}" + _GENERATION
+QWEN3_CHAT_TEMPLATE = "{% for message in messages %}" + _TURN + "{% endfor %}" + _GENERATION
 
 # model_type (config.json, top level) -> (transformers class, name in messages, the family's chat template).
 # NOTE: only the top-level model_type is read: the sub-configs' types differ between transformers versions

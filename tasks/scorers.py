@@ -303,21 +303,21 @@ def score(row, extracted):
         return False                                # departure 3
     source = row.get("source")
     try:
-        if source == "mathvista":
+        if source == "mathvista":  # evaluation/calculate_score.py: options by letter or nearest text
             return score_mathvista(extracted, row)
-        elif source == "mathverse":
+        elif source == "mathverse":  # a GPT judge, approximated
             return score_mathverse(extracted, row)
-        elif source == "dynamath":
+        elif source == "dynamath":  # VLMEvalKit's dynamath.py: |pred - gold| <= 0.001, letters, substrings
             return score_dynamath(extracted, row)
-        elif source == "mathvision":
+        elif source == "mathvision":  # evaluation/utils.py: find_math_answer, then text or 2-decimal values
             return score_mathvision(extracted, row)
-        elif source == "wemath":
+        elif source == "wemath":  # evaluation/accuracy.py: the letter after the last "Answer"
             return score_wemath(extracted, row)
-        elif source == "logicvista":
+        elif source == "logicvista":  # VLMEvalKit's logicvista.py: the set of letters chosen
             return score_logicvista(extracted, row)
-        elif source == "mmmu_pro":
+        elif source == "mmmu_pro":  # mmmu-pro/evaluate.py: parse_multi_choice_response, no random guess
             return score_mmmu_pro(extracted, row)
-        elif source in ("geometry3k", "virl39k"):
+        elif source in ("geometry3k", "virl39k"):  # mathruler's grade_answer, as EasyR1 / verl grade them
             return score_mathruler(extracted, row)
         # MMK12 (a GPT judge), the synthetic task and anything else: the RL reward's own rule
         return grading.is_correct(extracted, row["answer"], row.get("choices"), row.get("precision"))
