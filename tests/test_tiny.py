@@ -45,7 +45,7 @@ def test_model_round_trip_is_exact(random_checkpoint):
         assert torch.equal(tensor, fresh_state[name]), name
     ex = visualmath.make_slots(1, seed=0)[0]
     enc = rollout.encode_prompts(tokenizer, image_processor, [ex["image"]], [ex["question"]])
-    with torch.no_grad():
+    with torch.no_grad():  # the same weights through the same forward in one process: the same bits
         torch.testing.assert_close(loaded(**enc).logits, fresh(**enc).logits, rtol=0, atol=0)
     assert not torch.equal(tiny.make_model(tokenizer, seed=1).lm_head.weight, fresh.lm_head.weight)
 
