@@ -49,7 +49,8 @@ def test_gumbel_sampler_draws_from_softmax_at_the_temperature():
             counts[int(sampler(torch.zeros(1, 7, dtype=torch.long), logits).argmax())] += 1
         freq = torch.tensor([counts[i] for i in range(4)], dtype=torch.float) / 6000
         p = (logits[0] / temperature).softmax(-1)
-        # a frequency of 6000 draws: 4 standard errors sqrt(p (1 - p) / 6000) (1 time in 16,000 for a fresh seed)
+        # a frequency of 6000 draws: 4 standard errors sqrt(p (1 - p) / 6000) (each of the 8 outside it 1 time in
+        # 16,000 for fresh keys)
         assert ((freq - p).abs() <= 4 * (p * (1 - p) / 6000).sqrt()).all(), (freq, p)
 
 
