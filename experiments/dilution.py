@@ -32,16 +32,19 @@ from experiments import trials
 from tasks import chains, visualmath
 
 
-def measure(warm, task, batches=24, census_batches=4, max_new_tokens=96, prompts=16, group=8):
+def measure(warm, task, batches=24, census_batches=4, max_new_tokens=96, prompts=16, group=8, dtype="float32"):
     """{census: per class share / entropy / rho / dependency / picked-by-selector, snr: per group noise and signal}.
 
     Groups: each token class; "derailed", every token of the samples that left the grammar (chains.on_grammar);
     "noise_clean", the filler and descriptions of the samples that did not; and sums of those: all (uniform's
     gradient), noise (filler + grounded), kept (all - noise: what the oracle mask trains on), clean (all -
     derailed), kept_clean (clean - noise_clean). Noise is also measured on the trunk alone (every trainable
-    parameter but the embedding matrix, which is tied to the LM head and holds one row per token)."""
+    parameter but the embedding matrix, which is tied to the LM head and holds one row per token).
+
+    dtype: the model's weights, so every gradient, projection and sum. "float64" is for tests: its parts add up
+    to the whole to float64 rounding, a bound that holds on every CPU (tests/test_experiment.py derives it)."""
     cpu = torch.device("cpu")
-    model, tokenizer, image_processor = eval_py.load_model(warm, cpu, "float32")
+    model, tokenizer, image_processor = eval_py.load_model(warm, cpu, dtype)
     model.model.visual.requires_grad_(False)                        # as train.py (--freeze_vision 1)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]

@@ -19,6 +19,7 @@ test_train shows):
     png_bytes(mode, size, colour)   a one-colour PNG file's bytes, for image columns of benchmark fixtures
     torchrun_command(nproc)         the command prefix that starts a script under torchrun with nproc processes
     dense_from_csr(csr, n)      a CSR triple (indptr, indices, weights) as a dense (n, n) float64 tensor
+    rounding(terms, magnitude, dtype)   terms x magnitude x eps: a test's float tolerance, derived (STYLE 17)
 
 Run: `python -m pytest -q tests` (this file is loaded by pytest, never run by itself).
 """
@@ -69,6 +70,20 @@ def dense_from_csr(csr, n):
     rows = torch.repeat_interleave(torch.arange(n), indptr[1:] - indptr[:-1])  # (nnz,) row of each entry
     adj[rows, indices.long()] = weights.double()
     return adj
+
+
+def rounding(terms, magnitude=1.0, dtype=torch.float32):
+    """terms x magnitude x eps(dtype): the most rounding can move a result computed with `terms` rounded
+    operations in a row -- the terms of its longest accumulation plus the operations around it -- on numbers
+    whose sizes add up to at most `magnitude`. A sum of n floats is off by at most (n - 1) u sum |x_i| (Higham,
+    Accuracy and Stability of Numerical Algorithms, 2002, Eq. 3.5; u = eps / 2), whatever the order the kernel
+    adds them in, so a bound counted this way holds on every CPU, kernel set (ATEN_CPU_CAPABILITY, MKL, oneDNN)
+    and thread count; eps = 2u also pays the 1 / (1 - n u) of the exact bound. Each use says what it counted.
+
+    >>> rounding(10, 2.0) == 20 * 2 ** -23
+    True
+    """
+    return terms * float(magnitude) * torch.finfo(dtype).eps
 
 # ------------------------------------------------------------------------------------------------ fixtures
 
@@ -132,6 +147,22 @@ def random_checkpoint(tiny_checkpoint):
 @pytest.fixture(scope="session")
 def warm_checkpoint(tiny_checkpoint):
     return tiny_checkpoint("qwen2_5_vl", warm=True)
+
+
+@pytest.fixture
+def float64_norms(monkeypatch):
+    """Both families' text RMSNorm computed in the dtype it is given. transformers' Qwen2_5_VLRMSNorm and
+    Qwen3VLTextRMSNorm round their input to float32 and back, so a model cast to float64 still rounds every hidden
+    state to float32 once per norm; with this fixture a float64 model runs its text decoder, forward and backward,
+    in float64 throughout. (The rotary angles are float32, and the vision tower rounds its q and k to float32: the
+    same bits on both sides of a comparison whose images and positions are the same.)"""
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen25
+    from transformers.models.qwen3_vl import modeling_qwen3_vl as qwen3
+
+    def forward(self, hidden):  # the same formula, without the round trip
+        return self.weight * (hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+    monkeypatch.setattr(qwen25.Qwen2_5_VLRMSNorm, "forward", forward)
+    monkeypatch.setattr(qwen3.Qwen3VLTextRMSNorm, "forward", forward)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import rollout
+from conftest import rounding
 from models import family, tiny
 from tasks import visualmath
 
@@ -27,6 +28,29 @@ def processor(checkpoint):
 @pytest.fixture(scope="module")
 def model(checkpoint):
     return family.load_model(checkpoint, attn_implementation=None).eval()  # None: transformers' default attention
+
+
+@pytest.fixture(scope="module")
+def model64(checkpoint):
+    """The same model in float64, for the oracles that compare two ways of computing one forward (with the
+    float64_norms fixture: float64 throughout). In float32 they agree only to float32 rounding through the whole
+    network, a bound too wide to tell from the bug they guard against (~3e-3); in float64 it is 1e-12."""
+    return family.load_model(checkpoint, torch.float64).eval()
+
+
+def forward_bound(model, input_ids, logits):
+    """How far rounding can move a log-prob or logit between two float64 computations of one forward: per layer
+    the longest accumulations -- attention over the S keys and its head dim, the two hidden-wide projections,
+    the MLP's inner width --, then the LM head (hidden) and the log-softmax (vocab), counted as terms on numbers
+    of the logits' size (1 + the largest |logit|). Plus one float32 rounding of that size: generate hands its
+    logits over in float32 (transformers casts them), so a logit or a log-softmax of them moves by u32 |logit|
+    twice at most."""
+    text, size = model.config.text_config, 1 + float(logits.abs().max())
+    D = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    # Qwen3-VL also normalises q and k over the head dim (+ D, counted for both families: an upper bound)
+    per_layer = input_ids.shape[1] + 2 * D + 2 * text.hidden_size + text.intermediate_size
+    terms = text.num_hidden_layers * per_layer + text.hidden_size + text.vocab_size
+    return rounding(terms, size, torch.float64) + rounding(1, size, torch.float32)
 
 
 def test_docstring_examples():
@@ -97,10 +121,11 @@ def _prompts(processor, sizes=((56, 28), (84, 56))):
     return rollout.encode_prompts(tokenizer, image_processor, images, ds["question"])
 
 
-def test_generate_logprobs_equal_training_forward(model, processor):
+def test_generate_logprobs_equal_training_forward(model64, processor, float64_norms):
     """Sample with KV cache (left-padded, 3-D mRoPE from mm_token_type_ids), then score the same tokens
-    in one forward over prompt+response, as the RL loss will: per-token log-probs must agree (fp32)."""
-    tokenizer, _ = processor
+    in one forward over prompt+response, as the RL loss will: per-token log-probs must agree (to float64
+    rounding: model64)."""
+    model, (tokenizer, _) = model64, processor
     enc = _prompts(processor)
     torch.manual_seed(0)
     out = model.generate(**enc, do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=12,
@@ -109,7 +134,7 @@ def test_generate_logprobs_equal_training_forward(model, processor):
     P = enc["input_ids"].shape[1]
     response = out.sequences[:, P:]  # (B, T)
     # Generation-time log-probs of the sampled tokens (raw logits; no suppression inside: T=1, no top-k).
-    gen_logits = torch.stack(out.logits, 1)  # (B, T, vocab)
+    gen_logits = torch.stack(out.logits, 1).double()  # (B, T, vocab), handed over in float32
     suppress = rollout.VISION_TOKEN_IDS(tokenizer)
     gen_logits[..., suppress] = -float("inf")
     gen_logp = gen_logits.log_softmax(-1).gather(-1, response[..., None])[..., 0]  # (B, T)
@@ -123,12 +148,14 @@ def test_generate_logprobs_equal_training_forward(model, processor):
     logits[..., suppress] = -float("inf")
     train_logp = logits.log_softmax(-1).gather(-1, response[..., None])[..., 0]  # (B, T)
     assert response.shape[1] == 12
-    torch.testing.assert_close(train_logp, gen_logp, atol=2e-5, rtol=0)  # a 1-D-position bug gives ~3e-3
+    bound = forward_bound(model, out.sequences, torch.cat([logits, gen_logits]).nan_to_num(0, 0, 0))
+    torch.testing.assert_close(train_logp, gen_logp, atol=bound, rtol=0)  # a 1-D-position bug gives ~3e-3
 
 
-def test_mm_token_type_ids_change_the_model_output(model, processor):
-    """The trap: without mm_token_type_ids Qwen2.5-VL quietly uses 1-D positions for image tokens (Qwen3-VL refuses)."""
-    enc = _prompts(processor)
+def test_mm_token_type_ids_change_the_model_output(model64, processor, float64_norms):
+    """The trap: without mm_token_type_ids Qwen2.5-VL quietly uses 1-D positions for image tokens (Qwen3-VL refuses):
+    the output moves by more than rounding could move it."""
+    model, enc = model64, _prompts(processor)
     without = {k: v for k, v in enc.items() if k != "mm_token_type_ids"}
     with torch.no_grad():
         if model.config.model_type == "qwen3_vl":
@@ -137,17 +164,18 @@ def test_mm_token_type_ids_change_the_model_output(model, processor):
             return
         with_ids = model(**enc).logits[:, -1]
         without = model(**without).logits[:, -1]
-    assert not torch.allclose(with_ids, without, atol=1e-4)
+    assert (with_ids - without).abs().max() > forward_bound(model, enc["input_ids"], with_ids)
 
 
-def test_generate_needs_mm_token_type_ids(model, processor):
+def test_generate_needs_mm_token_type_ids(model64, processor, float64_norms):
     """Greedy generate with and without mm_token_type_ids differ in the first-step logits (Qwen3-VL's forward
     refuses to run without them, but its generate falls back to 1-D positions as quietly as Qwen2.5-VL's)."""
-    enc = _prompts(processor)
+    model, enc = model64, _prompts(processor)
     kw = dict(do_sample=False, max_new_tokens=1, return_dict_in_generate=True, output_logits=True)
     with_ids = model.generate(**enc, **kw).logits[0]
     without = model.generate(**{k: v for k, v in enc.items() if k != "mm_token_type_ids"}, **kw).logits[0]
     with torch.no_grad():
         forward = model(**enc).logits[:, -1]
-    torch.testing.assert_close(with_ids, forward, atol=1e-4, rtol=1e-4)
-    assert not torch.allclose(without, forward, atol=1e-4)
+    bound = forward_bound(model, enc["input_ids"], forward)
+    torch.testing.assert_close(with_ids.double(), forward, atol=bound, rtol=0)  # generate's: float32
+    assert (without.double() - forward).abs().max() > bound

@@ -34,7 +34,7 @@ import engine
 import rollout
 from models import family
 from tasks import visualmath
-from conftest import REPO, TINY_KINDS
+from conftest import REPO, TINY_KINDS, rounding
 from test_train import records, run_train
 
 
@@ -119,6 +119,10 @@ def test_one_prefill_per_prompt_equals_a_prefill_of_its_copies(warm):
     model, tokenizer, image_processor = warm
     enc = mixed_prompts(tokenizer, image_processor)
     rows = torch.arange(4).repeat_interleave(3)
+    # NOTE (#33): these bits agree only where the BLAS rounds a GEMM row the same whatever the row count. MKL's
+    # AVX-512 sgemm does at these sizes; its AVX2 kernels (an AVX2-only CPU, or MKL_ENABLE_INSTRUCTIONS=AVX2 here)
+    # round the last M mod 6 rows with another micro-kernel, and then this test and the padded cases of
+    # test_the_engine_decodes_what_generate_decodes fail: the engine's bit-equality with generate rests on it.
     with torch.no_grad():
         once = model.model(**enc, use_cache=True)
         copies = model.model(**rollout.repeat_groups(enc, 3), use_cache=True)
@@ -213,6 +217,20 @@ def test_step_traces_as_one_graph_without_breaks(warm):
     assert explained.graph_count == 1
 
 
+def bf16_attention():
+    """A context in which CPU bf16 attention runs: torch's default sdpa kernel, or its math reference where that
+    raises. torch 2.13's CPU flash kernel packs bf16 blocks of >= 64 query rows with a brgemm that exists only on
+    AVX-512 (under ATEN_CPU_CAPABILITY=default or avx2 it raises `RuntimeError: pack_vnni2 is only supported when
+    avx512 is supported`, #33), so a tiny call of that size tells which one this process can run."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    q = torch.zeros(1, 1, 256, 32, dtype=torch.bfloat16)
+    try:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    except RuntimeError:
+        return sdpa_kernel([SDPBackend.MATH])
+    return contextlib.nullcontext()
+
+
 def test_bf16_decoding_uses_a_refreshed_bf16_copy(warm, tmp_path):
     model, tokenizer, image_processor = warm
     policy = type(model)(model.config).eval()
@@ -232,8 +250,9 @@ def test_bf16_decoding_uses_a_refreshed_bf16_copy(warm, tmp_path):
     tokenizer.save_pretrained(tmp_path)  # a whole checkpoint: family.load_model reads its config.json
     reference_model = family.load_model(str(tmp_path), torch.bfloat16).eval()
     enc = mixed_prompts(tokenizer, image_processor)
-    reference = rollout.generate(reference_model, tokenizer, enc, 10, 1.0, 1.0, list(range(8)), group_size=2)
-    ours = rollout.generate(policy, tokenizer, enc, 10, 1.0, 1.0, list(range(8)), group_size=2, engine=decoder)
+    with bf16_attention():  # both decoders on the one kernel: the same ops in the same order, so the same bits
+        reference = rollout.generate(reference_model, tokenizer, enc, 10, 1.0, 1.0, list(range(8)), group_size=2)
+        ours = rollout.generate(policy, tokenizer, enc, 10, 1.0, 1.0, list(range(8)), group_size=2, engine=decoder)
     for a, b in zip(reference, ours):
         assert torch.equal(a, b)
 
@@ -277,8 +296,9 @@ def test_two_gloo_processes_with_the_engine_match_one_with_generate(tiny_checkpo
     for a, b in zip(one, two):  # step 1 rolls out with the updated policy: the copy was refreshed
         assert a.keys() == b.keys()
         for key in ("reward", "accuracy", "response_len", "truncated", "eval_accuracy", "eval_avg@4"):
-            if key in a:  # (eval: at the last step only)
-                assert b[key] == pytest.approx(a[key], rel=1e-6), key
+            if key in a:  # (eval: at the last step only); a batch's 8 non-negative float32 values summed per
+                # rank or in one process: 7 roundings each way (u = eps / 2), then float64
+                assert b[key] == pytest.approx(a[key], rel=rounding(7), abs=0), key
 
 
 def test_bf16_training_runs_with_the_engine(warm_checkpoint, tmp_path):

@@ -205,9 +205,9 @@ def test_reward_mixes_accuracy_and_format_with_the_weight():
     good = "<think>3+4=7</think><answer>7</answer>"
     assert grading.compute_reward(good, "7") == {"reward": 1.0, "accuracy": 1.0, "format": 1.0}
     wrong = grading.compute_reward("<think>3+4=8</think><answer>8</answer>", "7")
-    assert wrong == {"reward": pytest.approx(0.1), "accuracy": 0.0, "format": 1.0}
+    assert wrong == {"reward": 0.1, "accuracy": 0.0, "format": 1.0}  # 0.9 x 0 + 0.1 x 1: 0.1 itself, exactly
     bare = grading.compute_reward("the answer is 7", "7", format_weight=0.25)
-    assert bare == {"reward": pytest.approx(0.75), "accuracy": 1.0, "format": 0.0}
+    assert bare == {"reward": 0.75, "accuracy": 1.0, "format": 0.0}   # 0.75 x 1 + 0.25 x 0: exact
     mc = grading.compute_reward("<think>t</think><answer>C</answer>", "equal to",
                              choices=["smaller than", "larger than", "equal to"])
     assert mc["accuracy"] == 1.0

@@ -50,7 +50,7 @@ def test_model_round_trip_is_exact(tiny_checkpoint, kind):
         assert torch.equal(tensor, fresh_state[name]), name
     ex = visualmath.make_slots(1, seed=0)[0]
     enc = rollout.encode_prompts(tokenizer, image_processor, [ex["image"]], [ex["question"]])
-    with torch.no_grad():
+    with torch.no_grad():  # the same weights through the same forward in one process: the same bits
         torch.testing.assert_close(loaded(**enc).logits, fresh(**enc).logits, rtol=0, atol=0)
     again = tiny.make_model(tokenizer, seed=1, model_type=model_type, head_dim=head_dim)
     assert not torch.equal(again.lm_head.weight, fresh.lm_head.weight)
