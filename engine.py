@@ -9,8 +9,9 @@ and everything else -- Python, kernel launches, host syncs, copies -- is overhea
 `generate` pays a lot of it (a host sync every step for its stop check, a cache that concatenates itself,
 a 4-D mask rebuilt per step, ~20 eager kernels of sampling). This engine does what fast decoders do:
 
-    prefill    once per PROMPT, eagerly: the vision tower and the prompt through the model's own forward;
-               its K/V are copied into the G rows of the prompt's group of a static, preallocated cache
+    prefill    eagerly: the vision tower and the prompt through the model's own forward, once per PROMPT on CUDA
+               (its K/V copied into the G rows of the prompt's group of a static, preallocated cache), once per
+               ROLLOUT in the CPU's exact mode (item 5 below)
     step()     one token for all B rows, touching only preallocated buffers and with no host sync:
                  embed the last token -> per layer: RMSNorm, q/k/v (Qwen3-VL: then RMSNorm of each head
                  of q and k), RoPE, write k/v into the cache at
@@ -37,9 +38,12 @@ GumbelSampler), greedy and sampled, because every op mirrors what transformers r
      row is padded, as generate has none then): its numerics depend on the version (5.2x packs the G query heads
      that share a KV head into one (G, D) query block, 5.4 repeats K/V per head; the two differ in the last bit).
      On CUDA it always packs the heads (K/V read once, never copied: repeat_kv would copy them G times).
-  5. Prefill once per prompt: the K/V and the last hidden state are the same bits as a prefill of G copies
-     (tested), but the LM head's GEMM is not (the CPU's GEMM rounds a 4-row and a 12-row product differently), so the
-     last hidden state is repeated to the B rows BEFORE the head, which then sees the batch generate gives it.
+  5. Prefill: generate prefills the G copies of each prompt, and a GEMM's rounding may depend on its row count
+     (MKL's AVX2 sgemm rounds the last M mod 6 rows with another micro-kernel; its AVX-512 one does not at our
+     sizes), so in the exact mode (hf_attention, the CPU default) the engine prefills the same G copies: the same
+     shapes through the same ops give the same bits on every CPU. On CUDA, where bits are not claimed, each
+     prompt is prefilled once and its K/V copied to its G rows, and its last hidden state is repeated to the G
+     rows BEFORE the LM head, which then sees the batch generate gives it.
 Where it departs from transformers: on CUDA, key lengths are rounded up to buckets of 128 (the extra columns
 masked), attention packs the heads itself and "done?" is read every 8 steps -- run on the CPU, that layout decodes
 generate's tokens (tested), not its bits; on the GPU, graph replay equals the uncaptured step bit for bit
@@ -130,6 +134,29 @@ def rope_base(attention_mask, image_grid_thw, merge_size):
         raise ValueError("rope_base: one still image per prompt (grid t = 1); videos are not supported")
     h, w = image_grid_thw[:, 1] // merge_size, image_grid_thw[:, 2] // merge_size                 # (P,) each
     return attention_mask.sum(1) - h * w + torch.maximum(h, w)                                      # (P,)
+
+# --------------------------------------------------------------------------------------------------
+# Rows: a prompt's G copies, as generate prefills them (rollout.py uses these too)
+# --------------------------------------------------------------------------------------------------
+
+
+def pixel_rows(batch, index):
+    """pixel_values rows of the samples in `index`. NOTE: rows are per image, not per sample: sample b owns
+    image_grid_thw[b].prod() consecutive rows, so a plain pixel_values[index] would mix up images."""
+    counts = batch["image_grid_thw"].prod(-1).tolist()
+    starts = [0]
+    for c in counts:
+        starts.append(starts[-1] + c)
+    return torch.cat([batch["pixel_values"][starts[b]:starts[b + 1]] for b in index])
+
+
+def repeat_groups(enc, group_size):
+    """Each encoded prompt G times in a row (rollout i -> prompt i // G), pixel rows repeated per image."""
+    index = [b for b in range(len(enc["input_ids"])) for _ in range(group_size)]
+    out = {k: enc[k][index] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw")}
+    out["pixel_values"] = pixel_rows(enc, index)
+    return out
+
 
 # --------------------------------------------------------------------------------------------------
 # The engine
@@ -261,7 +288,10 @@ class DecodeEngine:
     def _prefill(self, s, enc, group_size, keys, eos_ids, pad_id, suppress_ids):
         """The prompts through the model's own forward, once each; their K/V into the G rows of their group."""
         dev = self.device
-        enc = {k: v.to(dev) for k, v in enc.items()}
+        rows = torch.arange(len(enc["input_ids"])).repeat_interleave(group_size)   # (B,) the prompt of each row
+        if self.hf_attention:  # exact mode: prefill what generate prefills, the G copies (docstring, item 5)
+            enc, rows = repeat_groups(enc, group_size), torch.arange(len(rows))
+        enc, rows = {k: v.to(dev) for k, v in enc.items()}, rows.to(dev)
         was_training = self.model.training
         self.model.eval()  # gradient checkpointing in train mode would turn the cache off
         try:
@@ -272,7 +302,6 @@ class DecodeEngine:
             self.model.train(was_training)
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)  # renamed in transformers 5.x
         P = enc["input_ids"].shape[1]
-        rows = torch.arange(len(enc["input_ids"]), device=dev).repeat_interleave(group_size)   # (B,) prompt of row
         for i, layer in enumerate(cache.layers):
             s.k[i][:, :, :P].copy_(layer.keys[rows])
             s.v[i][:, :, :P].copy_(layer.values[rows])

@@ -48,7 +48,8 @@ import math
 import torch
 from PIL import Image
 
-from engine import gumbel_scores  # the counter-keyed Gumbel noise, defined once for both decoders
+# defined once for both decoders: the counter-keyed Gumbel noise, and the G copies of a prompt generate prefills
+from engine import gumbel_scores, pixel_rows, repeat_groups
 
 # --------------------------------------------------------------------------------------------------
 # Encoding
@@ -230,21 +231,11 @@ _TENSOR_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "full_respon
 _LIST_KEYS = ("texts", "answers", "choices", "precisions", "perceptions")
 
 
-def _pixel_rows(batch, index):
-    """pixel_values rows of the samples in `index`. NOTE: rows are per image, not per sample: sample b owns
-    image_grid_thw[b].prod() consecutive rows, so a plain pixel_values[index] would mix up images."""
-    counts = batch["image_grid_thw"].prod(-1).tolist()
-    starts = [0]
-    for c in counts:
-        starts.append(starts[-1] + c)
-    return torch.cat([batch["pixel_values"][starts[b]:starts[b + 1]] for b in index])
-
-
 def select(batch, index):
     """The sub-batch of rollouts `index` (a list of ints), pixel rows included."""
     out = {k: batch[k][index] for k in _TENSOR_KEYS if k in batch}
     out.update({k: [batch[k][b] for b in index] for k in _LIST_KEYS if k in batch})
-    out["pixel_values"] = _pixel_rows(batch, index)
+    out["pixel_values"] = pixel_rows(batch, index)
     out["prompt_len"] = batch["prompt_len"]
     return out
 
@@ -319,14 +310,6 @@ def concat(a, b, pad_id=0):
     out.update({k: a[k] + b[k] for k in _LIST_KEYS if k in a})
     out["pixel_values"] = torch.cat([a["pixel_values"], b["pixel_values"]])
     out["prompt_len"] = P
-    return out
-
-
-def repeat_groups(enc, group_size):
-    """Each encoded prompt G times in a row (rollout i -> prompt i // G), pixel rows repeated per image."""
-    index = [b for b in range(len(enc["input_ids"])) for _ in range(group_size)]
-    out = {k: enc[k][index] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw")}
-    out["pixel_values"] = _pixel_rows(enc, index)
     return out
 
 

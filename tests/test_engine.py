@@ -113,24 +113,23 @@ def test_qwen3s_per_head_qk_norms_change_the_tokens(warm):
     assert not torch.equal(reference[0], without[0])
 
 
-def test_one_prefill_per_prompt_equals_a_prefill_of_its_copies(warm):
-    """What lets the engine prefill each prompt once: its K/V and last hidden state are the bits a prefill of
-    the G copies gives (the LM head is not: its GEMM rounds by row count, so the engine repeats before it)."""
+def test_the_exact_mode_prefills_what_generate_prefills(warm):
+    """On the CPU the engine prefills the G copies of each prompt, as generate does: its cache holds the bits of a
+    prefill of the copies whatever the BLAS. (A prefill of each prompt once gives those bits only where the GEMM
+    rounds a row the same whatever the row count: MKL's AVX2 sgemm does not, #33 -- so CUDA's one-prefill path
+    promises generate's tokens, test_the_cuda_layout_changes_no_token, not its bits.)"""
     model, tokenizer, image_processor = warm
     enc = mixed_prompts(tokenizer, image_processor)
-    rows = torch.arange(4).repeat_interleave(3)
-    # NOTE (#33): these bits agree only where the BLAS rounds a GEMM row the same whatever the row count. MKL's
-    # AVX-512 sgemm does at these sizes; its AVX2 kernels (an AVX2-only CPU, or MKL_ENABLE_INSTRUCTIONS=AVX2 here)
-    # round the last M mod 6 rows with another micro-kernel, and then this test and the padded cases of
-    # test_the_engine_decodes_what_generate_decodes fail: the engine's bit-equality with generate rests on it.
+    decoder = engine.DecodeEngine(model)
+    P, B = enc["input_ids"].shape[1], 3 * len(enc["input_ids"])
+    s = decoder._slot(B, P + 8)
+    decoder._prefill(s, enc, 3, list(range(B)), [tokenizer.convert_tokens_to_ids("<|im_end|>")],
+                     tokenizer.pad_token_id, rollout.VISION_TOKEN_IDS(tokenizer))
     with torch.no_grad():
-        once = model.model(**enc, use_cache=True)
-        copies = model.model(**rollout.repeat_groups(enc, 3), use_cache=True)
-    assert torch.equal(once.last_hidden_state[rows], copies.last_hidden_state)
-    cache_once = getattr(once, "cache", None) or once.past_key_values
-    cache_copies = getattr(copies, "cache", None) or copies.past_key_values
-    for a, b in zip(cache_once.layers, cache_copies.layers):
-        assert torch.equal(a.keys[rows], b.keys) and torch.equal(a.values[rows], b.values)
+        copies = model.model(**engine.repeat_groups(enc, 3), use_cache=True)
+    cache = getattr(copies, "cache", None) or copies.past_key_values
+    for i, layer in enumerate(cache.layers):
+        assert torch.equal(s.k[i][:, :, :P], layer.keys) and torch.equal(s.v[i][:, :, :P], layer.values)
 
 
 def test_rope_base_is_one_past_the_last_prompt_position(warm, doctest_examples):
