@@ -123,9 +123,8 @@ def parse_config(argv=None):
         ("schema", cfg.schema in ("", *suite.SCHEMAS), f"use {', '.join(suite.SCHEMAS)}, or leave it empty to detect it"),
         ("suite", cfg.suite in ("", "paper"), "use paper (the paper's nine benchmarks) or leave it empty"),
         ("show_choices", cfg.show_choices in (0, 1), "use 0 or 1"),
-        ("dtype", cfg.dtype in ("auto", "bfloat16", "float32"), "use auto, bfloat16 or float32"),
         ("top_p", 0 < cfg.top_p <= 1, "must be in (0, 1]"),
-        ("rollout", cfg.rollout in ("engine", "hf"), "use engine (engine.py, the default) or hf (transformers' generate)"),
+        *cli.one_of(cfg, rollout=("engine", "hf"), dtype=("auto", "bfloat16", "float32")),
         *[(n, getattr(cfg, n) >= 1, "must be >= 1") for n in ("max_new_tokens", "batch_size")],
         *[(n, getattr(cfg, n) >= 0, "must be >= 0") for n in ("limit", "visualmath_seed", "seed", "show")],
         # (>= one merged vision token of the checkpoint's family is checked once it is loaded: family.pixel_bounds)

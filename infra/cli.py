@@ -101,6 +101,12 @@ def check(prog, cfg, rules):
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
+def one_of(cfg, **choices):
+    """check() rules for flags with a fixed set of values: --flag must be one of its choices (--help says what each
+    means; the message lists them). E.g. one_of(cfg, rollout=("engine", "hf"))."""
+    return [(name, getattr(cfg, name) in allowed, f"use one of {', '.join(allowed)}") for name, allowed in choices.items()]
+
+
 def hub_shaped(value):
     """True if `value` can only be a hub id: owner/name shape, not a data file, no local folder it starts in."""
     return (_HUB_ID.fullmatch(value) is not None and not value.endswith((".parquet", ".json", ".jsonl"))

@@ -312,7 +312,7 @@ def test_a_bad_rollout_value_stops_in_one_line(script):
     proc = subprocess.run([sys.executable, script, "--rollout", "vllm"], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0
-    assert f"{script}: error: --rollout 'vllm': use engine" in proc.stderr, proc.stderr[-2000:]
+    assert f"{script}: error: --rollout 'vllm': use one of engine, hf" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
 
 

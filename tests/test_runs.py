@@ -384,7 +384,7 @@ def test_bad_data_stops_with_one_line_and_writes_nothing(random_checkpoint, tmp_
 def test_eval_flags_are_checked_up_front(tmp_path):
     for argv, message in [(["--model", "/nonexistent"], "--model '/nonexistent': no such folder"),
                           (["--benchmark", "visualmath,/no/such.json"], "--benchmark '/no/such.json': no such file"),
-                          (["--dtype", "fp16"], "--dtype 'fp16': use auto, bfloat16 or float32"),
+                          (["--dtype", "fp16"], "--dtype 'fp16': use one of auto, bfloat16, float32"),
                           (["--k", "many"], r"argument --k: invalid int value: 'many' \(--help lists every flag\)$"),
                           (["--curves", str(tmp_path / "log.jsonl")], "--curves '.*': no such file")]:
         with pytest.raises(SystemExit, match=f"^eval.py: error: {message}"):
