@@ -274,9 +274,11 @@ probe_context = (connectivity.probe(policy, layers=probe_layers, background=bool
 probe = probe_context.__enter__()  # installed for the whole run; idle (pure delegation) unless armed
 atexit.register(probe_context.__exit__, None, None, None)  # removed on any way out (a no-op after the cleanup)
 # the engine decodes from the policy, or a bf16 / FSDP2 copy refresh() updates; its KV cache holds one rollout batch
-decode_engine = engine.DecodeEngine(policy, torch.bfloat16 if cfg.bf16 else None, max_rows=rollouts_per_rank) if cfg.rollout == "engine" else None
-print0("\n".join(data_lines + [f"model {model_path} | {sum(p.numel() for p in params) / 1e6:.2f}M trainable | world "  # "data: <source> split=<name> rows=<n>" lines first
-       f"{world} | B/rank {rollouts_per_rank} = {prompts_per_rank} prompts x G {cfg.group_size} | micro {micro} | {kernels.setup['line']}"]))
+decode_engine = (engine.DecodeEngine(policy, torch.bfloat16 if cfg.bf16 else None, max_rows=rollouts_per_rank)
+                 if cfg.rollout == "engine" else None)
+print0("\n".join(data_lines))  # "data: <source> split=<name> rows=<n>": what trains and what evaluates
+print0(f"model {model_path} | {sum(p.numel() for p in params) / 1e6:.2f}M trainable | world {world} | B/rank "
+       f"{rollouts_per_rank} = {prompts_per_rank} prompts x G {cfg.group_size} | micro {micro} | {kernels.setup['line']}")
 
 # --------------------------------------------------------------------------------------------------
 # Helpers: log-probs, the prompt stream, probe read-out, logging, evaluation, checkpoints.
