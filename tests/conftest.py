@@ -23,6 +23,7 @@ test_train shows):
 
 Run: `python -m pytest -q tests` (this file is loaded by pytest, never run by itself).
 """
+import contextlib
 import doctest
 import io
 import os
@@ -84,6 +85,21 @@ def rounding(terms, magnitude=1.0, dtype=torch.float32):
     True
     """
     return terms * float(magnitude) * torch.finfo(dtype).eps
+
+def bf16_attention():
+    """A context in which CPU bf16 attention runs: torch's default sdpa kernel, or its math reference where that
+    raises. torch 2.13's CPU flash kernel packs bf16 blocks of >= 64 query rows with a brgemm that exists only on
+    AVX-512 (under ATEN_CPU_CAPABILITY=default or avx2 it raises `RuntimeError: pack_vnni2 is only supported when
+    avx512 is supported`, #33), so a tiny call of that size tells which one this process can run. Used where a test
+    compares two bf16 computations that must run the same kernel (the engine against generate, the vision windows)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    q = torch.zeros(1, 1, 256, 32, dtype=torch.bfloat16)
+    try:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    except RuntimeError:
+        return sdpa_kernel([SDPBackend.MATH])
+    return contextlib.nullcontext()
+
 
 # ------------------------------------------------------------------------------------------------ fixtures
 

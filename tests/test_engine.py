@@ -32,6 +32,7 @@ import torch
 
 import engine
 import rollout
+from conftest import bf16_attention
 from models import family
 from tasks import visualmath
 from conftest import REPO, TINY_KINDS, rounding
@@ -214,20 +215,6 @@ def test_step_traces_as_one_graph_without_breaks(warm):
         explained = torch._dynamo.explain(decoder._step)(s, P + 1, 1.0, 1.0)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
-
-
-def bf16_attention():
-    """A context in which CPU bf16 attention runs: torch's default sdpa kernel, or its math reference where that
-    raises. torch 2.13's CPU flash kernel packs bf16 blocks of >= 64 query rows with a brgemm that exists only on
-    AVX-512 (under ATEN_CPU_CAPABILITY=default or avx2 it raises `RuntimeError: pack_vnni2 is only supported when
-    avx512 is supported`, #33), so a tiny call of that size tells which one this process can run."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    q = torch.zeros(1, 1, 256, 32, dtype=torch.bfloat16)
-    try:
-        torch.nn.functional.scaled_dot_product_attention(q, q, q)
-    except RuntimeError:
-        return sdpa_kernel([SDPBackend.MATH])
-    return contextlib.nullcontext()
 
 
 def test_bf16_decoding_uses_a_refreshed_bf16_copy(warm, tmp_path):
