@@ -12,6 +12,8 @@ Design, fixed here before any run:
   task        visualmath-v3, the warm starts of experiments/v3.py (models/tiny.py --task visualmath-v3 --seed W,
               shared in experiments/results/v3/warm/)
   arms        uniform, atrl, tokens, vppo, entropy, oracle (--weighting), every other flag at train.py's default
+              when the study began, so --adv_std population (train.py's default became the sample std later, #30;
+              pinned so that every run of the grid shares one convention; the two differ by sqrt(8/7) in scale)
   lr grid     {0.5, 1, 2, 4} x 1e-4 (train.py's default); while an arm's chosen rate is the top of the grid, every
               arm gets the next doubling too (up to 16x), so no arm's best is cut off by the grid
   pairs       warm starts 0, 1, 2 x RL seeds 0, 1 = 6 pairs; every (arm, lr) runs on the same 6
@@ -95,7 +97,7 @@ def train_job(arm, mult, w, r):
              "--weighting", arm, "--lr", repr(args.lr * mult), "--steps", str(args.steps), "--eval_every",
              str(args.eval_every), "--eval_size", str(args.eval_size), "--test_size", str(args.test_size),
              "--max_new_tokens", str(args.max_new_tokens), "--log_update", "1", "--out_dir", out, "--overwrite", "1",
-             "--keep_checkpoints", "1"], out + ".txt")
+             "--keep_checkpoints", "1", "--adv_std", "population"], out + ".txt")
 
 
 def run_grid(mults):

@@ -1,4 +1,4 @@
-"""experiments/v2.py's tables from logs alone (--skip_training): the paired differences, their 95% t-intervals and the
+"""experiments/v2.py's, v3.py's and lr.py's tables from logs alone (--skip_training): the paired differences, their 95% t-intervals and the
 lucky-guess shares are recomputed here by hand from synthetic logs. No model is built or trained."""
 import json
 import math
@@ -11,6 +11,7 @@ import sys
 import torch
 
 from conftest import rounding
+from experiments import trials
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,7 +60,6 @@ def test_tables_from_logs(tmp_path):
 # --- experiments/trials.py: the statistics both experiments share, and the skip rule -------------------------------------
 
 def test_t_quantiles_match_the_table_and_holm_is_monotone():
-    from experiments import trials
     # the table is rounded to 2 decimals (0.005); t_cdf's Simpson error, (b - a) h^4 max|f^(4)| / 180, over the
     # density at t moves the quantile by < 5e-7 (df = 1, t = 12.7, h = t / 2000, the worst; bisection: 2000 / 2^100)
     for df, t in trials.T_95.items():
@@ -76,7 +76,6 @@ def test_t_quantiles_match_the_table_and_holm_is_monotone():
 
 
 def test_a_run_counts_as_finished_only_with_its_last_evaluation(tmp_path):
-    from experiments import trials
     write_log(tmp_path / "done", (0.9, 0.8), 0.0)
     assert trials.finished(str(tmp_path / "done"), 4) and not trials.finished(str(tmp_path / "done"), 5)
     lines = (tmp_path / "done" / "log.jsonl").read_text().splitlines()
@@ -215,3 +214,61 @@ def test_gradient_parts_add_up_and_noise_is_a_variance(warm_checkpoint, float64_
     assert abs(shares - 1) <= rounding(1, 1.0) + rounding(8, 1.0, torch.float64)
     # the same measurement again, in the same process on the same path (kernels, threads, seeds): bit for bit
     assert dilution.measure(warm_checkpoint, "visualmath-v3", **kwargs)["snr"] == snr
+
+
+def lr_run(tmp_path, name, valid, test, update_norm=0.01):
+    """A finished run of experiments/lr.py's grid: 4 steps, evaluations after steps 2 and 4 whose validation and
+    test avg@4 are `valid` and `test` (so each is its curve mean too)."""
+    path = tmp_path / "runs" / name
+    os.makedirs(path, exist_ok=True)
+    recs = [{"config": {}}, {"step": -1, "eval_avg@4": 0.3, "test_avg@4": 0.3, "test_accuracy": 0.2}]
+    for step in range(4):
+        rec = {"step": step, "update_norm": update_norm, "push_perception": 0.8, "push_filler": 0.1, "clip_frac": 0.0}
+        if step in (1, 3):
+            rec.update({"eval_accuracy": valid, "eval_avg@4": valid, "test_avg@4": test, "test_accuracy": test})
+        recs.append(rec)
+    (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def run_lr(tmp_path):
+    proc = subprocess.run([sys.executable, "experiments/lr.py", "--skip_training", "--out", str(tmp_path), "--warm",
+                           str(tmp_path / "warm"), "--arms", "uniform", "oracle", "atrl", "--mults", "1", "2",
+                           "--warm_seeds", "0", "1", "--rl_seeds", "0", "1", "--steps", "4", "--eval_every", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return (tmp_path / "summary.md").read_text()
+
+
+def test_lr_study_chooses_on_validation_and_compares_on_test(tmp_path):
+    pairs = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    gain = {(0, 0): 0.05, (0, 1): 0.04, (1, 0): 0.06, (1, 1): 0.045}   # oracle at its rate - uniform at its rate
+    for i, (w, r) in enumerate(pairs):
+        # uniform is best at 2x on validation (and on test)
+        lr_run(tmp_path, f"uniform-lr1x-w{w}-r{r}", 0.5, 0.5)
+        lr_run(tmp_path, f"uniform-lr2x-w{w}-r{r}", 0.6, 0.6, update_norm=0.02)
+        # the oracle's validation prefers 1x although its test metric is far better at 2x: the choice must be 1x
+        lr_run(tmp_path, f"oracle-lr1x-w{w}-r{r}", 0.7, 0.6 + gain[(w, r)])
+        lr_run(tmp_path, f"oracle-lr2x-w{w}-r{r}", 0.65, 0.95)
+        # atrl: best at 2x, equal to uniform's test up to a sign-alternating wobble
+        lr_run(tmp_path, f"atrl-lr1x-w{w}-r{r}", 0.4, 0.4)
+        lr_run(tmp_path, f"atrl-lr2x-w{w}-r{r}", 0.55, 0.6 + (0.01 if i % 2 else -0.01))
+    summary = run_lr(tmp_path)
+    assert "| uniform | 2x **chosen** |" in summary and "| oracle | 1x **chosen** |" in summary
+    assert "| atrl | 2x **chosen** |" in summary and "| oracle | 2x |" in summary
+    assert ("| uniform | 2x **chosen** | 0.600 [0.600, 0.600] | 0.600 [0.600, 0.600] | 0.0200 | 0.80 / 0.10 / - / "
+            in summary)  # no spread over the pairs; the mean update norm and push shares over steps and pairs
+    diffs = [gain[p] for p in pairs]  # never the 2x test metric (0.95 - 0.6), which validation did not choose
+    mean, half = trials.interval(diffs)
+    p_oracle = trials.paired_p(diffs)
+    p_atrl = trials.paired_p([-0.01, 0.01, -0.01, 0.01])
+    assert p_atrl == 1.0 and p_oracle < 0.025                              # so Holm doubles the oracle's p
+    assert (f"| oracle (1x) | {mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] | 4/4 | {p_oracle:.3f} | "
+            f"{min(1.0, 2 * p_oracle):.3f} |") in summary, summary
+    assert "**oracle** (best at 1x on validation) beats uniform at uniform's own best rate" in summary
+    assert "**atrl** (best at 2x on validation) is not told apart from uniform" in summary
+    assert "Runs finished: 24 of 24." in summary and os.path.exists(tmp_path / "lr_curves.png")
+    # a rate that misses a pair is never chosen, and the summary says the grid is incomplete
+    shutil.rmtree(tmp_path / "runs" / "oracle-lr1x-w1-r1")
+    summary = run_lr(tmp_path)
+    assert "| oracle | 2x **chosen** |" in summary and "**Incomplete**" in summary and "23 of 24" in summary
+
