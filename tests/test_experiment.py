@@ -1,5 +1,6 @@
-"""experiments/v2.py's, v3.py's and lr.py's tables from logs alone (--skip_training): the paired differences, their 95% t-intervals and the
-lucky-guess shares are recomputed here by hand from synthetic logs. No model is built or trained."""
+"""experiments/v2.py's, v3.py's and lr.py's tables from logs alone (--skip_training): the paired differences, their
+95% t-intervals, Holm's correction and the lucky-guess shares are recomputed here by hand from synthetic logs. No
+model is built or trained."""
 import json
 import math
 import os
