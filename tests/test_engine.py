@@ -58,7 +58,9 @@ def recorded_logits(model, tokenizer):
     """Every LM-head output, in call order (one call per token in either decoder), with three edits that make the
     test independent of what the checkpoint has learnt: the vision tokens are made the favourite (+50), so a
     decoder that did not suppress them would write them; row b (of 12) ends at token 2 + b % 5 (<|im_end|> +100
-    at that call) unless it ends before; and rows with b % 4 == 3 can never end (EOS ids -100): cut at the budget."""
+    at that call: the favourite by 100 whatever the checkpoint learnt) unless it ends before; and rows with b % 4 == 3
+    can never end (EOS logits -inf): cut at the budget. Set, not shifted: the warm fixture is trained on this machine's
+    float path, and under ATEN_CPU_CAPABILITY=avx2 on one thread one learnt an EOS lead of over 100 (#33)."""
     vision, seen = rollout.VISION_TOKEN_IDS(tokenizer), []
     eos = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
     rows = torch.arange(12)
@@ -66,8 +68,9 @@ def recorded_logits(model, tokenizer):
     def hook(module, inputs, out):
         out = out.clone()
         out[..., vision] += 50.0
-        out[rows[2 + rows % 5 == len(seen)], -1, eos[0]] += 100.0
-        out[rows[rows % 4 == 3][:, None], -1, torch.tensor(eos)[None, :]] -= 100.0
+        end = rows[2 + rows % 5 == len(seen)]
+        out[end, -1, eos[0]] = out[end, -1].amax(-1) + 100.0
+        out[rows[rows % 4 == 3][:, None], -1, torch.tensor(eos)[None, :]] = float("-inf")
         seen.append(out)
         return out
     handle = model.lm_head.register_forward_hook(hook)
@@ -83,23 +86,16 @@ def test_the_engine_decodes_what_generate_decodes(warm, temperature, top_p, padd
     model, tokenizer, image_processor = warm
     enc = mixed_prompts(tokenizer, image_processor, padded)
     keys = list(range(40, 52))  # 4 prompts x G 3
-    # a budget between the responses' own lengths (the mask counts EOS), so that the longest rows are cut at it and
-    # the others stop before it: the lengths depend on the warm fixture, trained on this machine's float path (with
-    # a fixed budget of 13, every row of one case stopped early under ATEN_CPU_CAPABILITY=avx2, #33)
-    free_mask = rollout.generate(model, tokenizer, enc, 32, temperature, top_p, keys, group_size=3)[1]
-    free = sorted(free_mask.sum(1).tolist())
-    assert free[0] < free[-1], free  # responses of more than one length, to cut between
-    budget = max(n for n in free if n < free[-1])
     with recorded_logits(model, tokenizer) as reference_logits:
-        reference = rollout.generate(model, tokenizer, enc, budget, temperature, top_p, keys, group_size=3)
+        reference = rollout.generate(model, tokenizer, enc, 13, temperature, top_p, keys, group_size=3)
     with recorded_logits(model, tokenizer) as engine_logits:
-        ours = rollout.generate(model, tokenizer, enc, budget, temperature, top_p, keys, group_size=3,
+        ours = rollout.generate(model, tokenizer, enc, 13, temperature, top_p, keys, group_size=3,
                                 engine=engine.DecodeEngine(model))
     for a, b in zip(reference, ours):  # response ids, masks, truncation flags
         assert torch.equal(a, b)
     response, mask, truncated = ours
     assert len(set(enc["attention_mask"].sum(1).tolist())) == 1 + padded  # left padding or none
-    assert truncated.any() and not truncated.all()  # rows cut at the budget, rows that stop before it
+    assert truncated.any() and (mask.sum(1) < 13).sum() >= 6  # rows cut at the budget, rows that stop early
     assert not torch.isin(response[mask], torch.tensor(rollout.VISION_TOKEN_IDS(tokenizer))).any()
     # the logits of every step, bit for bit: prefill (after repeating the hidden state) and each decode step
     assert len(engine_logits) == len(reference_logits) == mask.shape[1]
