@@ -114,25 +114,7 @@ args = parser.parse_args()
 
 
 
-def pin_malloc():
-    """Fixed glibc malloc thresholds, so the allocator is not a hidden variable of the comparison.
-
-    glibc moves its mmap threshold at run time (freeing a large mmap'd block raises it), so whether a tensor
-    lands in fresh, page-faulting memory depends on the history of frees -- which a second thread changes.
-    Measured here with dynamic thresholds: GRPO 23k-29k minor page faults per step, AT-RL with its worker
-    thread 7k-8k; that alone made AT-RL look 3-6% *faster* than GRPO. Pinned: ~0 faults in every arm (and every
-    arm ~9% faster). M_MMAP_THRESHOLD = 32 MiB (glibc's maximum), M_TRIM_THRESHOLD = 1 GiB."""
-    import ctypes
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return "not glibc: thresholds left alone"
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
-    ok = libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
-    return "pinned (mmap 32 MiB, trim 1 GiB)" if ok else "mallopt refused: thresholds dynamic"
-
-
-MALLOC = pin_malloc() if args.malloc == "pinned" else "dynamic (glibc default)"
+MALLOC = common.pin_malloc() if args.malloc == "pinned" else "dynamic (glibc default)"
 device = torch.device(args.device)
 cuda = device.type == "cuda"
 if cuda and not torch.cuda.is_available():
@@ -155,26 +137,7 @@ TORCH_THREADS, NUMBA_THREADS = torch.get_num_threads(), numba.get_num_threads()
 # ------------------------------------------------------------------------------------------- timing
 
 
-class Stages:
-    """Wall seconds per named stage of one step, summed over micro-batches. On GPU every stage boundary of the
-    training thread synchronises (in every arm alike), so a stage's time is its own and not its neighbour's
-    queue. Stages run by the probe's worker thread (read, debias, graph, Louvain, W) are its busy time."""
-
-    def __init__(self):
-        self.seconds = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name):
-        common.sync(device)
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            common.sync(device)
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-
-
-STAGES = Stages()  # the step being timed; the hooks below write into it
+STAGES = common.Stages(device)  # the step being timed; the hooks below write into it
 
 
 def _timed(name, fn):
@@ -352,12 +315,6 @@ def ms(x):
 # mark (VmHWM) over a second, steady step, and torch's own allocation peak over a third. tracemalloc cannot
 # see torch's allocator; the RSS *increment* of a step is malloc noise (it swung 0-47 MiB in either arm).
 
-def status_kib(field):
-    """A field of /proc/self/status in KiB (VmRSS: resident now, VmHWM: resident high-water mark)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 if args.memory_child:
     state = torch.load(args.state, weights_only=False)
     model = family.load_model(state["model_dir"])
@@ -365,18 +322,18 @@ if args.memory_child:
     batch, adv, loss_mask = prepare_batch(state["batch"], args.group_size)
     # AT-RL's first Louvain call loads numba's compiled code and thread team (GRPO never does): measured apart,
     # before the steps, so the steady step's peak below is its own
-    before = status_kib("VmRSS")
+    before = common.status_kib("VmRSS")
     if args.memory_child != "uniform":
         atrl.token_weights(torch.rand(2, 16, 4), torch.rand(2, 16), torch.ones(2, 16, dtype=torch.bool))
-    numba_kib = status_kib("VmRSS") - before
+    numba_kib = common.status_kib("VmRSS") - before
     torch.set_num_threads(TORCH_THREADS)  # see the NOTE at "run" below
     rl_step(model, params, optimizer, batch, adv, loss_mask, args.memory_child, args.micro)  # + AdamW state
     # Linux: writing 5 to clear_refs resets VmHWM to the current RSS, so the next step's peak is its own
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    start = status_kib("VmRSS")
+    start = common.status_kib("VmRSS")
     rl_step(model, params, optimizer, batch, adv, loss_mask, args.memory_child, args.micro)
-    hwm = status_kib("VmHWM")
+    hwm = common.status_kib("VmHWM")
     # torch's own allocations during a third step, replayed from the profiler's memory events (deterministic,
     # unlike RSS, but blind to numpy/numba arrays -- the CSR graphs, a few KiB here)
     torch_peak = common.peak_bytes(lambda: rl_step(model, params, optimizer, batch, adv, loss_mask,
@@ -456,7 +413,7 @@ if "step" in sections:
     peaks = {v: [] for v in VARIANTS}
     for r in range(args.repeats):
         for v in VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]:  # rotate the order every round
-            STAGES = Stages()
+            STAGES = common.Stages(device)
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             common.sync(device)
@@ -593,7 +550,7 @@ if "scaling" in sections:
         rec = {arm: [] for arm in arms}
         for r in range(args.scaling_repeats + 1):  # round 0 is a warm-up
             for arm in arms[r % len(arms):] + arms[:r % len(arms)]:
-                STAGES = Stages()
+                STAGES = common.Stages(device)
                 common.sync(device)
                 t0 = time.perf_counter()
                 with contextlib.ExitStack() as stack:
