@@ -86,6 +86,7 @@ def rounding(terms, magnitude=1.0, dtype=torch.float32):
     """
     return terms * float(magnitude) * torch.finfo(dtype).eps
 
+
 def bf16_attention():
     """A context in which CPU bf16 attention runs: torch's default sdpa kernel, or its math reference where that
     raises. torch 2.13's CPU flash kernel packs bf16 blocks of >= 64 query rows with a brgemm that exists only on

@@ -104,17 +104,20 @@ def gate0_json(removed, signal_ci):
             "high_entropy_share": 0.2, "classes": classes, "anchor_precision": {"perception": 0.5, "grounded": 0.6}}}
 
 
+def finished_run(path, before, every_step, evals):
+    """A finished train.py log.jsonl of 4 steps: `before` evaluated at step -1, `every_step` logged at each step,
+    evals[0] and evals[1] evaluated after steps 2 and 4 (so a curve mean is their mean)."""
+    os.makedirs(path, exist_ok=True)
+    recs = [{"config": {}}, {"step": -1, **before}]
+    recs += [{"step": step, **every_step, **(evals[step // 2] if step in (1, 3) else {})} for step in range(4)]
+    (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
 def v3_run(tmp_path, name, curve):
     """A finished v3 run of 4 steps whose avg@4 after RL is `curve` (two evaluations)."""
-    path = tmp_path / "runs" / name
-    os.makedirs(path, exist_ok=True)
-    recs = [{"config": {}}, {"step": -1, "eval_accuracy": 0.3, "eval_avg@4": 0.3}]
-    for step in range(4):
-        rec = {"step": step, "clip_frac": 0.01, "w_perception": 1.0, "w_filler": 1.0}
-        if step in (1, 3):
-            rec.update({"eval_accuracy": 0.5, "eval_avg@4": curve[step // 2]})
-        recs.append(rec)
-    (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    finished_run(tmp_path / "runs" / name, {"eval_accuracy": 0.3, "eval_avg@4": 0.3},
+                 {"clip_frac": 0.01, "w_perception": 1.0, "w_filler": 1.0},
+                 [{"eval_accuracy": 0.5, "eval_avg@4": a} for a in curve])
 
 
 def run_v3(tmp_path):
@@ -218,17 +221,11 @@ def test_gradient_parts_add_up_and_noise_is_a_variance(warm_checkpoint, float64_
 
 
 def lr_run(tmp_path, name, valid, test, update_norm=0.01):
-    """A finished run of experiments/lr.py's grid: 4 steps, evaluations after steps 2 and 4 whose validation and
-    test avg@4 are `valid` and `test` (so each is its curve mean too)."""
-    path = tmp_path / "runs" / name
-    os.makedirs(path, exist_ok=True)
-    recs = [{"config": {}}, {"step": -1, "eval_avg@4": 0.3, "test_avg@4": 0.3, "test_accuracy": 0.2}]
-    for step in range(4):
-        rec = {"step": step, "update_norm": update_norm, "push_perception": 0.8, "push_filler": 0.1, "clip_frac": 0.0}
-        if step in (1, 3):
-            rec.update({"eval_accuracy": valid, "eval_avg@4": valid, "test_avg@4": test, "test_accuracy": test})
-        recs.append(rec)
-    (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    """A finished run of experiments/lr.py's grid whose two evaluations give validation avg@4 `valid` and test
+    avg@4 `test` (so each is its curve mean too)."""
+    finished_run(tmp_path / "runs" / name, {"eval_avg@4": 0.3, "test_avg@4": 0.3, "test_accuracy": 0.2},
+                 {"update_norm": update_norm, "push_perception": 0.8, "push_filler": 0.1, "clip_frac": 0.0},
+                 [{"eval_accuracy": valid, "eval_avg@4": valid, "test_avg@4": test, "test_accuracy": test}] * 2)
 
 
 def run_lr(tmp_path):
