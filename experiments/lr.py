@@ -251,14 +251,16 @@ for ax, (key, title) in zip(axes, ((VALID, "validation (chooses the rate)"), (TE
             continue
         x = [m * 2 ** ((i - len(args.arms) / 2) * 0.03) for m, _ in points]  # arms side by side at each rate
         y = [mean for _, (mean, _) in points]
-        err = [0 if math.isnan(h) else h for _, (_, h) in points]
+        half = [0 if math.isnan(h) else h for _, (_, h) in points]
+        err = [[min(h, v) for h, v in zip(half, y)], [min(h, 1 - v) for h, v in zip(half, y)]]  # avg@4 is in [0, 1]
         ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, label=arm)
         if arm in best and key == VALID:
             ax.plot([best[arm]], [statistics.mean(curve(arm, best[arm], key).values())], "k*", ms=10)
-    ax.set(xscale="log", title=title, xlabel="learning rate (x 1e-4)")
-    ax.set_xticks(mults, [f"{m:g}" for m in mults])
+    ax.set(xscale="log", title=title, xlabel="learning rate (x 1e-4)", ylim=(0, 1.02))
+    ax.set_xticks(mults, [f"{m:g}x" for m in mults])
+    ax.minorticks_off()
     ax.grid(alpha=0.3)
-axes[0].set_ylabel("avg@4, mean over the curve")
+axes[0].set_ylabel("avg@4, mean over the curve (95% CI, cut at 0 and 1)")
 axes[0].legend(fontsize=8)
 fig.tight_layout()
 os.makedirs(args.out, exist_ok=True)
